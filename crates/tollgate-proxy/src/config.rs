@@ -1,0 +1,650 @@
+//! Operator configuration: the TOML file, parsed with `deny_unknown_fields` and validated once
+//! into [`Config`], the model the rest of the proxy reads.
+
+mod err;
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+pub use err::ConfigError;
+
+/// Default upper bound on one JSON-RPC message from the agent or an upstream.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Default time an upstream gets to answer one `tools/call`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time an upstream gets to answer any other request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub fronts: Fronts,
+    pub naming: Naming,
+    pub limits: Limits,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Where agents connect.
+#[derive(Debug, Clone, Default)]
+pub struct Fronts {
+    pub stdio: bool,
+    pub http: Option<HttpFront>,
+}
+
+/// The streamable-HTTP front.
+#[derive(Debug, Clone)]
+pub struct HttpFront {
+    pub listen: SocketAddr,
+    pub path: String,
+    /// `Host` header values accepted (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted; any other `Origin` gets 403.
+    pub allowed_origins: Vec<String>,
+    /// Keep legacy (2025-11-25) sessions with `Mcp-Session-Id`.
+    pub sessions: bool,
+}
+
+/// How upstream tools, prompts and resource templates are named towards the agent.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    pub separator: String,
+    pub prefix: PrefixMode,
+}
+
+/// When names get the `<upstream><separator>` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    /// Prefix when more than one upstream is configured.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Bounds that keep one bad peer from hurting the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub call_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// One tool server behind Tollgate.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub transport: UpstreamTransport,
+    pub call_timeout: Duration,
+    pub restart: RestartPolicy,
+}
+
+/// How Tollgate reaches an upstream.
+#[derive(Debug, Clone)]
+pub enum UpstreamTransport {
+    /// A child process speaking MCP over its stdin/stdout.
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<PathBuf>,
+    },
+    /// A streamable-HTTP MCP server.
+    Http {
+        url: String,
+        /// Static headers sent on every request; values never appear in logs.
+        headers: BTreeMap<String, Secret>,
+    },
+}
+
+/// Backoff between restarts of an upstream that died.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configured value that must never be printed (header values may carry tokens).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+// ---- the file as written ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    front: RawFronts,
+    #[serde(default)]
+    naming: RawNaming,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFronts {
+    #[serde(default)]
+    stdio: bool,
+    http: Option<RawHttpFront>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpFront {
+    listen: String,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default)]
+    allowed_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default = "default_true")]
+    sessions: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNaming {
+    #[serde(default = "default_separator")]
+    separator: String,
+    #[serde(default = "default_prefix")]
+    prefix: PrefixMode,
+}
+
+impl Default for RawNaming {
+    fn default() -> Self {
+        Self {
+            separator: default_separator(),
+            prefix: default_prefix(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_bytes: Option<usize>,
+    call_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    call_timeout_ms: Option<u64>,
+    restart_initial_backoff_ms: Option<u64>,
+    restart_max_backoff_ms: Option<u64>,
+}
+
+fn default_path() -> String {
+    "/mcp".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_separator() -> String {
+    ".".to_owned()
+}
+fn default_prefix() -> PrefixMode {
+    PrefixMode::Auto
+}
+
+/// Hosts a local front accepts by default: loopback names only.
+pub fn default_allowed_hosts() -> Vec<String> {
+    ["localhost", "127.0.0.1", "[::1]", "::1"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::read(path, source))?;
+        Self::parse(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(ConfigError::syntax)?;
+        raw.validate()
+    }
+
+    /// The configuration `tollgate run -- <command> [args…]` uses: one stdio upstream, a stdio
+    /// front, no prefix.
+    pub fn wrap_command(command: String, args: Vec<String>) -> Result<Self, ConfigError> {
+        let name = std::path::Path::new(&command)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(sanitize_name)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "upstream".to_owned());
+        let config = Self {
+            fronts: Fronts {
+                stdio: true,
+                http: None,
+            },
+            naming: Naming {
+                separator: default_separator(),
+                prefix: PrefixMode::Auto,
+            },
+            limits: Limits::default(),
+            upstreams: vec![UpstreamConfig {
+                name,
+                transport: UpstreamTransport::Stdio {
+                    command,
+                    args,
+                    env: BTreeMap::new(),
+                    cwd: None,
+                },
+                call_timeout: DEFAULT_CALL_TIMEOUT,
+                restart: RestartPolicy::default(),
+            }],
+        };
+        Ok(config)
+    }
+
+    /// Whether tool names carry the `<upstream><separator>` prefix.
+    pub fn prefixed(&self) -> bool {
+        match self.naming.prefix {
+            PrefixMode::Always => true,
+            PrefixMode::Never => false,
+            PrefixMode::Auto => self.upstreams.len() > 1,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+fn sanitize_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+fn valid_upstream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn millis(key: &str, value: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::invalid(
+            key,
+            "a number of milliseconds above 0",
+        )),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let limits = Limits {
+            max_message_bytes: match self.limits.max_message_bytes {
+                None => DEFAULT_MAX_MESSAGE_BYTES,
+                Some(n) if (1024..=256 * 1024 * 1024).contains(&n) => n,
+                Some(_) => {
+                    return Err(ConfigError::invalid(
+                        "limits.max_message_bytes",
+                        "a size from 1024 to 268435456 bytes",
+                    ));
+                }
+            },
+            call_timeout: millis(
+                "limits.call_timeout_ms",
+                self.limits.call_timeout_ms,
+                DEFAULT_CALL_TIMEOUT,
+            )?,
+            request_timeout: millis(
+                "limits.request_timeout_ms",
+                self.limits.request_timeout_ms,
+                DEFAULT_REQUEST_TIMEOUT,
+            )?,
+        };
+
+        if self.naming.separator.is_empty()
+            || self.naming.separator.len() > 4
+            || self
+                .naming
+                .separator
+                .chars()
+                .any(|c| c.is_ascii_alphanumeric() || c.is_whitespace())
+        {
+            return Err(ConfigError::invalid(
+                "naming.separator",
+                "one to four punctuation characters, such as `.` or `__`",
+            ));
+        }
+        let naming = Naming {
+            separator: self.naming.separator,
+            prefix: self.naming.prefix,
+        };
+
+        let http = match self.front.http {
+            None => None,
+            Some(raw) => {
+                let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+                    ConfigError::invalid(
+                        "front.http.listen",
+                        format!(
+                            "a socket address such as `127.0.0.1:8080`, not `{}`",
+                            raw.listen
+                        ),
+                    )
+                })?;
+                if !raw.path.starts_with('/') || raw.path.len() < 2 {
+                    return Err(ConfigError::invalid(
+                        "front.http.path",
+                        "an absolute path such as `/mcp`",
+                    ));
+                }
+                for origin in &raw.allowed_origins {
+                    if origin != "null" && !origin.contains("://") {
+                        return Err(ConfigError::invalid(
+                            "front.http.allowed_origins",
+                            format!(
+                                "origins with a scheme such as `https://app.example.com`, not `{origin}`"
+                            ),
+                        ));
+                    }
+                }
+                Some(HttpFront {
+                    listen,
+                    path: raw.path,
+                    allowed_hosts: raw.allowed_hosts.unwrap_or_else(default_allowed_hosts),
+                    allowed_origins: raw.allowed_origins,
+                    sessions: raw.sessions,
+                })
+            }
+        };
+        if !self.front.stdio && http.is_none() {
+            return Err(ConfigError::invalid(
+                "front",
+                "at least one front: `front.stdio = true` or a `[front.http]` table",
+            ));
+        }
+
+        if self.upstream.is_empty() {
+            return Err(ConfigError::invalid(
+                "upstream",
+                "at least one `[[upstream]]` table",
+            ));
+        }
+        let mut upstreams = Vec::with_capacity(self.upstream.len());
+        for (index, raw) in self.upstream.into_iter().enumerate() {
+            let key = |field: &str| format!("upstream[{index}].{field}");
+            if !valid_upstream_name(&raw.name) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!(
+                        "1 to 64 characters from `A-Z a-z 0-9 - _`, not `{}`",
+                        raw.name
+                    ),
+                ));
+            }
+            if upstreams
+                .iter()
+                .any(|u: &UpstreamConfig| u.name == raw.name)
+            {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("a name no other upstream has; `{}` is used twice", raw.name),
+                ));
+            }
+            let transport = match (raw.command, raw.url) {
+                (Some(command), None) => {
+                    if !raw.headers.is_empty() {
+                        return Err(ConfigError::invalid(
+                            key("headers"),
+                            "headers only with `url`; a stdio upstream takes `env`",
+                        ));
+                    }
+                    if command.trim().is_empty() {
+                        return Err(ConfigError::invalid(key("command"), "a program to run"));
+                    }
+                    UpstreamTransport::Stdio {
+                        command,
+                        args: raw.args,
+                        env: raw.env,
+                        cwd: raw.cwd,
+                    }
+                }
+                (None, Some(url)) => {
+                    if !raw.args.is_empty() || !raw.env.is_empty() || raw.cwd.is_some() {
+                        return Err(ConfigError::invalid(
+                            key("url"),
+                            "`url` alone; `args`, `env` and `cwd` belong to a `command` upstream",
+                        ));
+                    }
+                    let parsed = reqwest::Url::parse(&url).map_err(|_| {
+                        ConfigError::invalid(key("url"), format!("an http(s) URL, not `{url}`"))
+                    })?;
+                    if !matches!(parsed.scheme(), "http" | "https") {
+                        return Err(ConfigError::invalid(
+                            key("url"),
+                            format!("an http or https URL, not scheme `{}`", parsed.scheme()),
+                        ));
+                    }
+                    let mut headers = BTreeMap::new();
+                    for (name, value) in raw.headers {
+                        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                            || http::HeaderValue::from_str(&value).is_err()
+                        {
+                            return Err(ConfigError::invalid(
+                                key(&format!("headers.{name}")),
+                                "a valid HTTP header name and value",
+                            ));
+                        }
+                        let lower = name.to_ascii_lowercase();
+                        if lower == "mcp-session-id" || lower == "host" || lower == "content-length"
+                        {
+                            return Err(ConfigError::invalid(
+                                key(&format!("headers.{name}")),
+                                "a header Tollgate does not set itself",
+                            ));
+                        }
+                        headers.insert(name, Secret::new(value));
+                    }
+                    UpstreamTransport::Http { url, headers }
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        key("command"),
+                        "either `command` or `url`, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        key("command"),
+                        "`command` (a stdio server) or `url` (a streamable-HTTP server)",
+                    ));
+                }
+            };
+            let restart = RestartPolicy {
+                initial_backoff: millis(
+                    &key("restart_initial_backoff_ms"),
+                    raw.restart_initial_backoff_ms,
+                    RestartPolicy::default().initial_backoff,
+                )?,
+                max_backoff: millis(
+                    &key("restart_max_backoff_ms"),
+                    raw.restart_max_backoff_ms,
+                    RestartPolicy::default().max_backoff,
+                )?,
+            };
+            if restart.max_backoff < restart.initial_backoff {
+                return Err(ConfigError::invalid(
+                    key("restart_max_backoff_ms"),
+                    "a value no smaller than `restart_initial_backoff_ms`",
+                ));
+            }
+            upstreams.push(UpstreamConfig {
+                name: raw.name,
+                transport,
+                call_timeout: millis(
+                    &key("call_timeout_ms"),
+                    raw.call_timeout_ms,
+                    limits.call_timeout,
+                )?,
+                restart,
+            });
+        }
+
+        Ok(Config {
+            fronts: Fronts {
+                stdio: self.front.stdio,
+                http,
+            },
+            naming,
+            limits,
+            upstreams,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [front]
+        stdio = true
+        [[upstream]]
+        name = "fs"
+        command = "server"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert!(config.fronts.stdio);
+        assert_eq!(config.limits.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(config.naming.separator, ".");
+        assert!(
+            !config.prefixed(),
+            "one upstream is not prefixed in auto mode"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse(&format!("{MINIMAL}\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        let err = Config::parse("[limits]\nmax_message_bytes = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_message_bytes"), "{err}");
+        assert!(err.contains("integer"), "{err}");
+    }
+
+    #[test]
+    fn upstream_needs_command_or_url() {
+        let err = Config::parse("[front]\nstdio = true\n[[upstream]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream[0].command"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_upstream_names_are_refused() {
+        let text =
+            format!("{MINIMAL}\n[[upstream]]\nname = \"fs\"\nurl = \"http://127.0.0.1:1/mcp\"\n");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("upstream[1].name"), "{err}");
+    }
+
+    #[test]
+    fn bad_url_and_listen_are_refused() {
+        let err =
+            Config::parse("[front]\nstdio = true\n[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("upstream[0].url") && err.contains("ftp"),
+            "{err}"
+        );
+        let err = Config::parse(&format!("{MINIMAL}\n[front.http]\nlisten = \"nowhere\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("front.http.listen"), "{err}");
+    }
+
+    #[test]
+    fn header_values_never_print() {
+        let text = "[front]\nstdio = true\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\nheaders = { Authorization = \"Bearer s3cr3t\" }\n";
+        let config = Config::parse(text).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn separator_must_be_punctuation() {
+        let err = Config::parse(&format!("{MINIMAL}\n[naming]\nseparator = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("naming.separator"), "{err}");
+    }
+
+    #[test]
+    fn two_upstreams_are_prefixed_in_auto_mode() {
+        let text =
+            format!("{MINIMAL}\n[[upstream]]\nname = \"web\"\nurl = \"http://127.0.0.1:1/mcp\"\n");
+        assert!(Config::parse(&text).unwrap().prefixed());
+    }
+}

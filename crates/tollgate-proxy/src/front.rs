@@ -1,0 +1,5 @@
+//! Fronts: where agents connect. stdio for one agent that started Tollgate, streamable HTTP
+//! for many.
+
+pub mod http;
+pub mod stdio;

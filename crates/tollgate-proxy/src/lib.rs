@@ -1,0 +1,168 @@
+//! Tollgate's MCP relay: fronts towards the agent (stdio, streamable HTTP), upstream tool
+//! servers (child processes, streamable HTTP), the merged catalog, the session table, and the
+//! one interception point every `tools/call` passes.
+
+pub mod config;
+mod error;
+pub mod front;
+mod hub;
+pub mod intercept;
+pub mod names;
+mod relay;
+pub mod session;
+mod upstream;
+
+use std::{sync::Arc, time::Duration};
+
+use rmcp::{RoleServer, ServiceExt, transport::Transport};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{Fault, ProxyError};
+pub use front::http::HttpServer;
+pub use relay::AgentSession;
+
+use crate::{
+    config::HttpFront,
+    hub::Hub,
+    intercept::{AllowAll, Interceptor},
+};
+
+/// A running Tollgate: upstreams connected and supervised, ready to serve fronts.
+#[derive(Debug)]
+pub struct Proxy {
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+    supervisors: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A name collision or an upstream that did not come up, as seen at start.
+#[derive(Debug, Clone)]
+pub struct StartReport {
+    pub connected: Vec<String>,
+    pub failed: Vec<String>,
+    pub collisions: Vec<String>,
+    pub tools: usize,
+}
+
+impl Proxy {
+    /// Starts every upstream and waits until each has connected or failed once.
+    pub async fn start(config: Config) -> Self {
+        Self::start_with(config, Arc::new(AllowAll)).await
+    }
+
+    /// Starts with a given interceptor at the tool-call interception point.
+    pub async fn start_with(config: Config, interceptor: Arc<dyn Interceptor>) -> Self {
+        let settle = config.limits.request_timeout + Duration::from_secs(1);
+        let hub = Arc::new(Hub::new(config, interceptor));
+        let shutdown = CancellationToken::new();
+        let supervisors = hub
+            .upstreams
+            .iter()
+            .map(|u| tokio::spawn(u.clone().supervise(Arc::downgrade(&hub), shutdown.clone())))
+            .collect();
+        let settled = futures::future::join_all(hub.upstreams.iter().map(|u| u.settled()));
+        let _ = tokio::time::timeout(settle, settled).await;
+        Self {
+            hub,
+            shutdown,
+            supervisors,
+        }
+    }
+
+    /// What came up and what collided.
+    pub fn report(&self) -> StartReport {
+        let merged = self.hub.merged();
+        let (connected, failed) = self
+            .hub
+            .upstreams
+            .iter()
+            .partition::<Vec<_>, _>(|u| u.state() == upstream::LinkState::Up);
+        StartReport {
+            connected: connected.iter().map(|u| u.name.clone()).collect(),
+            failed: failed.iter().map(|u| u.name.clone()).collect(),
+            collisions: merged.collisions.iter().map(ToString::to_string).collect(),
+            tools: merged.tools.len(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.hub.config
+    }
+
+    /// Number of agent sessions currently connected.
+    pub fn session_count(&self) -> usize {
+        self.hub.sessions.len()
+    }
+
+    /// A new agent session, to serve over any rmcp transport.
+    pub fn session(&self) -> AgentSession {
+        AgentSession::new(self.hub.clone())
+    }
+
+    /// Serves one agent over `transport` until it disconnects or Tollgate shuts down.
+    pub async fn serve_transport<T, E, A>(&self, transport: T) -> std::io::Result<()>
+    where
+        T: rmcp::transport::IntoTransport<RoleServer, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let service = self
+            .session()
+            .serve_with_ct(transport, self.shutdown.child_token())
+            .await
+            .map_err(std::io::Error::other)?;
+        service.waiting().await.map_err(std::io::Error::other)?;
+        Ok(())
+    }
+
+    /// Serves the agent on this process's stdin/stdout until stdin closes.
+    pub async fn serve_stdio(&self) -> std::io::Result<()> {
+        let (read, write) = rmcp::transport::stdio_pipes();
+        let transport =
+            front::stdio::LineTransport::new(read, write, self.hub.config.limits.max_message_bytes);
+        self.serve_line_transport(transport).await
+    }
+
+    async fn serve_line_transport<Tr>(&self, transport: Tr) -> std::io::Result<()>
+    where
+        Tr: Transport<RoleServer> + 'static,
+    {
+        self.serve_transport(transport).await
+    }
+
+    /// Serves agents over newline-delimited JSON-RPC on any byte streams (as the stdio front
+    /// does), with the size limit and error answers of the stdio front.
+    pub async fn serve_lines<R, W>(&self, read: R, write: W) -> std::io::Result<()>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let transport =
+            front::stdio::LineTransport::new(read, write, self.hub.config.limits.max_message_bytes);
+        self.serve_line_transport(transport).await
+    }
+
+    /// Binds and serves the streamable-HTTP front.
+    pub async fn serve_http(&self, front: &HttpFront) -> std::io::Result<HttpServer> {
+        front::http::serve(
+            self.hub.clone(),
+            front,
+            self.hub.config.limits.max_message_bytes,
+            self.shutdown.child_token(),
+        )
+        .await
+    }
+
+    /// A token cancelled when Tollgate shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops serving, closes every upstream and ends their child processes.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.supervisors {
+            let _ = task.await;
+        }
+    }
+}

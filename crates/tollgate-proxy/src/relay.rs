@@ -1,0 +1,617 @@
+//! The agent side of the relay: one [`AgentSession`] per agent connection answers from the
+//! merged catalog and forwards everything else to the upstream that owns it. Every
+//! `tools/call` goes through [`AgentSession::guarded_call`], the interception point.
+
+#![expect(
+    deprecated,
+    reason = "sampling, roots, logging and resource subscriptions are deprecated upstream but clients still use them; a faithful relay carries them"
+)]
+
+use std::{sync::Arc, time::Instant};
+
+use rmcp::{
+    ErrorData as McpError, RoleServer, ServerHandler,
+    model::{
+        CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
+        CompleteRequest, CompleteRequestParams, CompleteResult, GetExtensions, GetPromptRequest,
+        GetPromptRequestParams, GetPromptResponse, Implementation, InputRequest, InputRequests,
+        InputResponses, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequest,
+        ReadResourceRequestParams, ReadResourceResponse, Reference, RequestMetaObject,
+        ServerCapabilities, ServerConfig, ServerRequest, ServerResult, SetLevelRequestParams,
+        SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
+    },
+    service::{NotificationContext, Peer, RequestContext},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field};
+
+use crate::{
+    ProxyError,
+    hub::Hub,
+    intercept::{Outcome, ToolCall, Verdict},
+    names::page,
+    session::SessionId,
+    upstream::{CallRoute, Upstream},
+};
+
+/// Most input rounds Tollgate drives for an agent that cannot take `InputRequiredResult`.
+const MAX_INPUT_ROUNDS: usize = 10;
+
+/// One agent connection.
+#[derive(Debug, Clone)]
+pub struct AgentSession {
+    id: SessionId,
+    hub: Arc<Hub>,
+    _guard: Arc<SessionGuard>,
+}
+
+/// Removes the session from the table when its last handle goes.
+#[derive(Debug)]
+struct SessionGuard {
+    id: SessionId,
+    hub: Arc<Hub>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.hub.sessions.remove(self.id);
+    }
+}
+
+fn is_modern(version: Option<&ProtocolVersion>) -> bool {
+    version.is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
+}
+
+/// The agent's `_meta` minus what belongs to the hop (progress token, protocol fields), which
+/// Tollgate sets itself towards the upstream.
+fn forwardable_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
+    let mut out = RequestMetaObject::new();
+    for (key, value) in meta.0.0.iter() {
+        if key == "progressToken" || key.starts_with("io.modelcontextprotocol/") {
+            continue;
+        }
+        out.0.0.insert(key.clone(), value.clone());
+    }
+    (!out.0.0.is_empty()).then_some(out)
+}
+
+impl AgentSession {
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+        let id = hub.sessions.allocate();
+        Self {
+            id,
+            _guard: Arc::new(SessionGuard {
+                id,
+                hub: hub.clone(),
+            }),
+            hub,
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    fn register(&self, peer: &Peer<RoleServer>) {
+        self.hub.sessions.register(self.id, peer);
+    }
+
+    fn upstream(&self, index: usize) -> Result<&Arc<Upstream>, McpError> {
+        self.hub
+            .upstreams
+            .get(index)
+            .ok_or_else(|| McpError::internal_error("route to a missing upstream", None))
+    }
+
+    fn route(&self, context: &RequestContext<RoleServer>) -> CallRoute {
+        CallRoute {
+            session: self.id,
+            agent: context.peer.clone(),
+            agent_request: context.id.clone(),
+            agent_progress: context.meta.get_progress_token(),
+        }
+    }
+
+    /// Sends `request` to `upstream` on behalf of the agent request in `context`.
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        request: ClientRequest,
+        context: &RequestContext<RoleServer>,
+        timeout: std::time::Duration,
+    ) -> Result<ServerResult, ProxyError> {
+        upstream
+            .request(request, Some(self.route(context)), timeout, &context.ct)
+            .await
+    }
+
+    /// The interception point: every tool call passes here before and after forwarding.
+    async fn guarded_call(
+        &self,
+        params: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let merged = self.hub.merged();
+        let route = merged
+            .tool(&params.name)
+            .map_err(ProxyError::into_mcp)?
+            .clone();
+        let upstream = self.upstream(route.upstream)?.clone();
+        let span = tracing::info_span!(
+            "tools/call",
+            session = self.id,
+            upstream = %upstream.name,
+            tool = %route.name,
+            verdict = field::Empty,
+            outcome = field::Empty,
+            latency_us = field::Empty,
+        );
+        async move {
+            let started = Instant::now();
+            let call = ToolCall {
+                session: self.id,
+                upstream: &upstream.name,
+                tool: &route.name,
+                exposed_name: &params.name,
+                arguments: params.arguments.as_ref(),
+                meta: &context.meta,
+            };
+            let span = tracing::Span::current();
+            if let Verdict::Refuse(result) = self.hub.interceptor.before_call(&call) {
+                span.record("verdict", "refuse");
+                self.hub
+                    .interceptor
+                    .after_call(&call, &Outcome::Result(&result));
+                return Ok(CallToolResponse::Complete(result));
+            }
+            span.record("verdict", "forward");
+
+            let mut upstream_params = CallToolRequestParams::new(route.name.clone());
+            upstream_params.arguments = params.arguments.clone();
+            upstream_params.meta = forwardable_meta(&context.meta);
+            upstream_params.input_responses = params.input_responses.clone();
+            upstream_params.request_state = params.request_state.clone();
+
+            let answer = self
+                .call_upstream(&upstream, upstream_params, &context)
+                .await;
+            let outcome = match &answer {
+                Ok(CallToolResponse::Complete(r)) => {
+                    span.record(
+                        "outcome",
+                        if r.is_error == Some(true) {
+                            "tool_error"
+                        } else {
+                            "ok"
+                        },
+                    );
+                    Outcome::Result(r)
+                }
+                Ok(_) => {
+                    span.record("outcome", "pending");
+                    Outcome::Pending
+                }
+                Err(e) => {
+                    span.record("outcome", "failed");
+                    Outcome::Failed(e)
+                }
+            };
+            self.hub.interceptor.after_call(&call, &outcome);
+            span.record("latency_us", started.elapsed().as_micros() as u64);
+            answer.map_err(ProxyError::into_mcp)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Forwards one call, driving input rounds for an agent that cannot take them itself.
+    async fn call_upstream(
+        &self,
+        upstream: &Upstream,
+        mut params: CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ProxyError> {
+        let modern_agent = is_modern(context.protocol_version().as_ref());
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
+            let answer = self
+                .forward(upstream, request, context, upstream.config.call_timeout)
+                .await?;
+            match answer {
+                ServerResult::CallToolResult(r) => return Ok(CallToolResponse::Complete(r)),
+                ServerResult::CreateTaskResult(t) => return Ok(CallToolResponse::Task(t)),
+                ServerResult::InputRequiredResult(ir) if modern_agent => {
+                    return Ok(CallToolResponse::InputRequired(ir));
+                }
+                ServerResult::InputRequiredResult(ir) => {
+                    let requests = ir.input_requests.unwrap_or_default();
+                    params.input_responses =
+                        Some(self.fulfil(&upstream.name, requests, context).await?);
+                    params.request_state = ir.request_state;
+                }
+                ServerResult::EmptyResult(_) => {
+                    return Ok(CallToolResponse::Complete(CallToolResult::success(vec![])));
+                }
+                _ => {
+                    return Err(ProxyError::UpstreamFailed {
+                        upstream: upstream.name.clone(),
+                        message: "answered tools/call with another kind of result".into(),
+                    });
+                }
+            }
+        }
+        Err(ProxyError::UpstreamFailed {
+            upstream: upstream.name.clone(),
+            message: format!("asked for input more than {MAX_INPUT_ROUNDS} times"),
+        })
+    }
+
+    /// Answers an upstream's input requests by asking this session's agent with ordinary
+    /// server→client requests (2025-11-25), and returns the responses for the retry.
+    async fn fulfil(
+        &self,
+        upstream: &str,
+        requests: InputRequests,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<InputResponses, ProxyError> {
+        let mut responses = InputResponses::new();
+        for (key, request) in requests {
+            let mut request = match request {
+                InputRequest::CreateMessage(r) => ServerRequest::CreateMessageRequest(r),
+                InputRequest::Elicitation(r) => ServerRequest::ElicitRequest(r),
+                InputRequest::ListRoots(r) => ServerRequest::ListRootsRequest(r),
+                _ => {
+                    return Err(ProxyError::UpstreamFailed {
+                        upstream: upstream.to_owned(),
+                        message: format!("asked for an unknown kind of input `{key}`"),
+                    });
+                }
+            };
+            request
+                .extensions_mut()
+                .insert(rmcp::service::OriginatingRequestId(context.id.clone()));
+            let answer = send_to_agent(&context.peer, request, &context.ct)
+                .await
+                .map_err(ProxyError::Relayed)?;
+            let value = serde_json::to_value(&answer).map_err(|e| ProxyError::UpstreamFailed {
+                upstream: upstream.to_owned(),
+                message: format!("cannot encode the agent's answer: {e}"),
+            })?;
+            responses.insert(key, value);
+        }
+        Ok(responses)
+    }
+}
+
+/// Sends a request to the agent from a task of its own, so it stays bound to the agent request
+/// named in its extensions rather than to whatever request the current task serves.
+async fn send_to_agent(
+    agent: &Peer<RoleServer>,
+    request: ServerRequest,
+    cancel: &CancellationToken,
+) -> Result<rmcp::model::ClientResult, McpError> {
+    let agent = agent.clone();
+    let cancel = cancel.clone();
+    let task = tokio::spawn(async move {
+        let handle = agent
+            .send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| McpError::internal_error(format!("cannot reach the agent: {e}"), None))?;
+        tokio::select! {
+            answer = handle.await_response() => answer.map_err(|e| match e {
+                rmcp::service::ServiceError::McpError(e) => e,
+                other => McpError::internal_error(format!("the agent did not answer: {other}"), None),
+            }),
+            () = cancel.cancelled() => Err(McpError::internal_error("the request was cancelled", None)),
+        }
+    });
+    task.await
+        .map_err(|_| McpError::internal_error("relay task failed", None))?
+}
+
+fn internal(e: ProxyError) -> McpError {
+    e.into_mcp()
+}
+
+impl ServerHandler for AgentSession {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_resources_subscribe()
+            .enable_logging()
+            .enable_completions()
+            .build();
+        let mut info = ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("tollgate", env!("CARGO_PKG_VERSION")));
+        info.instructions = self.hub.merged().instructions.clone();
+        info
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.register(&context.peer);
+    }
+
+    async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
+        for upstream in &self.hub.upstreams {
+            if let Ok(peer) = upstream.peer() {
+                let _ = peer.notify_roots_list_changed().await;
+            }
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        self.register(&context.peer);
+        let merged = self.hub.merged();
+        let cursor = params.and_then(|p| p.cursor);
+        let (tools, next) =
+            page(&merged.tools, merged.version, cursor.as_deref()).map_err(internal)?;
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        params: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        self.register(&context.peer);
+        self.guarded_call(params, context).await
+    }
+
+    async fn list_prompts(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        self.register(&context.peer);
+        let merged = self.hub.merged();
+        let cursor = params.and_then(|p| p.cursor);
+        let (prompts, next) =
+            page(&merged.prompts, merged.version, cursor.as_deref()).map_err(internal)?;
+        let mut result = ListPromptsResult::with_all_items(prompts);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn get_prompt(
+        &self,
+        params: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        self.register(&context.peer);
+        let merged = self.hub.merged();
+        let route = merged.prompt(&params.name).map_err(internal)?.clone();
+        let upstream = self.upstream(route.upstream)?.clone();
+        let mut forwarded = params.clone();
+        forwarded.name = route.name.clone();
+        forwarded.meta = forwardable_meta(&context.meta);
+        let modern_agent = is_modern(context.protocol_version().as_ref());
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(forwarded.clone()));
+            match self
+                .forward(&upstream, request, &context, upstream.request_timeout)
+                .await
+                .map_err(internal)?
+            {
+                ServerResult::GetPromptResult(r) => return Ok(GetPromptResponse::Complete(r)),
+                ServerResult::InputRequiredResult(ir) if modern_agent => {
+                    return Ok(GetPromptResponse::InputRequired(ir));
+                }
+                ServerResult::InputRequiredResult(ir) => {
+                    forwarded.input_responses = Some(
+                        self.fulfil(
+                            &upstream.name,
+                            ir.input_requests.unwrap_or_default(),
+                            &context,
+                        )
+                        .await
+                        .map_err(internal)?,
+                    );
+                    forwarded.request_state = ir.request_state;
+                }
+                _ => {
+                    return Err(McpError::internal_error(
+                        "unexpected answer to prompts/get",
+                        None,
+                    ));
+                }
+            }
+        }
+        Err(McpError::internal_error("too many input rounds", None))
+    }
+
+    async fn list_resources(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        self.register(&context.peer);
+        let merged = self.hub.merged();
+        let cursor = params.and_then(|p| p.cursor);
+        let (resources, next) =
+            page(&merged.resources, merged.version, cursor.as_deref()).map_err(internal)?;
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        self.register(&context.peer);
+        let merged = self.hub.merged();
+        let cursor = params.and_then(|p| p.cursor);
+        let (templates, next) =
+            page(&merged.templates, merged.version, cursor.as_deref()).map_err(internal)?;
+        let mut result = ListResourceTemplatesResult::with_all_items(templates);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn read_resource(
+        &self,
+        params: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        self.register(&context.peer);
+        let merged = self.hub.merged();
+        let index = merged
+            .resource_upstream(&params.uri, self.hub.upstreams.len())
+            .map_err(internal)?;
+        let upstream = self.upstream(index)?.clone();
+        let mut forwarded = params.clone();
+        forwarded.meta = forwardable_meta(&context.meta);
+        let modern_agent = is_modern(context.protocol_version().as_ref());
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let request =
+                ClientRequest::ReadResourceRequest(ReadResourceRequest::new(forwarded.clone()));
+            match self
+                .forward(&upstream, request, &context, upstream.request_timeout)
+                .await
+                .map_err(internal)?
+            {
+                ServerResult::ReadResourceResult(r) => {
+                    return Ok(ReadResourceResponse::Complete(r));
+                }
+                ServerResult::InputRequiredResult(ir) if modern_agent => {
+                    return Ok(ReadResourceResponse::InputRequired(ir));
+                }
+                ServerResult::InputRequiredResult(ir) => {
+                    forwarded.input_responses = Some(
+                        self.fulfil(
+                            &upstream.name,
+                            ir.input_requests.unwrap_or_default(),
+                            &context,
+                        )
+                        .await
+                        .map_err(internal)?,
+                    );
+                    forwarded.request_state = ir.request_state;
+                }
+                _ => {
+                    return Err(McpError::internal_error(
+                        "unexpected answer to resources/read",
+                        None,
+                    ));
+                }
+            }
+        }
+        Err(McpError::internal_error("too many input rounds", None))
+    }
+
+    async fn subscribe(
+        &self,
+        params: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.register(&context.peer);
+        let index = self
+            .hub
+            .merged()
+            .resource_upstream(&params.uri, self.hub.upstreams.len())
+            .map_err(internal)?;
+        let upstream = self.upstream(index)?.clone();
+        let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(params.clone()));
+        self.forward(&upstream, request, &context, upstream.request_timeout)
+            .await
+            .map_err(internal)?;
+        self.hub.sessions.subscribe(self.id, &params.uri);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        params: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.register(&context.peer);
+        self.hub.sessions.unsubscribe(self.id, &params.uri);
+        // Other sessions may still want updates for this URI from the shared upstream.
+        if !self.hub.sessions.subscribers(&params.uri).is_empty() {
+            return Ok(());
+        }
+        let index = self
+            .hub
+            .merged()
+            .resource_upstream(&params.uri, self.hub.upstreams.len())
+            .map_err(internal)?;
+        let upstream = self.upstream(index)?.clone();
+        let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(params));
+        self.forward(&upstream, request, &context, upstream.request_timeout)
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        params: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        self.register(&context.peer);
+        let merged = self.hub.merged();
+        let mut forwarded = params.clone();
+        let index = match &mut forwarded.r#ref {
+            Reference::Prompt(prompt) => {
+                let route = merged.prompt(&prompt.name).map_err(internal)?;
+                prompt.name = route.name.clone();
+                route.upstream
+            }
+            Reference::Resource(template) => match merged.template_upstream(&template.uri) {
+                Some(index) => index,
+                None => merged
+                    .resource_upstream(&template.uri, self.hub.upstreams.len())
+                    .map_err(internal)?,
+            },
+            _ => {
+                return Err(McpError::invalid_params(
+                    "unknown completion reference type",
+                    None,
+                ));
+            }
+        };
+        let upstream = self.upstream(index)?.clone();
+        let request = ClientRequest::CompleteRequest(CompleteRequest::new(forwarded));
+        match self
+            .forward(&upstream, request, &context, upstream.request_timeout)
+            .await
+            .map_err(internal)?
+        {
+            ServerResult::CompleteResult(r) => Ok(r),
+            _ => Err(McpError::internal_error(
+                "unexpected answer to completion/complete",
+                None,
+            )),
+        }
+    }
+
+    async fn set_level(
+        &self,
+        params: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.register(&context.peer);
+        self.hub.sessions.set_log_level(self.id, params.level);
+        // Upstreams are shared: ask each for everything at this level or above and filter per
+        // session on the way out.
+        for upstream in &self.hub.upstreams {
+            if let Ok(peer) = upstream.peer() {
+                let _ = peer.set_level(params.clone()).await;
+            }
+        }
+        Ok(())
+    }
+}

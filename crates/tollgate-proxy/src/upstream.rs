@@ -1,0 +1,423 @@
+//! Upstreams: one MCP client connection per configured tool server, kept alive by a
+//! supervisor that restarts it with backoff, plus the table of calls in flight on it that
+//! routes progress and server→client requests back to the agent session that caused them.
+
+mod child;
+mod handler;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock, Weak},
+    time::{Duration, Instant},
+};
+
+use rmcp::{
+    RoleClient, RoleServer,
+    model::{ClientRequest, ProgressToken, ProtocolVersion, RequestId, ServerResult},
+    service::{
+        ClientLifecycleMode, Peer, PeerRequestOptions, RunningService,
+        serve_client_with_lifecycle_and_ct,
+    },
+    transport::{
+        StreamableHttpClientTransport, async_rw::AsyncRwTransport,
+        streamable_http_client::StreamableHttpClientTransportConfig,
+    },
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use crate::{
+    ProxyError,
+    config::{UpstreamConfig, UpstreamTransport},
+    hub::Hub,
+    names::UpstreamLists,
+    session::SessionId,
+};
+
+pub(crate) use handler::UpstreamHandler;
+
+/// Where a call in flight came from, so that what the upstream sends about it reaches the
+/// right agent.
+#[derive(Debug, Clone)]
+pub(crate) struct CallRoute {
+    pub session: SessionId,
+    pub agent: Peer<RoleServer>,
+    pub agent_request: RequestId,
+    pub agent_progress: Option<ProgressToken>,
+}
+
+#[derive(Debug, Default)]
+struct Inflight {
+    next: u64,
+    calls: HashMap<u64, CallRoute>,
+    by_progress: HashMap<ProgressToken, u64>,
+}
+
+/// Connection state published to waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    Starting,
+    Up,
+    Down,
+}
+
+/// One upstream and its live connection.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub index: usize,
+    pub name: String,
+    pub config: UpstreamConfig,
+    max_message_bytes: usize,
+    pub request_timeout: Duration,
+    peer: RwLock<Option<Peer<RoleClient>>>,
+    lists: RwLock<Arc<UpstreamLists>>,
+    inflight: Mutex<Inflight>,
+    state: watch::Sender<LinkState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Upstream {
+    pub fn new(
+        index: usize,
+        config: UpstreamConfig,
+        max_message_bytes: usize,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            index,
+            name: config.name.clone(),
+            config,
+            max_message_bytes,
+            request_timeout,
+            peer: RwLock::new(None),
+            lists: RwLock::new(Arc::new(UpstreamLists::default())),
+            inflight: Mutex::new(Inflight::default()),
+            state: watch::channel(LinkState::Starting).0,
+        }
+    }
+
+    pub fn lists(&self) -> Arc<UpstreamLists> {
+        self.lists
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_lists(&self, lists: UpstreamLists) {
+        *self
+            .lists
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(lists);
+    }
+
+    pub fn peer(&self) -> Result<Peer<RoleClient>, ProxyError> {
+        self.peer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| ProxyError::UpstreamDown {
+                upstream: self.name.clone(),
+            })
+    }
+
+    fn set_peer(&self, peer: Option<Peer<RoleClient>>) {
+        *self
+            .peer
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = peer;
+    }
+
+    pub fn state(&self) -> LinkState {
+        *self.state.borrow()
+    }
+
+    /// Waits until the first connection attempt has ended, one way or the other.
+    pub async fn settled(&self) {
+        let mut rx = self.state.subscribe();
+        let _ = rx.wait_for(|s| *s != LinkState::Starting).await;
+    }
+
+    /// Sends one request and waits for its answer, its timeout, or the agent's cancellation.
+    /// With a `route`, progress and server→client requests the upstream sends meanwhile are
+    /// delivered to that agent session.
+    pub async fn request(
+        &self,
+        request: ClientRequest,
+        route: Option<CallRoute>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<ServerResult, ProxyError> {
+        let peer = self.peer()?;
+        let handle = peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .await
+            .map_err(|e| ProxyError::from_service(&self.name, e))?;
+        let id = handle.id.clone();
+        let _tracked = route.map(|route| self.track(route, handle.progress_token.clone()));
+        tokio::select! {
+            answer = handle.await_response() => {
+                answer.map_err(|e| ProxyError::from_service(&self.name, e))
+            }
+            () = cancel.cancelled() => {
+                let _ = peer
+                    .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                        Some(id),
+                        Some("cancelled by the agent".to_owned()),
+                    ))
+                    .await;
+                Err(ProxyError::Cancelled)
+            }
+        }
+    }
+
+    fn track(&self, route: CallRoute, progress: ProgressToken) -> Tracked<'_> {
+        let mut inflight = lock(&self.inflight);
+        inflight.next += 1;
+        let key = inflight.next;
+        inflight.calls.insert(key, route);
+        inflight.by_progress.insert(progress.clone(), key);
+        Tracked {
+            upstream: self,
+            key,
+            progress,
+        }
+    }
+
+    /// The agent route for an upstream progress token.
+    pub(crate) fn progress_route(&self, token: &ProgressToken) -> Option<CallRoute> {
+        let inflight = lock(&self.inflight);
+        let key = inflight.by_progress.get(token)?;
+        inflight.calls.get(key).cloned()
+    }
+
+    /// The agent a server→client request belongs to. Unambiguous only while every call in
+    /// flight on this upstream comes from one session: the wire does not say which call a
+    /// request belongs to, so with several sessions in flight the request is refused rather
+    /// than risk showing one user's prompt to another.
+    pub(crate) fn route_for_server_request(&self) -> Result<CallRoute, RouteError> {
+        let inflight = lock(&self.inflight);
+        let sessions: HashSet<SessionId> = inflight.calls.values().map(|c| c.session).collect();
+        match sessions.len() {
+            0 => Err(RouteError::NoCall),
+            1 => inflight
+                .calls
+                .iter()
+                .max_by_key(|(k, _)| **k)
+                .map(|(_, c)| c.clone())
+                .ok_or(RouteError::NoCall),
+            n => Err(RouteError::Ambiguous { sessions: n }),
+        }
+    }
+
+    /// Sessions with a call in flight here.
+    pub(crate) fn sessions_in_flight(&self) -> HashSet<SessionId> {
+        lock(&self.inflight)
+            .calls
+            .values()
+            .map(|c| c.session)
+            .collect()
+    }
+
+    /// Keeps this upstream connected until `shutdown`, restarting it with backoff.
+    pub async fn supervise(self: Arc<Self>, hub: Weak<Hub>, shutdown: CancellationToken) {
+        let span = tracing::info_span!("upstream", upstream = %self.name);
+        async move {
+            let policy = self.config.restart;
+            let mut backoff = policy.initial_backoff;
+            loop {
+                let started = Instant::now();
+                match self.connect(hub.clone(), shutdown.child_token()).await {
+                    Ok(mut link) => {
+                        info!("connected");
+                        self.set_peer(Some(link.peer.clone()));
+                        self.state.send_replace(LinkState::Up);
+                        if let Some(hub) = hub.upgrade() {
+                            hub.refresh_all(self.index).await;
+                        }
+                        let ended = tokio::select! {
+                            reason = link.wait() => Some(reason),
+                            () = shutdown.cancelled() => None,
+                        };
+                        self.set_peer(None);
+                        self.state.send_replace(LinkState::Down);
+                        match ended {
+                            None => {
+                                link.shutdown().await;
+                                info!("stopped");
+                                return;
+                            }
+                            Some(reason) => {
+                                warn!(%reason, "connection ended; in-flight calls fail")
+                            }
+                        }
+                        if started.elapsed() > policy.max_backoff {
+                            backoff = policy.initial_backoff;
+                        }
+                    }
+                    Err(error) => {
+                        self.state.send_replace(LinkState::Down);
+                        warn!(%error, "cannot connect");
+                    }
+                }
+                info!(
+                    backoff_ms = backoff.as_millis() as u64,
+                    "restarting after backoff"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn connect(&self, hub: Weak<Hub>, stop: CancellationToken) -> Result<Link, String> {
+        let handler = UpstreamHandler::new(hub, self.index);
+        let lifecycle = ClientLifecycleMode::Auto {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            legacy_version: Some(ProtocolVersion::V_2025_11_25),
+        };
+        match &self.config.transport {
+            UpstreamTransport::Stdio {
+                command,
+                args,
+                env,
+                cwd,
+            } => {
+                let mut child = child::spawn(&self.name, command, args, env, cwd.as_deref())
+                    .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+                let (stdout, stdin) = child.take_pipes().ok_or("child pipes missing")?;
+                let transport = AsyncRwTransport::<RoleClient, _, _>::new_client(stdout, stdin)
+                    .with_max_line_length(self.max_message_bytes);
+                let started = tokio::time::timeout(
+                    self.request_timeout,
+                    serve_client_with_lifecycle_and_ct(handler, transport, lifecycle, stop.clone()),
+                )
+                .await;
+                match started {
+                    Ok(Ok(service)) => Ok(Link::new(service, stop, Some(child))),
+                    Ok(Err(e)) => {
+                        child.terminate().await;
+                        Err(format!("initialization failed: {e}"))
+                    }
+                    Err(_) => {
+                        child.terminate().await;
+                        Err(format!(
+                            "no answer to initialization within {} ms",
+                            self.request_timeout.as_millis()
+                        ))
+                    }
+                }
+            }
+            UpstreamTransport::Http { url, headers } => {
+                let mut custom = HashMap::new();
+                for (name, value) in headers {
+                    let name = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("invalid header name `{name}`"))?;
+                    let mut value = http::HeaderValue::from_str(value.expose())
+                        .map_err(|_| format!("invalid value for header `{name}`"))?;
+                    value.set_sensitive(true);
+                    custom.insert(name, value);
+                }
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                    .custom_headers(custom)
+                    .max_concurrent_requests(256)
+                    .max_sse_event_size(self.max_message_bytes);
+                let transport = StreamableHttpClientTransport::from_config(config);
+                let service = tokio::time::timeout(
+                    self.request_timeout,
+                    serve_client_with_lifecycle_and_ct(handler, transport, lifecycle, stop.clone()),
+                )
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer to initialization within {} ms",
+                        self.request_timeout.as_millis()
+                    )
+                })?
+                .map_err(|e| format!("initialization failed: {e}"))?;
+                Ok(Link::new(service, stop, None))
+            }
+        }
+    }
+}
+
+/// Removes a call from the in-flight table when it ends, however it ends.
+struct Tracked<'a> {
+    upstream: &'a Upstream,
+    key: u64,
+    progress: ProgressToken,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        let mut inflight = lock(&self.upstream.inflight);
+        inflight.calls.remove(&self.key);
+        inflight.by_progress.remove(&self.progress);
+    }
+}
+
+/// Why a server→client request could not be routed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RouteError {
+    #[error("no agent call is in progress on this upstream")]
+    NoCall,
+    #[error(
+        "calls from {sessions} agent sessions are in progress on this upstream; the request cannot be attributed to one"
+    )]
+    Ambiguous { sessions: usize },
+}
+
+/// A live connection and the child process behind it, if any.
+struct Link {
+    peer: Peer<RoleClient>,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<Result<rmcp::service::QuitReason, tokio::task::JoinError>>,
+    child: Option<child::Child>,
+}
+
+impl Link {
+    fn new(
+        service: RunningService<RoleClient, UpstreamHandler>,
+        stop: CancellationToken,
+        child: Option<child::Child>,
+    ) -> Self {
+        let peer = service.peer().clone();
+        Self {
+            peer,
+            stop,
+            done: tokio::spawn(service.waiting()),
+            child,
+        }
+    }
+
+    /// Resolves when the connection or the child process ends.
+    async fn wait(&mut self) -> String {
+        let closed = async {
+            let _ = (&mut self.done).await;
+            "the connection closed".to_owned()
+        };
+        match &mut self.child {
+            Some(child) => tokio::select! {
+                status = child.wait() => status,
+                reason = closed => reason,
+            },
+            None => closed.await,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.done).await;
+        if let Some(mut child) = self.child.take() {
+            child.terminate().await;
+        }
+    }
+}
