@@ -1,1 +1,141 @@
-fn main() {}
+//! The `tollgate` binary: run the guard in front of MCP servers, or watch it work in the demo.
+
+mod demo;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tollgate_proxy::{Config, Proxy};
+use tracing_subscriber::EnvFilter;
+
+/// Tollgate: a guard between an AI agent and its MCP tools.
+///
+/// Every tool call the agent makes passes through Tollgate on its way to the tool server.
+/// Start with `tollgate demo` to see a scripted session, then wrap your own server with
+/// `tollgate run -- <command>` in your agent's MCP configuration.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Tollgate in front of one or more MCP servers.
+    ///
+    /// With `--config FILE`, fronts and upstreams come from the file (see
+    /// examples/tollgate.toml). With `-- <command> [args…]`, Tollgate starts that one stdio
+    /// server and speaks MCP on its own stdin/stdout, which is the form to paste into an
+    /// agent's MCP configuration:
+    ///
+    ///     tollgate run -- npx -y @modelcontextprotocol/server-filesystem /srv/app
+    ///
+    /// Logs go to stderr; set RUST_LOG (e.g. `RUST_LOG=tollgate=debug`) for more.
+    Run {
+        /// A TOML configuration file.
+        #[arg(long, short, value_name = "FILE", conflicts_with = "command")]
+        config: Option<PathBuf>,
+        /// The stdio MCP server to wrap, after `--`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Start Tollgate in front of built-in demo servers and drive a scripted agent session
+    /// through it, printing a transcript.
+    Demo,
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // stdout may be the MCP channel; logs always go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, command } => {
+            init_logging("info");
+            run(config, command).await
+        }
+        Command::Demo => {
+            // The transcript is the output; only real failures are logged beside it.
+            init_logging("error");
+            demo::run().await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(config: Option<PathBuf>, command: Vec<String>) -> anyhow::Result<()> {
+    let config = match (config, command.split_first()) {
+        (Some(path), _) => Config::load(&path)?,
+        (None, Some((program, args))) => Config::wrap_command(program.clone(), args.to_vec())?,
+        (None, None) => anyhow::bail!(
+            "nothing to run: give `--config FILE` or `-- <command> [args…]` (see `tollgate run --help`)"
+        ),
+    };
+    let proxy = Proxy::start(config).await;
+    let report = proxy.report();
+    for name in &report.failed {
+        tracing::warn!(upstream = %name, "upstream is not connected yet; retrying in the background");
+    }
+    for collision in &report.collisions {
+        tracing::warn!(%collision, "name collision");
+    }
+    tracing::info!(
+        upstreams = report.connected.len(),
+        tools = report.tools,
+        "tollgate is ready"
+    );
+
+    let mut http = None;
+    if let Some(front) = proxy.config().fronts.http.clone() {
+        let server = proxy.serve_http(&front).await?;
+        tracing::info!(url = %format!("http://{}{}", server.local_addr, front.path), "serving streamable HTTP");
+        http = Some(server);
+    }
+    if proxy.config().fronts.stdio {
+        tokio::select! {
+            served = proxy.serve_stdio() => {
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "stdio front ended");
+                }
+            }
+            () = shutdown_signal() => tracing::info!("shutting down"),
+        }
+    } else {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    }
+    proxy.shutdown().await;
+    if let Some(server) = http {
+        let _ = server.task.await;
+    }
+    Ok(())
+}

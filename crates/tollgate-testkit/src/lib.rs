@@ -1,1 +1,71 @@
-//! placeholder
+//! MCP peers for Tollgate's tests, demo and benchmarks: a fixture server that answers the
+//! official conformance scenarios and exercises every relay path, and small demo services.
+
+#![expect(
+    deprecated,
+    reason = "the fixture exercises sampling, roots, logging and subscriptions, which clients still use"
+)]
+
+pub mod demo;
+pub mod fixture;
+
+use rmcp::{
+    ServiceExt,
+    transport::{
+        StreamableHttpServerConfig, StreamableHttpService,
+        streamable_http_server::session::local::LocalSessionManager,
+    },
+};
+use std::{net::SocketAddr, sync::Arc};
+use tokio_util::sync::CancellationToken;
+
+/// Decodes JSON the fixture wrote itself; a failure is a bug in the fixture, reported as an
+/// internal error rather than a panic.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, rmcp::ErrorData> {
+    serde_json::from_value(value)
+        .map_err(|e| rmcp::ErrorData::internal_error(format!("fixture json: {e}"), None))
+}
+
+/// Serves `factory`'s handlers over streamable HTTP on `addr` (port 0 picks one) until
+/// `shutdown`; returns the bound address.
+pub async fn serve_http<S, F>(
+    addr: SocketAddr,
+    factory: F,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr>
+where
+    S: rmcp::ServerHandler + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(shutdown.clone())
+        .with_allowed_hosts(["localhost", "127.0.0.1", "::1", "[::1]"]);
+    let service = StreamableHttpService::new(
+        move || Ok(factory()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let app = axum::Router::new().route_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+    Ok(local)
+}
+
+/// Serves one handler over this process's stdin/stdout until the peer closes it.
+pub async fn serve_stdio<S: rmcp::ServerHandler + Send + 'static>(
+    handler: S,
+) -> std::io::Result<()> {
+    let service = handler
+        .serve(rmcp::transport::stdio_pipes())
+        .await
+        .map_err(std::io::Error::other)?;
+    service.waiting().await.map_err(std::io::Error::other)?;
+    Ok(())
+}
