@@ -75,8 +75,24 @@ pub struct Limits {
 pub struct UpstreamConfig {
     pub name: String,
     pub transport: UpstreamTransport,
+    pub protocol: UpstreamProtocol,
     pub call_timeout: Duration,
     pub restart: RestartPolicy,
+}
+
+/// The protocol revision Tollgate speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum UpstreamProtocol {
+    /// 2025-11-25: `initialize`, sessions, server→client requests. What most servers speak.
+    #[default]
+    #[serde(rename = "2025-11-25")]
+    Legacy,
+    /// 2026-07-28: `server/discover`, per-request metadata, `InputRequiredResult`.
+    #[serde(rename = "2026-07-28")]
+    Modern,
+    /// Try 2026-07-28 first and fall back to 2025-11-25.
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 /// How Tollgate reaches an upstream.
@@ -208,6 +224,8 @@ struct RawUpstream {
     url: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    protocol: UpstreamProtocol,
     call_timeout_ms: Option<u64>,
     restart_initial_backoff_ms: Option<u64>,
     restart_max_backoff_ms: Option<u64>,
@@ -275,6 +293,7 @@ impl Config {
                     env: BTreeMap::new(),
                     cwd: None,
                 },
+                protocol: UpstreamProtocol::default(),
                 call_timeout: DEFAULT_CALL_TIMEOUT,
                 restart: RestartPolicy::default(),
             }],
@@ -531,6 +550,7 @@ impl RawConfig {
             upstreams.push(UpstreamConfig {
                 name: raw.name,
                 transport,
+                protocol: raw.protocol,
                 call_timeout: millis(
                     &key("call_timeout_ms"),
                     raw.call_timeout_ms,

@@ -524,11 +524,16 @@ impl ServerHandler for AgentSession {
             .resource_upstream(&params.uri, self.hub.upstreams.len())
             .map_err(internal)?;
         let upstream = self.upstream(index)?.clone();
-        let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(params.clone()));
-        self.forward(&upstream, request, &context, upstream.request_timeout)
-            .await
-            .map_err(internal)?;
+        // Recorded first: an upstream may send the first update before it answers.
         self.hub.sessions.subscribe(self.id, &params.uri);
+        let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(params.clone()));
+        if let Err(e) = self
+            .forward(&upstream, request, &context, upstream.request_timeout)
+            .await
+        {
+            self.hub.sessions.unsubscribe(self.id, &params.uri);
+            return Err(internal(e));
+        }
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::{
     ProxyError,
-    config::{UpstreamConfig, UpstreamTransport},
+    config::{UpstreamConfig, UpstreamProtocol, UpstreamTransport},
     hub::Hub,
     names::UpstreamLists,
     session::SessionId,
@@ -234,10 +234,11 @@ impl Upstream {
                     Ok(mut link) => {
                         info!("connected");
                         self.set_peer(Some(link.peer.clone()));
-                        self.state.send_replace(LinkState::Up);
+                        // Lists first, so that nobody waiting for `Up` sees an empty catalog.
                         if let Some(hub) = hub.upgrade() {
                             hub.refresh_all(self.index).await;
                         }
+                        self.state.send_replace(LinkState::Up);
                         let ended = tokio::select! {
                             reason = link.wait() => Some(reason),
                             () = shutdown.cancelled() => None,
@@ -280,9 +281,15 @@ impl Upstream {
 
     async fn connect(&self, hub: Weak<Hub>, stop: CancellationToken) -> Result<Link, String> {
         let handler = UpstreamHandler::new(hub, self.index);
-        let lifecycle = ClientLifecycleMode::Auto {
-            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            legacy_version: Some(ProtocolVersion::V_2025_11_25),
+        let lifecycle = match self.config.protocol {
+            UpstreamProtocol::Legacy => ClientLifecycleMode::Initialize,
+            UpstreamProtocol::Modern => ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+            UpstreamProtocol::Auto => ClientLifecycleMode::Auto {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                legacy_version: Some(ProtocolVersion::V_2025_11_25),
+            },
         };
         match &self.config.transport {
             UpstreamTransport::Stdio {

@@ -7,7 +7,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -17,12 +17,12 @@ use rmcp::{
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
         CompleteResult, CreateMessageRequestParams, ElicitRequestParams, GetPromptRequestParams,
-        GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
-        ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
-        LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
-        ServerConfig, SetLevelRequestParams, SubscribeRequestParams, Tool,
-        UnsubscribeRequestParams,
+        GetPromptResponse, GetPromptResult, Implementation, InputRequest, InputRequests,
+        InputRequiredResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
+        ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams,
+        ReadResourceResponse, ReadResourceResult, ServerCapabilities, ServerConfig,
+        SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
     },
     service::RequestContext,
 };
@@ -41,6 +41,24 @@ pub struct FixtureState {
     /// Once set, `echo` has a changed description and schema (a quiet redefinition).
     pub redefined: AtomicBool,
     pub subscriptions: Mutex<HashSet<String>>,
+    /// How many calls ended because the client cancelled them.
+    pub cancellations: AtomicUsize,
+    /// Extra tools `bulk_0 … bulk_{n-1}` to list (for pagination tests).
+    pub bulk_tools: AtomicUsize,
+    /// The `_meta` of the last `tools/call` received, as JSON.
+    pub last_meta: Mutex<Option<Value>>,
+    /// Prepended to the built-in tool names (not the bulk tools), so that two fixtures can
+    /// differ in their tools.
+    pub tool_prefix: Mutex<String>,
+}
+
+impl FixtureState {
+    fn prefix(&self) -> String {
+        self.tool_prefix
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// One connection's handler.
@@ -68,7 +86,7 @@ fn no_args() -> Value {
     json!({"type": "object", "properties": {}})
 }
 
-fn tools(redefined: bool) -> Result<Vec<Tool>, McpError> {
+fn tools(redefined: bool, bulk: usize, prefix: &str) -> Result<Vec<Tool>, McpError> {
     let echo = if redefined {
         tool(
             "echo",
@@ -82,7 +100,7 @@ fn tools(redefined: bool) -> Result<Vec<Tool>, McpError> {
             json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
         )
     };
-    let list = vec![
+    let mut list = vec![
         echo,
         tool(
             "add",
@@ -161,6 +179,14 @@ fn tools(redefined: bool) -> Result<Vec<Tool>, McpError> {
             }
         }),
     ];
+    if !prefix.is_empty() {
+        for t in &mut list {
+            if let Some(name) = t["name"].as_str() {
+                t["name"] = json!(format!("{prefix}{name}"));
+            }
+        }
+    }
+    list.extend((0..bulk).map(|i| tool(&format!("bulk_{i}"), "A bulk tool", no_args())));
     from_json(Value::Array(list))
 }
 
@@ -218,27 +244,118 @@ fn elicit_schema_enums() -> Value {
     })
 }
 
-async fn elicit(
+/// Asks the client for input the way its protocol revision allows: a server→client request
+/// on 2025-11-25, an `InputRequiredResult` (answered by a retry) on 2026-07-28.
+async fn interact(
+    params: &CallToolRequestParams,
     ctx: &RequestContext<RoleServer>,
-    message: &str,
-    schema: Value,
-) -> Result<String, McpError> {
-    let params: ElicitRequestParams =
-        from_json(json!({"mode": "form", "message": message, "requestedSchema": schema}))?;
-    let result = ctx
-        .peer
-        .create_elicitation(params)
-        .await
-        .map_err(|e| McpError::internal_error(format!("elicitation failed: {e}"), None))?;
-    let value = serde_json::to_value(&result).unwrap_or_default();
-    Ok(format!(
+    method: &str,
+    request_params: Value,
+) -> Result<Result<Value, InputRequiredResult>, McpError> {
+    let modern = ctx
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+    if modern {
+        if let Some(answer) = params.input_responses.as_ref().and_then(|r| r.get("input")) {
+            return Ok(Ok(answer.clone()));
+        }
+        let request: InputRequest = from_json(json!({"method": method, "params": request_params}))?;
+        let mut requests = InputRequests::new();
+        requests.insert("input".to_owned(), request);
+        return Ok(Err(InputRequiredResult::new(
+            Some(requests),
+            Some("fixture-state".to_owned()),
+        )));
+    }
+    let failed = |e: rmcp::service::ServiceError| {
+        McpError::internal_error(format!("{method} failed: {e}"), None)
+    };
+    let answer = match method {
+        "sampling/createMessage" => {
+            let p: CreateMessageRequestParams = from_json(request_params)?;
+            serde_json::to_value(ctx.peer.create_message(p).await.map_err(failed)?)
+        }
+        "elicitation/create" => {
+            let p: ElicitRequestParams = from_json(request_params)?;
+            serde_json::to_value(ctx.peer.create_elicitation(p).await.map_err(failed)?)
+        }
+        _ => serde_json::to_value(ctx.peer.list_roots().await.map_err(failed)?),
+    };
+    answer
+        .map(Ok)
+        .map_err(|e| McpError::internal_error(format!("encode: {e}"), None))
+}
+
+fn elicit_params(message: &str, schema: Value) -> Value {
+    json!({"mode": "form", "message": message, "requestedSchema": schema})
+}
+
+fn elicit_summary(value: &Value) -> String {
+    format!(
         "action={}, content={}",
         value["action"].as_str().unwrap_or_default(),
         value.get("content").cloned().unwrap_or(Value::Null)
-    ))
+    )
 }
 
 impl Fixture {
+    /// Tools that need input from the client.
+    async fn run_interactive(
+        &self,
+        params: &CallToolRequestParams,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Option<CallToolResponse>, McpError> {
+        let (method, request, render): (&str, Value, fn(&Value) -> String) = match params
+            .name
+            .as_ref()
+        {
+            "test_sampling" => (
+                "sampling/createMessage",
+                json!({"messages": [{"role": "user", "content": {"type": "text", "text": arg_str(params, "prompt").unwrap_or_default()}}], "maxTokens": 100}),
+                |v| {
+                    let reply = v["content"]["text"]
+                        .as_str()
+                        .or_else(|| v["content"][0]["text"].as_str())
+                        .unwrap_or_default();
+                    format!("LLM response: {reply}")
+                },
+            ),
+            "test_elicitation" => (
+                "elicitation/create",
+                elicit_params(
+                    arg_str(params, "message").unwrap_or("Please provide your information"),
+                    json!({"type": "object", "properties": {
+                        "username": {"type": "string", "description": "User's response"},
+                        "email": {"type": "string", "description": "User's email address"}
+                    }, "required": ["username", "email"]}),
+                ),
+                |v| format!("User response: {}", elicit_summary(v)),
+            ),
+            "test_elicitation_sep1034_defaults" => (
+                "elicitation/create",
+                elicit_params(
+                    "Please review and update the form fields with defaults",
+                    elicit_schema_defaults(),
+                ),
+                |v| format!("Elicitation completed: {}", elicit_summary(v)),
+            ),
+            "test_elicitation_sep1330_enums" => (
+                "elicitation/create",
+                elicit_params(
+                    "Please select options from the enum fields",
+                    elicit_schema_enums(),
+                ),
+                |v| format!("Elicitation completed: {}", elicit_summary(v)),
+            ),
+            "ask_roots" => ("roots/list", json!({}), |v| v.to_string()),
+            _ => return Ok(None),
+        };
+        Ok(Some(match interact(params, ctx, method, request).await? {
+            Ok(answer) => CallToolResponse::Complete(text(render(&answer))?),
+            Err(needed) => CallToolResponse::InputRequired(needed),
+        }))
+    }
+
     async fn run_tool(
         &self,
         params: &CallToolRequestParams,
@@ -258,7 +375,10 @@ impl Fixture {
                 for step in 1..=steps {
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(ms / steps)) => {}
-                        () = ctx.ct.cancelled() => return Err(McpError::internal_error("cancelled", None)),
+                        () = ctx.ct.cancelled() => {
+                            self.state.cancellations.fetch_add(1, Ordering::SeqCst);
+                            return Err(McpError::internal_error("cancelled", None));
+                        }
                     }
                     progress(ctx, step as f64, steps as f64).await;
                 }
@@ -266,6 +386,7 @@ impl Fixture {
             }
             "hang" => {
                 ctx.ct.cancelled().await;
+                self.state.cancellations.fetch_add(1, Ordering::SeqCst);
                 Err(McpError::internal_error("cancelled", None))
             }
             "pid" => text(std::process::id().to_string()),
@@ -274,13 +395,6 @@ impl Fixture {
                 self.state.redefined.store(true, Ordering::SeqCst);
                 let _ = ctx.peer.notify_tool_list_changed().await;
                 text("redefined")
-            }
-            "ask_roots" => {
-                let roots =
-                    ctx.peer.list_roots().await.map_err(|e| {
-                        McpError::internal_error(format!("roots failed: {e}"), None)
-                    })?;
-                text(serde_json::to_string(&roots).unwrap_or_default())
             }
             "log" => {
                 let level: LoggingLevel =
@@ -322,59 +436,12 @@ impl Fixture {
                 progress(ctx, 100.0, 100.0).await;
                 text("Tool with progress executed successfully")
             }
-            "test_sampling" => {
-                let prompt = arg_str(params, "prompt").unwrap_or_default();
-                let request: CreateMessageRequestParams = from_json(json!({
-                    "messages": [{"role": "user", "content": {"type": "text", "text": prompt}}],
-                    "maxTokens": 100
-                }))?;
-                let result =
-                    ctx.peer.create_message(request).await.map_err(|e| {
-                        McpError::internal_error(format!("sampling failed: {e}"), None)
-                    })?;
-                let value = serde_json::to_value(&result).unwrap_or_default();
-                let reply = value["content"]["text"]
-                    .as_str()
-                    .or_else(|| value["content"][0]["text"].as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                text(format!("LLM response: {reply}"))
-            }
-            "test_elicitation" => {
-                let message =
-                    arg_str(params, "message").unwrap_or("Please provide your information");
-                let schema = json!({"type": "object", "properties": {
-                    "username": {"type": "string", "description": "User's response"},
-                    "email": {"type": "string", "description": "User's email address"}
-                }, "required": ["username", "email"]});
-                text(format!(
-                    "User response: {}",
-                    elicit(ctx, message, schema).await?
-                ))
-            }
-            "test_elicitation_sep1034_defaults" => text(format!(
-                "Elicitation completed: {}",
-                elicit(
-                    ctx,
-                    "Please review and update the form fields with defaults",
-                    elicit_schema_defaults()
-                )
-                .await?
-            )),
-            "test_elicitation_sep1330_enums" => text(format!(
-                "Elicitation completed: {}",
-                elicit(
-                    ctx,
-                    "Please select options from the enum fields",
-                    elicit_schema_enums()
-                )
-                .await?
-            )),
             "test_reconnection" => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 text("Reconnection test completed")
             }
             "json_schema_2020_12_tool" => text("ok"),
+            bulk if bulk.starts_with("bulk_") => text(bulk.to_owned()),
             other => Err(McpError::invalid_params(
                 format!("unknown tool `{other}`"),
                 None,
@@ -410,6 +477,8 @@ impl ServerHandler for Fixture {
     ) -> Result<ListToolsResult, McpError> {
         Ok(ListToolsResult::with_all_items(tools(
             self.state.redefined.load(Ordering::SeqCst),
+            self.state.bulk_tools.load(Ordering::SeqCst),
+            &self.state.prefix(),
         )?))
     }
 
@@ -418,6 +487,20 @@ impl ServerHandler for Fixture {
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        *self
+            .state
+            .last_meta
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            serde_json::to_value(&ctx.meta).ok();
+        let mut params = params;
+        let prefix = self.state.prefix();
+        if let Some(name) = params.name.strip_prefix(prefix.as_str()) {
+            params.name = name.to_owned().into();
+        }
+        if let Some(response) = self.run_interactive(&params, &ctx).await? {
+            return Ok(response);
+        }
         self.run_tool(&params, &ctx)
             .await
             .map(CallToolResponse::Complete)

@@ -1,0 +1,290 @@
+//! Shared helpers for the end-to-end tests: real fixture servers, a real agent (rmcp client)
+//! that records what it receives, and the built binaries.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![expect(
+    deprecated,
+    reason = "the test agent answers sampling and roots, which are deprecated upstream"
+)]
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rmcp::{
+    ClientHandler, ErrorData as McpError, RoleClient, ServiceExt,
+    model::{
+        CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
+        CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
+        Implementation, ListRootsResult, LoggingMessageNotificationParam,
+        ProgressNotificationParam, ProtocolVersion,
+    },
+    service::{ClientLifecycleMode, NotificationContext, RequestContext, RunningService},
+    transport::StreamableHttpClientTransport,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tollgate_proxy::{Config, HttpServer, Proxy};
+use tollgate_testkit::fixture::{Fixture, FixtureState};
+
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// The `tollgate` binary built for this test run.
+pub fn tollgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))
+}
+
+/// The fixture server binary (built by the testkit package's own tests in the same run).
+pub fn fixture_bin() -> PathBuf {
+    let path = tollgate_bin().with_file_name("tollgate-fixture");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A fixture server on loopback HTTP.
+pub struct FixtureServer {
+    pub url: String,
+    pub state: Arc<FixtureState>,
+    pub stop: CancellationToken,
+}
+
+impl Drop for FixtureServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn fixture_http(name: &str) -> FixtureServer {
+    let state = Arc::new(FixtureState::default());
+    let stop = CancellationToken::new();
+    let st = state.clone();
+    let name = name.to_owned();
+    let addr = tollgate_testkit::serve_http(
+        loopback(),
+        move || Fixture::new(name.clone(), st.clone()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    FixtureServer {
+        url: format!("http://{addr}/mcp"),
+        state,
+        stop,
+    }
+}
+
+/// Tollgate with an HTTP front on loopback.
+pub struct Guard {
+    pub proxy: Option<Proxy>,
+    pub server: HttpServer,
+    pub url: String,
+}
+
+impl Guard {
+    pub async fn stop(mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            proxy.shutdown().await;
+        }
+    }
+    pub fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().unwrap()
+    }
+}
+
+/// Starts Tollgate from config text (must have a `[front.http]` table).
+pub async fn guard(config: &str) -> Guard {
+    let config = Config::parse(config).unwrap();
+    let front = config.fronts.http.clone().expect("an http front");
+    let proxy = Proxy::start(config).await;
+    let server = proxy.serve_http(&front).await.unwrap();
+    let url = format!("http://{}{}", server.local_addr, front.path);
+    Guard {
+        proxy: Some(proxy),
+        server,
+        url,
+    }
+}
+
+pub fn http_upstreams(upstreams: &[(&str, &str)]) -> String {
+    let mut text = String::from("[front.http]\nlisten = \"127.0.0.1:0\"\n");
+    for (name, url) in upstreams {
+        text.push_str(&format!(
+            "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n"
+        ));
+    }
+    text
+}
+
+/// What the test agent has received from Tollgate.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub progress: Vec<ProgressNotificationParam>,
+    pub logs: Vec<LoggingMessageNotificationParam>,
+    pub tool_list_changed: usize,
+    pub sampling: Vec<CreateMessageRequestParams>,
+    pub elicitations: usize,
+    pub roots_asked: usize,
+    pub resource_updates: Vec<String>,
+}
+
+/// An agent that answers sampling, elicitation and roots, and records notifications.
+#[derive(Clone, Default)]
+pub struct TestAgent {
+    pub seen: Arc<Mutex<Seen>>,
+    pub label: String,
+}
+
+impl TestAgent {
+    pub fn new(label: &str) -> Self {
+        Self {
+            seen: Arc::default(),
+            label: label.to_owned(),
+        }
+    }
+}
+
+impl ClientHandler for TestAgent {
+    fn get_info(&self) -> ClientConfig {
+        let capabilities = ClientCapabilities::builder()
+            .enable_sampling()
+            .enable_elicitation()
+            .enable_roots()
+            .build();
+        ClientConfig::new(capabilities, Implementation::new("test-agent", "1.0.0"))
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _ctx: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        self.seen.lock().unwrap().sampling.push(params);
+        Ok(serde_json::from_value(json!({
+            "role": "assistant",
+            "content": {"type": "text", "text": format!("sampled by {}", self.label)},
+            "model": "test-model",
+            "stopReason": "endTurn"
+        }))
+        .unwrap())
+    }
+
+    async fn create_elicitation(
+        &self,
+        _params: ElicitRequestParams,
+        _ctx: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        self.seen.lock().unwrap().elicitations += 1;
+        Ok(serde_json::from_value(json!({
+            "action": "accept",
+            "content": {"username": self.label, "email": "agent@example.test"}
+        }))
+        .unwrap())
+    }
+
+    async fn list_roots(
+        &self,
+        _ctx: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, McpError> {
+        self.seen.lock().unwrap().roots_asked += 1;
+        Ok(serde_json::from_value(
+            json!({"roots": [{"uri": format!("file:///{}", self.label), "name": self.label}]}),
+        )
+        .unwrap())
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().unwrap().progress.push(params);
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().unwrap().logs.push(params);
+    }
+
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        self.seen.lock().unwrap().tool_list_changed += 1;
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _ctx: NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().unwrap().resource_updates.push(params.uri);
+    }
+}
+
+pub type Agent = RunningService<RoleClient, TestAgent>;
+
+/// Connects a 2025-11-25 agent (initialize + session) over streamable HTTP.
+pub async fn agent_legacy(url: &str, agent: TestAgent) -> Agent {
+    agent
+        .serve(StreamableHttpClientTransport::from_uri(url))
+        .await
+        .unwrap()
+}
+
+/// Connects a 2026-07-28 agent (server/discover, per-request metadata) over streamable HTTP.
+pub async fn agent_modern(url: &str, agent: TestAgent) -> Agent {
+    use rmcp::service::ClientServiceExt;
+    agent
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(url),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap()
+}
+
+pub fn call(name: &str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(name.to_owned())
+        .with_arguments(args.as_object().cloned().unwrap_or_default())
+}
+
+/// All text content of a result, joined.
+pub fn text_of(result: &CallToolResult) -> String {
+    let value = serde_json::to_value(result).unwrap();
+    value["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
