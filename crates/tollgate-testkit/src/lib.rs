@@ -28,12 +28,29 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| rmcp::ErrorData::internal_error(format!("fixture json: {e}"), None))
 }
 
+/// Request headers an HTTP test server received, in order.
+pub type HeaderLog = Arc<std::sync::Mutex<Vec<http::HeaderMap>>>;
+
 /// Serves `factory`'s handlers over streamable HTTP on `addr` (port 0 picks one) until
 /// `shutdown`; returns the bound address.
 pub async fn serve_http<S, F>(
     addr: SocketAddr,
     factory: F,
     shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr>
+where
+    S: rmcp::ServerHandler + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    serve_http_recording(addr, factory, shutdown, None).await
+}
+
+/// Like [`serve_http`], recording every request's headers into `log`.
+pub async fn serve_http_recording<S, F>(
+    addr: SocketAddr,
+    factory: F,
+    shutdown: CancellationToken,
+    log: Option<HeaderLog>,
 ) -> std::io::Result<SocketAddr>
 where
     S: rmcp::ServerHandler + Send + 'static,
@@ -47,7 +64,17 @@ where
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let app = axum::Router::new().route_service("/mcp", service);
+    let mut app = axum::Router::new().route_service("/mcp", service);
+    if let Some(log) = log {
+        app = app.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                log.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(request.headers().clone());
+                next.run(request)
+            },
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {

@@ -32,7 +32,113 @@ pub(crate) fn router(
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    axum::Router::new().route_service(&front.path, service)
+    axum::Router::new()
+        .route_service(&front.path, service)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            screen_body(request, next, max_body)
+        }))
+}
+
+/// The fields of a JSON-RPC message Tollgate checks before rmcp sees it; everything else is
+/// skipped without being built.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<std::borrow::Cow<'a, str>>,
+    id: Option<serde_json::Value>,
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    result: Option<serde::de::IgnoredAny>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+fn jsonrpc_error(
+    status: http::StatusCode,
+    id: serde_json::Value,
+    code: i64,
+    message: String,
+) -> axum::response::Response {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Answers bodies that are too large, not JSON, or not a JSON-RPC message with a JSON-RPC
+/// error, reading at most `max_body + 1` bytes; well-formed messages pass on untouched.
+async fn screen_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    max_body: usize,
+) -> axum::response::Response {
+    if request.method() != http::Method::POST {
+        return next.run(request).await;
+    }
+    let too_large = || {
+        jsonrpc_error(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::Value::Null,
+            -32600,
+            format!("message exceeds the limit of {max_body} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
+        return too_large();
+    };
+    match serde_json::from_slice::<Envelope<'_>>(&bytes) {
+        Ok(envelope) => {
+            let id = match envelope.id {
+                Some(id @ (serde_json::Value::String(_) | serde_json::Value::Number(_))) => id,
+                _ => serde_json::Value::Null,
+            };
+            let shaped = envelope.jsonrpc.as_deref() == Some("2.0")
+                && (envelope.method.is_some()
+                    || envelope.result.is_some()
+                    || envelope.error.is_some());
+            if !shaped {
+                return jsonrpc_error(
+                    http::StatusCode::BAD_REQUEST,
+                    id,
+                    -32600,
+                    "invalid request: expected a JSON-RPC 2.0 message with `jsonrpc: \"2.0\"` and a `method`".to_owned(),
+                );
+            }
+        }
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return jsonrpc_error(
+                http::StatusCode::BAD_REQUEST,
+                serde_json::Value::Null,
+                -32700,
+                format!("parse error: {e}"),
+            );
+        }
+        Err(e) => {
+            return jsonrpc_error(
+                http::StatusCode::BAD_REQUEST,
+                serde_json::Value::Null,
+                -32600,
+                format!("invalid request: {e}"),
+            );
+        }
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 /// A running HTTP front.

@@ -1,0 +1,303 @@
+//! The streamable-HTTP front at the wire: session ids, Origin and Host checks, bad input and
+//! oversize bodies, and what never reaches an upstream.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::sync::Arc;
+
+use reqwest::{StatusCode, header::HeaderMap};
+use serde_json::{Value, json};
+use support::*;
+use tokio_util::sync::CancellationToken;
+use tollgate_testkit::fixture::{Fixture, FixtureState};
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+    session: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_owned());
+    if let Some(id) = session {
+        request = request
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    request
+}
+
+/// The JSON-RPC message in a response body (plain JSON or the first SSE `data:` line).
+fn message(body: &str) -> Value {
+    if let Ok(v) = serde_json::from_str(body) {
+        return v;
+    }
+    let data = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .find(|d| d.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON-RPC message in {body:?}"));
+    serde_json::from_str(data).unwrap()
+}
+
+async fn open_session(client: &reqwest::Client, url: &str) -> String {
+    let response = post(client, url, INIT, None).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = response.text().await.unwrap();
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let ack = post(client, url, initialized, Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert!(ack.status().is_success(), "{}", ack.status());
+    id
+}
+
+#[tokio::test]
+async fn session_lifecycle_follows_the_spec() {
+    let fixture = fixture_http("one").await;
+    let guard = guard(&http_upstreams(&[("one", &fixture.url)])).await;
+    let client = reqwest::Client::new();
+    let id = open_session(&client, &guard.url).await;
+    assert!(guard.proxy().session_count() <= 1);
+
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let ok = post(&client, &guard.url, list, Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert!(message(&ok.text().await.unwrap())["result"]["tools"].is_array());
+
+    let missing = post(&client, &guard.url, list, None).send().await.unwrap();
+    assert_eq!(
+        missing.status(),
+        StatusCode::BAD_REQUEST,
+        "no Mcp-Session-Id after initialize"
+    );
+    let unknown = post(&client, &guard.url, list, Some("not-a-session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "unknown session");
+
+    let ended = client
+        .delete(&guard.url)
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.status().is_success(), "{}", ended.status());
+    let after = post(&client, &guard.url, list, Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status(),
+        StatusCode::NOT_FOUND,
+        "DELETE ends the session"
+    );
+    guard.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_origin_and_host_are_refused() {
+    let fixture = fixture_http("one").await;
+    let guard = guard(&http_upstreams(&[("one", &fixture.url)])).await;
+    let client = reqwest::Client::new();
+
+    let evil = post(&client, &guard.url, INIT, None)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(evil.status(), StatusCode::FORBIDDEN, "unlisted Origin");
+
+    let rebinding = post(&client, &guard.url, INIT, None)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        rebinding.status().is_client_error(),
+        "non-loopback Host: {}",
+        rebinding.status()
+    );
+
+    let fine = post(&client, &guard.url, INIT, None)
+        .header(
+            "host",
+            format!("localhost:{}", guard.server.local_addr.port()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), StatusCode::OK);
+    guard.stop().await;
+}
+
+#[tokio::test]
+async fn listed_origin_is_accepted() {
+    let fixture = fixture_http("one").await;
+    let config = http_upstreams(&[("one", &fixture.url)]).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nallowed_origins = [\"https://app.example.test\"]\n",
+    );
+    let guard = guard(&config).await;
+    let client = reqwest::Client::new();
+    let ok = post(&client, &guard.url, INIT, None)
+        .header("origin", "https://app.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    guard.stop().await;
+}
+
+#[tokio::test]
+async fn bad_json_gets_an_error_and_the_session_keeps_working() {
+    let fixture = fixture_http("one").await;
+    let guard = guard(&http_upstreams(&[("one", &fixture.url)])).await;
+    let client = reqwest::Client::new();
+    let id = open_session(&client, &guard.url).await;
+
+    let garbage = post(&client, &guard.url, "{not json", Some(&id))
+        .send()
+        .await
+        .unwrap();
+    let status = garbage.status();
+    let body = garbage.text().await.unwrap();
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(message(&body)["error"]["code"], -32700, "{body}");
+
+    let wrong_shape = post(
+        &client,
+        &guard.url,
+        r#"{"jsonrpc":"1.0","id":77}"#,
+        Some(&id),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(wrong_shape.status(), StatusCode::BAD_REQUEST);
+    let reply = message(&wrong_shape.text().await.unwrap());
+    assert_eq!(
+        (reply["error"]["code"].clone(), reply["id"].clone()),
+        (json!(-32600), json!(77))
+    );
+
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"after garbage"}}}"#;
+    let ok = post(&client, &guard.url, call, Some(&id))
+        .send()
+        .await
+        .unwrap();
+    let reply = message(&ok.text().await.unwrap());
+    assert_eq!(reply["result"]["content"][0]["text"], "after garbage");
+    guard.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_body_is_refused() {
+    let fixture = fixture_http("one").await;
+    let config = format!(
+        "{}\n[limits]\nmax_message_bytes = 4096\n",
+        http_upstreams(&[("one", &fixture.url)])
+    );
+    let guard = guard(&config).await;
+    let client = reqwest::Client::new();
+    let id = open_session(&client, &guard.url).await;
+    let big = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x".repeat(10_000)}}});
+    let refused = post(&client, &guard.url, &big.to_string(), Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let small = r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"echo","arguments":{"text":"small"}}}"#;
+    let ok = post(&client, &guard.url, small, Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        message(&ok.text().await.unwrap())["result"]["content"][0]["text"],
+        "small"
+    );
+    guard.stop().await;
+}
+
+#[tokio::test]
+async fn agent_session_id_and_tokens_never_reach_the_upstream() {
+    let log: tollgate_testkit::HeaderLog = Arc::default();
+    let state = Arc::new(FixtureState::default());
+    let stop = CancellationToken::new();
+    let addr = tollgate_testkit::serve_http_recording(
+        loopback(),
+        move || Fixture::new("one", state.clone()),
+        stop.clone(),
+        Some(log.clone()),
+    )
+    .await
+    .unwrap();
+    let upstream_url = format!("http://{addr}/mcp");
+    let config = format!(
+        "[front.http]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"one\"\nurl = \"{upstream_url}\"\nheaders = {{ X-Upstream-Key = \"configured-for-upstream\" }}\n"
+    );
+    let guard = guard(&config).await;
+    let client = reqwest::Client::new();
+    let response = post(&client, &guard.url, INIT, None)
+        .header("authorization", "Bearer agent-own-token")
+        .send()
+        .await
+        .unwrap();
+    let agent_session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = response.text().await;
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let ok = post(&client, &guard.url, call, Some(&agent_session))
+        .header("authorization", "Bearer agent-own-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        message(&ok.text().await.unwrap())["result"]["content"][0]["text"],
+        "x"
+    );
+
+    let seen: Vec<HeaderMap> = log.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    for headers in &seen {
+        for (name, value) in headers {
+            let value = value.to_str().unwrap_or_default();
+            assert!(
+                !value.contains("agent-own-token"),
+                "agent token leaked in {name}"
+            );
+            assert_ne!(value, agent_session, "agent session id leaked in {name}");
+        }
+        assert_eq!(
+            headers["x-upstream-key"], "configured-for-upstream",
+            "configured headers are sent"
+        );
+    }
+    stop.cancel();
+    guard.stop().await;
+}
