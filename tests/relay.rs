@@ -251,15 +251,15 @@ async fn progress_is_mapped_to_the_agents_token() {
         seen.lock().unwrap().progress.len() >= 3
     })
     .await;
-    let seen = seen.lock().unwrap();
-    assert!(
-        ok,
-        "three progress notifications relayed, got {}",
-        seen.progress.len()
-    );
-    let values: Vec<f64> = seen.progress.iter().map(|p| p.progress).collect();
+    let values: Vec<f64> = seen
+        .lock()
+        .unwrap()
+        .progress
+        .iter()
+        .map(|p| p.progress)
+        .collect();
+    assert!(ok, "three progress notifications relayed, got {values:?}");
     assert_eq!(values, [0.0, 50.0, 100.0]);
-    drop(seen);
     agent.cancel().await.unwrap();
     guard.stop().await;
 }
@@ -328,12 +328,11 @@ async fn sampling_elicitation_and_roots_reach_the_calling_agent() {
         "{}",
         text_of(&roots)
     );
-    let seen = seen.lock().unwrap();
-    assert_eq!(
-        (seen.sampling.len(), seen.elicitations, seen.roots_asked),
-        (1, 1, 1)
-    );
-    drop(seen);
+    let counts = {
+        let seen = seen.lock().unwrap();
+        (seen.sampling.len(), seen.elicitations, seen.roots_asked)
+    };
+    assert_eq!(counts, (1, 1, 1));
     agent.cancel().await.unwrap();
     guard.stop().await;
 }

@@ -19,11 +19,12 @@ fn loopback() -> SocketAddr {
 
 fn summary(result: &CallToolResult) -> String {
     let value = serde_json::to_value(result).unwrap_or_default();
-    let text = value["content"]
-        .as_array()
+    let text = value
+        .get("content")
+        .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|c| c["text"].as_str())
+        .filter_map(|c| c.get("text").and_then(Value::as_str))
         .collect::<Vec<_>>()
         .join(" ");
     let text = text.replace('\n', " | ");

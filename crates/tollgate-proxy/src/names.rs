@@ -234,7 +234,7 @@ impl Merged {
                 templates.push(t.clone());
             }
         }
-        template_prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        template_prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
         let instructions = {
             let parts: Vec<String> = upstreams

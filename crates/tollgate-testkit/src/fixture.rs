@@ -293,7 +293,10 @@ fn elicit_params(message: &str, schema: Value) -> Value {
 fn elicit_summary(value: &Value) -> String {
     format!(
         "action={}, content={}",
-        value["action"].as_str().unwrap_or_default(),
+        value
+            .get("action")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
         value.get("content").cloned().unwrap_or(Value::Null)
     )
 }
@@ -313,9 +316,10 @@ impl Fixture {
                 "sampling/createMessage",
                 json!({"messages": [{"role": "user", "content": {"type": "text", "text": arg_str(params, "prompt").unwrap_or_default()}}], "maxTokens": 100}),
                 |v| {
-                    let reply = v["content"]["text"]
-                        .as_str()
-                        .or_else(|| v["content"][0]["text"].as_str())
+                    let reply = v
+                        .pointer("/content/text")
+                        .or_else(|| v.pointer("/content/0/text"))
+                        .and_then(Value::as_str)
                         .unwrap_or_default();
                     format!("LLM response: {reply}")
                 },
