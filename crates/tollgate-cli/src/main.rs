@@ -78,21 +78,32 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, registered before anything starts so that no signal can arrive while
+/// its default action (ending the process without cleanup) still applies.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
 async fn run(config: Option<PathBuf>, command: Vec<String>) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::register()?;
     let config = match (config, command.split_first()) {
         (Some(path), _) => Config::load(&path)?,
         (None, Some((program, args))) => Config::wrap_command(program.clone(), args.to_vec())?,
@@ -127,10 +138,10 @@ async fn run(config: Option<PathBuf>, command: Vec<String>) -> anyhow::Result<()
                     tracing::warn!(error = %e, "stdio front ended");
                 }
             }
-            () = shutdown_signal() => tracing::info!("shutting down"),
+            () = signals.recv() => tracing::info!("shutting down"),
         }
     } else {
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!("shutting down");
     }
     proxy.shutdown().await;

@@ -610,7 +610,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_message_bytes"), "{err}");
-        assert!(err.contains("integer"), "{err}");
+        assert!(err.contains("expected a whole number"), "{err}");
     }
 
     #[test]

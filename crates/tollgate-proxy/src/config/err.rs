@@ -47,10 +47,19 @@ impl ConfigError {
     }
 
     pub(crate) fn syntax(error: toml::de::Error) -> Self {
-        // toml's message names the key, the line and what was expected; keep it whole.
-        Self::Syntax(SyntaxError {
-            message: error.to_string().trim_end().to_owned(),
-        })
+        // toml's message shows the offending line with its key and what was expected; only
+        // Rust's names for number types are put in words an operator reads.
+        let mut message = error.to_string().trim_end().to_owned();
+        for (rust, words) in [
+            ("expected usize", "expected a whole number"),
+            ("expected u64", "expected a whole number"),
+            ("expected u32", "expected a whole number"),
+            ("expected u16", "expected a whole number"),
+            ("expected i64", "expected a whole number"),
+        ] {
+            message = message.replace(rust, words);
+        }
+        Self::Syntax(SyntaxError { message })
     }
 
     pub(crate) fn invalid(key: impl Into<String>, expected: impl Into<String>) -> Self {
