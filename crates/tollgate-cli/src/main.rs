@@ -60,7 +60,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config, command } => {
-            init_logging("info");
+            init_logging("warn,tollgate=info,tollgate_proxy=info");
             run(config, command).await
         }
         Command::Demo => {

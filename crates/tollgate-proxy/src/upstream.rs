@@ -4,6 +4,7 @@
 
 mod child;
 mod handler;
+mod ordered;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,6 +37,9 @@ use crate::{
 };
 
 pub(crate) use handler::UpstreamHandler;
+
+/// Longest a response waits for the progress notifications that preceded it to be relayed.
+const PROGRESS_DRAIN_LIMIT: Duration = Duration::from_millis(250);
 
 /// Where a call in flight came from, so that what the upstream sends about it reaches the
 /// right agent.
@@ -73,6 +77,7 @@ pub(crate) struct Upstream {
     peer: RwLock<Option<Peer<RoleClient>>>,
     lists: RwLock<Arc<UpstreamLists>>,
     inflight: Mutex<Inflight>,
+    pub(crate) pending_progress: Arc<ordered::PendingProgress>,
     state: watch::Sender<LinkState>,
 }
 
@@ -96,6 +101,7 @@ impl Upstream {
             peer: RwLock::new(None),
             lists: RwLock::new(Arc::new(UpstreamLists::default())),
             inflight: Mutex::new(Inflight::default()),
+            pending_progress: Arc::default(),
             state: watch::channel(LinkState::Starting).0,
         }
     }
@@ -157,9 +163,12 @@ impl Upstream {
             .await
             .map_err(|e| ProxyError::from_service(&self.name, e))?;
         let id = handle.id.clone();
-        let _tracked = route.map(|route| self.track(route, handle.progress_token.clone()));
+        let token = handle.progress_token.clone();
+        let _tracked = route.map(|route| self.track(route, token.clone()));
         tokio::select! {
             answer = handle.await_response() => {
+                // Progress read before the answer goes out before the answer.
+                self.pending_progress.drain(&token, PROGRESS_DRAIN_LIMIT).await;
                 answer.map_err(|e| ProxyError::from_service(&self.name, e))
             }
             () = cancel.cancelled() => {
@@ -240,20 +249,20 @@ impl Upstream {
                         }
                         self.state.send_replace(LinkState::Up);
                         let ended = tokio::select! {
-                            reason = link.wait() => Some(reason),
+                            biased;
                             () = shutdown.cancelled() => None,
+                            reason = link.wait() => Some(reason),
                         };
                         self.set_peer(None);
                         self.state.send_replace(LinkState::Down);
-                        match ended {
-                            None => {
-                                link.shutdown().await;
-                                info!("stopped");
-                                return;
-                            }
-                            Some(reason) => {
-                                warn!(%reason, "connection ended; in-flight calls fail")
-                            }
+                        // A link also ends because shutdown cancelled it: that is no failure.
+                        if shutdown.is_cancelled() {
+                            link.shutdown().await;
+                            info!("stopped");
+                            return;
+                        }
+                        if let Some(reason) = ended {
+                            warn!(%reason, "connection ended; in-flight calls fail");
                         }
                         if started.elapsed() > policy.max_backoff {
                             backoff = policy.initial_backoff;
@@ -301,8 +310,11 @@ impl Upstream {
                 let mut child = child::spawn(&self.name, command, args, env, cwd.as_deref())
                     .map_err(|e| format!("cannot start `{command}`: {e}"))?;
                 let (stdout, stdin) = child.take_pipes().ok_or("child pipes missing")?;
-                let transport = AsyncRwTransport::<RoleClient, _, _>::new_client(stdout, stdin)
-                    .with_max_line_length(self.max_message_bytes);
+                let transport = ordered::Ordered::new(
+                    AsyncRwTransport::<RoleClient, _, _>::new_client(stdout, stdin)
+                        .with_max_line_length(self.max_message_bytes),
+                    self.pending_progress.clone(),
+                );
                 let started = tokio::time::timeout(
                     self.request_timeout,
                     serve_client_with_lifecycle_and_ct(handler, transport, lifecycle, stop.clone()),
@@ -337,7 +349,10 @@ impl Upstream {
                     .custom_headers(custom)
                     .max_concurrent_requests(256)
                     .max_sse_event_size(self.max_message_bytes);
-                let transport = StreamableHttpClientTransport::from_config(config);
+                let transport = ordered::Ordered::new(
+                    StreamableHttpClientTransport::from_config(config),
+                    self.pending_progress.clone(),
+                );
                 let service = tokio::time::timeout(
                     self.request_timeout,
                     serve_client_with_lifecycle_and_ct(handler, transport, lifecycle, stop.clone()),

@@ -195,24 +195,22 @@ impl ClientHandler for UpstreamHandler {
         let Some((_, upstream)) = self.upstream() else {
             return;
         };
+        let upstream_token = params.progress_token.clone();
         // The call is registered right after it is sent; a progress notification can overtake
         // that by a scheduler tick, so look again briefly before dropping it.
-        let mut route = upstream.progress_route(&params.progress_token);
+        let mut route = upstream.progress_route(&upstream_token);
         for _ in 0..20 {
             if route.is_some() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            route = upstream.progress_route(&params.progress_token);
+            route = upstream.progress_route(&upstream_token);
         }
-        let Some(route) = route else {
-            return;
-        };
-        let Some(token) = route.agent_progress else {
-            return;
-        };
-        params.progress_token = token;
-        let _ = route.agent.notify_progress(params).await;
+        if let Some((agent, token)) = route.and_then(|r| r.agent_progress.map(|t| (r.agent, t))) {
+            params.progress_token = token;
+            let _ = agent.notify_progress(params).await;
+        }
+        upstream.pending_progress.relayed(&upstream_token);
     }
 
     async fn on_logging_message(
