@@ -15,12 +15,13 @@ use crate::{config::HttpFront, hub::Hub, relay::AgentSession};
 pub(crate) fn router(
     hub: Arc<Hub>,
     front: &HttpFront,
+    local: SocketAddr,
     max_body: usize,
     shutdown: CancellationToken,
 ) -> axum::Router {
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(front.allowed_hosts.clone())
-        .with_allowed_origins(front.allowed_origins.clone())
+        .with_allowed_origins(allowed_origins(front, local))
         // An Origin header that is not listed is refused, even with an empty list: browsers
         // send it, and no page should reach the guard unless the operator said so.
         .enforce_origin_validation()
@@ -37,6 +38,25 @@ pub(crate) fn router(
         .layer(axum::middleware::from_fn(move |request, next| {
             screen_body(request, next, max_body)
         }))
+}
+
+/// The origins a browser page may call from: the operator's list, or else only this front's own
+/// origin (a page Tollgate itself serves), never another site.
+fn allowed_origins(front: &HttpFront, local: SocketAddr) -> Vec<String> {
+    if !front.allowed_origins.is_empty() {
+        return front.allowed_origins.clone();
+    }
+    let port = local.port();
+    let mut origins = vec![format!("http://{local}")];
+    if local.ip().is_loopback() {
+        origins.extend([
+            format!("http://localhost:{port}"),
+            format!("http://127.0.0.1:{port}"),
+            format!("http://[::1]:{port}"),
+        ]);
+    }
+    origins.dedup();
+    origins
 }
 
 /// The fields of a JSON-RPC message Tollgate checks before rmcp sees it; everything else is
@@ -156,7 +176,7 @@ pub(crate) async fn serve(
 ) -> std::io::Result<HttpServer> {
     let listener = tokio::net::TcpListener::bind(front.listen).await?;
     let local_addr = listener.local_addr()?;
-    let app = router(hub, front, max_body, shutdown.clone());
+    let app = router(hub, front, local_addr, max_body, shutdown.clone());
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
