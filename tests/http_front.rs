@@ -142,6 +142,17 @@ async fn foreign_origin_and_host_are_refused() {
         rebinding.status()
     );
 
+    let same_origin = post(&client, &guard.url, INIT, None)
+        .header("origin", format!("http://{}", guard.server.local_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        same_origin.status(),
+        StatusCode::OK,
+        "the front's own origin is accepted"
+    );
+
     let fine = post(&client, &guard.url, INIT, None)
         .header(
             "host",
