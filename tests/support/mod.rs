@@ -248,10 +248,20 @@ pub async fn agent_legacy(url: &str, agent: TestAgent) -> Agent {
 
 /// Connects a 2026-07-28 agent (server/discover, per-request metadata) over streamable HTTP.
 pub async fn agent_modern(url: &str, agent: TestAgent) -> Agent {
+    agent_modern_with(url, agent, None).await
+}
+
+/// Like [`agent_modern`], sending `Authorization: Bearer <token>` on every request.
+pub async fn agent_modern_with(url: &str, agent: TestAgent, token: Option<&str>) -> Agent {
     use rmcp::service::ClientServiceExt;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+    if let Some(token) = token {
+        config = config.auth_header(token);
+    }
     agent
         .serve_with_lifecycle(
-            StreamableHttpClientTransport::from_uri(url),
+            StreamableHttpClientTransport::from_config(config),
             ClientLifecycleMode::Discover {
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             },

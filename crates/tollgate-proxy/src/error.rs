@@ -42,6 +42,8 @@ pub enum ProxyError {
     Relayed(McpError),
     #[error("the request was cancelled")]
     Cancelled,
+    #[error("unknown or expired `requestState`; call the tool again without it")]
+    UnknownInputState,
 }
 
 impl ProxyError {
@@ -52,6 +54,7 @@ impl ProxyError {
             | Self::UnknownPrompt { .. }
             | Self::UnknownResource { .. }
             | Self::InvalidCursor { .. }
+            | Self::UnknownInputState
             | Self::Cancelled => Fault::Agent,
             Self::UpstreamDown { .. }
             | Self::UpstreamTimeout { .. }
@@ -94,9 +97,10 @@ impl ProxyError {
         let retryable = self.retryable();
         match self {
             Self::Relayed(e) => e,
-            Self::UnknownTool { .. } | Self::UnknownPrompt { .. } | Self::InvalidCursor { .. } => {
-                McpError::invalid_params(self.to_string(), None)
-            }
+            Self::UnknownTool { .. }
+            | Self::UnknownPrompt { .. }
+            | Self::InvalidCursor { .. }
+            | Self::UnknownInputState => McpError::invalid_params(self.to_string(), None),
             Self::UnknownResource { .. } => {
                 McpError::new(ErrorCode::RESOURCE_NOT_FOUND, self.to_string(), None)
             }

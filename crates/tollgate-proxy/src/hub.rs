@@ -13,6 +13,7 @@ use crate::{
     intercept::Interceptor,
     names::{Merged, Namer, UpstreamLists},
     session::Sessions,
+    suspend::SuspendedCalls,
     upstream::Upstream,
 };
 
@@ -33,6 +34,9 @@ pub(crate) struct Hub {
     version: AtomicU64,
     pub sessions: Sessions,
     pub interceptor: Arc<dyn Interceptor>,
+    pub suspended: Arc<SuspendedCalls>,
+    /// Per-process random key for fingerprints of agent credentials.
+    pub fingerprint_key: std::collections::hash_map::RandomState,
     /// Serializes rebuilds so that two upstreams changing at once cannot publish out of order.
     rebuild: tokio::sync::Mutex<()>,
 }
@@ -67,6 +71,8 @@ impl Hub {
             version: AtomicU64::new(0),
             sessions: Sessions::default(),
             interceptor,
+            suspended: Arc::default(),
+            fingerprint_key: std::collections::hash_map::RandomState::new(),
             rebuild: tokio::sync::Mutex::new(()),
         }
     }

@@ -10,6 +10,7 @@ pub mod intercept;
 pub mod names;
 mod relay;
 pub mod session;
+mod suspend;
 mod upstream;
 
 use std::{sync::Arc, time::Duration};

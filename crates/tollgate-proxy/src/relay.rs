@@ -110,7 +110,30 @@ impl AgentSession {
             agent: context.peer.clone(),
             agent_request: context.id.clone(),
             agent_progress: context.meta.get_progress_token(),
+            capabilities: context.meta.client_capabilities().or_else(|| {
+                context
+                    .peer
+                    .peer_info()
+                    .map(|info| info.capabilities.clone())
+            }),
+            input: None,
         }
+    }
+
+    /// Who may resume a call this request suspends.
+    fn binding(&self, context: &RequestContext<RoleServer>) -> crate::suspend::Binding {
+        use std::hash::BuildHasher;
+        let Some(parts) = context.extensions.get::<http::request::Parts>() else {
+            return crate::suspend::Binding::Session(self.id);
+        };
+        if parts.headers.contains_key("mcp-session-id") {
+            return crate::suspend::Binding::Session(self.id);
+        }
+        let credentials = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|value| self.hub.fingerprint_key.hash_one(value.as_bytes()));
+        crate::suspend::Binding::Stateless { credentials }
     }
 
     /// Sends `request` to `upstream` on behalf of the agent request in `context`.
@@ -205,46 +228,122 @@ impl AgentSession {
         .await
     }
 
-    /// Forwards one call, driving input rounds for an agent that cannot take them itself.
+    /// Forwards one call and answers in the agent's protocol revision: input rounds are driven
+    /// here for a 2025-11-25 agent, and turned into input requests for a 2026-07-28 agent.
     async fn call_upstream(
+        &self,
+        upstream: &Arc<Upstream>,
+        params: CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ProxyError> {
+        if is_modern(context.protocol_version().as_ref()) {
+            self.call_for_modern_agent(upstream, params, context).await
+        } else {
+            self.call_for_legacy_agent(upstream, params, context).await
+        }
+    }
+
+    async fn call_for_legacy_agent(
         &self,
         upstream: &Upstream,
         mut params: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ProxyError> {
-        let modern_agent = is_modern(context.protocol_version().as_ref());
         for _ in 0..MAX_INPUT_ROUNDS {
             let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
             let answer = self
                 .forward(upstream, request, context, upstream.config.call_timeout)
                 .await?;
-            match answer {
-                ServerResult::CallToolResult(r) => return Ok(CallToolResponse::Complete(r)),
-                ServerResult::CreateTaskResult(t) => return Ok(CallToolResponse::Task(t)),
-                ServerResult::InputRequiredResult(ir) if modern_agent => {
-                    return Ok(CallToolResponse::InputRequired(ir));
-                }
-                ServerResult::InputRequiredResult(ir) => {
+            match call_response(&upstream.name, answer)? {
+                CallToolResponse::InputRequired(ir) => {
                     let requests = ir.input_requests.unwrap_or_default();
                     params.input_responses =
                         Some(self.fulfil(&upstream.name, requests, context).await?);
                     params.request_state = ir.request_state;
                 }
-                ServerResult::EmptyResult(_) => {
-                    return Ok(CallToolResponse::Complete(CallToolResult::success(vec![])));
-                }
-                _ => {
-                    return Err(ProxyError::UpstreamFailed {
-                        upstream: upstream.name.clone(),
-                        message: "answered tools/call with another kind of result".into(),
-                    });
-                }
+                done => return Ok(done),
             }
         }
         Err(ProxyError::UpstreamFailed {
             upstream: upstream.name.clone(),
             message: format!("asked for input more than {MAX_INPUT_ROUNDS} times"),
         })
+    }
+
+    /// A 2026-07-28 agent: a retry carrying a `requestState` Tollgate issued resumes the
+    /// suspended call; anything else is a new call, run on its own task so that it can wait for
+    /// the agent's input across requests.
+    async fn call_for_modern_agent(
+        &self,
+        upstream: &Arc<Upstream>,
+        params: CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ProxyError> {
+        let mut running = match params.request_state.as_deref() {
+            Some(state) if state.starts_with(crate::suspend::STATE_PREFIX) => {
+                self.hub.suspended.resume(
+                    self.binding(context),
+                    params.name.as_ref(),
+                    state,
+                    params.input_responses.as_ref(),
+                )?
+            }
+            _ => {
+                let (input, asks) = tokio::sync::mpsc::channel(1);
+                let mut route = self.route(context);
+                route.input = Some(input);
+                let cancel = CancellationToken::new();
+                let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
+                let task = {
+                    let upstream = upstream.clone();
+                    let cancel = cancel.clone();
+                    tokio::spawn(async move {
+                        upstream
+                            .request(request, Some(route), upstream.config.call_timeout, &cancel)
+                            .await
+                    })
+                };
+                crate::suspend::Running { task, asks, cancel }
+            }
+        };
+        let ask = tokio::select! {
+            joined = &mut running.task => {
+                let answer = joined.map_err(|_| ProxyError::UpstreamFailed {
+                    upstream: upstream.name.clone(),
+                    message: "the forwarding task failed".into(),
+                })??;
+                return call_response(&upstream.name, answer);
+            }
+            ask = running.asks.recv() => ask,
+            () = context.ct.cancelled() => {
+                running.stop();
+                return Err(ProxyError::Cancelled);
+            }
+        };
+        match ask {
+            Some(ask) => self
+                .hub
+                .suspended
+                .suspend(
+                    self.binding(context),
+                    params.name.as_ref(),
+                    running,
+                    ask,
+                    upstream.config.call_timeout,
+                )
+                .map(CallToolResponse::InputRequired),
+            // The sender lives as long as the call; without it, only the answer is left.
+            None => {
+                let answer = running
+                    .task
+                    .await
+                    .map_err(|_| ProxyError::UpstreamFailed {
+                        upstream: upstream.name.clone(),
+                        message: "the forwarding task failed".into(),
+                    })??;
+                call_response(&upstream.name, answer)
+            }
+        }
     }
 
     /// Answers an upstream's input requests by asking this session's agent with ordinary
@@ -308,6 +407,22 @@ async fn send_to_agent(
     });
     task.await
         .map_err(|_| McpError::internal_error("relay task failed", None))?
+}
+
+/// An upstream's answer to `tools/call` as the response the agent gets.
+fn call_response(upstream: &str, answer: ServerResult) -> Result<CallToolResponse, ProxyError> {
+    match answer {
+        ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
+        ServerResult::CreateTaskResult(t) => Ok(CallToolResponse::Task(t)),
+        ServerResult::InputRequiredResult(ir) => Ok(CallToolResponse::InputRequired(ir)),
+        ServerResult::EmptyResult(_) => {
+            Ok(CallToolResponse::Complete(CallToolResult::success(vec![])))
+        }
+        _ => Err(ProxyError::UpstreamFailed {
+            upstream: upstream.to_owned(),
+            message: "answered tools/call with another kind of result".into(),
+        }),
+    }
 }
 
 fn internal(e: ProxyError) -> McpError {

@@ -49,6 +49,11 @@ pub(crate) struct CallRoute {
     pub agent: Peer<RoleServer>,
     pub agent_request: RequestId,
     pub agent_progress: Option<ProgressToken>,
+    /// What the agent declared it can answer (sampling, elicitation, roots).
+    pub capabilities: Option<rmcp::model::ClientCapabilities>,
+    /// For an agent that cannot receive server→client requests (2026-07-28): where such a
+    /// request is handed over to become an input request.
+    pub input: Option<tokio::sync::mpsc::Sender<crate::suspend::InputAsk>>,
 }
 
 #[derive(Debug, Default)]

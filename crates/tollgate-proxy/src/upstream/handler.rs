@@ -103,10 +103,29 @@ impl UpstreamHandler {
     }
 
     fn agent_declares(route: &CallRoute, check: impl Fn(&ClientCapabilities) -> bool) -> bool {
-        route
-            .agent
-            .peer_info()
-            .is_some_and(|info| check(&info.capabilities))
+        route.capabilities.as_ref().is_some_and(check)
+    }
+
+    /// Sends a server→client request to the agent of `route`: directly, or, for an agent that
+    /// takes input requests instead, through the call that is waiting on it.
+    async fn ask(
+        &self,
+        route: &CallRoute,
+        request: ServerRequest,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<ClientResult, McpError> {
+        let Some(input) = &route.input else {
+            return self.relay(route, request, context).await;
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        input
+            .send(crate::suspend::InputAsk { request, answer })
+            .await
+            .map_err(|_| McpError::internal_error("the call asking for input has ended", None))?;
+        tokio::select! {
+            answer = answered => answer.map_err(|_| McpError::internal_error("the agent did not answer the input request", None))?,
+            () = context.ct.cancelled() => Err(McpError::internal_error("cancelled by the tool server", None)),
+        }
     }
 }
 
@@ -137,7 +156,7 @@ impl ClientHandler for UpstreamHandler {
             >());
         }
         let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
-        match self.relay(&route, request, &context).await? {
+        match self.ask(&route, request, &context).await? {
             ClientResult::CreateMessageResult(r) => Ok(*r),
             _ => Err(McpError::internal_error(
                 "the agent answered sampling with another result",
@@ -158,7 +177,7 @@ impl ClientHandler for UpstreamHandler {
             >());
         }
         let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
-        match self.relay(&route, request, &context).await? {
+        match self.ask(&route, request, &context).await? {
             ClientResult::ElicitResult(r) => Ok(r),
             _ => Err(McpError::internal_error(
                 "the agent answered elicitation with another result",
@@ -178,7 +197,7 @@ impl ClientHandler for UpstreamHandler {
             >());
         }
         let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
-        match self.relay(&route, request, &context).await? {
+        match self.ask(&route, request, &context).await? {
             ClientResult::ListRootsResult(r) => Ok(r),
             _ => Err(McpError::internal_error(
                 "the agent answered roots/list with another result",
