@@ -86,6 +86,22 @@ async fn session_lifecycle_follows_the_spec() {
     assert_eq!(ok.status(), StatusCode::OK);
     assert!(message(&ok.text().await.unwrap())["result"]["tools"].is_array());
 
+    let wrong_version = client
+        .post(&guard.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "1999-01-01")
+        .body(list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong_version.status(),
+        StatusCode::BAD_REQUEST,
+        "unsupported MCP-Protocol-Version"
+    );
+
     let missing = post(&client, &guard.url, list, None).send().await.unwrap();
     assert_eq!(
         missing.status(),

@@ -725,11 +725,18 @@ impl ServerHandler for AgentSession {
     ) -> Result<(), McpError> {
         self.register(&context.peer);
         self.hub.sessions.set_log_level(self.id, params.level);
-        // Upstreams are shared: ask each for everything at this level or above and filter per
-        // session on the way out.
+        // Upstreams are shared: they log at the most verbose level any session wants, and
+        // each session's own level filters what it receives.
+        let level = self
+            .hub
+            .sessions
+            .most_verbose_level()
+            .unwrap_or(params.level);
+        let mut forwarded = params.clone();
+        forwarded.level = level;
         for upstream in &self.hub.upstreams {
             if let Ok(peer) = upstream.peer() {
-                let _ = peer.set_level(params.clone()).await;
+                let _ = peer.set_level(forwarded.clone()).await;
             }
         }
         Ok(())

@@ -97,6 +97,16 @@ impl Sessions {
         });
     }
 
+    /// The most verbose log level any session asked for: shared upstreams log at that level
+    /// and each session's own level is applied on the way out.
+    pub fn most_verbose_level(&self) -> Option<LoggingLevel> {
+        self.with(|m| {
+            m.values()
+                .filter_map(|e| e.log_level)
+                .min_by_key(|l| level_rank(*l))
+        })
+    }
+
     pub fn subscribe(&self, id: SessionId, uri: &str) {
         self.with(|m| {
             if let Some(e) = m.get_mut(&id) {
