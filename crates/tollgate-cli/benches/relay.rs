@@ -1,0 +1,250 @@
+//! Relay overhead: `tools/call` of a trivial echo tool, directly to the fixture server and
+//! through Tollgate, over stdio and streamable HTTP, at 1 and 32 concurrent calls, all in one
+//! run so the figures compare as ratios. Also Tollgate's RSS idle and with 1,000 open HTTP
+//! sessions.
+//!
+//!     cargo bench -p tollgate-cli --bench relay
+//!
+//! The same executable doubles as the fixture server (`--fixture-stdio`, `--fixture-http ADDR`)
+//! so that every peer runs in a process of its own, as in a deployment.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::{
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rmcp::{
+    RoleClient, ServiceExt,
+    model::CallToolRequestParams,
+    service::RunningService,
+    transport::{StreamableHttpClientTransport, TokioChildProcess, streamable_http_client::StreamableHttpClientTransportConfig},
+};
+use tollgate_testkit::fixture::{Fixture, FixtureState};
+
+type Client = RunningService<RoleClient, ()>;
+
+const WARMUP: usize = 300;
+const CALLS_SERIAL: usize = 3000;
+const CALLS_PER_TASK: usize = 300;
+const CONCURRENCY: usize = 32;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    match args.get(1).map(String::as_str) {
+        Some("--fixture-stdio") => runtime.block_on(async {
+            tollgate_testkit::serve_stdio(Fixture::new("bench", Arc::new(FixtureState::default())))
+                .await
+                .unwrap();
+        }),
+        Some("--fixture-http") => runtime.block_on(async {
+            let addr = args[2].parse().unwrap();
+            let stop = tokio_util::sync::CancellationToken::new();
+            let state = Arc::new(FixtureState::default());
+            tollgate_testkit::serve_http(addr, move || Fixture::new("bench", state.clone()), stop.clone())
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        }),
+        // `cargo bench` passes `--bench`; anything else runs the benchmark too.
+        _ => runtime.block_on(bench()),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listening on {port}");
+}
+
+fn echo() -> CallToolRequestParams {
+    let mut args = serde_json::Map::new();
+    args.insert("text".into(), serde_json::json!("ping"));
+    CallToolRequestParams::new("echo").with_arguments(args)
+}
+
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    calls_per_s: f64,
+}
+
+async fn measure(client: &Client, concurrency: usize) -> Figures {
+    for _ in 0..WARMUP {
+        client.call_tool(echo()).await.unwrap();
+    }
+    let per_task = if concurrency == 1 { CALLS_SERIAL } else { CALLS_PER_TASK };
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let peer = client.peer().clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let t = Instant::now();
+                    peer.call_tool(echo()).await.unwrap();
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let wall = started.elapsed();
+    all.sort();
+    let pick = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
+    Figures {
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        calls_per_s: all.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn stdio_client(program: &std::path::Path, args: &[&str]) -> Client {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stderr(Stdio::null());
+    ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap()
+}
+
+async fn http_client(url: &str) -> Client {
+    let config = StreamableHttpClientTransportConfig::with_uri(url).max_concurrent_requests(64);
+    ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap()
+}
+
+struct Row {
+    transport: &'static str,
+    concurrency: usize,
+    direct: Figures,
+    through: Figures,
+}
+
+async fn bench() {
+    let me = std::env::current_exe().unwrap();
+    let tollgate = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tollgate"));
+    let mut rows = Vec::new();
+
+    // stdio: the agent starts the server (direct) or `tollgate run -- server` (through).
+    let fixture = me.to_str().unwrap();
+    for concurrency in [1, CONCURRENCY] {
+        let direct_client = stdio_client(&me, &["--fixture-stdio"]).await;
+        let direct = measure(&direct_client, concurrency).await;
+        direct_client.cancel().await.unwrap();
+        let through_client = stdio_client(&tollgate, &["run", "--", fixture, "--fixture-stdio"]).await;
+        let through = measure(&through_client, concurrency).await;
+        through_client.cancel().await.unwrap();
+        rows.push(Row { transport: "stdio", concurrency, direct, through });
+    }
+
+    // HTTP: the fixture in its own process; Tollgate in its own, in front of it.
+    let fixture_port = free_port();
+    let mut fixture_server = tokio::process::Command::new(&me)
+        .args(["--fixture-http", &format!("127.0.0.1:{fixture_port}")])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_port(fixture_port).await;
+    let front_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[front.http]\nlisten = \"127.0.0.1:{front_port}\"\n[[upstream]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{fixture_port}/mcp\"\n"
+        ),
+    )
+    .unwrap();
+    let mut tollgate_server = tokio::process::Command::new(&tollgate)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_port(front_port).await;
+    let tollgate_pid = tollgate_server.id().unwrap();
+    let rss_idle = rss_kib(tollgate_pid);
+    let direct_url = format!("http://127.0.0.1:{fixture_port}/mcp");
+    let through_url = format!("http://127.0.0.1:{front_port}/mcp");
+    for concurrency in [1, CONCURRENCY] {
+        let direct_client = http_client(&direct_url).await;
+        let direct = measure(&direct_client, concurrency).await;
+        direct_client.cancel().await.unwrap();
+        let through_client = http_client(&through_url).await;
+        let through = measure(&through_client, concurrency).await;
+        through_client.cancel().await.unwrap();
+        rows.push(Row { transport: "http", concurrency, direct, through });
+    }
+
+    // 1,000 open 2025-11-25 sessions on Tollgate's HTTP front.
+    let http = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    for i in 0..1000 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"bench","version":"1"}}}}}}"#
+        );
+        let response = http
+            .post(&through_url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let _ = response.bytes().await;
+        sessions.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_sessions = rss_kib(tollgate_pid);
+
+    println!("| transport | concurrent calls | direct p50 µs | tollgate p50 µs | p50 ratio | direct p99 µs | tollgate p99 µs | direct calls/s | tollgate calls/s | throughput ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2}× | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× |",
+            r.transport,
+            r.concurrency,
+            r.direct.p50_us,
+            r.through.p50_us,
+            r.through.p50_us / r.direct.p50_us,
+            r.direct.p99_us,
+            r.through.p99_us,
+            r.direct.calls_per_s,
+            r.through.calls_per_s,
+            r.through.calls_per_s / r.direct.calls_per_s,
+        );
+    }
+    println!();
+    println!("tollgate RSS idle (after the HTTP runs): {} KiB", rss_idle);
+    println!("tollgate RSS with {} open HTTP sessions: {} KiB ({:.1} KiB per session)",
+        sessions.len(), rss_sessions, (rss_sessions.saturating_sub(rss_idle)) as f64 / sessions.len() as f64);
+    let _ = tollgate_server.start_kill();
+    let _ = fixture_server.start_kill();
+    let _ = tollgate_server.wait().await;
+    let _ = fixture_server.wait().await;
+}
