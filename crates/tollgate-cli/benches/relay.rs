@@ -30,6 +30,7 @@ const WARMUP: usize = 300;
 const CALLS_SERIAL: usize = 3000;
 const CALLS_PER_TASK: usize = 300;
 const CONCURRENCY: usize = 32;
+const ROUNDS: usize = 10;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -39,6 +40,21 @@ fn main() {
             tollgate_testkit::serve_stdio(Fixture::new("bench", Arc::new(FixtureState::default())))
                 .await
                 .unwrap();
+        }),
+        // The floor: a bare byte-forwarding hop, stdin/stdout to a child's and back.
+        Some("--forward") => runtime.block_on(async {
+            let mut child = tokio::process::Command::new(&args[2])
+                .args(&args[3..])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut child_in = child.stdin.take().unwrap();
+            let mut child_out = child.stdout.take().unwrap();
+            let (mut read, mut write) = rmcp::transport::stdio_pipes();
+            let up = tokio::spawn(async move { tokio::io::copy(&mut read, &mut child_in).await });
+            let _ = tokio::io::copy(&mut child_out, &mut write).await;
+            up.abort();
         }),
         Some("--fixture-http") => runtime.block_on(async {
             let addr = args[2].parse().unwrap();
@@ -80,11 +96,9 @@ struct Figures {
     calls_per_s: f64,
 }
 
-async fn measure(client: &Client, concurrency: usize) -> Figures {
-    for _ in 0..WARMUP {
-        client.call_tool(echo()).await.unwrap();
-    }
-    let per_task = if concurrency == 1 { CALLS_SERIAL } else { CALLS_PER_TASK };
+/// Latency samples and wall time of `calls` calls at `concurrency`.
+async fn run_batch(client: &Client, concurrency: usize, calls: usize) -> (Vec<Duration>, Duration) {
+    let per_task = calls / concurrency;
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -104,14 +118,40 @@ async fn measure(client: &Client, concurrency: usize) -> Figures {
     for task in tasks {
         all.extend(task.await.unwrap());
     }
-    let wall = started.elapsed();
-    all.sort();
-    let pick = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
-    Figures {
-        p50_us: pick(0.50),
-        p99_us: pick(0.99),
-        calls_per_s: all.len() as f64 / wall.as_secs_f64(),
+    (all, started.elapsed())
+}
+
+/// Measures every client in interleaved rounds, so that drift in machine load hits them alike.
+async fn measure_all(clients: &[&Client], concurrency: usize) -> Vec<Figures> {
+    for client in clients {
+        for _ in 0..WARMUP {
+            client.call_tool(echo()).await.unwrap();
+        }
     }
+    let total = if concurrency == 1 { CALLS_SERIAL } else { CALLS_PER_TASK * concurrency };
+    let per_round = (total / ROUNDS).max(concurrency);
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); clients.len()];
+    let mut walls = vec![Duration::ZERO; clients.len()];
+    for _ in 0..ROUNDS {
+        for (i, client) in clients.iter().enumerate() {
+            let (s, wall) = run_batch(client, concurrency, per_round).await;
+            samples[i].extend(s);
+            walls[i] += wall;
+        }
+    }
+    samples
+        .into_iter()
+        .zip(walls)
+        .map(|(mut all, wall)| {
+            all.sort();
+            let pick = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
+            Figures {
+                p50_us: pick(0.50),
+                p99_us: pick(0.99),
+                calls_per_s: all.len() as f64 / wall.as_secs_f64(),
+            }
+        })
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -139,6 +179,8 @@ struct Row {
     transport: &'static str,
     concurrency: usize,
     direct: Figures,
+    /// A bare byte-forwarding hop in the same place as Tollgate.
+    floor: Option<Figures>,
     through: Figures,
 }
 
@@ -148,17 +190,26 @@ async fn bench() {
     let mut rows = Vec::new();
 
     // stdio: the agent starts the server (direct) or `tollgate run -- server` (through).
+    let only = std::env::var("TOLLGATE_BENCH_ONLY").unwrap_or_default();
     let fixture = me.to_str().unwrap();
-    for concurrency in [1, CONCURRENCY] {
-        let direct_client = stdio_client(&me, &["--fixture-stdio"]).await;
-        let direct = measure(&direct_client, concurrency).await;
-        direct_client.cancel().await.unwrap();
-        let through_client = stdio_client(&tollgate, &["run", "--", fixture, "--fixture-stdio"]).await;
-        let through = measure(&through_client, concurrency).await;
-        through_client.cancel().await.unwrap();
-        rows.push(Row { transport: "stdio", concurrency, direct, through });
+    if only != "http" {
+        let direct = stdio_client(&me, &["--fixture-stdio"]).await;
+        let floor = stdio_client(&me, &["--forward", fixture, "--fixture-stdio"]).await;
+        let through = stdio_client(&tollgate, &["run", "--", fixture, "--fixture-stdio"]).await;
+        for concurrency in [1, CONCURRENCY] {
+            let mut figures = measure_all(&[&direct, &floor, &through], concurrency).await.into_iter();
+            let (direct, floor, through) = (figures.next().unwrap(), figures.next().unwrap(), figures.next().unwrap());
+            rows.push(Row { transport: "stdio", concurrency, direct, floor: Some(floor), through });
+        }
+        for client in [direct, floor, through] {
+            client.cancel().await.unwrap();
+        }
     }
 
+    if only == "stdio" {
+        print_rows(&rows);
+        return;
+    }
     // HTTP: the fixture in its own process; Tollgate in its own, in front of it.
     let fixture_port = free_port();
     let mut fixture_server = tokio::process::Command::new(&me)
@@ -190,14 +241,17 @@ async fn bench() {
     let rss_idle = rss_kib(tollgate_pid);
     let direct_url = format!("http://127.0.0.1:{fixture_port}/mcp");
     let through_url = format!("http://127.0.0.1:{front_port}/mcp");
-    for concurrency in [1, CONCURRENCY] {
-        let direct_client = http_client(&direct_url).await;
-        let direct = measure(&direct_client, concurrency).await;
-        direct_client.cancel().await.unwrap();
-        let through_client = http_client(&through_url).await;
-        let through = measure(&through_client, concurrency).await;
-        through_client.cancel().await.unwrap();
-        rows.push(Row { transport: "http", concurrency, direct, through });
+    {
+        let direct = http_client(&direct_url).await;
+        let through = http_client(&through_url).await;
+        for concurrency in [1, CONCURRENCY] {
+            let mut figures = measure_all(&[&direct, &through], concurrency).await.into_iter();
+            let (direct, through) = (figures.next().unwrap(), figures.next().unwrap());
+            rows.push(Row { transport: "http", concurrency, direct, floor: None, through });
+        }
+        for client in [direct, through] {
+            client.cancel().await.unwrap();
+        }
     }
 
     // 1,000 open 2025-11-25 sessions on Tollgate's HTTP front.
@@ -222,23 +276,7 @@ async fn bench() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_sessions = rss_kib(tollgate_pid);
 
-    println!("| transport | concurrent calls | direct p50 µs | tollgate p50 µs | p50 ratio | direct p99 µs | tollgate p99 µs | direct calls/s | tollgate calls/s | throughput ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2}× | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× |",
-            r.transport,
-            r.concurrency,
-            r.direct.p50_us,
-            r.through.p50_us,
-            r.through.p50_us / r.direct.p50_us,
-            r.direct.p99_us,
-            r.through.p99_us,
-            r.direct.calls_per_s,
-            r.through.calls_per_s,
-            r.through.calls_per_s / r.direct.calls_per_s,
-        );
-    }
+    print_rows(&rows);
     println!();
     println!("tollgate RSS idle (after the HTTP runs): {} KiB", rss_idle);
     println!("tollgate RSS with {} open HTTP sessions: {} KiB ({:.1} KiB per session)",
@@ -247,4 +285,30 @@ async fn bench() {
     let _ = fixture_server.start_kill();
     let _ = tollgate_server.wait().await;
     let _ = fixture_server.wait().await;
+}
+
+fn print_rows(rows: &[Row]) {
+    println!("| transport | concurrent calls | direct p50 µs | bare hop p50 µs | tollgate p50 µs | p50 ratio (bare hop) | direct p99 µs | tollgate p99 µs | direct calls/s | tollgate calls/s | throughput ratio (bare hop) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let floor_p50 = r.floor.as_ref().map_or("–".to_owned(), |f| format!("{:.0}", f.p50_us));
+        let floor_p50_ratio = r.floor.as_ref().map_or(String::new(), |f| format!(" ({:.2}×)", f.p50_us / r.direct.p50_us));
+        let floor_tp_ratio = r.floor.as_ref().map_or(String::new(), |f| format!(" ({:.2}×)", f.calls_per_s / r.direct.calls_per_s));
+        println!(
+            "| {} | {} | {:.0} | {} | {:.0} | {:.2}×{} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}×{} |",
+            r.transport,
+            r.concurrency,
+            r.direct.p50_us,
+            floor_p50,
+            r.through.p50_us,
+            r.through.p50_us / r.direct.p50_us,
+            floor_p50_ratio,
+            r.direct.p99_us,
+            r.through.p99_us,
+            r.direct.calls_per_s,
+            r.through.calls_per_s,
+            r.through.calls_per_s / r.direct.calls_per_s,
+            floor_tp_ratio,
+        );
+    }
 }

@@ -6,6 +6,8 @@
 
 use rmcp::model::{CallToolResult, JsonObject, RequestMetaObject};
 
+// `CallToolResult` is what a refusal answers with.
+
 use crate::session::SessionId;
 
 /// One tool invocation as the interceptor sees it.
@@ -37,8 +39,8 @@ pub enum Verdict {
 /// How a forwarded call ended.
 #[derive(Debug)]
 pub enum Outcome<'a> {
-    /// The upstream returned a result (`is_error` may still be set by the tool).
-    Result(&'a CallToolResult),
+    /// The call returned a result; `is_error` when the tool reported a failure.
+    Completed { is_error: bool },
     /// The upstream asked for more input (2026-07-28 `InputRequiredResult`) or made a task.
     Pending,
     /// The call failed on the way (upstream down, timeout, cancellation, protocol error).

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod error;
+mod fast;
 pub mod front;
 mod hub;
 pub mod intercept;
@@ -12,10 +13,11 @@ mod relay;
 pub mod session;
 mod suspend;
 mod upstream;
+mod wire;
 
 use std::{sync::Arc, time::Duration};
 
-use rmcp::{RoleServer, ServiceExt, transport::Transport};
+use rmcp::{RoleServer, ServiceExt};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -119,28 +121,27 @@ impl Proxy {
     /// Serves the agent on this process's stdin/stdout until stdin closes.
     pub async fn serve_stdio(&self) -> std::io::Result<()> {
         let (read, write) = rmcp::transport::stdio_pipes();
-        let transport =
-            front::stdio::LineTransport::new(read, write, self.hub.config.limits.max_message_bytes);
-        self.serve_line_transport(transport).await
+        self.serve_lines(read, write).await
     }
 
-    async fn serve_line_transport<Tr>(&self, transport: Tr) -> std::io::Result<()>
-    where
-        Tr: Transport<RoleServer> + 'static,
-    {
-        self.serve_transport(transport).await
-    }
-
-    /// Serves agents over newline-delimited JSON-RPC on any byte streams (as the stdio front
-    /// does), with the size limit and error answers of the stdio front.
+    /// Serves one agent over newline-delimited JSON-RPC on any byte streams, as the stdio
+    /// front does: size limit, error answers, and the fast path for tool calls.
     pub async fn serve_lines<R, W>(&self, read: R, write: W) -> std::io::Result<()>
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let session = self.session();
         let transport =
             front::stdio::LineTransport::new(read, write, self.hub.config.limits.max_message_bytes);
-        self.serve_line_transport(transport).await
+        let fast = Arc::new(fast::FastPath::new(self.hub.clone(), session.id(), transport.writer()));
+        let transport = transport.with_fast_path(fast);
+        let service = session
+            .serve_with_ct(transport, self.shutdown.child_token())
+            .await
+            .map_err(std::io::Error::other)?;
+        service.waiting().await.map_err(std::io::Error::other)?;
+        Ok(())
     }
 
     /// Binds and serves the streamable-HTTP front.

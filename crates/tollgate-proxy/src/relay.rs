@@ -65,7 +65,7 @@ fn is_modern(version: Option<&ProtocolVersion>) -> bool {
 
 /// The agent's `_meta` minus what belongs to the hop (progress token, protocol fields), which
 /// Tollgate sets itself towards the upstream.
-fn forwardable_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
+pub(crate) fn forwardable_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
     let mut out = RequestMetaObject::new();
     for (key, value) in meta.0.0.iter() {
         if key == "progressToken" || key.starts_with("io.modelcontextprotocol/") {
@@ -183,9 +183,12 @@ impl AgentSession {
             let span = tracing::Span::current();
             if let Verdict::Refuse(result) = self.hub.interceptor.before_call(&call) {
                 span.record("verdict", "refuse");
-                self.hub
-                    .interceptor
-                    .after_call(&call, &Outcome::Result(&result));
+                self.hub.interceptor.after_call(
+                    &call,
+                    &Outcome::Completed {
+                        is_error: result.is_error == Some(true),
+                    },
+                );
                 return Ok(CallToolResponse::Complete(result));
             }
             span.record("verdict", "forward");
@@ -201,15 +204,9 @@ impl AgentSession {
                 .await;
             let outcome = match &answer {
                 Ok(CallToolResponse::Complete(r)) => {
-                    span.record(
-                        "outcome",
-                        if r.is_error == Some(true) {
-                            "tool_error"
-                        } else {
-                            "ok"
-                        },
-                    );
-                    Outcome::Result(r)
+                    let is_error = r.is_error == Some(true);
+                    span.record("outcome", if is_error { "tool_error" } else { "ok" });
+                    Outcome::Completed { is_error }
                 }
                 Ok(_) => {
                     span.record("outcome", "pending");

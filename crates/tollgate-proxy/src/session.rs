@@ -77,6 +77,11 @@ impl Sessions {
         });
     }
 
+    /// The peer of a session that has registered one.
+    pub fn peer(&self, id: SessionId) -> Option<Peer<RoleServer>> {
+        self.with(|m| m.get(&id).map(|e| e.peer.clone()))
+    }
+
     pub fn remove(&self, id: SessionId) {
         self.with(|m| m.remove(&id));
     }

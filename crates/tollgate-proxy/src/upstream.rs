@@ -5,6 +5,7 @@
 mod child;
 mod handler;
 mod ordered;
+pub(crate) mod stdio_link;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,7 +21,7 @@ use rmcp::{
         serve_client_with_lifecycle_and_ct,
     },
     transport::{
-        StreamableHttpClientTransport, async_rw::AsyncRwTransport,
+        StreamableHttpClientTransport,
         streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
@@ -83,6 +84,8 @@ pub(crate) struct Upstream {
     lists: RwLock<Arc<UpstreamLists>>,
     inflight: Mutex<Inflight>,
     pub(crate) pending_progress: Arc<ordered::PendingProgress>,
+    /// The raw lane of the current link, when it is a 2025-11-25 stdio link.
+    raw: RwLock<Option<Arc<stdio_link::RawLane>>>,
     state: watch::Sender<LinkState>,
 }
 
@@ -107,6 +110,7 @@ impl Upstream {
             lists: RwLock::new(Arc::new(UpstreamLists::default())),
             inflight: Mutex::new(Inflight::default()),
             pending_progress: Arc::default(),
+            raw: RwLock::new(None),
             state: watch::channel(LinkState::Starting).0,
         }
     }
@@ -133,6 +137,21 @@ impl Upstream {
             .ok_or_else(|| ProxyError::UpstreamDown {
                 upstream: self.name.clone(),
             })
+    }
+
+    /// The fast path's way to this upstream, when there is one.
+    pub(crate) fn raw_lane(&self) -> Option<Arc<stdio_link::RawLane>> {
+        self.raw
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_raw_lane(&self, lane: Option<Arc<stdio_link::RawLane>>) {
+        *self
+            .raw
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = lane;
     }
 
     fn set_peer(&self, peer: Option<Peer<RoleClient>>) {
@@ -188,7 +207,7 @@ impl Upstream {
         }
     }
 
-    fn track(&self, route: CallRoute, progress: ProgressToken) -> Tracked<'_> {
+    pub(crate) fn track(&self, route: CallRoute, progress: ProgressToken) -> Tracked<'_> {
         let mut inflight = lock(&self.inflight);
         inflight.next += 1;
         let key = inflight.next;
@@ -248,6 +267,12 @@ impl Upstream {
                     Ok(mut link) => {
                         info!("connected");
                         self.set_peer(Some(link.peer.clone()));
+                        let legacy = link.peer.peer_info().is_some_and(|info| {
+                            info.protocol_version.as_str() < ProtocolVersion::V_2026_07_28.as_str()
+                        });
+                        if legacy {
+                            self.set_raw_lane(link.raw.clone());
+                        }
                         // Lists first, so that nobody waiting for `Up` sees an empty catalog.
                         if let Some(hub) = hub.upgrade() {
                             hub.refresh_all(self.index).await;
@@ -259,6 +284,7 @@ impl Upstream {
                             reason = link.wait() => Some(reason),
                         };
                         self.set_peer(None);
+                        self.set_raw_lane(None);
                         self.state.send_replace(LinkState::Down);
                         // A link also ends because shutdown cancelled it: that is no failure.
                         if shutdown.is_cancelled() {
@@ -315,18 +341,16 @@ impl Upstream {
                 let mut child = child::spawn(&self.name, command, args, env, cwd.as_deref())
                     .map_err(|e| format!("cannot start `{command}`: {e}"))?;
                 let (stdout, stdin) = child.take_pipes().ok_or("child pipes missing")?;
-                let transport = ordered::Ordered::new(
-                    AsyncRwTransport::<RoleClient, _, _>::new_client(stdout, stdin)
-                        .with_max_line_length(self.max_message_bytes),
-                    self.pending_progress.clone(),
-                );
+                let link = stdio_link::StdioLink::new(&self.name, stdout, stdin, self.max_message_bytes);
+                let raw = link.lane();
+                let transport = ordered::Ordered::new(link, self.pending_progress.clone());
                 let started = tokio::time::timeout(
                     self.request_timeout,
                     serve_client_with_lifecycle_and_ct(handler, transport, lifecycle, stop.clone()),
                 )
                 .await;
                 match started {
-                    Ok(Ok(service)) => Ok(Link::new(service, stop, Some(child))),
+                    Ok(Ok(service)) => Ok(Link::new(service, stop, Some(child), Some(raw))),
                     Ok(Err(e)) => {
                         child.terminate().await;
                         Err(format!("initialization failed: {e}"))
@@ -370,14 +394,14 @@ impl Upstream {
                     )
                 })?
                 .map_err(|e| format!("initialization failed: {e}"))?;
-                Ok(Link::new(service, stop, None))
+                Ok(Link::new(service, stop, None, None))
             }
         }
     }
 }
 
 /// Removes a call from the in-flight table when it ends, however it ends.
-struct Tracked<'a> {
+pub(crate) struct Tracked<'a> {
     upstream: &'a Upstream,
     key: u64,
     progress: ProgressToken,
@@ -405,6 +429,7 @@ pub(crate) enum RouteError {
 /// A live connection and the child process behind it, if any.
 struct Link {
     peer: Peer<RoleClient>,
+    raw: Option<Arc<stdio_link::RawLane>>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<Result<rmcp::service::QuitReason, tokio::task::JoinError>>,
     child: Option<child::Child>,
@@ -415,10 +440,12 @@ impl Link {
         service: RunningService<RoleClient, UpstreamHandler>,
         stop: CancellationToken,
         child: Option<child::Child>,
+        raw: Option<Arc<stdio_link::RawLane>>,
     ) -> Self {
         let peer = service.peer().clone();
         Self {
             peer,
+            raw,
             stop,
             done: tokio::spawn(service.waiting()),
             child,

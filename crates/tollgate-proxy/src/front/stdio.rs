@@ -9,112 +9,70 @@ use rmcp::{
     service::{RxJsonRpcMessage, TxJsonRpcMessage},
     transport::Transport,
 };
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use serde_json::{Value, value::RawValue};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    fast::FastPath,
+    wire::{LineRead, LineReader, LineWriter, error_line},
+};
 
 /// A bounded, error-answering line transport for the agent side.
-pub struct LineTransport<R, W> {
-    reader: BufReader<R>,
-    line: Vec<u8>,
-    max_bytes: usize,
-    discarding: bool,
-    writer: Arc<tokio::sync::Mutex<W>>,
+pub struct LineTransport<R> {
+    reader: LineReader<R>,
+    writer: LineWriter,
+    fast: Option<Arc<FastPath>>,
 }
 
-impl<R, W> std::fmt::Debug for LineTransport<R, W> {
+impl<R> std::fmt::Debug for LineTransport<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LineTransport")
-            .field("max_bytes", &self.max_bytes)
-            .finish_non_exhaustive()
+        f.debug_struct("LineTransport").finish_non_exhaustive()
     }
 }
 
-enum LineRead {
-    Line,
-    Oversized,
-    Eof,
-}
-
-impl<R, W> LineTransport<R, W>
+impl<R> LineTransport<R>
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
-    pub fn new(read: R, write: W, max_bytes: usize) -> Self {
+    pub fn new(read: R, write: impl AsyncWrite + Unpin + Send + 'static, max_bytes: usize) -> Self {
         Self {
-            reader: BufReader::with_capacity(64 * 1024, read),
-            line: Vec::new(),
-            max_bytes,
-            discarding: false,
-            writer: Arc::new(tokio::sync::Mutex::new(write)),
+            reader: LineReader::new(read, max_bytes),
+            writer: LineWriter::new(write),
+            fast: None,
         }
     }
 
-    /// Reads one line into `self.line`. Cancel-safe: bytes move from the reader's buffer into
-    /// `self.line` only together with `consume`, so a dropped call resumes where it stopped.
-    async fn read_line(&mut self) -> std::io::Result<LineRead> {
-        loop {
-            let Self {
-                reader,
-                line,
-                max_bytes,
-                discarding,
-                ..
-            } = self;
-            let buf = reader.fill_buf().await?;
-            if buf.is_empty() {
-                return Ok(LineRead::Eof);
-            }
-            let newline = buf.iter().position(|b| *b == b'\n');
-            let take = newline.map_or(buf.len(), |p| p + 1);
-            let chunk = buf.get(..newline.unwrap_or(buf.len())).unwrap_or_default();
-            if !*discarding {
-                if line.len().saturating_add(chunk.len()) > *max_bytes {
-                    *discarding = true;
-                    line.clear();
-                    line.shrink_to(64 * 1024);
-                } else {
-                    line.extend_from_slice(chunk);
-                }
-            }
-            reader.consume(take);
-            if newline.is_some() {
-                if std::mem::take(discarding) {
-                    return Ok(LineRead::Oversized);
-                }
-                return Ok(LineRead::Line);
-            }
-        }
+    pub(crate) fn writer(&self) -> LineWriter {
+        self.writer.clone()
     }
 
-    /// Writes an error answer from a task of its own, so that a cancelled `receive` can never
-    /// leave half a line on the wire.
-    fn answer_error(&self, id: Value, code: i64, message: String) {
-        let writer = self.writer.clone();
-        tokio::spawn(async move {
-            let body =
-                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
-            let mut bytes = body.to_string().into_bytes();
-            bytes.push(b'\n');
-            let mut w = writer.lock().await;
-            let _ = w.write_all(&bytes).await;
-            let _ = w.flush().await;
-        });
+    pub(crate) fn with_fast_path(mut self, fast: Arc<FastPath>) -> Self {
+        self.fast = Some(fast);
+        self
+    }
+
+    /// Queues an error answer; never waits, so a cancelled `receive` loses nothing.
+    fn answer_error(&self, id: &RawValue, code: i64, message: &str) {
+        let _ = self.writer.try_write_line(error_line(id, code, message));
     }
 }
 
 /// The id of a JSON-RPC request that failed validation, if it has a usable one.
-fn request_id(value: &Value) -> Value {
-    match value.get("id") {
+fn request_id(value: &Value) -> Box<RawValue> {
+    let id = match value.get("id") {
         Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
         _ => Value::Null,
-    }
+    };
+    serde_json::value::to_raw_value(&id).unwrap_or_else(|_| null())
 }
 
-impl<R, W> Transport<RoleServer> for LineTransport<R, W>
+fn null() -> Box<RawValue> {
+    serde_json::value::to_raw_value(&Value::Null).unwrap_or_default()
+}
+
+impl<R> Transport<RoleServer> for LineTransport<R>
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
     type Error = std::io::Error;
 
@@ -124,65 +82,59 @@ where
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let writer = self.writer.clone();
         async move {
-            let mut bytes = serde_json::to_vec(&item).map_err(std::io::Error::other)?;
-            bytes.push(b'\n');
-            let mut w = writer.lock().await;
-            w.write_all(&bytes).await?;
-            w.flush().await
+            let bytes = serde_json::to_vec(&item).map_err(std::io::Error::other)?;
+            writer.write_line(bytes).await
         }
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
         loop {
-            match self.read_line().await {
+            let line = match self.reader.next().await {
                 Err(e) => {
                     tracing::warn!(error = %e, "reading from the agent failed");
                     return None;
                 }
                 Ok(LineRead::Eof) => return None,
                 Ok(LineRead::Oversized) => {
-                    tracing::warn!(
-                        limit = self.max_bytes,
-                        "agent message over the size limit refused"
-                    );
-                    self.answer_error(
-                        Value::Null,
-                        -32600,
-                        format!("message exceeds the limit of {} bytes", self.max_bytes),
-                    );
+                    let limit = self.reader.max_bytes();
+                    tracing::warn!(limit, "agent message over the size limit refused");
+                    self.answer_error(&null(), -32600, &format!("message exceeds the limit of {limit} bytes"));
                     continue;
                 }
-                Ok(LineRead::Line) => {}
-            }
-            let line = std::mem::take(&mut self.line);
-            let text = line.strip_suffix(b"\r").unwrap_or(&line);
-            if text.iter().all(u8::is_ascii_whitespace) {
+                Ok(LineRead::Line(line)) => line,
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(text) {
+            if let Some(fast) = &self.fast
+                && fast.try_take(&line)
+            {
+                continue;
+            }
+            match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(&line) {
                 Ok(message) => return Some(message),
                 Err(e) if e.is_syntax() || e.is_eof() => {
-                    self.answer_error(Value::Null, -32700, format!("parse error: {e}"));
+                    self.answer_error(&null(), -32700, &format!("parse error: {e}"));
                 }
                 Err(e) => {
-                    let id = serde_json::from_slice::<Value>(text)
+                    let id = serde_json::from_slice::<Value>(&line)
                         .map(|v| request_id(&v))
-                        .unwrap_or(Value::Null);
-                    self.answer_error(id, -32600, format!("invalid request: {e}"));
+                        .unwrap_or_else(|_| null());
+                    self.answer_error(&id, -32600, &format!("invalid request: {e}"));
                 }
             }
         }
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
-        self.writer.lock().await.flush().await
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn run(input: &[u8], max: usize) -> (Vec<String>, String) {
         let (mut agent, tollgate) = tokio::io::duplex(1 << 20);
