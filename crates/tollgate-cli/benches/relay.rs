@@ -8,7 +8,12 @@
 //! The same executable doubles as the fixture server (`--fixture-stdio`, `--fixture-http ADDR`)
 //! so that every peer runs in a process of its own, as in a deployment.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::{
     process::Stdio,
@@ -20,7 +25,10 @@ use rmcp::{
     RoleClient, ServiceExt,
     model::CallToolRequestParams,
     service::RunningService,
-    transport::{StreamableHttpClientTransport, TokioChildProcess, streamable_http_client::StreamableHttpClientTransportConfig},
+    transport::{
+        StreamableHttpClientTransport, TokioChildProcess,
+        streamable_http_client::StreamableHttpClientTransportConfig,
+    },
 };
 use tollgate_testkit::fixture::{Fixture, FixtureState};
 
@@ -34,7 +42,10 @@ const ROUNDS: usize = 10;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     match args.get(1).map(String::as_str) {
         Some("--fixture-stdio") => runtime.block_on(async {
             tollgate_testkit::serve_stdio(Fixture::new("bench", Arc::new(FixtureState::default())))
@@ -60,9 +71,13 @@ fn main() {
             let addr = args[2].parse().unwrap();
             let stop = tokio_util::sync::CancellationToken::new();
             let state = Arc::new(FixtureState::default());
-            tollgate_testkit::serve_http(addr, move || Fixture::new("bench", state.clone()), stop.clone())
-                .await
-                .unwrap();
+            tollgate_testkit::serve_http(
+                addr,
+                move || Fixture::new("bench", state.clone()),
+                stop.clone(),
+            )
+            .await
+            .unwrap();
             std::future::pending::<()>().await;
         }),
         // `cargo bench` passes `--bench`; anything else runs the benchmark too.
@@ -71,12 +86,19 @@ fn main() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_port(port: u16) {
     for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -128,7 +150,11 @@ async fn measure_all(clients: &[&Client], concurrency: usize) -> Vec<Figures> {
             client.call_tool(echo()).await.unwrap();
         }
     }
-    let total = if concurrency == 1 { CALLS_SERIAL } else { CALLS_PER_TASK * concurrency };
+    let total = if concurrency == 1 {
+        CALLS_SERIAL
+    } else {
+        CALLS_PER_TASK * concurrency
+    };
     let per_round = (total / ROUNDS).max(concurrency);
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); clients.len()];
     let mut walls = vec![Duration::ZERO; clients.len()];
@@ -167,12 +193,16 @@ fn rss_kib(pid: u32) -> u64 {
 async fn stdio_client(program: &std::path::Path, args: &[&str]) -> Client {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).stderr(Stdio::null());
-    ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap()
+    ().serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap()
 }
 
 async fn http_client(url: &str) -> Client {
     let config = StreamableHttpClientTransportConfig::with_uri(url).max_concurrent_requests(64);
-    ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap()
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap()
 }
 
 struct Row {
@@ -197,9 +227,21 @@ async fn bench() {
         let floor = stdio_client(&me, &["--forward", fixture, "--fixture-stdio"]).await;
         let through = stdio_client(&tollgate, &["run", "--", fixture, "--fixture-stdio"]).await;
         for concurrency in [1, CONCURRENCY] {
-            let mut figures = measure_all(&[&direct, &floor, &through], concurrency).await.into_iter();
-            let (direct, floor, through) = (figures.next().unwrap(), figures.next().unwrap(), figures.next().unwrap());
-            rows.push(Row { transport: "stdio", concurrency, direct, floor: Some(floor), through });
+            let mut figures = measure_all(&[&direct, &floor, &through], concurrency)
+                .await
+                .into_iter();
+            let (direct, floor, through) = (
+                figures.next().unwrap(),
+                figures.next().unwrap(),
+                figures.next().unwrap(),
+            );
+            rows.push(Row {
+                transport: "stdio",
+                concurrency,
+                direct,
+                floor: Some(floor),
+                through,
+            });
         }
         for client in [direct, floor, through] {
             client.cancel().await.unwrap();
@@ -245,9 +287,17 @@ async fn bench() {
         let direct = http_client(&direct_url).await;
         let through = http_client(&through_url).await;
         for concurrency in [1, CONCURRENCY] {
-            let mut figures = measure_all(&[&direct, &through], concurrency).await.into_iter();
+            let mut figures = measure_all(&[&direct, &through], concurrency)
+                .await
+                .into_iter();
             let (direct, through) = (figures.next().unwrap(), figures.next().unwrap());
-            rows.push(Row { transport: "http", concurrency, direct, floor: None, through });
+            rows.push(Row {
+                transport: "http",
+                concurrency,
+                direct,
+                floor: None,
+                through,
+            });
         }
         for client in [direct, through] {
             client.cancel().await.unwrap();
@@ -269,7 +319,10 @@ async fn bench() {
             .send()
             .await
             .unwrap();
-        let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let id = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let _ = response.bytes().await;
         sessions.push(id);
     }
@@ -279,8 +332,12 @@ async fn bench() {
     print_rows(&rows);
     println!();
     println!("tollgate RSS idle (after the HTTP runs): {} KiB", rss_idle);
-    println!("tollgate RSS with {} open HTTP sessions: {} KiB ({:.1} KiB per session)",
-        sessions.len(), rss_sessions, (rss_sessions.saturating_sub(rss_idle)) as f64 / sessions.len() as f64);
+    println!(
+        "tollgate RSS with {} open HTTP sessions: {} KiB ({:.1} KiB per session)",
+        sessions.len(),
+        rss_sessions,
+        (rss_sessions.saturating_sub(rss_idle)) as f64 / sessions.len() as f64
+    );
     let _ = tollgate_server.start_kill();
     let _ = fixture_server.start_kill();
     let _ = tollgate_server.wait().await;
@@ -288,12 +345,21 @@ async fn bench() {
 }
 
 fn print_rows(rows: &[Row]) {
-    println!("| transport | concurrent calls | direct p50 µs | bare hop p50 µs | tollgate p50 µs | p50 ratio (bare hop) | direct p99 µs | tollgate p99 µs | direct calls/s | tollgate calls/s | throughput ratio (bare hop) |");
+    println!(
+        "| transport | concurrent calls | direct p50 µs | bare hop p50 µs | tollgate p50 µs | p50 ratio (bare hop) | direct p99 µs | tollgate p99 µs | direct calls/s | tollgate calls/s | throughput ratio (bare hop) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let floor_p50 = r.floor.as_ref().map_or("–".to_owned(), |f| format!("{:.0}", f.p50_us));
-        let floor_p50_ratio = r.floor.as_ref().map_or(String::new(), |f| format!(" ({:.2}×)", f.p50_us / r.direct.p50_us));
-        let floor_tp_ratio = r.floor.as_ref().map_or(String::new(), |f| format!(" ({:.2}×)", f.calls_per_s / r.direct.calls_per_s));
+        let floor_p50 = r
+            .floor
+            .as_ref()
+            .map_or("–".to_owned(), |f| format!("{:.0}", f.p50_us));
+        let floor_p50_ratio = r.floor.as_ref().map_or(String::new(), |f| {
+            format!(" ({:.2}×)", f.p50_us / r.direct.p50_us)
+        });
+        let floor_tp_ratio = r.floor.as_ref().map_or(String::new(), |f| {
+            format!(" ({:.2}×)", f.calls_per_s / r.direct.calls_per_s)
+        });
         println!(
             "| {} | {} | {:.0} | {} | {:.0} | {:.2}×{} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}×{} |",
             r.transport,

@@ -111,9 +111,9 @@ impl FastPath {
         let Some(agent) = self.hub.sessions.peer(self.session) else {
             return false;
         };
-        let legacy_agent = agent
-            .peer_info()
-            .is_some_and(|info| info.protocol_version.as_str() < ProtocolVersion::V_2026_07_28.as_str());
+        let legacy_agent = agent.peer_info().is_some_and(|info| {
+            info.protocol_version.as_str() < ProtocolVersion::V_2026_07_28.as_str()
+        });
         if !legacy_agent || self.calls().contains_key(id.get()) {
             return false;
         }
@@ -130,13 +130,19 @@ impl FastPath {
         let Some(lane) = upstream.raw_lane() else {
             return false;
         };
-        let arguments = match call.arguments.map(|a| serde_json::from_str::<Value>(a.get())) {
+        let arguments = match call
+            .arguments
+            .map(|a| serde_json::from_str::<Value>(a.get()))
+        {
             None => None,
             Some(Ok(Value::Object(map))) => Some(map),
             // Not an object: rmcp answers with the precise error.
             Some(_) => return false,
         };
-        let meta = match call.meta.map(|m| serde_json::from_str::<RequestMetaObject>(m.get())) {
+        let meta = match call
+            .meta
+            .map(|m| serde_json::from_str::<RequestMetaObject>(m.get()))
+        {
             None => RequestMetaObject::new(),
             Some(Ok(meta)) => meta,
             Some(Err(_)) => return false,
@@ -209,7 +215,11 @@ impl FastPath {
             );
             let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());
             return Some(
-                format!(r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#, job.agent_id.get()).into_bytes(),
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#,
+                    job.agent_id.get()
+                )
+                .into_bytes(),
             );
         }
         span.record("verdict", "forward");
@@ -226,7 +236,10 @@ impl FastPath {
         let upstream_token = format!("{RAW_PREFIX}{n}");
         let mut meta = crate::relay::forwardable_meta(&job.meta).unwrap_or_default();
         if agent_progress.is_some() {
-            meta.0.0.insert("progressToken".to_owned(), Value::String(upstream_token.clone()));
+            meta.0.0.insert(
+                "progressToken".to_owned(),
+                Value::String(upstream_token.clone()),
+            );
         }
         let mut params = format!(
             r#"{{"name":{}"#,
@@ -260,7 +273,9 @@ impl FastPath {
         );
 
         let failed = |error: ProxyError| {
-            self.hub.interceptor.after_call(&call, &Outcome::Failed(&error));
+            self.hub
+                .interceptor
+                .after_call(&call, &Outcome::Failed(&error));
             span.record("outcome", "failed");
             let mcp = error.into_mcp();
             let body = serde_json::json!({"jsonrpc": "2.0", "id": serde_json::from_str::<Value>(job.agent_id.get()).unwrap_or(Value::Null), "error": mcp});
@@ -309,7 +324,13 @@ impl FastPath {
         let span = tracing::Span::current();
         let envelope = match Envelope::parse(line) {
             Ok(envelope) => envelope,
-            Err(_) => return error_line(&job.agent_id, -32603, "the upstream answered with malformed JSON"),
+            Err(_) => {
+                return error_line(
+                    &job.agent_id,
+                    -32603,
+                    "the upstream answered with malformed JSON",
+                );
+            }
         };
         let id = job.agent_id.get();
         if let Some(result) = envelope.result {
@@ -318,13 +339,18 @@ impl FastPath {
                 .and_then(|f| f.is_error)
                 == Some(true);
             span.record("outcome", if is_error { "tool_error" } else { "ok" });
-            self.hub.interceptor.after_call(call, &Outcome::Completed { is_error });
-            return format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, result.get()).into_bytes();
+            self.hub
+                .interceptor
+                .after_call(call, &Outcome::Completed { is_error });
+            return format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, result.get())
+                .into_bytes();
         }
         let error = envelope
             .error
             .map(|e| e.get().to_owned())
-            .unwrap_or_else(|| r#"{"code":-32603,"message":"the upstream answered without a result"}"#.to_owned());
+            .unwrap_or_else(|| {
+                r#"{"code":-32603,"message":"the upstream answered without a result"}"#.to_owned()
+            });
         let relayed = serde_json::from_str::<rmcp::ErrorData>(&error)
             .map(ProxyError::Relayed)
             .unwrap_or(ProxyError::UpstreamFailed {
@@ -332,7 +358,9 @@ impl FastPath {
                 message: "malformed error".to_owned(),
             });
         span.record("outcome", "failed");
-        self.hub.interceptor.after_call(call, &Outcome::Failed(&relayed));
+        self.hub
+            .interceptor
+            .after_call(call, &Outcome::Failed(&relayed));
         format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#).into_bytes()
     }
 }

@@ -134,7 +134,11 @@ impl Proxy {
         let session = self.session();
         let transport =
             front::stdio::LineTransport::new(read, write, self.hub.config.limits.max_message_bytes);
-        let fast = Arc::new(fast::FastPath::new(self.hub.clone(), session.id(), transport.writer()));
+        let fast = Arc::new(fast::FastPath::new(
+            self.hub.clone(),
+            session.id(),
+            transport.writer(),
+        ));
         let transport = transport.with_fast_path(fast);
         let service = session
             .serve_with_ct(transport, self.shutdown.child_token())

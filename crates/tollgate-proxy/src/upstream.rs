@@ -21,8 +21,7 @@ use rmcp::{
         serve_client_with_lifecycle_and_ct,
     },
     transport::{
-        StreamableHttpClientTransport,
-        streamable_http_client::StreamableHttpClientTransportConfig,
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
 use tokio::sync::watch;
@@ -341,7 +340,8 @@ impl Upstream {
                 let mut child = child::spawn(&self.name, command, args, env, cwd.as_deref())
                     .map_err(|e| format!("cannot start `{command}`: {e}"))?;
                 let (stdout, stdin) = child.take_pipes().ok_or("child pipes missing")?;
-                let link = stdio_link::StdioLink::new(&self.name, stdout, stdin, self.max_message_bytes);
+                let link =
+                    stdio_link::StdioLink::new(&self.name, stdout, stdin, self.max_message_bytes);
                 let raw = link.lane();
                 let transport = ordered::Ordered::new(link, self.pending_progress.clone());
                 let started = tokio::time::timeout(

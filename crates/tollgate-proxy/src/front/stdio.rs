@@ -98,7 +98,11 @@ where
                 Ok(LineRead::Oversized) => {
                     let limit = self.reader.max_bytes();
                     tracing::warn!(limit, "agent message over the size limit refused");
-                    self.answer_error(&null(), -32600, &format!("message exceeds the limit of {limit} bytes"));
+                    self.answer_error(
+                        &null(),
+                        -32600,
+                        &format!("message exceeds the limit of {limit} bytes"),
+                    );
                     continue;
                 }
                 Ok(LineRead::Line(line)) => line,

@@ -56,7 +56,10 @@ impl RawLane {
     }
 
     /// A fresh raw call number and the receiver of its answer line.
-    pub(crate) fn register(&self, progress: Option<ProgressSink>) -> (u64, oneshot::Receiver<Vec<u8>>) {
+    pub(crate) fn register(
+        &self,
+        progress: Option<ProgressSink>,
+    ) -> (u64, oneshot::Receiver<Vec<u8>>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         self.calls().insert(n, RawCall { answer, progress });
@@ -91,7 +94,9 @@ impl RawLane {
                 let Some(params) = envelope.params else {
                     return false;
                 };
-                let Ok(mut params) = serde_json::from_str::<serde_json::Map<String, Value>>(params.get()) else {
+                let Ok(mut params) =
+                    serde_json::from_str::<serde_json::Map<String, Value>>(params.get())
+                else {
                     return false;
                 };
                 let Some(n) = params
@@ -140,7 +145,12 @@ pub(crate) struct StdioLink {
 }
 
 impl StdioLink {
-    pub(crate) fn new(upstream: &str, stdout: ChildStdout, stdin: ChildStdin, max_bytes: usize) -> Self {
+    pub(crate) fn new(
+        upstream: &str,
+        stdout: ChildStdout,
+        stdin: ChildStdin,
+        max_bytes: usize,
+    ) -> Self {
         let lane = Arc::new(RawLane {
             out: LineWriter::new(stdin),
             calls: Mutex::new(HashMap::new()),
