@@ -28,11 +28,29 @@ struct Wrapped {
 
 impl Wrapped {
     async fn start() -> Self {
+        let fixture = fixture_bin();
+        Self::start_with(&["run", "--", fixture.to_str().unwrap(), "stdio"]).await
+    }
+
+    /// `tollgate run --config` with a stdio front and the fixture as stdio upstream.
+    async fn start_configured(extra: &str) -> (Self, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tollgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[front]\nstdio = true\n[[upstream]]\nname = \"fx\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n{extra}\n",
+                fixture_bin().display()
+            ),
+        )
+        .unwrap();
+        let wrapped = Self::start_with(&["run", "--config", config.to_str().unwrap()]).await;
+        (wrapped, dir)
+    }
+
+    async fn start_with(args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(tollgate_bin())
-            .arg("run")
-            .arg("--")
-            .arg(fixture_bin())
-            .arg("stdio")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -47,7 +65,7 @@ impl Wrapped {
             lines,
         };
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+            "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {"name": "raw", "version": "1"}}});
         wrapped.send(&init.to_string()).await;
         let reply = wrapped.next().await;
         assert_eq!(reply["id"], 0, "{reply}");
@@ -211,4 +229,103 @@ async fn closing_stdin_ends_tollgate_and_its_upstream() {
         .unwrap();
     assert!(status.success(), "{status}");
     assert!(eventually(Duration::from_secs(5), || !alive(upstream_pid)).await);
+}
+
+#[tokio::test]
+async fn progress_keeps_the_agents_token_and_comes_before_the_result() {
+    let mut tollgate = Wrapped::start().await;
+    let request = json!({"jsonrpc": "2.0", "id": "p-1", "method": "tools/call", "params": {
+        "name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "agent-token"}}});
+    tollgate.send(&request.to_string()).await;
+    let mut progress = Vec::new();
+    loop {
+        let message = tollgate.next().await;
+        if message["method"] == "notifications/progress" {
+            assert_eq!(
+                message["params"]["progressToken"], "agent-token",
+                "{message}"
+            );
+            progress.push(message["params"]["progress"].as_f64().unwrap());
+        } else {
+            assert_eq!(message["id"], "p-1", "{message}");
+            assert!(
+                message["result"]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("progress")
+            );
+            break;
+        }
+    }
+    assert_eq!(
+        progress,
+        [0.0, 50.0, 100.0],
+        "every progress notification before the result"
+    );
+}
+
+#[tokio::test]
+async fn cancelled_call_gets_no_answer_and_the_session_goes_on() {
+    let mut tollgate = Wrapped::start().await;
+    tollgate.send(r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"hang","arguments":{}}}"#).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tollgate
+        .send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":9,"reason":"stop"}}"#)
+        .await;
+    let after = tollgate.call(10, "echo", json!({"text": "next"})).await;
+    assert_eq!(
+        after["id"], 10,
+        "no answer for the cancelled call comes first: {after}"
+    );
+    assert_eq!(after["result"]["content"][0]["text"], "next");
+}
+
+#[tokio::test]
+async fn sampling_during_a_call_reaches_this_agent_and_its_answer_the_tool() {
+    let mut tollgate = Wrapped::start().await;
+    tollgate
+        .send(r#"{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"test_sampling","arguments":{"prompt":"hello"}}}"#)
+        .await;
+    let request = tollgate.next().await;
+    assert_eq!(request["method"], "sampling/createMessage", "{request}");
+    assert!(request.to_string().contains("hello"));
+    let answer = json!({"jsonrpc": "2.0", "id": request["id"], "result": {
+        "role": "assistant", "content": {"type": "text", "text": "from the raw agent"}, "model": "m"}});
+    tollgate.send(&answer.to_string()).await;
+    let done = tollgate.response(20).await;
+    assert_eq!(
+        done["result"]["content"][0]["text"],
+        "LLM response: from the raw agent"
+    );
+}
+
+#[tokio::test]
+async fn call_timeout_cancels_and_answers_with_the_upstream_named() {
+    let (mut tollgate, _dir) = Wrapped::start_configured("call_timeout_ms = 300").await;
+    let timed_out = tollgate.call(30, "hang", json!({})).await;
+    let message = timed_out["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`fx`") && message.contains("300 ms"),
+        "{timed_out}"
+    );
+    let after = tollgate.call(31, "echo", json!({"text": "ok"})).await;
+    assert_eq!(after["result"]["content"][0]["text"], "ok");
+}
+
+#[tokio::test]
+async fn unknown_tools_and_unusual_params_are_answered_exactly() {
+    let mut tollgate = Wrapped::start().await;
+    let unknown = tollgate.call(40, "no_such_tool", json!({})).await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    let not_object = json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": {"name": "echo", "arguments": "text"}});
+    tollgate.send(&not_object.to_string()).await;
+    let refused = tollgate.response(41).await;
+    assert!(refused.get("error").is_some(), "{refused}");
+    let extra = json!({"jsonrpc": "2.0", "id": 42, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}, "task": {"ttl": 1000}}});
+    tollgate.send(&extra.to_string()).await;
+    let answered = tollgate.response(42).await;
+    assert!(
+        answered.get("result").is_some() || answered.get("error").is_some(),
+        "{answered}"
+    );
 }

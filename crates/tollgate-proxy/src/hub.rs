@@ -105,14 +105,20 @@ impl Hub {
         let Ok(peer) = upstream.peer() else {
             return;
         };
-        let _serial = self.rebuild.lock().await;
-        let mut lists = (*upstream.lists()).clone();
-        for kind in kinds {
-            if let Err(error) = fetch(&peer, *kind, &mut lists, upstream.request_timeout).await {
-                warn!(upstream = %upstream.name, ?kind, %error, "cannot fetch list");
+        {
+            // One refresh of an upstream at a time, so an older fetch never overwrites a newer
+            // one; other upstreams refresh meanwhile.
+            let _refreshing = upstream.refreshing.lock().await;
+            let mut lists = (*upstream.lists()).clone();
+            for kind in kinds {
+                if let Err(error) = fetch(&peer, *kind, &mut lists, upstream.request_timeout).await
+                {
+                    warn!(upstream = %upstream.name, ?kind, %error, "cannot fetch list");
+                }
             }
+            upstream.set_lists(lists);
         }
-        upstream.set_lists(lists);
+        let _serial = self.rebuild.lock().await;
         self.rebuild_and_announce();
     }
 

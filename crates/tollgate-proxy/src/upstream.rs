@@ -83,6 +83,8 @@ pub(crate) struct Upstream {
     lists: RwLock<Arc<UpstreamLists>>,
     inflight: Mutex<Inflight>,
     pub(crate) pending_progress: Arc<ordered::PendingProgress>,
+    /// Held while this upstream's lists are fetched.
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
     /// The raw lane of the current link, when it is a 2025-11-25 stdio link.
     raw: RwLock<Option<Arc<stdio_link::RawLane>>>,
     state: watch::Sender<LinkState>,
@@ -109,6 +111,7 @@ impl Upstream {
             lists: RwLock::new(Arc::new(UpstreamLists::default())),
             inflight: Mutex::new(Inflight::default()),
             pending_progress: Arc::default(),
+            refreshing: tokio::sync::Mutex::new(()),
             raw: RwLock::new(None),
             state: watch::channel(LinkState::Starting).0,
         }

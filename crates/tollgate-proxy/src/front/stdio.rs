@@ -131,7 +131,8 @@ where
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
-        Ok(())
+        // Answers already queued reach the agent before the stream is let go.
+        self.writer.flush().await
     }
 }
 

@@ -209,6 +209,6 @@ impl Transport<RoleClient> for StdioLink {
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
-        Ok(())
+        self.lane.out.flush().await
     }
 }
