@@ -80,6 +80,17 @@ fn main() {
             .unwrap();
             std::future::pending::<()>().await;
         }),
+        // Load for profiling: `--load URL SECONDS` calls echo at 32 concurrent calls.
+        Some("--load") => runtime.block_on(async {
+            let client = http_client(&args[2]).await;
+            let until = Instant::now() + Duration::from_secs(args[3].parse().unwrap());
+            let mut calls = 0usize;
+            while Instant::now() < until {
+                let (samples, _) = run_batch(&client, CONCURRENCY, CONCURRENCY * 50).await;
+                calls += samples.len();
+            }
+            println!("{calls} calls");
+        }),
         // `cargo bench` passes `--bench`; anything else runs the benchmark too.
         _ => runtime.block_on(bench()),
     }
@@ -198,9 +209,14 @@ async fn stdio_client(program: &std::path::Path, args: &[&str]) -> Client {
         .unwrap()
 }
 
+/// Both HTTP clients keep their connections (rmcp's default client opens one per request).
 async fn http_client(url: &str) -> Client {
     let config = StreamableHttpClientTransportConfig::with_uri(url).max_concurrent_requests(64);
-    ().serve(StreamableHttpClientTransport::from_config(config))
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    ().serve(StreamableHttpClientTransport::with_client(http, config))
         .await
         .unwrap()
 }

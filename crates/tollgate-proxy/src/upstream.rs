@@ -141,6 +141,18 @@ impl Upstream {
             })
     }
 
+    /// The HTTP client for a streamable-HTTP upstream: connections are kept and reused (a new
+    /// TCP connection per request costs more than the request), Nagle is off, and redirects are
+    /// not followed: the configured URL is the one the operator approved.
+    fn http_client(&self) -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    }
+
     /// The fast path's way to this upstream, when there is one.
     pub(crate) fn raw_lane(&self) -> Option<Arc<stdio_link::RawLane>> {
         self.raw
@@ -382,7 +394,7 @@ impl Upstream {
                     .max_concurrent_requests(256)
                     .max_sse_event_size(self.max_message_bytes);
                 let transport = ordered::Ordered::new(
-                    StreamableHttpClientTransport::from_config(config),
+                    StreamableHttpClientTransport::with_client(self.http_client()?, config),
                     self.pending_progress.clone(),
                 );
                 let service = tokio::time::timeout(

@@ -177,6 +177,10 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(front.listen).await?;
     let local_addr = listener.local_addr()?;
     let app = router(hub, front, local_addr, max_body, shutdown.clone());
+    // Small JSON-RPC messages must not wait for Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
