@@ -328,3 +328,106 @@ async fn agent_session_id_and_tokens_never_reach_the_upstream() {
     stop.cancel();
     guard.stop().await;
 }
+
+/// SSE events (id, data) from a byte stream until `stop` says so.
+async fn read_events(
+    response: reqwest::Response,
+    mut stop: impl FnMut(&str, &Value) -> bool,
+) -> Vec<(String, Value)> {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = body.next().await {
+        buffer.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let raw: String = buffer.drain(..end + 2).collect();
+            let id = raw
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .unwrap_or_default()
+                .to_owned();
+            let data = raw
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or_default();
+            let value = if data.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(data).unwrap()
+            };
+            let done = stop(&id, &value);
+            events.push((id, value));
+            if done {
+                return events;
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn a_lost_call_stream_resumes_from_its_last_event() {
+    let fixture = fixture_http("one").await;
+    let guard = guard(&http_upstreams(&[("one", &fixture.url)])).await;
+    let client = reqwest::Client::new();
+    let id = open_session(&client, &guard.url).await;
+    let call = json!({"jsonrpc": "2.0", "id": 50, "method": "tools/call", "params": {
+        "name": "slow", "arguments": {"ms": 900, "steps": 3}, "_meta": {"progressToken": "p"}}});
+    let response = post(&client, &guard.url, &call.to_string(), Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    // Read the priming event and the first progress event, then lose the connection.
+    let first = read_events(response, |_, v| v["method"] == "notifications/progress").await;
+    let (priming_id, priming) = &first[0];
+    assert!(
+        !priming_id.is_empty() && priming.is_null(),
+        "a priming event with an id: {first:?}"
+    );
+    let (last_id, progress) = first.last().unwrap();
+    assert_eq!(progress["params"]["progressToken"], "p");
+
+    let resumed = client
+        .get(&guard.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let rest = read_events(resumed, |_, v| v["id"] == 50).await;
+    let progress_after: Vec<f64> = rest
+        .iter()
+        .filter(|(_, v)| v["method"] == "notifications/progress")
+        .map(|(_, v)| v["params"]["progress"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        progress_after,
+        [2.0, 3.0],
+        "only what was missed, in order: {rest:?}"
+    );
+    let (_, answer) = rest.last().unwrap();
+    assert_eq!(answer["result"]["content"][0]["text"], "waited 900 ms");
+
+    // Another session cannot resume it.
+    let other = open_session(&client, &guard.url).await;
+    let stolen = client
+        .get(&guard.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &other)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", last_id)
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(std::time::Duration::from_millis(500), stolen.text()).await;
+    assert!(
+        body.map_or(true, |b| !b.unwrap_or_default().contains("waited 900 ms")),
+        "no replay for another session"
+    );
+    guard.stop().await;
+}

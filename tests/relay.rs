@@ -384,7 +384,8 @@ async fn logging_and_list_changed_reach_sessions() {
     );
     assert!(
         watcher_seen.lock().unwrap().logs.is_empty(),
-        "and not a session with no call in flight"
+        "and not a session with no call in flight: {:?}",
+        watcher_seen.lock().unwrap().logs
     );
 
     let before = caller.list_all_tools().await.unwrap();

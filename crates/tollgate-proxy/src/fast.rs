@@ -1,18 +1,30 @@
-//! The fast path for `tools/call` between a 2025-11-25 stdio agent and a 2025-11-25 stdio
-//! upstream: the call is read from its envelope, decided at the same interception point, and
-//! forwarded with its arguments and result as raw bytes, never built into typed messages.
-//! Everything else (and every call the fast path cannot serve exactly) goes through rmcp.
+//! The fast path for `tools/call` between a 2025-11-25 agent and a 2025-11-25 upstream: the
+//! call is read from its envelope, passes the same interception point, and goes upstream with
+//! an id and progress token of Tollgate's own (`"tg-<n>"`) and its arguments and result as raw
+//! bytes, never built into typed messages. Agents on stdio and on HTTP sessions, upstreams on
+//! stdio and on HTTP. Everything else, and every call the fast path cannot serve exactly, goes
+//! through rmcp.
 
 use std::{
     borrow::Cow,
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
-use rmcp::model::{JsonObject, NumberOrString, ProtocolVersion, RequestId, RequestMetaObject};
+use rmcp::{
+    ErrorData as McpError,
+    model::{
+        ClientResult, JsonObject, NumberOrString, ProtocolVersion, RequestId, RequestMetaObject,
+        ServerJsonRpcMessage, ServerRequest,
+    },
+};
 use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
@@ -22,8 +34,8 @@ use crate::{
     intercept::{Outcome, ToolCall, Verdict},
     session::SessionId,
     upstream::{
-        CallRoute, Upstream,
-        stdio_link::{ProgressSink, RAW_PREFIX, RawLane},
+        CallRoute, Lane, Upstream,
+        stdio_link::{ProgressSink, RAW_PREFIX},
     },
     wire::{Envelope, LineWriter, error_line},
 };
@@ -41,24 +53,176 @@ struct CallParams<'a> {
     meta: Option<&'a RawValue>,
 }
 
-/// One agent connection's fast path.
+/// One message for an HTTP agent's call: something said during the call, or its answer.
+#[derive(Debug)]
+pub(crate) enum AgentLine {
+    Note(Vec<u8>),
+    Final(Vec<u8>),
+}
+
+/// Where the messages of one fast-path call go.
+#[derive(Debug, Clone)]
+pub(crate) enum AgentOut {
+    /// The agent's stdio stream.
+    Line(LineWriter),
+    /// The response stream of the agent's HTTP request.
+    Events(mpsc::Sender<AgentLine>),
+}
+
+impl AgentOut {
+    /// Queues a message said during the call; dropped rather than waited for if the agent is
+    /// not reading (progress is advisory, answers are not).
+    pub(crate) fn note(&self, line: Vec<u8>) -> bool {
+        match self {
+            Self::Line(out) => out.try_write_line(line),
+            Self::Events(out) => out.try_send(AgentLine::Note(line)).is_ok(),
+        }
+    }
+
+    async fn finish(&self, line: Vec<u8>) {
+        match self {
+            Self::Line(out) => {
+                let _ = out.write_line(line).await;
+            }
+            Self::Events(out) => {
+                let _ = out.send(AgentLine::Final(line)).await;
+            }
+        }
+    }
+
+    /// Resolves when nobody will read the call's answer any more (an HTTP agent hung up).
+    async fn gone(&self) {
+        match self {
+            Self::Line(_) => std::future::pending().await,
+            Self::Events(out) => out.closed().await,
+        }
+    }
+}
+
+/// Server→client requests to HTTP agents waiting for the agent's POSTed answer.
+#[derive(Debug, Default)]
+pub(crate) struct AgentAnswers {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, Waiting>>,
+}
+
+/// A request waiting for an agent: the session it was sent to, and where the answer goes.
+type Waiting = (SessionId, oneshot::Sender<Result<Value, McpError>>);
+
+/// Prefix of the ids of server→client requests Tollgate sends to HTTP agents itself.
+const ASK_PREFIX: &str = "tg-s-";
+
+impl AgentAnswers {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands an agent's answer to the request waiting for it; false if `id` is not one of ours
+    /// for this session.
+    pub(crate) fn deliver(
+        &self,
+        session: SessionId,
+        id: &RawValue,
+        answer: Result<Value, McpError>,
+    ) -> bool {
+        let Some(n) = id
+            .get()
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .and_then(|s| s.strip_prefix(ASK_PREFIX))
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        let mut waiting = self.waiting();
+        match waiting.get(&n) {
+            Some((owner, _)) if *owner == session => {}
+            _ => return false,
+        }
+        if let Some((_, sender)) = waiting.remove(&n) {
+            let _ = sender.send(answer);
+        }
+        true
+    }
+}
+
+/// An HTTP agent reached through the response stream of its own fast-path call.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectAgent {
+    session: SessionId,
+    out: mpsc::Sender<AgentLine>,
+    answers: Arc<AgentAnswers>,
+}
+
+impl DirectAgent {
+    /// Sends `request` on the call's stream and waits for the agent's POSTed answer.
+    pub(crate) async fn ask(
+        &self,
+        request: ServerRequest,
+        cancel: &CancellationToken,
+    ) -> Result<ClientResult, McpError> {
+        let n = self.answers.next.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        self.answers.waiting().insert(n, (self.session, answer));
+        let id = RequestId::String(format!("{ASK_PREFIX}{n}").into());
+        let message = ServerJsonRpcMessage::request(request.clone(), id);
+        let line = serde_json::to_vec(&message)
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        if self.out.send(AgentLine::Note(line)).await.is_err() {
+            self.answers.waiting().remove(&n);
+            return Err(McpError::internal_error("the agent's call has ended", None));
+        }
+        let value = tokio::select! {
+            answer = answered => answer.map_err(|_| McpError::internal_error("the agent did not answer", None))??,
+            () = cancel.cancelled() => {
+                self.answers.waiting().remove(&n);
+                return Err(McpError::internal_error("cancelled by the tool server", None));
+            }
+        };
+        let malformed = |e: serde_json::Error| {
+            McpError::invalid_params(format!("the agent's answer is malformed: {e}"), None)
+        };
+        match request {
+            ServerRequest::CreateMessageRequest(_) => serde_json::from_value(value)
+                .map(|r| ClientResult::CreateMessageResult(Box::new(r)))
+                .map_err(malformed),
+            ServerRequest::ElicitRequest(_) => serde_json::from_value(value)
+                .map(ClientResult::ElicitResult)
+                .map_err(malformed),
+            ServerRequest::ListRootsRequest(_) => serde_json::from_value(value)
+                .map(ClientResult::ListRootsResult)
+                .map_err(malformed),
+            _ => Err(McpError::internal_error("unsupported request", None)),
+        }
+    }
+}
+
+/// One agent session's fast path.
 #[derive(Debug)]
 pub(crate) struct FastPath {
     hub: Arc<Hub>,
     session: SessionId,
-    out: LineWriter,
+    /// The agent's stdio stream; none for an HTTP session, whose calls answer on their own
+    /// response streams.
+    line_out: Option<LineWriter>,
     /// Calls in flight, by the agent's request id as written on the wire.
     calls: Mutex<HashMap<String, CancellationToken>>,
 }
 
 impl FastPath {
-    pub(crate) fn new(hub: Arc<Hub>, session: SessionId, out: LineWriter) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, session: SessionId, line_out: Option<LineWriter>) -> Self {
         Self {
             hub,
             session,
-            out,
+            line_out,
             calls: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn session(&self) -> SessionId {
+        self.session
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
@@ -67,8 +231,11 @@ impl FastPath {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes `line` if it is a call the fast path serves or a cancellation of one.
+    /// Stdio: takes `line` if it is a call the fast path serves or a cancellation of one.
     pub(crate) fn try_take(self: &Arc<Self>, line: &[u8]) -> bool {
+        let Some(out) = &self.line_out else {
+            return false;
+        };
         let Ok(envelope) = Envelope::parse(line) else {
             return false;
         };
@@ -76,13 +243,30 @@ impl FastPath {
             return false;
         }
         match envelope.method.as_deref() {
-            Some("tools/call") => self.try_call(&envelope),
+            Some("tools/call") => self.try_call(&envelope, AgentOut::Line(out.clone()), None),
             Some("notifications/cancelled") => self.try_cancel(&envelope),
             _ => false,
         }
     }
 
-    fn try_cancel(&self, envelope: &Envelope<'_>) -> bool {
+    /// HTTP: starts the call if the fast path serves it; its messages come on the receiver,
+    /// the answer last.
+    pub(crate) fn try_call_http(
+        self: &Arc<Self>,
+        envelope: &Envelope<'_>,
+    ) -> Option<mpsc::Receiver<AgentLine>> {
+        let (out, messages) = mpsc::channel(64);
+        let direct = DirectAgent {
+            session: self.session,
+            out: out.clone(),
+            answers: self.hub.agent_answers.clone(),
+        };
+        self.try_call(envelope, AgentOut::Events(out), Some(direct))
+            .then_some(messages)
+    }
+
+    /// Cancels the fast-path call `envelope` names; false if it names none.
+    pub(crate) fn try_cancel(&self, envelope: &Envelope<'_>) -> bool {
         #[derive(Deserialize)]
         struct Cancelled<'a> {
             #[serde(borrow, rename = "requestId")]
@@ -104,7 +288,12 @@ impl FastPath {
         }
     }
 
-    fn try_call(self: &Arc<Self>, envelope: &Envelope<'_>) -> bool {
+    fn try_call(
+        self: &Arc<Self>,
+        envelope: &Envelope<'_>,
+        out: AgentOut,
+        direct: Option<DirectAgent>,
+    ) -> bool {
         let (Some(id), Some(params)) = (envelope.id, envelope.params) else {
             return false;
         };
@@ -164,6 +353,8 @@ impl FastPath {
             upstream,
             lane,
             cancel,
+            out,
+            direct,
         };
         let fast = self.clone();
         tokio::spawn(async move { fast.run(job).await });
@@ -186,7 +377,7 @@ impl FastPath {
             let line = self.call(&job).await;
             tracing::Span::current().record("latency_us", started.elapsed().as_micros() as u64);
             if let Some(line) = line {
-                let _ = self.out.write_line(line).await;
+                job.out.finish(line).await;
             }
         }
         .instrument(span)
@@ -225,38 +416,22 @@ impl FastPath {
         span.record("verdict", "forward");
 
         let agent_progress = job.meta.get_progress_token();
-        let progress = agent_progress
+        let agent_token = agent_progress
             .as_ref()
-            .and_then(|t| serde_json::value::to_raw_value(t).ok())
-            .map(|token| ProgressSink {
-                token,
-                out: self.out.clone(),
-            });
-        let (n, answered) = job.lane.register(progress);
+            .and_then(|t| serde_json::value::to_raw_value(t).ok());
+        let (n, answered) = match &job.lane {
+            Lane::Stdio(lane) => {
+                let sink = agent_token.clone().map(|token| ProgressSink {
+                    token,
+                    out: job.out.clone(),
+                });
+                let (n, answered) = lane.register(sink);
+                (n, Some(answered))
+            }
+            Lane::Http(lane) => (lane.next_call(), None),
+        };
         let upstream_token = format!("{RAW_PREFIX}{n}");
-        let mut meta = crate::relay::forwardable_meta(&job.meta).unwrap_or_default();
-        if agent_progress.is_some() {
-            meta.0.0.insert(
-                "progressToken".to_owned(),
-                Value::String(upstream_token.clone()),
-            );
-        }
-        let mut params = format!(
-            r#"{{"name":{}"#,
-            serde_json::to_string(&job.tool).unwrap_or_default()
-        );
-        if let Some(arguments) = &job.arguments_raw {
-            params.push_str(r#","arguments":"#);
-            params.push_str(arguments.get());
-        }
-        if !meta.0.0.is_empty() {
-            params.push_str(r#","_meta":"#);
-            params.push_str(&serde_json::to_string(&meta.0.0).unwrap_or_else(|_| "{}".to_owned()));
-        }
-        params.push('}');
-        let request = format!(
-            r#"{{"jsonrpc":"2.0","id":"{upstream_token}","method":"tools/call","params":{params}}}"#
-        );
+        let request = upstream_request(job, &upstream_token, agent_progress.is_some());
 
         // Server→client requests the upstream sends meanwhile find this session through the
         // same in-flight table as rmcp-path calls.
@@ -268,6 +443,7 @@ impl FastPath {
                 agent_progress,
                 capabilities: job.agent.peer_info().map(|i| i.capabilities.clone()),
                 input: None,
+                direct: job.direct.clone(),
             },
             rmcp::model::ProgressToken(NumberOrString::String(upstream_token.clone().into())),
         );
@@ -277,29 +453,73 @@ impl FastPath {
                 .interceptor
                 .after_call(&call, &Outcome::Failed(&error));
             span.record("outcome", "failed");
-            let mcp = error.into_mcp();
-            let body = serde_json::json!({"jsonrpc": "2.0", "id": serde_json::from_str::<Value>(job.agent_id.get()).unwrap_or(Value::Null), "error": mcp});
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": serde_json::from_str::<Value>(job.agent_id.get()).unwrap_or(Value::Null),
+                "error": error.into_mcp(),
+            });
             Some(body.to_string().into_bytes())
         };
-        if job.lane.send(request.into_bytes()).await.is_err() {
-            job.lane.forget(n);
-            return failed(ProxyError::UpstreamClosed {
-                upstream: job.upstream.name.clone(),
-            });
-        }
         let timeout = job.upstream.config.call_timeout;
+        let answer = async {
+            match (&job.lane, answered) {
+                (Lane::Stdio(lane), Some(answered)) => {
+                    if lane.send(request).await.is_err() {
+                        lane.forget(n);
+                        return Err(ProxyError::UpstreamClosed {
+                            upstream: job.upstream.name.clone(),
+                        });
+                    }
+                    answered.await.map_err(|_| ProxyError::UpstreamClosed {
+                        upstream: job.upstream.name.clone(),
+                    })
+                }
+                (Lane::Http(lane), _) => {
+                    let hub = self.hub.clone();
+                    let upstream = job.upstream.clone();
+                    let out = job.out.clone();
+                    let agent_token = agent_token.clone();
+                    let token_value = upstream_token.clone();
+                    let lane_for_answers = lane.clone();
+                    let cancel = job.cancel.clone();
+                    lane.call(request, &upstream_token, move |message| {
+                        side_message(
+                            &hub,
+                            &upstream,
+                            &lane_for_answers,
+                            &out,
+                            agent_token.as_deref(),
+                            &token_value,
+                            &cancel,
+                            message,
+                        );
+                    })
+                    .await
+                }
+                (Lane::Stdio(_), None) => Err(ProxyError::UpstreamClosed {
+                    upstream: job.upstream.name.clone(),
+                }),
+            }
+        };
         let cancel_upstream = |reason: &str| {
             let notice = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": upstream_token, "reason": reason}});
-            job.lane.forget(n);
             let lane = job.lane.clone();
             async move {
-                let _ = lane.send(notice.to_string().into_bytes()).await;
+                match lane {
+                    Lane::Stdio(lane) => {
+                        lane.forget(n);
+                        let _ = lane.send(notice.to_string().into_bytes()).await;
+                    }
+                    Lane::Http(lane) => {
+                        let _ = lane.deliver(notice.to_string().into_bytes()).await;
+                    }
+                }
             }
         };
         tokio::select! {
-            answer = answered => match answer {
+            answer = answer => match answer {
                 Ok(line) => Some(self.answer(job, &call, &line)),
-                Err(_) => failed(ProxyError::UpstreamClosed { upstream: job.upstream.name.clone() }),
+                Err(error) => failed(error),
             },
             () = tokio::time::sleep(timeout) => {
                 cancel_upstream("request timeout").await;
@@ -307,6 +527,12 @@ impl FastPath {
             }
             () = job.cancel.cancelled() => {
                 cancel_upstream("cancelled by the agent").await;
+                self.hub.interceptor.after_call(&call, &Outcome::Failed(&ProxyError::Cancelled));
+                span.record("outcome", "cancelled");
+                None
+            }
+            () = job.out.gone() => {
+                cancel_upstream("the agent went away").await;
                 self.hub.interceptor.after_call(&call, &Outcome::Failed(&ProxyError::Cancelled));
                 span.record("outcome", "cancelled");
                 None
@@ -351,7 +577,7 @@ impl FastPath {
             .unwrap_or_else(|| {
                 r#"{"code":-32603,"message":"the upstream answered without a result"}"#.to_owned()
             });
-        let relayed = serde_json::from_str::<rmcp::ErrorData>(&error)
+        let relayed = serde_json::from_str::<McpError>(&error)
             .map(ProxyError::Relayed)
             .unwrap_or(ProxyError::UpstreamFailed {
                 upstream: job.upstream.name.clone(),
@@ -362,6 +588,98 @@ impl FastPath {
             .interceptor
             .after_call(call, &Outcome::Failed(&relayed));
         format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#).into_bytes()
+    }
+}
+
+/// The upstream request line: the upstream's tool name, the agent's arguments as they came,
+/// and the agent's `_meta` minus the hop's fields, with Tollgate's progress token if the agent
+/// asked for progress.
+fn upstream_request(job: &Job, upstream_token: &str, wants_progress: bool) -> Vec<u8> {
+    let mut meta = crate::relay::forwardable_meta(&job.meta).unwrap_or_default();
+    if wants_progress {
+        meta.0.0.insert(
+            "progressToken".to_owned(),
+            Value::String(upstream_token.to_owned()),
+        );
+    }
+    let mut params = format!(
+        r#"{{"name":{}"#,
+        serde_json::to_string(&job.tool).unwrap_or_default()
+    );
+    if let Some(arguments) = &job.arguments_raw {
+        params.push_str(r#","arguments":"#);
+        params.push_str(arguments.get());
+    }
+    if !meta.0.0.is_empty() {
+        params.push_str(r#","_meta":"#);
+        params.push_str(&serde_json::to_string(&meta.0.0).unwrap_or_else(|_| "{}".to_owned()));
+    }
+    params.push('}');
+    format!(
+        r#"{{"jsonrpc":"2.0","id":"{upstream_token}","method":"tools/call","params":{params}}}"#
+    )
+    .into_bytes()
+}
+
+/// A message an HTTP upstream sends on a raw call's stream besides the answer.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the call's context, passed by reference from one place"
+)]
+fn side_message(
+    hub: &Arc<Hub>,
+    upstream: &Arc<Upstream>,
+    lane: &Arc<crate::upstream::http_lane::HttpLane>,
+    out: &AgentOut,
+    agent_token: Option<&RawValue>,
+    upstream_token: &str,
+    cancel: &CancellationToken,
+    message: &[u8],
+) {
+    let Ok(message) = serde_json::from_slice::<ServerJsonRpcMessage>(message) else {
+        return;
+    };
+    match message {
+        ServerJsonRpcMessage::Notification(n) => match n.notification {
+            rmcp::model::ServerNotification::ProgressNotification(mut p) => {
+                let ours = matches!(&p.params.progress_token.0, NumberOrString::String(s) if s.as_ref() == upstream_token);
+                let Some(token) = agent_token.filter(|_| ours) else {
+                    return;
+                };
+                let Ok(token) = serde_json::from_str(token.get()) else {
+                    return;
+                };
+                p.params.progress_token = token;
+                let note = ServerJsonRpcMessage::notification(
+                    rmcp::model::ServerNotification::ProgressNotification(p),
+                );
+                if let Ok(line) = serde_json::to_vec(&note) {
+                    out.note(line);
+                }
+            }
+            rmcp::model::ServerNotification::LoggingMessageNotification(l) => {
+                crate::upstream::deliver_log(hub, upstream, &l.params);
+            }
+            _ => {}
+        },
+        ServerJsonRpcMessage::Request(request) => {
+            let (id, request) = (request.id, request.request);
+            let upstream = upstream.clone();
+            let lane = lane.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let answer =
+                    crate::upstream::answer_server_request(&upstream, request, &cancel).await;
+                let message = match answer {
+                    Ok(result) => rmcp::model::ClientJsonRpcMessage::response(result, id),
+                    Err(error) => rmcp::model::ClientJsonRpcMessage::error(error, Some(id)),
+                };
+                if let Ok(body) = serde_json::to_vec(&message) {
+                    let _ = lane.deliver(body).await;
+                }
+            });
+        }
+        _ => {}
     }
 }
 
@@ -376,6 +694,8 @@ struct Job {
     meta: RequestMetaObject,
     agent: rmcp::service::Peer<rmcp::RoleServer>,
     upstream: Arc<Upstream>,
-    lane: Arc<RawLane>,
+    lane: Lane,
     cancel: CancellationToken,
+    out: AgentOut,
+    direct: Option<DirectAgent>,
 }

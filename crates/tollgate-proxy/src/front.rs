@@ -2,4 +2,5 @@
 //! for many.
 
 pub mod http;
+pub(crate) mod replay;
 pub mod stdio;

@@ -35,6 +35,12 @@ pub(crate) struct Hub {
     pub sessions: Sessions,
     pub interceptor: Arc<dyn Interceptor>,
     pub suspended: Arc<SuspendedCalls>,
+    /// Server→client requests sent to HTTP agents by the fast path, waiting for answers.
+    pub agent_answers: Arc<crate::fast::AgentAnswers>,
+    /// Event streams of fast-path HTTP calls, kept for resumption.
+    pub streams: Arc<crate::front::replay::Streams>,
+    /// The fast path of each 2025-11-25 HTTP session, by its `Mcp-Session-Id`.
+    pub http_fast: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::fast::FastPath>>>,
     /// Per-process random key for fingerprints of agent credentials.
     pub fingerprint_key: std::collections::hash_map::RandomState,
     /// Serializes rebuilds so that two upstreams changing at once cannot publish out of order.
@@ -72,6 +78,9 @@ impl Hub {
             sessions: Sessions::default(),
             interceptor,
             suspended: Arc::default(),
+            agent_answers: Arc::default(),
+            streams: Arc::default(),
+            http_fast: std::sync::Mutex::default(),
             fingerprint_key: std::collections::hash_map::RandomState::new(),
             rebuild: tokio::sync::Mutex::new(()),
         }

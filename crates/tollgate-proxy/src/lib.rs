@@ -137,7 +137,7 @@ impl Proxy {
         let fast = Arc::new(fast::FastPath::new(
             self.hub.clone(),
             session.id(),
-            transport.writer(),
+            Some(transport.writer()),
         ));
         let transport = transport.with_fast_path(fast);
         let service = session

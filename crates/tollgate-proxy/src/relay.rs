@@ -43,19 +43,28 @@ const MAX_INPUT_ROUNDS: usize = 10;
 pub struct AgentSession {
     id: SessionId,
     hub: Arc<Hub>,
-    _guard: Arc<SessionGuard>,
+    guard: Arc<SessionGuard>,
 }
 
-/// Removes the session from the table when its last handle goes.
+/// Removes the session from the tables when its last handle goes.
 #[derive(Debug)]
 struct SessionGuard {
     id: SessionId,
     hub: Arc<Hub>,
+    /// The `Mcp-Session-Id` of a 2025-11-25 HTTP session, once seen.
+    http_session: std::sync::OnceLock<String>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.hub.sessions.remove(self.id);
+        if let Some(header) = self.http_session.get() {
+            self.hub
+                .http_fast
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(header);
+        }
     }
 }
 
@@ -81,9 +90,10 @@ impl AgentSession {
         let id = hub.sessions.allocate();
         Self {
             id,
-            _guard: Arc::new(SessionGuard {
+            guard: Arc::new(SessionGuard {
                 id,
                 hub: hub.clone(),
+                http_session: std::sync::OnceLock::new(),
             }),
             hub,
         }
@@ -93,8 +103,27 @@ impl AgentSession {
         self.id
     }
 
-    fn register(&self, peer: &Peer<RoleServer>) {
+    /// Records the session's peer and, for a 2025-11-25 HTTP session, opens its fast path.
+    fn register(&self, peer: &Peer<RoleServer>, extensions: &rmcp::model::Extensions) {
         self.hub.sessions.register(self.id, peer);
+        if self.guard.http_session.get().is_some() {
+            return;
+        }
+        let Some(header) = extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|value| value.to_str().ok())
+        else {
+            return;
+        };
+        if self.guard.http_session.set(header.to_owned()).is_ok() {
+            let fast = Arc::new(crate::fast::FastPath::new(self.hub.clone(), self.id, None));
+            self.hub
+                .http_fast
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(header.to_owned(), fast);
+        }
     }
 
     fn upstream(&self, index: usize) -> Result<&Arc<Upstream>, McpError> {
@@ -117,6 +146,7 @@ impl AgentSession {
                     .map(|info| info.capabilities.clone())
             }),
             input: None,
+            direct: None,
         }
     }
 
@@ -446,7 +476,7 @@ impl ServerHandler for AgentSession {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
     }
 
     async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
@@ -462,7 +492,7 @@ impl ServerHandler for AgentSession {
         params: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let cursor = params.and_then(|p| p.cursor);
         let (tools, next) =
@@ -477,7 +507,7 @@ impl ServerHandler for AgentSession {
         params: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         self.guarded_call(params, context).await
     }
 
@@ -486,7 +516,7 @@ impl ServerHandler for AgentSession {
         params: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let cursor = params.and_then(|p| p.cursor);
         let (prompts, next) =
@@ -501,7 +531,7 @@ impl ServerHandler for AgentSession {
         params: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let route = merged.prompt(&params.name).map_err(internal)?.clone();
         let upstream = self.upstream(route.upstream)?.clone();
@@ -548,7 +578,7 @@ impl ServerHandler for AgentSession {
         params: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let cursor = params.and_then(|p| p.cursor);
         let (resources, next) =
@@ -563,7 +593,7 @@ impl ServerHandler for AgentSession {
         params: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let cursor = params.and_then(|p| p.cursor);
         let (templates, next) =
@@ -578,7 +608,7 @@ impl ServerHandler for AgentSession {
         params: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let index = merged
             .resource_upstream(&params.uri, self.hub.upstreams.len())
@@ -629,7 +659,7 @@ impl ServerHandler for AgentSession {
         params: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let index = self
             .hub
             .merged()
@@ -654,7 +684,7 @@ impl ServerHandler for AgentSession {
         params: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         self.hub.sessions.unsubscribe(self.id, &params.uri);
         // Other sessions may still want updates for this URI from the shared upstream.
         if !self.hub.sessions.subscribers(&params.uri).is_empty() {
@@ -678,7 +708,7 @@ impl ServerHandler for AgentSession {
         params: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let mut forwarded = params.clone();
         let index = match &mut forwarded.r#ref {
@@ -720,7 +750,7 @@ impl ServerHandler for AgentSession {
         params: SetLevelRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.register(&context.peer);
+        self.register(&context.peer, &context.extensions);
         self.hub.sessions.set_log_level(self.id, params.level);
         // Upstreams are shared: they log at the most verbose level any session wants, and
         // each session's own level filters what it receives.

@@ -82,6 +82,11 @@ impl Sessions {
         self.with(|m| m.get(&id).map(|e| e.peer.clone()))
     }
 
+    /// Every registered session.
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.with(|m| m.keys().copied().collect())
+    }
+
     pub fn remove(&self, id: SessionId) {
         self.with(|m| m.remove(&id));
     }
@@ -143,8 +148,8 @@ impl Sessions {
         })
     }
 
-    /// Peers among `ids` whose log level lets `message` through (sessions that never set a
-    /// level receive everything, as a direct connection would).
+    /// Peers among `ids` (all sessions when `None`) whose log level lets `message` through
+    /// (sessions that never set a level receive everything, as a direct connection would).
     pub fn log_receivers(
         &self,
         ids: Option<&HashSet<SessionId>>,

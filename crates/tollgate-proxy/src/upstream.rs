@@ -4,6 +4,7 @@
 
 mod child;
 mod handler;
+pub(crate) mod http_lane;
 mod ordered;
 pub(crate) mod stdio_link;
 
@@ -36,7 +37,14 @@ use crate::{
     session::SessionId,
 };
 
-pub(crate) use handler::UpstreamHandler;
+pub(crate) use handler::{UpstreamHandler, answer_server_request, deliver_log};
+
+/// The fast path's way to an upstream.
+#[derive(Debug, Clone)]
+pub(crate) enum Lane {
+    Stdio(Arc<stdio_link::RawLane>),
+    Http(Arc<http_lane::HttpLane>),
+}
 
 /// Longest a response waits for the progress notifications that preceded it to be relayed.
 const PROGRESS_DRAIN_LIMIT: Duration = Duration::from_millis(250);
@@ -54,6 +62,8 @@ pub(crate) struct CallRoute {
     /// For an agent that cannot receive server→client requests (2026-07-28): where such a
     /// request is handed over to become an input request.
     pub input: Option<tokio::sync::mpsc::Sender<crate::suspend::InputAsk>>,
+    /// For an HTTP agent on the fast path: the response stream of its call.
+    pub direct: Option<crate::fast::DirectAgent>,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +71,13 @@ struct Inflight {
     next: u64,
     calls: HashMap<u64, CallRoute>,
     by_progress: HashMap<ProgressToken, u64>,
+    /// Sessions whose calls ended lately, newest last: a server may send a call's last
+    /// messages just after its answer.
+    ended: std::collections::VecDeque<(Instant, SessionId)>,
 }
+
+/// How long after a call ends the upstream's unattributed messages still count as the call's.
+const ENDED_CALL_WINDOW: Duration = Duration::from_millis(250);
 
 /// Connection state published to waiters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +101,8 @@ pub(crate) struct Upstream {
     pub(crate) pending_progress: Arc<ordered::PendingProgress>,
     /// Held while this upstream's lists are fetched.
     pub(crate) refreshing: tokio::sync::Mutex<()>,
-    /// The raw lane of the current link, when it is a 2025-11-25 stdio link.
-    raw: RwLock<Option<Arc<stdio_link::RawLane>>>,
+    /// The fast path's lane over the current link, when it speaks 2025-11-25.
+    raw: RwLock<Option<Lane>>,
     state: watch::Sender<LinkState>,
 }
 
@@ -154,14 +170,14 @@ impl Upstream {
     }
 
     /// The fast path's way to this upstream, when there is one.
-    pub(crate) fn raw_lane(&self) -> Option<Arc<stdio_link::RawLane>> {
+    pub(crate) fn raw_lane(&self) -> Option<Lane> {
         self.raw
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    fn set_raw_lane(&self, lane: Option<Arc<stdio_link::RawLane>>) {
+    fn set_raw_lane(&self, lane: Option<Lane>) {
         *self
             .raw
             .write()
@@ -260,12 +276,21 @@ impl Upstream {
         }
     }
 
-    /// Sessions with a call in flight here.
-    pub(crate) fn sessions_in_flight(&self) -> HashSet<SessionId> {
-        lock(&self.inflight)
-            .calls
-            .values()
-            .map(|c| c.session)
+    /// The sessions a message from this upstream that names no call concerns: those with a
+    /// call in flight, else those whose call ended within the last moments. Empty when no call
+    /// is near.
+    pub(crate) fn sessions_concerned(&self) -> HashSet<SessionId> {
+        let inflight = lock(&self.inflight);
+        let busy: HashSet<SessionId> = inflight.calls.values().map(|c| c.session).collect();
+        if !busy.is_empty() {
+            return busy;
+        }
+        let now = Instant::now();
+        inflight
+            .ended
+            .iter()
+            .filter(|(at, _)| now.duration_since(*at) <= ENDED_CALL_WINDOW)
+            .map(|(_, session)| *session)
             .collect()
     }
 
@@ -365,7 +390,12 @@ impl Upstream {
                 )
                 .await;
                 match started {
-                    Ok(Ok(service)) => Ok(Link::new(service, stop, Some(child), Some(raw))),
+                    Ok(Ok(service)) => Ok(Link::new(
+                        service,
+                        stop,
+                        Some(child),
+                        Some(Lane::Stdio(raw)),
+                    )),
                     Ok(Err(e)) => {
                         child.terminate().await;
                         Err(format!("initialization failed: {e}"))
@@ -393,8 +423,14 @@ impl Upstream {
                     .custom_headers(custom)
                     .max_concurrent_requests(256)
                     .max_sse_event_size(self.max_message_bytes);
+                let client = self.http_client()?;
+                let session = http_lane::SessionSlot::default();
+                let tap = http_lane::SessionTap {
+                    inner: client.clone(),
+                    session: session.clone(),
+                };
                 let transport = ordered::Ordered::new(
-                    StreamableHttpClientTransport::with_client(self.http_client()?, config),
+                    StreamableHttpClientTransport::with_client(tap, config),
                     self.pending_progress.clone(),
                 );
                 let service = tokio::time::timeout(
@@ -409,7 +445,36 @@ impl Upstream {
                     )
                 })?
                 .map_err(|e| format!("initialization failed: {e}"))?;
-                Ok(Link::new(service, stop, None, None))
+                let protocol_version = service
+                    .peer()
+                    .peer_info()
+                    .map(|info| info.protocol_version.to_string())
+                    .unwrap_or_else(|| ProtocolVersion::V_2025_11_25.to_string());
+                let mut static_headers = http::HeaderMap::new();
+                for (name, value) in headers {
+                    if let (Ok(name), Ok(mut value)) = (
+                        http::HeaderName::from_bytes(name.as_bytes()),
+                        http::HeaderValue::from_str(value.expose()),
+                    ) {
+                        value.set_sensitive(true);
+                        static_headers.insert(name, value);
+                    }
+                }
+                let lane = http_lane::HttpLane::new(
+                    client,
+                    url.clone(),
+                    static_headers,
+                    session,
+                    protocol_version,
+                    self.name.clone(),
+                    self.max_message_bytes,
+                );
+                Ok(Link::new(
+                    service,
+                    stop,
+                    None,
+                    Some(Lane::Http(Arc::new(lane))),
+                ))
             }
         }
     }
@@ -425,7 +490,17 @@ pub(crate) struct Tracked<'a> {
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
         let mut inflight = lock(&self.upstream.inflight);
-        inflight.calls.remove(&self.key);
+        if let Some(call) = inflight.calls.remove(&self.key) {
+            let now = Instant::now();
+            while inflight
+                .ended
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > ENDED_CALL_WINDOW)
+            {
+                inflight.ended.pop_front();
+            }
+            inflight.ended.push_back((now, call.session));
+        }
         inflight.by_progress.remove(&self.progress);
     }
 }
@@ -444,7 +519,7 @@ pub(crate) enum RouteError {
 /// A live connection and the child process behind it, if any.
 struct Link {
     peer: Peer<RoleClient>,
-    raw: Option<Arc<stdio_link::RawLane>>,
+    raw: Option<Lane>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<Result<rmcp::service::QuitReason, tokio::task::JoinError>>,
     child: Option<child::Child>,
@@ -455,7 +530,7 @@ impl Link {
         service: RunningService<RoleClient, UpstreamHandler>,
         stop: CancellationToken,
         child: Option<child::Child>,
-        raw: Option<Arc<stdio_link::RawLane>>,
+        raw: Option<Lane>,
     ) -> Self {
         let peer = service.peer().clone();
         Self {

@@ -28,6 +28,7 @@ pub(crate) fn router(
         .with_legacy_session_mode(front.sessions)
         .with_max_request_body_bytes(max_body)
         .with_cancellation_token(shutdown);
+    let screening_hub = hub.clone();
     let service = StreamableHttpService::new(
         move || Ok(AgentSession::new(hub.clone())),
         Arc::new(LocalSessionManager::default()),
@@ -36,8 +37,87 @@ pub(crate) fn router(
     axum::Router::new()
         .route_service(&front.path, service)
         .layer(axum::middleware::from_fn(move |request, next| {
-            screen_body(request, next, max_body)
+            screen_body(request, next, max_body, screening_hub.clone())
         }))
+}
+
+/// Serves the POST on the fast path when it can: a tool call of a 2025-11-25 session to a
+/// 2025-11-25 upstream, a cancellation of one, or an agent's answer to a request the fast path
+/// sent it. Anything else returns `None` and goes to rmcp.
+async fn fast_path(
+    hub: &Hub,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Option<axum::response::Response> {
+    let session = parts.headers.get("mcp-session-id")?.to_str().ok()?;
+    let fast = hub
+        .http_fast
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(session)?
+        .clone();
+    let envelope = crate::wire::Envelope::parse(body).ok()?;
+    let accepted = || {
+        let mut response = axum::response::Response::new(axum::body::Body::empty());
+        *response.status_mut() = http::StatusCode::ACCEPTED;
+        response
+    };
+    match envelope.method.as_deref() {
+        Some("tools/call") => {
+            // The answer comes as an event stream (resumable, like rmcp's own); a client that
+            // takes only JSON is served by rmcp.
+            let takes_events = parts
+                .headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("text/event-stream"));
+            if !takes_events {
+                return None;
+            }
+            let messages = fast.try_call_http(&envelope)?;
+            Some(event_stream(hub.streams.open(session, messages)))
+        }
+        Some("notifications/cancelled") => fast.try_cancel(&envelope).then(accepted),
+        Some(_) => None,
+        None => {
+            let id = envelope.id?;
+            let answer = match (envelope.result, envelope.error) {
+                (Some(result), _) => Ok(serde_json::from_str(result.get()).ok()?),
+                (None, Some(error)) => Err(serde_json::from_str(error.get()).ok()?),
+                (None, None) => return None,
+            };
+            hub.agent_answers
+                .deliver(fast.session(), id, answer)
+                .then(accepted)
+        }
+    }
+}
+
+/// A GET that resumes a fast-path event stream (`Last-Event-ID` of one Tollgate issued, for the
+/// session that owns it).
+fn resume_stream(hub: &Hub, parts: &http::request::Parts) -> Option<axum::response::Response> {
+    let session = parts.headers.get("mcp-session-id")?.to_str().ok()?;
+    let last = parts.headers.get("last-event-id")?.to_str().ok()?;
+    hub.streams.resume(session, last).map(event_stream)
+}
+
+/// An event-stream response.
+fn event_stream(
+    events: impl futures::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>>
+    + Send
+    + 'static,
+) -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
 }
 
 /// The origins a browser page may call from: the operator's list, or else only this front's own
@@ -94,7 +174,17 @@ async fn screen_body(
     request: axum::extract::Request,
     next: axum::middleware::Next,
     max_body: usize,
+    hub: Arc<Hub>,
 ) -> axum::response::Response {
+    if request.method() == http::Method::GET {
+        let (parts, body) = request.into_parts();
+        if let Some(response) = resume_stream(&hub, &parts) {
+            return response;
+        }
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
     if request.method() != http::Method::POST {
         return next.run(request).await;
     }
@@ -135,6 +225,9 @@ async fn screen_body(
                     -32600,
                     "invalid request: expected a JSON-RPC 2.0 message with `jsonrpc: \"2.0\"` and a `method`".to_owned(),
                 );
+            }
+            if let Some(response) = fast_path(&hub, &parts, &bytes).await {
+                return response;
             }
         }
         Err(e) if e.is_syntax() || e.is_eof() => {

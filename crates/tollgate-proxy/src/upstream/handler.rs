@@ -23,8 +23,14 @@ use rmcp::{
     },
 };
 
+use tokio_util::sync::CancellationToken;
+
 use super::{CallRoute, RouteError, Upstream};
 use crate::hub::{Hub, ListKind};
+
+fn shutting_down() -> McpError {
+    McpError::internal_error("tollgate is shutting down", None)
+}
 
 /// The client side of one upstream connection.
 #[derive(Debug, Clone)]
@@ -43,89 +49,134 @@ impl UpstreamHandler {
         let upstream = hub.upstreams.get(self.index)?.clone();
         Some((hub, upstream))
     }
+}
 
-    fn route(&self) -> Result<CallRoute, McpError> {
-        let (_, upstream) = self
-            .upstream()
-            .ok_or_else(|| McpError::internal_error("tollgate is shutting down", None))?;
-        upstream.route_for_server_request().map_err(|e| {
-            tracing::warn!(upstream = %upstream.name, error = %e, "server request refused");
-            match e {
-                RouteError::NoCall | RouteError::Ambiguous { .. } => {
-                    McpError::invalid_request(e.to_string(), None)
-                }
+/// The agent a server→client request from `upstream` goes to, or why none can take it.
+fn route(upstream: &Upstream) -> Result<CallRoute, McpError> {
+    upstream.route_for_server_request().map_err(|e| {
+        tracing::warn!(upstream = %upstream.name, error = %e, "server request refused");
+        match e {
+            RouteError::NoCall | RouteError::Ambiguous { .. } => {
+                McpError::invalid_request(e.to_string(), None)
             }
-        })
-    }
-
-    /// Relays one server→client request to the agent of `route`, bound to the agent request
-    /// that caused it (so an HTTP agent receives it on that request's stream), and relays the
-    /// upstream's cancellation of it.
-    async fn relay(
-        &self,
-        route: &CallRoute,
-        mut request: ServerRequest,
-        context: &RequestContext<RoleClient>,
-    ) -> Result<ClientResult, McpError> {
-        request
-            .extensions_mut()
-            .insert(OriginatingRequestId(route.agent_request.clone()));
-        let agent: Peer<RoleServer> = route.agent.clone();
-        let cancel = context.ct.clone();
-        // Sent from a spawned task so rmcp does not bind it to the upstream's request id.
-        let task = tokio::spawn(async move {
-            let handle = agent
-                .send_request_with_option(request, PeerRequestOptions::no_options())
-                .await?;
-            let id = handle.id.clone();
-            tokio::select! {
-                answer = handle.await_response() => answer,
-                () = cancel.cancelled() => {
-                    let _ = agent
-                        .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
-                            Some(id),
-                            Some("cancelled by the tool server".to_owned()),
-                        ))
-                        .await;
-                    Err(rmcp::service::ServiceError::Cancelled { reason: None })
-                }
-            }
-        });
-        match task.await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(rmcp::service::ServiceError::McpError(e))) => Err(e),
-            Ok(Err(e)) => Err(McpError::internal_error(
-                format!("the agent did not answer: {e}"),
-                None,
-            )),
-            Err(_) => Err(McpError::internal_error("relay task failed", None)),
         }
-    }
+    })
+}
 
-    fn agent_declares(route: &CallRoute, check: impl Fn(&ClientCapabilities) -> bool) -> bool {
-        route.capabilities.as_ref().is_some_and(check)
-    }
-
-    /// Sends a server→client request to the agent of `route`: directly, or, for an agent that
-    /// takes input requests instead, through the call that is waiting on it.
-    async fn ask(
-        &self,
-        route: &CallRoute,
-        request: ServerRequest,
-        context: &RequestContext<RoleClient>,
-    ) -> Result<ClientResult, McpError> {
-        let Some(input) = &route.input else {
-            return self.relay(route, request, context).await;
-        };
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        input
-            .send(crate::suspend::InputAsk { request, answer })
-            .await
-            .map_err(|_| McpError::internal_error("the call asking for input has ended", None))?;
+/// Relays one server→client request to the agent of `route` through rmcp, bound to the agent
+/// request that caused it (so an HTTP agent receives it on that request's stream), and relays
+/// the upstream's cancellation of it.
+async fn relay(
+    route: &CallRoute,
+    mut request: ServerRequest,
+    cancel: &CancellationToken,
+) -> Result<ClientResult, McpError> {
+    request
+        .extensions_mut()
+        .insert(OriginatingRequestId(route.agent_request.clone()));
+    let agent: Peer<RoleServer> = route.agent.clone();
+    let cancel = cancel.clone();
+    // Sent from a spawned task so rmcp does not bind it to the upstream's request id.
+    let task = tokio::spawn(async move {
+        let handle = agent
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await?;
+        let id = handle.id.clone();
         tokio::select! {
-            answer = answered => answer.map_err(|_| McpError::internal_error("the agent did not answer the input request", None))?,
-            () = context.ct.cancelled() => Err(McpError::internal_error("cancelled by the tool server", None)),
+            answer = handle.await_response() => answer,
+            () = cancel.cancelled() => {
+                let _ = agent
+                    .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                        Some(id),
+                        Some("cancelled by the tool server".to_owned()),
+                    ))
+                    .await;
+                Err(rmcp::service::ServiceError::Cancelled { reason: None })
+            }
         }
+    });
+    match task.await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(rmcp::service::ServiceError::McpError(e))) => Err(e),
+        Ok(Err(e)) => Err(McpError::internal_error(
+            format!("the agent did not answer: {e}"),
+            None,
+        )),
+        Err(_) => Err(McpError::internal_error("relay task failed", None)),
+    }
+}
+
+/// Sends a server→client request from `upstream` to the agent whose call caused it: through
+/// rmcp, through the response stream of a fast-path HTTP call, or, for an agent that takes
+/// input requests instead, through the call that is waiting on it. The agent must have
+/// declared the capability the request needs.
+pub(crate) async fn answer_server_request(
+    upstream: &Upstream,
+    request: ServerRequest,
+    cancel: &CancellationToken,
+) -> Result<ClientResult, McpError> {
+    let route = route(upstream)?;
+    let declared = route.capabilities.as_ref().is_some_and(|c| match &request {
+        ServerRequest::CreateMessageRequest(_) => c.sampling.is_some(),
+        ServerRequest::ElicitRequest(_) => c.elicitation.is_some(),
+        ServerRequest::ListRootsRequest(_) => c.roots.is_some(),
+        _ => false,
+    });
+    if !declared {
+        return Err(match &request {
+            ServerRequest::CreateMessageRequest(_) => {
+                McpError::method_not_found::<rmcp::model::CreateMessageRequestMethod>()
+            }
+            ServerRequest::ElicitRequest(_) => {
+                McpError::method_not_found::<rmcp::model::ElicitationCreateRequestMethod>()
+            }
+            _ => McpError::method_not_found::<rmcp::model::ListRootsRequestMethod>(),
+        });
+    }
+    if let Some(direct) = &route.direct {
+        return direct.ask(request, cancel).await;
+    }
+    let Some(input) = &route.input else {
+        return relay(&route, request, cancel).await;
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    input
+        .send(crate::suspend::InputAsk { request, answer })
+        .await
+        .map_err(|_| McpError::internal_error("the call asking for input has ended", None))?;
+    tokio::select! {
+        answer = answered => answer.map_err(|_| McpError::internal_error("the agent did not answer the input request", None))?,
+        () = cancel.cancelled() => Err(McpError::internal_error("cancelled by the tool server", None)),
+    }
+}
+
+/// Delivers a log message from `upstream` to the sessions it concerns: those with calls on it
+/// in flight or just ended. A message no call can be attributed to is the shared server's own:
+/// it goes to the only session if there is one, and otherwise only to Tollgate's log, so that
+/// one session's output never reaches another; each session's own level applies.
+pub(crate) fn deliver_log(
+    hub: &Hub,
+    upstream: &Upstream,
+    params: &LoggingMessageNotificationParam,
+) {
+    let mut concerned = upstream.sessions_concerned();
+    if concerned.is_empty() {
+        let everyone = hub.sessions.ids();
+        match everyone.as_slice() {
+            [only] => {
+                concerned.insert(*only);
+            }
+            _ => {
+                tracing::info!(upstream = %upstream.name, level = ?params.level, data = %params.data, "upstream log not attributable to one session");
+                return;
+            }
+        }
+    }
+    for peer in hub.sessions.log_receivers(Some(&concerned), params) {
+        let params = params.clone();
+        tokio::spawn(async move {
+            let _ = peer.notify_logging_message(params).await;
+        });
     }
 }
 
@@ -149,14 +200,9 @@ impl ClientHandler for UpstreamHandler {
         params: CreateMessageRequestParams,
         context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, McpError> {
-        let route = self.route()?;
-        if !Self::agent_declares(&route, |c| c.sampling.is_some()) {
-            return Err(McpError::method_not_found::<
-                rmcp::model::CreateMessageRequestMethod,
-            >());
-        }
+        let (_, upstream) = self.upstream().ok_or_else(shutting_down)?;
         let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
-        match self.ask(&route, request, &context).await? {
+        match answer_server_request(&upstream, request, &context.ct).await? {
             ClientResult::CreateMessageResult(r) => Ok(*r),
             _ => Err(McpError::internal_error(
                 "the agent answered sampling with another result",
@@ -170,14 +216,9 @@ impl ClientHandler for UpstreamHandler {
         params: ElicitRequestParams,
         context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, McpError> {
-        let route = self.route()?;
-        if !Self::agent_declares(&route, |c| c.elicitation.is_some()) {
-            return Err(McpError::method_not_found::<
-                rmcp::model::ElicitationCreateRequestMethod,
-            >());
-        }
+        let (_, upstream) = self.upstream().ok_or_else(shutting_down)?;
         let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
-        match self.ask(&route, request, &context).await? {
+        match answer_server_request(&upstream, request, &context.ct).await? {
             ClientResult::ElicitResult(r) => Ok(r),
             _ => Err(McpError::internal_error(
                 "the agent answered elicitation with another result",
@@ -190,14 +231,9 @@ impl ClientHandler for UpstreamHandler {
         &self,
         context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, McpError> {
-        let route = self.route()?;
-        if !Self::agent_declares(&route, |c| c.roots.is_some()) {
-            return Err(McpError::method_not_found::<
-                rmcp::model::ListRootsRequestMethod,
-            >());
-        }
+        let (_, upstream) = self.upstream().ok_or_else(shutting_down)?;
         let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
-        match self.ask(&route, request, &context).await? {
+        match answer_server_request(&upstream, request, &context.ct).await? {
             ClientResult::ListRootsResult(r) => Ok(r),
             _ => Err(McpError::internal_error(
                 "the agent answered roots/list with another result",
@@ -237,20 +273,8 @@ impl ClientHandler for UpstreamHandler {
         params: LoggingMessageNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let Some((hub, upstream)) = self.upstream() else {
-            return;
-        };
-        // A log line during calls concerns the sessions making them; otherwise it is the
-        // shared server's own news and every session sees it.
-        let busy = upstream.sessions_in_flight();
-        let receivers = hub
-            .sessions
-            .log_receivers((!busy.is_empty()).then_some(&busy), &params);
-        for peer in receivers {
-            let params = params.clone();
-            tokio::spawn(async move {
-                let _ = peer.notify_logging_message(params).await;
-            });
+        if let Some((hub, upstream)) = self.upstream() {
+            deliver_log(&hub, &upstream, &params);
         }
     }
 

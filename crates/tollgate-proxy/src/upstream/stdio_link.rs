@@ -31,7 +31,7 @@ pub(crate) const RAW_PREFIX: &str = "tg-";
 #[derive(Debug)]
 pub(crate) struct ProgressSink {
     pub token: Box<RawValue>,
-    pub out: LineWriter,
+    pub out: crate::fast::AgentOut,
 }
 
 #[derive(Debug)]
@@ -118,7 +118,7 @@ impl RawLane {
                 let line = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params});
                 // Queued in wire order ahead of the answer; progress is dropped, never the
                 // answer, if the agent stops reading.
-                let _ = sink.out.try_write_line(line.to_string().into_bytes());
+                let _ = sink.out.note(line.to_string().into_bytes());
                 true
             }
             Some(_) => false,

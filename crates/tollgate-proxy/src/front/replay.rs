@@ -1,0 +1,165 @@
+//! Event streams of fast-path HTTP calls, kept for resumption (SEP-1699): every event carries
+//! an id, the stream opens with a priming event, and a client that lost the stream can GET it
+//! again with `Last-Event-ID` and receive what it missed, then the rest as it comes.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::body::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use crate::fast::AgentLine;
+
+/// How long a finished stream that was not read to its end stays available for a client to
+/// resume. A stream read to its end is dropped at once.
+const KEEP_AFTER_END: Duration = Duration::from_secs(30);
+/// Most streams kept at once; past it, finished streams are not kept for resumption.
+const MAX_KEPT: usize = 4096;
+/// The reconnection delay a client is told to use.
+const RETRY: Duration = Duration::from_secs(3);
+/// Prefix of the stream ids Tollgate issues.
+const STREAM_PREFIX: &str = "tg-";
+
+#[derive(Debug)]
+struct StreamLog {
+    session: String,
+    events: Mutex<Vec<Bytes>>,
+    done: AtomicBool,
+    grown: Notify,
+}
+
+impl StreamLog {
+    fn events(&self) -> std::sync::MutexGuard<'_, Vec<Bytes>> {
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Every fast-path stream still open or recently finished.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    next: AtomicU64,
+    logs: Mutex<HashMap<String, Arc<StreamLog>>>,
+}
+
+impl Streams {
+    fn logs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StreamLog>>> {
+        self.logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts recording a call's messages for `session` and returns the events to send from
+    /// the beginning.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        session: &str,
+        mut messages: mpsc::Receiver<AgentLine>,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + use<> {
+        let id = format!(
+            "{STREAM_PREFIX}{}",
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let priming = format!("id: {id}:0\nretry: {}\ndata: \n\n", RETRY.as_millis());
+        let log = Arc::new(StreamLog {
+            session: session.to_owned(),
+            events: Mutex::new(vec![Bytes::from(priming)]),
+            done: AtomicBool::new(false),
+            grown: Notify::new(),
+        });
+        {
+            let mut logs = self.logs();
+            if logs.len() < MAX_KEPT {
+                logs.insert(id.clone(), log.clone());
+            }
+        }
+        let streams = Arc::downgrade(self);
+        let pump_log = log.clone();
+        let stream_id = id.clone();
+        tokio::spawn(async move {
+            while let Some(message) = messages.recv().await {
+                let (AgentLine::Note(line) | AgentLine::Final(line)) = &message;
+                {
+                    let mut events = pump_log.events();
+                    let k = events.len();
+                    let mut event = Vec::with_capacity(line.len() + stream_id.len() + 32);
+                    event.extend_from_slice(
+                        format!("id: {stream_id}:{k}\nevent: message\ndata: ").as_bytes(),
+                    );
+                    event.extend_from_slice(line);
+                    event.extend_from_slice(b"\n\n");
+                    events.push(Bytes::from(event));
+                }
+                pump_log.grown.notify_waiters();
+                if matches!(message, AgentLine::Final(_)) {
+                    break;
+                }
+            }
+            pump_log.done.store(true, Ordering::SeqCst);
+            pump_log.grown.notify_waiters();
+            tokio::time::sleep(KEEP_AFTER_END).await;
+            if let Some(streams) = streams.upgrade() {
+                streams.logs().remove(&stream_id);
+            }
+        });
+        read_from(log, 0, Some((Arc::downgrade(self), id)))
+    }
+
+    /// The rest of a stream after `last_event_id`, for the session that owns it.
+    pub(crate) fn resume(
+        self: &Arc<Self>,
+        session: &str,
+        last_event_id: &str,
+    ) -> Option<impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + use<>> {
+        let (stream, k) = last_event_id.rsplit_once(':')?;
+        if !stream.starts_with(STREAM_PREFIX) {
+            return None;
+        }
+        let k: usize = k.parse().ok()?;
+        let log = self.logs().get(stream)?.clone();
+        (log.session == session)
+            .then(|| read_from(log, k + 1, Some((Arc::downgrade(self), stream.to_owned()))))
+    }
+}
+
+/// The events of `log` from index `from` on, waiting for new ones until the stream is done;
+/// a reader that reaches the end forgets the stream (nothing is left to resume).
+fn read_from(
+    log: Arc<StreamLog>,
+    from: usize,
+    owner: Option<(std::sync::Weak<Streams>, String)>,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures::stream::unfold((log, from, owner), |(log, next, owner)| async move {
+        loop {
+            let event = {
+                let grown = log.grown.notified();
+                tokio::pin!(grown);
+                // Registered before looking, so a push between the look and the wait wakes us.
+                grown.as_mut().enable();
+                if let Some(event) = log.events().get(next).cloned() {
+                    Some(event)
+                } else if log.done.load(Ordering::SeqCst) {
+                    if let Some((streams, id)) = &owner
+                        && let Some(streams) = streams.upgrade()
+                    {
+                        streams.logs().remove(id);
+                    }
+                    return None;
+                } else {
+                    grown.await;
+                    None
+                }
+            };
+            if let Some(event) = event {
+                return Some((Ok(event), (log, next + 1, owner)));
+            }
+        }
+    })
+}
