@@ -53,6 +53,45 @@ fn main() {
                 .unwrap();
         }),
         // The floor: a bare byte-forwarding hop, stdin/stdout to a child's and back.
+        // The HTTP floor: a bare reverse proxy that forwards each request's method, headers and
+        // body and streams the response back, with pooled upstream connections.
+        Some("--forward-http") => runtime.block_on(async {
+            let listen: std::net::SocketAddr = args[2].parse().unwrap();
+            let upstream = args[3].clone();
+            let client = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .unwrap();
+            let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                let client = client.clone();
+                let upstream = upstream.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = axum::body::to_bytes(body, 16 << 20).await.unwrap();
+                    let mut headers = parts.headers.clone();
+                    headers.remove(http::header::HOST);
+                    let answer = client
+                        .request(parts.method, &upstream)
+                        .headers(headers)
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let mut response = axum::response::Response::builder().status(answer.status());
+                    for (name, value) in answer.headers() {
+                        response = response.header(name, value);
+                    }
+                    response
+                        .body(axum::body::Body::from_stream(answer.bytes_stream()))
+                        .unwrap()
+                }
+            });
+            let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).await.unwrap();
+        }),
         Some("--forward") => runtime.block_on(async {
             let mut child = tokio::process::Command::new(&args[2])
                 .args(&args[3..])
@@ -299,23 +338,42 @@ async fn bench() {
     let rss_idle = rss_kib(tollgate_pid);
     let direct_url = format!("http://127.0.0.1:{fixture_port}/mcp");
     let through_url = format!("http://127.0.0.1:{front_port}/mcp");
+    let floor_port = free_port();
+    let mut floor_server = tokio::process::Command::new(&me)
+        .args([
+            "--forward-http",
+            &format!("127.0.0.1:{floor_port}"),
+            &direct_url,
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_port(floor_port).await;
+    let floor_url = format!("http://127.0.0.1:{floor_port}/mcp");
     {
         let direct = http_client(&direct_url).await;
+        let floor = http_client(&floor_url).await;
         let through = http_client(&through_url).await;
         for concurrency in [1, CONCURRENCY] {
-            let mut figures = measure_all(&[&direct, &through], concurrency)
+            let mut figures = measure_all(&[&direct, &floor, &through], concurrency)
                 .await
                 .into_iter();
-            let (direct, through) = (figures.next().unwrap(), figures.next().unwrap());
+            let (direct, floor, through) = (
+                figures.next().unwrap(),
+                figures.next().unwrap(),
+                figures.next().unwrap(),
+            );
             rows.push(Row {
                 transport: "http",
                 concurrency,
                 direct,
-                floor: None,
+                floor: Some(floor),
                 through,
             });
         }
-        for client in [direct, through] {
+        let _ = floor_server.start_kill();
+        for client in [direct, floor, through] {
             client.cancel().await.unwrap();
         }
     }
