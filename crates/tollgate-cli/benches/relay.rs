@@ -335,7 +335,7 @@ async fn bench() {
         .unwrap();
     wait_port(front_port).await;
     let tollgate_pid = tollgate_server.id().unwrap();
-    let rss_idle = rss_kib(tollgate_pid);
+    let rss_start = rss_kib(tollgate_pid);
     let direct_url = format!("http://127.0.0.1:{fixture_port}/mcp");
     let through_url = format!("http://127.0.0.1:{front_port}/mcp");
     let floor_port = free_port();
@@ -378,7 +378,9 @@ async fn bench() {
         }
     }
 
-    // 1,000 open 2025-11-25 sessions on Tollgate's HTTP front.
+    // 1,000 open (initialized) 2025-11-25 sessions on Tollgate's HTTP front.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rss_after_load = rss_kib(tollgate_pid);
     let http = reqwest::Client::new();
     let mut sessions = Vec::new();
     for i in 0..1000 {
@@ -398,6 +400,17 @@ async fn bench() {
             .unwrap()
             .to_owned();
         let _ = response.bytes().await;
+        let initialized = http
+            .post(&through_url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert!(initialized.status().is_success());
         sessions.push(id);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -405,12 +418,12 @@ async fn bench() {
 
     print_rows(&rows);
     println!();
-    println!("tollgate RSS idle (after the HTTP runs): {} KiB", rss_idle);
+    println!("tollgate RSS at start: {rss_start} KiB; after the HTTP runs: {rss_after_load} KiB");
     println!(
         "tollgate RSS with {} open HTTP sessions: {} KiB ({:.1} KiB per session)",
         sessions.len(),
         rss_sessions,
-        (rss_sessions.saturating_sub(rss_idle)) as f64 / sessions.len() as f64
+        (rss_sessions.saturating_sub(rss_after_load)) as f64 / sessions.len() as f64
     );
     let _ = tollgate_server.start_kill();
     let _ = fixture_server.start_kill();
