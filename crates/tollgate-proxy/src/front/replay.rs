@@ -163,3 +163,70 @@ fn read_from(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn text(events: &[Result<Bytes, std::convert::Infallible>]) -> String {
+        events
+            .iter()
+            .map(|e| String::from_utf8_lossy(e.as_ref().unwrap()).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_read_to_its_end_is_forgotten() {
+        let streams = Arc::new(Streams::default());
+        let (tx, rx) = mpsc::channel(4);
+        let events = streams.open("s1", rx);
+        tx.send(AgentLine::Note(b"{\"n\":1}".to_vec()))
+            .await
+            .unwrap();
+        tx.send(AgentLine::Final(b"{\"n\":2}".to_vec()))
+            .await
+            .unwrap();
+        let all: Vec<_> = events.collect().await;
+        let shown = text(&all);
+        assert!(
+            shown.starts_with("id: tg-0:0\nretry: 3000\ndata: \n\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("id: tg-0:1\nevent: message\ndata: {\"n\":1}"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("id: tg-0:2\nevent: message\ndata: {\"n\":2}"),
+            "{shown}"
+        );
+        assert!(streams.logs().is_empty(), "nothing left to resume");
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_stream_resumes_for_its_session_only() {
+        let streams = Arc::new(Streams::default());
+        let (tx, rx) = mpsc::channel(4);
+        let mut first = Box::pin(streams.open("s1", rx));
+        tx.send(AgentLine::Note(b"{\"n\":1}".to_vec()))
+            .await
+            .unwrap();
+        let _priming = first.next().await;
+        let _one = first.next().await;
+        drop(first);
+        assert!(streams.resume("s2", "tg-0:1").is_none(), "another session");
+        assert!(streams.resume("s1", "other:1").is_none(), "not our stream");
+        let rest = streams.resume("s1", "tg-0:1").unwrap();
+        tx.send(AgentLine::Final(b"{\"n\":2}".to_vec()))
+            .await
+            .unwrap();
+        let rest: Vec<_> = rest.collect().await;
+        let shown = text(&rest);
+        assert!(
+            !shown.contains("\"n\":1") && shown.contains("\"n\":2"),
+            "{shown}"
+        );
+    }
+}
