@@ -126,6 +126,16 @@ async fn session_lifecycle_follows_the_spec() {
         .send()
         .await
         .unwrap();
+    let call = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let call_after = post(&client, &guard.url, call, Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        call_after.status(),
+        StatusCode::NOT_FOUND,
+        "no tool call on an ended session"
+    );
     assert_eq!(
         after.status(),
         StatusCode::NOT_FOUND,
@@ -145,6 +155,30 @@ async fn foreign_origin_and_host_are_refused() {
         .send()
         .await
         .unwrap();
+    assert_eq!(evil.status(), StatusCode::FORBIDDEN, "unlisted Origin");
+    // A page that learned a session id still cannot call a tool through it.
+    let id = open_session(&client, &guard.url).await;
+    let call = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#;
+    let from_page = post(&client, &guard.url, call, Some(&id))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        from_page.status(),
+        StatusCode::FORBIDDEN,
+        "tool call from an unlisted Origin"
+    );
+    let rebound = post(&client, &guard.url, call, Some(&id))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        rebound.status().is_client_error(),
+        "tool call with a foreign Host: {}",
+        rebound.status()
+    );
     assert_eq!(evil.status(), StatusCode::FORBIDDEN, "unlisted Origin");
 
     let rebinding = post(&client, &guard.url, INIT, None)

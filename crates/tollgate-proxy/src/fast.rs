@@ -89,14 +89,6 @@ impl AgentOut {
             }
         }
     }
-
-    /// Resolves when nobody will read the call's answer any more (an HTTP agent hung up).
-    async fn gone(&self) {
-        match self {
-            Self::Line(_) => std::future::pending().await,
-            Self::Events(out) => out.closed().await,
-        }
-    }
 }
 
 /// Server→client requests to HTTP agents waiting for the agent's POSTed answer.
@@ -527,12 +519,6 @@ impl FastPath {
             }
             () = job.cancel.cancelled() => {
                 cancel_upstream("cancelled by the agent").await;
-                self.hub.interceptor.after_call(&call, &Outcome::Failed(&ProxyError::Cancelled));
-                span.record("outcome", "cancelled");
-                None
-            }
-            () = job.out.gone() => {
-                cancel_upstream("the agent went away").await;
                 self.hub.interceptor.after_call(&call, &Outcome::Failed(&ProxyError::Cancelled));
                 span.record("outcome", "cancelled");
                 None

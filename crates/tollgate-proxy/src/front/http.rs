@@ -28,7 +28,12 @@ pub(crate) fn router(
         .with_legacy_session_mode(front.sessions)
         .with_max_request_body_bytes(max_body)
         .with_cancellation_token(shutdown);
-    let screening_hub = hub.clone();
+    let screen = Arc::new(Screen {
+        hub: hub.clone(),
+        max_body,
+        allowed_hosts: front.allowed_hosts.clone(),
+        allowed_origins: allowed_origins(front, local),
+    });
     let service = StreamableHttpService::new(
         move || Ok(AgentSession::new(hub.clone())),
         Arc::new(LocalSessionManager::default()),
@@ -37,8 +42,98 @@ pub(crate) fn router(
     axum::Router::new()
         .route_service(&front.path, service)
         .layer(axum::middleware::from_fn(move |request, next| {
-            screen_body(request, next, max_body, screening_hub.clone())
+            screen_body(request, next, screen.clone())
         }))
+}
+
+/// What the screening layer needs: the shared state, the size limit, and the Host and Origin
+/// allow-lists, which the fast path applies exactly as rmcp's service does for everything else.
+#[derive(Debug)]
+struct Screen {
+    hub: Arc<Hub>,
+    max_body: usize,
+    allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
+}
+
+/// Protocol revisions the fast path serves (those with sessions).
+const SESSION_REVISIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+impl Screen {
+    /// Whether a request may be served here rather than by rmcp: its Host and Origin are
+    /// allowed and its protocol revision has sessions. A request that fails goes on to rmcp,
+    /// which refuses it with the right status.
+    fn may_take(&self, parts: &http::request::Parts) -> bool {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let host_ok = self.allowed_hosts.is_empty()
+            || header("host").is_some_and(|host| host_allowed(host, &self.allowed_hosts));
+        let origin_ok =
+            header("origin").is_none_or(|origin| origin_allowed(origin, &self.allowed_origins));
+        let version_ok =
+            header("mcp-protocol-version").is_none_or(|v| SESSION_REVISIONS.contains(&v));
+        host_ok && origin_ok && version_ok
+    }
+}
+
+/// `host[:port]` split, with IPv6 brackets kept on the host.
+fn split_authority(authority: &str) -> (String, Option<&str>) {
+    let authority = authority.trim();
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (
+            format!("[{}]", host.to_ascii_lowercase()),
+            after.strip_prefix(':'),
+        );
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host.to_ascii_lowercase(), Some(port)),
+        _ => (authority.to_ascii_lowercase(), None),
+    }
+}
+
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let (name, port) = split_authority(host);
+    allowed.iter().any(|entry| {
+        let entry =
+            if entry.contains(':') && !entry.starts_with('[') && entry.matches(':').count() > 1 {
+                format!("[{entry}]")
+            } else {
+                entry.clone()
+            };
+        let (entry_name, entry_port) = split_authority(&entry);
+        entry_name == name && entry_port.is_none_or(|p| Some(p) == port)
+    })
+}
+
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    if origin == "null" {
+        return allowed.iter().any(|a| a == "null");
+    }
+    let parse = |value: &str| -> Option<(String, String, Option<String>)> {
+        let (scheme, rest) = value.split_once("://")?;
+        let (host, port) = split_authority(rest.trim_end_matches('/'));
+        let port = port.map(str::to_owned).or_else(|| match scheme {
+            "http" => Some("80".to_owned()),
+            "https" => Some("443".to_owned()),
+            _ => None,
+        });
+        Some((scheme.to_ascii_lowercase(), host, port))
+    };
+    let Some((scheme, host, port)) = parse(origin) else {
+        return false;
+    };
+    allowed.iter().any(|entry| {
+        let Some((entry_scheme, entry_rest)) = entry.split_once("://") else {
+            return false;
+        };
+        let (entry_host, entry_port) = split_authority(entry_rest.trim_end_matches('/'));
+        entry_scheme.eq_ignore_ascii_case(&scheme)
+            && entry_host == host
+            && match entry_port {
+                Some("*") | None => true,
+                Some(p) => port.as_deref() == Some(p),
+            }
+    })
 }
 
 /// Serves the POST on the fast path when it can: a tool call of a 2025-11-25 session to a
@@ -173,13 +268,34 @@ fn jsonrpc_error(
 async fn screen_body(
     request: axum::extract::Request,
     next: axum::middleware::Next,
-    max_body: usize,
-    hub: Arc<Hub>,
+    screen: Arc<Screen>,
 ) -> axum::response::Response {
+    let hub = &screen.hub;
+    let max_body = screen.max_body;
     if request.method() == http::Method::GET {
         let (parts, body) = request.into_parts();
-        if let Some(response) = resume_stream(&hub, &parts) {
+        if screen.may_take(&parts)
+            && let Some(response) = resume_stream(hub, &parts)
+        {
             return response;
+        }
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    if request.method() == http::Method::DELETE {
+        // The session ends now for the fast path too, before rmcp has finished tearing it down.
+        let (parts, body) = request.into_parts();
+        if screen.may_take(&parts)
+            && let Some(session) = parts
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+        {
+            hub.http_fast
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(session);
         }
         return next
             .run(axum::extract::Request::from_parts(parts, body))
@@ -226,7 +342,9 @@ async fn screen_body(
                     "invalid request: expected a JSON-RPC 2.0 message with `jsonrpc: \"2.0\"` and a `method`".to_owned(),
                 );
             }
-            if let Some(response) = fast_path(&hub, &parts, &bytes).await {
+            if screen.may_take(&parts)
+                && let Some(response) = fast_path(hub, &parts, &bytes).await
+            {
                 return response;
             }
         }
@@ -280,4 +398,42 @@ pub(crate) async fn serve(
             .await
     });
     Ok(HttpServer { local_addr, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn hosts_match_with_and_without_ports() {
+        let allowed = list(&["localhost", "127.0.0.1", "::1", "api.example.com:8443"]);
+        assert!(host_allowed("localhost:8080", &allowed));
+        assert!(host_allowed("127.0.0.1", &allowed));
+        assert!(host_allowed("[::1]:9000", &allowed));
+        assert!(host_allowed("API.example.com:8443", &allowed));
+        assert!(!host_allowed("api.example.com:443", &allowed));
+        assert!(!host_allowed("evil.example:8080", &allowed));
+        assert!(!host_allowed("localhost.evil.example", &allowed));
+    }
+
+    #[test]
+    fn origins_match_scheme_host_and_port() {
+        let allowed = list(&[
+            "http://127.0.0.1:3000",
+            "https://app.example.com",
+            "http://localhost:*",
+        ]);
+        assert!(origin_allowed("http://127.0.0.1:3000", &allowed));
+        assert!(!origin_allowed("http://127.0.0.1:3001", &allowed));
+        assert!(!origin_allowed("https://127.0.0.1:3000", &allowed));
+        assert!(origin_allowed("https://app.example.com", &allowed));
+        assert!(origin_allowed("http://localhost:1234", &allowed));
+        assert!(!origin_allowed("https://evil.example", &allowed));
+        assert!(!origin_allowed("null", &allowed));
+        assert!(!origin_allowed("garbage", &allowed));
+    }
 }
