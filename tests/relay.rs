@@ -58,6 +58,31 @@ async fn single_upstream_is_relayed_unprefixed_for_both_revisions() {
 }
 
 #[tokio::test]
+async fn finished_call_streams_are_not_kept() {
+    let fixture = fixture_http("one").await;
+    let guard = guard(&http_upstreams(&[("one", &fixture.url)])).await;
+    let agent = agent_legacy(&guard.url, TestAgent::new("k")).await;
+    for i in 0..50 {
+        let r = agent
+            .call_tool(call("echo", json!({"text": format!("{i}")})))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&r), format!("{i}"));
+    }
+    let none_kept = eventually(Duration::from_secs(2), || {
+        guard.proxy().resumable_streams() == 0
+    })
+    .await;
+    assert!(
+        none_kept,
+        "{} streams kept after their answers were read",
+        guard.proxy().resumable_streams()
+    );
+    agent.cancel().await.unwrap();
+    guard.stop().await;
+}
+
+#[tokio::test]
 async fn three_upstreams_merge_with_prefixes_and_route_back() {
     let a = fixture_http("alpha").await;
     let b = fixture_http("beta").await;

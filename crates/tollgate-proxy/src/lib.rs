@@ -98,6 +98,11 @@ impl Proxy {
         self.hub.sessions.len()
     }
 
+    /// Fast-path HTTP event streams kept for resumption (a stream read to its end is not kept).
+    pub fn resumable_streams(&self) -> usize {
+        self.hub.streams.kept()
+    }
+
     /// A new agent session, to serve over any rmcp transport.
     pub fn session(&self) -> AgentSession {
         AgentSession::new(self.hub.clone())

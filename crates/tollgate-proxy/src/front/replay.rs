@@ -56,6 +56,11 @@ impl Streams {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Streams currently kept for resumption.
+    pub(crate) fn kept(&self) -> usize {
+        self.logs().len()
+    }
+
     /// Starts recording a call's messages for `session` and returns the events to send from
     /// the beginning.
     pub(crate) fn open(
