@@ -31,7 +31,7 @@ use tracing::{Instrument, field};
 use crate::{
     ProxyError,
     hub::Hub,
-    intercept::{Outcome, ToolCall, Verdict},
+    intercept::{Outcome, ToolCall},
     session::SessionId,
     upstream::{
         CallRoute, Lane, Upstream,
@@ -388,14 +388,7 @@ impl FastPath {
             arguments: job.arguments.as_ref(),
             meta: &job.meta,
         };
-        if let Verdict::Refuse(result) = self.hub.interceptor.before_call(&call) {
-            span.record("verdict", "refuse");
-            self.hub.interceptor.after_call(
-                &call,
-                &Outcome::Completed {
-                    is_error: result.is_error == Some(true),
-                },
-            );
+        if let Some(result) = crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
             let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());
             return Some(
                 format!(
@@ -405,7 +398,6 @@ impl FastPath {
                 .into_bytes(),
             );
         }
-        span.record("verdict", "forward");
 
         let agent_progress = job.meta.get_progress_token();
         let agent_token = agent_progress

@@ -6,8 +6,6 @@
 
 use rmcp::model::{CallToolResult, JsonObject, RequestMetaObject};
 
-// `CallToolResult` is what a refusal answers with.
-
 use crate::session::SessionId;
 
 /// One tool invocation as the interceptor sees it.
@@ -65,4 +63,27 @@ impl Interceptor for AllowAll {
     }
 
     fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}
+}
+
+/// Passes `call` through `interceptor` before forwarding and records the verdict on the
+/// current span. A refusal is the call's whole outcome: it is reported to `after_call` here and
+/// returned as the answer.
+pub(crate) fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Option<CallToolResult> {
+    let span = tracing::Span::current();
+    match interceptor.before_call(call) {
+        Verdict::Forward => {
+            span.record("verdict", "forward");
+            None
+        }
+        Verdict::Refuse(result) => {
+            span.record("verdict", "refuse");
+            interceptor.after_call(
+                call,
+                &Outcome::Completed {
+                    is_error: result.is_error == Some(true),
+                },
+            );
+            Some(result)
+        }
+    }
 }

@@ -29,7 +29,7 @@ use tracing::{Instrument, field};
 use crate::{
     ProxyError,
     hub::Hub,
-    intercept::{Outcome, ToolCall, Verdict},
+    intercept::{Outcome, ToolCall},
     names::page,
     session::SessionId,
     upstream::{CallRoute, Upstream},
@@ -211,17 +211,9 @@ impl AgentSession {
                 meta: &context.meta,
             };
             let span = tracing::Span::current();
-            if let Verdict::Refuse(result) = self.hub.interceptor.before_call(&call) {
-                span.record("verdict", "refuse");
-                self.hub.interceptor.after_call(
-                    &call,
-                    &Outcome::Completed {
-                        is_error: result.is_error == Some(true),
-                    },
-                );
+            if let Some(result) = crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
                 return Ok(CallToolResponse::Complete(result));
             }
-            span.record("verdict", "forward");
 
             let mut upstream_params = CallToolRequestParams::new(route.name.clone());
             upstream_params.arguments = params.arguments.clone();
