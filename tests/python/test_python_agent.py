@@ -188,5 +188,13 @@ async def test_python_agent_over_http(tollgate, everything, node_bin_dir, tmp_pa
                 )
                 sampled = await session.call_tool("trigger-sampling-request", {"prompt": "over http", "maxTokens": 20})
                 assert "a sampled answer from the agent" in text(sampled)
+                elicited = await session.call_tool("trigger-elicitation-request", {})
+                assert not elicited.is_error, text(elicited)
+                started = time.monotonic()
+                with anyio.move_on_after(0.5):
+                    await session.call_tool("trigger-long-running-operation", {"duration": 30, "steps": 30})
+                assert time.monotonic() - started < 5
+                assert text(await session.call_tool("echo", {"message": "after cancel"})) == "Echo: after cancel"
     assert len(seen) == 2
     assert len(recorder.sampling) == 1
+    assert len(recorder.elicitations) == 1
