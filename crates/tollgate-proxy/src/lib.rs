@@ -17,7 +17,7 @@ mod wire;
 
 use std::{sync::Arc, time::Duration};
 
-use rmcp::{RoleServer, ServiceExt};
+use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -30,6 +30,9 @@ use crate::{
     hub::Hub,
     intercept::{AllowAll, Interceptor},
 };
+
+/// Longest Tollgate waits for upstreams before it serves agents.
+const START_WAIT: Duration = Duration::from_secs(10);
 
 /// A running Tollgate: upstreams connected and supervised, ready to serve fronts.
 #[derive(Debug)]
@@ -49,14 +52,15 @@ pub struct StartReport {
 }
 
 impl Proxy {
-    /// Starts every upstream and waits until each has connected or failed once.
+    /// Starts every upstream and waits until each has connected or failed once, or at most
+    /// `START_WAIT`: a slow upstream joins the catalog (with `list_changed`) when it is ready.
     pub async fn start(config: Config) -> Self {
         Self::start_with(config, Arc::new(AllowAll)).await
     }
 
     /// Starts with a given interceptor at the tool-call interception point.
     pub async fn start_with(config: Config, interceptor: Arc<dyn Interceptor>) -> Self {
-        let settle = config.limits.request_timeout + Duration::from_secs(1);
+        let settle = config.limits.request_timeout.min(START_WAIT);
         let hub = Arc::new(Hub::new(config, interceptor));
         let shutdown = CancellationToken::new();
         let supervisors = hub
@@ -106,21 +110,6 @@ impl Proxy {
     /// A new agent session, to serve over any rmcp transport.
     pub fn session(&self) -> AgentSession {
         AgentSession::new(self.hub.clone())
-    }
-
-    /// Serves one agent over `transport` until it disconnects or Tollgate shuts down.
-    pub async fn serve_transport<T, E, A>(&self, transport: T) -> std::io::Result<()>
-    where
-        T: rmcp::transport::IntoTransport<RoleServer, E, A>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let service = self
-            .session()
-            .serve_with_ct(transport, self.shutdown.child_token())
-            .await
-            .map_err(std::io::Error::other)?;
-        service.waiting().await.map_err(std::io::Error::other)?;
-        Ok(())
     }
 
     /// Serves the agent on this process's stdin/stdout until stdin closes.
