@@ -185,6 +185,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn random_garbage_never_stops_the_transport() {
+        // A fixed xorshift stream: fragments of JSON, control bytes, invalid UTF-8.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces: [&[u8]; 8] = [
+            b"{",
+            b"}",
+            b"\"jsonrpc\":\"2.0\"",
+            b"[",
+            b"\xff\xfe",
+            b"\"id\":",
+            b"null",
+            b"\"method\":1",
+        ];
+        let mut input = Vec::new();
+        for _ in 0..2000 {
+            for _ in 0..(next() % 8) {
+                input.extend_from_slice(pieces[(next() % 8) as usize]);
+            }
+            input.push(b'\n');
+        }
+        input.extend_from_slice(PING.as_bytes());
+        input.push(b'\n');
+        let (methods, out) = run(&input, 1024).await;
+        assert_eq!(
+            methods.last().map(String::as_str),
+            Some("ping"),
+            "the last, valid message arrives"
+        );
+        for line in out.lines() {
+            let reply: Value = serde_json::from_str(line).unwrap();
+            assert!(
+                reply["error"]["code"].as_i64().is_some(),
+                "every reply to garbage is a JSON-RPC error: {line}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn oversize_line_is_refused_without_buffering_it() {
         let big = format!(
             "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\",\"params\":{{\"x\":\"{}\"}}}}",
