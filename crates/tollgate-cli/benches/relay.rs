@@ -260,6 +260,34 @@ async fn http_client(url: &str) -> Client {
         .unwrap()
 }
 
+/// Direct, bare hop and tollgate side by side at 1 and at 32 concurrent calls.
+async fn compare(
+    transport: &'static str,
+    direct: &Client,
+    floor: &Client,
+    through: &Client,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for concurrency in [1, CONCURRENCY] {
+        let mut figures = measure_all(&[direct, floor, through], concurrency)
+            .await
+            .into_iter();
+        let (direct, floor, through) = (
+            figures.next().unwrap(),
+            figures.next().unwrap(),
+            figures.next().unwrap(),
+        );
+        rows.push(Row {
+            transport,
+            concurrency,
+            direct,
+            floor: Some(floor),
+            through,
+        });
+    }
+    rows
+}
+
 struct Row {
     transport: &'static str,
     concurrency: usize,
@@ -281,23 +309,7 @@ async fn bench() {
         let direct = stdio_client(&me, &["--fixture-stdio"]).await;
         let floor = stdio_client(&me, &["--forward", fixture, "--fixture-stdio"]).await;
         let through = stdio_client(&tollgate, &["run", "--", fixture, "--fixture-stdio"]).await;
-        for concurrency in [1, CONCURRENCY] {
-            let mut figures = measure_all(&[&direct, &floor, &through], concurrency)
-                .await
-                .into_iter();
-            let (direct, floor, through) = (
-                figures.next().unwrap(),
-                figures.next().unwrap(),
-                figures.next().unwrap(),
-            );
-            rows.push(Row {
-                transport: "stdio",
-                concurrency,
-                direct,
-                floor: Some(floor),
-                through,
-            });
-        }
+        rows.extend(compare("stdio", &direct, &floor, &through).await);
         for client in [direct, floor, through] {
             client.cancel().await.unwrap();
         }
@@ -355,23 +367,7 @@ async fn bench() {
         let direct = http_client(&direct_url).await;
         let floor = http_client(&floor_url).await;
         let through = http_client(&through_url).await;
-        for concurrency in [1, CONCURRENCY] {
-            let mut figures = measure_all(&[&direct, &floor, &through], concurrency)
-                .await
-                .into_iter();
-            let (direct, floor, through) = (
-                figures.next().unwrap(),
-                figures.next().unwrap(),
-                figures.next().unwrap(),
-            );
-            rows.push(Row {
-                transport: "http",
-                concurrency,
-                direct,
-                floor: Some(floor),
-                through,
-            });
-        }
+        rows.extend(compare("http", &direct, &floor, &through).await);
         let _ = floor_server.start_kill();
         for client in [direct, floor, through] {
             client.cancel().await.unwrap();
