@@ -1,0 +1,376 @@
+//! The tool catalog: what each tool does to the world (its action class), how risky it is, and
+//! which of its arguments name resources. The operator writes it; MCP annotations are only
+//! defaults, and nothing an upstream says can make a tool less restricted than the catalog.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resource::ResourceKind;
+
+/// What a tool does to the world, from least to most restricted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionClass {
+    Read,
+    Write,
+    Egress,
+    Execute,
+    Payment,
+    Approve,
+    Revoke,
+    Admin,
+}
+
+impl ActionClass {
+    /// The class of a tool nothing is known about.
+    pub const MOST_RESTRICTED: Self = Self::Admin;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Egress => "egress",
+            Self::Execute => "execute",
+            Self::Payment => "payment",
+            Self::Approve => "approve",
+            Self::Revoke => "revoke",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// The risk a class carries when the catalog names none.
+    pub fn default_risk(self) -> Risk {
+        match self {
+            Self::Read => Risk::Low,
+            Self::Write | Self::Egress => Risk::Medium,
+            Self::Execute | Self::Payment => Risk::High,
+            Self::Approve | Self::Revoke | Self::Admin => Risk::Critical,
+        }
+    }
+}
+
+impl std::fmt::Display for ActionClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much harm a wrong call can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// The MCP annotations an upstream declared for a tool: untrusted hints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub read_only: Option<bool>,
+    pub destructive: Option<bool>,
+    pub open_world: Option<bool>,
+}
+
+impl Hints {
+    /// The class the hints suggest, if they suggest any.
+    fn implied_class(&self) -> Option<ActionClass> {
+        let mut class = None;
+        let mut raise =
+            |c: ActionClass| class = Some(class.map_or(c, |old: ActionClass| old.max(c)));
+        if self.read_only == Some(true) {
+            raise(ActionClass::Read);
+        }
+        if self.read_only == Some(false) || self.destructive == Some(true) {
+            raise(ActionClass::Write);
+        }
+        if self.open_world == Some(true) {
+            raise(ActionClass::Egress);
+        }
+        class
+    }
+}
+
+/// One catalog entry as the operator writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryConfig {
+    /// The tool's exposed name, or a glob over names (`fs.read_*`; `*` any run, `?` one
+    /// character).
+    pub tool: String,
+    pub class: ActionClass,
+    #[serde(default)]
+    pub risk: Option<Risk>,
+    /// Which arguments name resources, and of what kind (`path`, `url`, or a name such as
+    /// `customer` or `repo`).
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceKind>,
+}
+
+/// Why a catalog cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog entry {index}: `tool` must not be empty")]
+    EmptyPattern { index: usize },
+    #[error("catalog entry {index} (`{tool}`): argument name `{argument}` is not a plain name")]
+    BadArgument {
+        index: usize,
+        tool: String,
+        argument: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    pattern: String,
+    class: ActionClass,
+    risk: Risk,
+    resources: Vec<(String, ResourceKind)>,
+}
+
+/// What the catalog says of one tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    pub class: ActionClass,
+    pub risk: Risk,
+    pub source: Source,
+    /// Argument name → the kind of resource it names.
+    pub resources: Vec<(String, ResourceKind)>,
+}
+
+/// Where a classification came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The catalog entries whose patterns matched.
+    Catalog { patterns: Vec<String> },
+    /// No entry matched; the upstream's annotations, trusted as defaults by configuration.
+    Annotations,
+    /// Nothing known: the most restricted class.
+    Unknown,
+}
+
+/// The operator's catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    entries: Vec<Entry>,
+    trust_annotations: bool,
+}
+
+impl Catalog {
+    /// Checks the entries once. `trust_annotations` lets a tool with no entry take the class its
+    /// MCP annotations suggest instead of the most restricted one.
+    pub fn new(entries: Vec<EntryConfig>, trust_annotations: bool) -> Result<Self, CatalogError> {
+        let mut checked = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.into_iter().enumerate() {
+            if entry.tool.trim().is_empty() {
+                return Err(CatalogError::EmptyPattern { index });
+            }
+            for argument in entry.resources.keys() {
+                let plain = !argument.is_empty()
+                    && argument
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !plain {
+                    return Err(CatalogError::BadArgument {
+                        index,
+                        tool: entry.tool.clone(),
+                        argument: argument.clone(),
+                    });
+                }
+            }
+            checked.push(Entry {
+                risk: entry.risk.unwrap_or_else(|| entry.class.default_risk()),
+                pattern: entry.tool,
+                class: entry.class,
+                resources: entry.resources.into_iter().collect(),
+            });
+        }
+        Ok(Self {
+            entries: checked,
+            trust_annotations,
+        })
+    }
+
+    /// Classifies `tool`. Every matching entry counts and the most restricted class and highest
+    /// risk win, so the order of entries can never widen access; the annotations can raise a
+    /// class but never lower it.
+    pub fn classify(&self, tool: &str, hints: &Hints) -> Classification {
+        let matching: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| glob_match(&e.pattern, tool))
+            .collect();
+        if let Some(first) = matching.first() {
+            let mut class = first.class;
+            let mut risk = first.risk;
+            let mut resources: Vec<(String, ResourceKind)> = Vec::new();
+            for entry in &matching {
+                class = class.max(entry.class);
+                risk = risk.max(entry.risk);
+                for binding in &entry.resources {
+                    if !resources.contains(binding) {
+                        resources.push(binding.clone());
+                    }
+                }
+            }
+            if let Some(implied) = hints.implied_class()
+                && implied > class
+            {
+                class = implied;
+                risk = risk.max(implied.default_risk());
+            }
+            return Classification {
+                class,
+                risk,
+                source: Source::Catalog {
+                    patterns: matching.iter().map(|e| e.pattern.clone()).collect(),
+                },
+                resources,
+            };
+        }
+        match hints.implied_class().filter(|_| self.trust_annotations) {
+            Some(class) => Classification {
+                class,
+                risk: class.default_risk(),
+                source: Source::Annotations,
+                resources: Vec::new(),
+            },
+            None => Classification {
+                class: ActionClass::MOST_RESTRICTED,
+                risk: ActionClass::MOST_RESTRICTED.default_risk(),
+                source: Source::Unknown,
+                resources: Vec::new(),
+            },
+        }
+    }
+}
+
+/// `*` matches any run of characters (including none), `?` exactly one; everything else
+/// itself. Iterative with one backtrack point, so no pattern can take more than
+/// O(pattern × name) steps.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || Some(c) == n.get(ni) => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tool: &str, class: ActionClass) -> EntryConfig {
+        EntryConfig {
+            tool: tool.into(),
+            class,
+            risk: None,
+            resources: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("fs.read_*", "fs.read_file"));
+        assert!(glob_match("fs.read_*", "fs.read_"));
+        assert!(!glob_match("fs.read_*", "fs.write_file"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*.delete_*", "github.delete_repo"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn most_restricted_matching_entry_wins_whatever_the_order() {
+        let catalog = Catalog::new(
+            vec![
+                entry("fs.*", ActionClass::Read),
+                entry("fs.write_*", ActionClass::Write),
+            ],
+            false,
+        )
+        .unwrap();
+        let c = catalog.classify("fs.write_file", &Hints::default());
+        assert_eq!(c.class, ActionClass::Write);
+        assert_eq!(
+            catalog.classify("fs.read_file", &Hints::default()).class,
+            ActionClass::Read
+        );
+    }
+
+    #[test]
+    fn annotations_never_widen_a_catalog_entry_but_may_narrow_it() {
+        let catalog = Catalog::new(vec![entry("tool", ActionClass::Write)], true).unwrap();
+        let read_only = Hints {
+            read_only: Some(true),
+            ..Hints::default()
+        };
+        assert_eq!(
+            catalog.classify("tool", &read_only).class,
+            ActionClass::Write
+        );
+        let open_world = Hints {
+            open_world: Some(true),
+            ..Hints::default()
+        };
+        assert_eq!(
+            catalog.classify("tool", &open_world).class,
+            ActionClass::Egress
+        );
+    }
+
+    #[test]
+    fn unknown_tools_are_most_restricted_unless_annotations_are_trusted() {
+        let hints = Hints {
+            read_only: Some(true),
+            ..Hints::default()
+        };
+        let strict = Catalog::new(vec![], false).unwrap();
+        let c = strict.classify("mystery", &hints);
+        assert_eq!((c.class, c.source), (ActionClass::Admin, Source::Unknown));
+        let trusting = Catalog::new(vec![], true).unwrap();
+        let c = trusting.classify("mystery", &hints);
+        assert_eq!(
+            (c.class, c.source),
+            (ActionClass::Read, Source::Annotations)
+        );
+        assert_eq!(
+            trusting.classify("mystery", &Hints::default()).class,
+            ActionClass::Admin
+        );
+    }
+
+    #[test]
+    fn catalog_rejects_bad_entries() {
+        assert!(Catalog::new(vec![entry(" ", ActionClass::Read)], false).is_err());
+        let mut bad = entry("t", ActionClass::Read);
+        bad.resources.insert("a.b".into(), ResourceKind::Path);
+        assert!(Catalog::new(vec![bad], false).is_err());
+    }
+}
