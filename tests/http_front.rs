@@ -465,3 +465,49 @@ async fn a_lost_call_stream_resumes_from_its_last_event() {
     );
     guard.stop().await;
 }
+
+#[tokio::test]
+async fn sessions_idle_out_but_fast_path_calls_keep_them_alive() {
+    let fixture = fixture_http("one").await;
+    let config = http_upstreams(&[("one", &fixture.url)]).replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nsession_idle_timeout_ms = 600\n",
+    );
+    let guard = guard(&config).await;
+    let client = reqwest::Client::new();
+    let busy = open_session(&client, &guard.url).await;
+    let idle = open_session(&client, &guard.url).await;
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"alive"}}}"#;
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let ok = post(&client, &guard.url, call, Some(&busy))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK, "a session in use stays open");
+        assert_eq!(
+            message(&ok.text().await.unwrap())["result"]["content"][0]["text"],
+            "alive"
+        );
+    }
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let gone = post(&client, &guard.url, list, Some(&idle))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gone.status(),
+        StatusCode::NOT_FOUND,
+        "an idle session is closed"
+    );
+    let gone_call = post(&client, &guard.url, call, Some(&idle))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gone_call.status(),
+        StatusCode::NOT_FOUND,
+        "and its fast path with it"
+    );
+    guard.stop().await;
+}

@@ -13,6 +13,8 @@ pub use err::ConfigError;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Default time an upstream gets to answer one `tools/call`.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time an HTTP session may stay idle before it is closed.
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time an upstream gets to answer any other request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,6 +45,8 @@ pub struct HttpFront {
     pub allowed_origins: Vec<String>,
     /// Keep legacy (2025-11-25) sessions with `Mcp-Session-Id`.
     pub sessions: bool,
+    /// A session with no request for this long is closed.
+    pub session_idle_timeout: Duration,
 }
 
 /// How upstream tools, prompts and resource templates are named towards the agent.
@@ -183,6 +187,7 @@ struct RawHttpFront {
     allowed_origins: Vec<String>,
     #[serde(default = "default_true")]
     sessions: bool,
+    session_idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,6 +428,11 @@ impl RawConfig {
                     allowed_hosts: raw.allowed_hosts.unwrap_or_else(default_allowed_hosts),
                     allowed_origins: raw.allowed_origins,
                     sessions: raw.sessions,
+                    session_idle_timeout: millis(
+                        "front.http.session_idle_timeout_ms",
+                        raw.session_idle_timeout_ms,
+                        DEFAULT_SESSION_IDLE_TIMEOUT,
+                    )?,
                 })
             }
         };

@@ -37,6 +37,8 @@ pub(crate) struct Hub {
     pub suspended: Arc<SuspendedCalls>,
     /// Server→client requests sent to HTTP agents by the fast path, waiting for answers.
     pub agent_answers: Arc<crate::fast::AgentAnswers>,
+    /// When each 2025-11-25 HTTP session was last heard from, by its `Mcp-Session-Id`.
+    pub http_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Event streams of fast-path HTTP calls, kept for resumption.
     pub streams: Arc<crate::front::replay::Streams>,
     /// The fast path of each 2025-11-25 HTTP session, by its `Mcp-Session-Id`.
@@ -80,6 +82,7 @@ impl Hub {
             suspended: Arc::default(),
             agent_answers: Arc::default(),
             streams: Arc::default(),
+            http_seen: std::sync::Mutex::default(),
             http_fast: std::sync::Mutex::default(),
             fingerprint_key: std::collections::hash_map::RandomState::new(),
             rebuild: tokio::sync::Mutex::new(()),

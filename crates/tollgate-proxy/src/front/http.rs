@@ -18,6 +18,7 @@ pub(crate) fn router(
     local: SocketAddr,
     max_body: usize,
     shutdown: CancellationToken,
+    sessions: Arc<LocalSessionManager>,
 ) -> axum::Router {
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(front.allowed_hosts.clone())
@@ -34,11 +35,8 @@ pub(crate) fn router(
         allowed_hosts: front.allowed_hosts.clone(),
         allowed_origins: allowed_origins(front, local),
     });
-    let service = StreamableHttpService::new(
-        move || Ok(AgentSession::new(hub.clone())),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let service =
+        StreamableHttpService::new(move || Ok(AgentSession::new(hub.clone())), sessions, config);
     axum::Router::new()
         .route_service(&front.path, service)
         .layer(axum::middleware::from_fn(move |request, next| {
@@ -272,6 +270,7 @@ async fn screen_body(
 ) -> axum::response::Response {
     let hub = &screen.hub;
     let max_body = screen.max_body;
+    touch(hub, request.headers());
     if request.method() == http::Method::GET {
         let (parts, body) = request.into_parts();
         if screen.may_take(&parts)
@@ -293,6 +292,10 @@ async fn screen_body(
                 .and_then(|v| v.to_str().ok())
         {
             hub.http_fast
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(session);
+            hub.http_seen
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(session);
@@ -365,11 +368,70 @@ async fn screen_body(
             );
         }
     }
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes),
-    ))
-    .await
+    let response = next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes),
+        ))
+        .await;
+    // A new session (the answer to `initialize`) starts its idle clock now.
+    touch(hub, response.headers());
+    response
+}
+
+/// Closes HTTP sessions nobody has used for `idle`.
+async fn reap_idle_sessions(
+    hub: std::sync::Weak<Hub>,
+    manager: Arc<LocalSessionManager>,
+    idle: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    use rmcp::transport::streamable_http_server::SessionManager;
+    let period = (idle / 4).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(15),
+    );
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        let now = std::time::Instant::now();
+        let expired: Vec<String> = {
+            let mut seen = hub
+                .http_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let expired: Vec<String> = seen
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) > idle)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &expired {
+                seen.remove(id);
+            }
+            expired
+        };
+        for id in expired {
+            hub.http_fast
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+            let _ = manager.close_session(&Arc::from(id.as_str())).await;
+            tracing::info!(session = %id, "idle HTTP session closed");
+        }
+    }
+}
+
+/// Notes that the session named in `headers` was heard from.
+fn touch(hub: &Hub, headers: &http::HeaderMap) {
+    if let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+        hub.http_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), std::time::Instant::now());
+    }
 }
 
 /// A running HTTP front.
@@ -387,7 +449,18 @@ pub(crate) async fn serve(
 ) -> std::io::Result<HttpServer> {
     let listener = tokio::net::TcpListener::bind(front.listen).await?;
     let local_addr = listener.local_addr()?;
-    let app = router(hub, front, local_addr, max_body, shutdown.clone());
+    // Sessions idle out by Tollgate's clock, which also counts fast-path calls that rmcp's own
+    // keep-alive never sees.
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = None;
+    let manager = Arc::new(manager);
+    tokio::spawn(reap_idle_sessions(
+        Arc::downgrade(&hub),
+        manager.clone(),
+        front.session_idle_timeout,
+        shutdown.clone(),
+    ));
+    let app = router(hub, front, local_addr, max_body, shutdown.clone(), manager);
     // Small JSON-RPC messages must not wait for Nagle.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
