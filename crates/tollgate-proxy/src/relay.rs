@@ -265,22 +265,52 @@ impl AgentSession {
     async fn call_for_legacy_agent(
         &self,
         upstream: &Upstream,
-        mut params: CallToolRequestParams,
+        params: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ProxyError> {
+        let answer = self
+            .with_input_rounds(
+                upstream,
+                context,
+                upstream.config.call_timeout,
+                false,
+                |input| {
+                    let mut params = params.clone();
+                    if let Some((responses, state)) = input {
+                        params.input_responses = Some(responses);
+                        params.request_state = state;
+                    }
+                    ClientRequest::CallToolRequest(CallToolRequest::new(params))
+                },
+            )
+            .await?;
+        call_response(&upstream.name, answer)
+    }
+
+    /// Sends a request an upstream may answer with input requests. A 2026-07-28 agent
+    /// (`pass_input`) gets them to answer itself; for a 2025-11-25 agent Tollgate asks it with
+    /// ordinary server→client requests and retries, up to `MAX_INPUT_ROUNDS` times. `build`
+    /// makes the request, given the previous round's answers and state.
+    async fn with_input_rounds(
+        &self,
+        upstream: &Upstream,
+        context: &RequestContext<RoleServer>,
+        timeout: std::time::Duration,
+        pass_input: bool,
+        build: impl Fn(Option<(InputResponses, Option<String>)>) -> ClientRequest,
+    ) -> Result<ServerResult, ProxyError> {
+        let mut input = None;
         for _ in 0..MAX_INPUT_ROUNDS {
-            let request = ClientRequest::CallToolRequest(CallToolRequest::new(params.clone()));
             let answer = self
-                .forward(upstream, request, context, upstream.config.call_timeout)
+                .forward(upstream, build(input.take()), context, timeout)
                 .await?;
-            match call_response(&upstream.name, answer)? {
-                CallToolResponse::InputRequired(ir) => {
+            match answer {
+                ServerResult::InputRequiredResult(ir) if !pass_input => {
                     let requests = ir.input_requests.unwrap_or_default();
-                    params.input_responses =
-                        Some(self.fulfil(&upstream.name, requests, context).await?);
-                    params.request_state = ir.request_state;
+                    let responses = self.fulfil(&upstream.name, requests, context).await?;
+                    input = Some((responses, ir.request_state));
                 }
-                done => return Ok(done),
+                other => return Ok(other),
             }
         }
         Err(ProxyError::UpstreamFailed {
@@ -527,42 +557,35 @@ impl ServerHandler for AgentSession {
         let merged = self.hub.merged();
         let route = merged.prompt(&params.name).map_err(internal)?.clone();
         let upstream = self.upstream(route.upstream)?.clone();
-        let mut forwarded = params.clone();
+        let mut forwarded = params;
         forwarded.name = route.name.clone();
         forwarded.meta = forwardable_meta(&context.meta);
         let modern_agent = is_modern(context.protocol_version().as_ref());
-        for _ in 0..MAX_INPUT_ROUNDS {
-            let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(forwarded.clone()));
-            match self
-                .forward(&upstream, request, &context, upstream.request_timeout)
-                .await
-                .map_err(internal)?
-            {
-                ServerResult::GetPromptResult(r) => return Ok(GetPromptResponse::Complete(r)),
-                ServerResult::InputRequiredResult(ir) if modern_agent => {
-                    return Ok(GetPromptResponse::InputRequired(ir));
-                }
-                ServerResult::InputRequiredResult(ir) => {
-                    forwarded.input_responses = Some(
-                        self.fulfil(
-                            &upstream.name,
-                            ir.input_requests.unwrap_or_default(),
-                            &context,
-                        )
-                        .await
-                        .map_err(internal)?,
-                    );
-                    forwarded.request_state = ir.request_state;
-                }
-                _ => {
-                    return Err(McpError::internal_error(
-                        "unexpected answer to prompts/get",
-                        None,
-                    ));
-                }
-            }
+        let answer = self
+            .with_input_rounds(
+                &upstream,
+                &context,
+                upstream.request_timeout,
+                modern_agent,
+                |input| {
+                    let mut params = forwarded.clone();
+                    if let Some((responses, state)) = input {
+                        params.input_responses = Some(responses);
+                        params.request_state = state;
+                    }
+                    ClientRequest::GetPromptRequest(GetPromptRequest::new(params))
+                },
+            )
+            .await
+            .map_err(internal)?;
+        match answer {
+            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            ServerResult::InputRequiredResult(ir) => Ok(GetPromptResponse::InputRequired(ir)),
+            _ => Err(McpError::internal_error(
+                "unexpected answer to prompts/get",
+                None,
+            )),
         }
-        Err(McpError::internal_error("too many input rounds", None))
     }
 
     async fn list_resources(
@@ -606,44 +629,34 @@ impl ServerHandler for AgentSession {
             .resource_upstream(&params.uri, self.hub.upstreams.len())
             .map_err(internal)?;
         let upstream = self.upstream(index)?.clone();
-        let mut forwarded = params.clone();
+        let mut forwarded = params;
         forwarded.meta = forwardable_meta(&context.meta);
         let modern_agent = is_modern(context.protocol_version().as_ref());
-        for _ in 0..MAX_INPUT_ROUNDS {
-            let request =
-                ClientRequest::ReadResourceRequest(ReadResourceRequest::new(forwarded.clone()));
-            match self
-                .forward(&upstream, request, &context, upstream.request_timeout)
-                .await
-                .map_err(internal)?
-            {
-                ServerResult::ReadResourceResult(r) => {
-                    return Ok(ReadResourceResponse::Complete(r));
-                }
-                ServerResult::InputRequiredResult(ir) if modern_agent => {
-                    return Ok(ReadResourceResponse::InputRequired(ir));
-                }
-                ServerResult::InputRequiredResult(ir) => {
-                    forwarded.input_responses = Some(
-                        self.fulfil(
-                            &upstream.name,
-                            ir.input_requests.unwrap_or_default(),
-                            &context,
-                        )
-                        .await
-                        .map_err(internal)?,
-                    );
-                    forwarded.request_state = ir.request_state;
-                }
-                _ => {
-                    return Err(McpError::internal_error(
-                        "unexpected answer to resources/read",
-                        None,
-                    ));
-                }
-            }
+        let answer = self
+            .with_input_rounds(
+                &upstream,
+                &context,
+                upstream.request_timeout,
+                modern_agent,
+                |input| {
+                    let mut params = forwarded.clone();
+                    if let Some((responses, state)) = input {
+                        params.input_responses = Some(responses);
+                        params.request_state = state;
+                    }
+                    ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params))
+                },
+            )
+            .await
+            .map_err(internal)?;
+        match answer {
+            ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
+            ServerResult::InputRequiredResult(ir) => Ok(ReadResourceResponse::InputRequired(ir)),
+            _ => Err(McpError::internal_error(
+                "unexpected answer to resources/read",
+                None,
+            )),
         }
-        Err(McpError::internal_error("too many input rounds", None))
     }
 
     async fn subscribe(
