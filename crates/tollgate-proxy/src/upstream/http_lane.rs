@@ -56,14 +56,22 @@ pub(crate) struct SessionTap {
 type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
 
 impl SessionTap {
-    fn note(&self, result: &PostResult) {
+    /// Notes the session id a POST carries and the one its answer assigns.
+    async fn observe(
+        &self,
+        session_id: Option<Arc<str>>,
+        post: impl Future<Output = PostResult>,
+    ) -> PostResult {
+        self.session.set(session_id.as_deref());
+        let result = post.await;
         if let Ok(
             StreamableHttpPostResponse::Json(_, Some(id))
             | StreamableHttpPostResponse::Sse(_, Some(id)),
-        ) = result
+        ) = &result
         {
             self.session.set(Some(id));
         }
+        result
     }
 }
 
@@ -78,13 +86,12 @@ impl StreamableHttpClient for SessionTap {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> PostResult {
-        self.session.set(session_id.as_deref());
-        let result = self
-            .inner
-            .post_message(uri, message, session_id, auth_header, custom_headers)
-            .await;
-        self.note(&result);
-        result
+        self.observe(
+            session_id.clone(),
+            self.inner
+                .post_message(uri, message, session_id, auth_header, custom_headers),
+        )
+        .await
     }
 
     async fn post_message_with_max_sse_event_size(
@@ -96,20 +103,18 @@ impl StreamableHttpClient for SessionTap {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> PostResult {
-        self.session.set(session_id.as_deref());
-        let result = self
-            .inner
-            .post_message_with_max_sse_event_size(
+        self.observe(
+            session_id.clone(),
+            self.inner.post_message_with_max_sse_event_size(
                 uri,
                 message,
                 session_id,
                 auth_header,
                 custom_headers,
                 max_sse_event_size,
-            )
-            .await;
-        self.note(&result);
-        result
+            ),
+        )
+        .await
     }
 
     async fn post_message_with_response_limits(
@@ -121,20 +126,18 @@ impl StreamableHttpClient for SessionTap {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> PostResult {
-        self.session.set(session_id.as_deref());
-        let result = self
-            .inner
-            .post_message_with_response_limits(
+        self.observe(
+            session_id.clone(),
+            self.inner.post_message_with_response_limits(
                 uri,
                 message,
                 session_id,
                 auth_header,
                 custom_headers,
                 limits,
-            )
-            .await;
-        self.note(&result);
-        result
+            ),
+        )
+        .await
     }
 
     async fn delete_session(
