@@ -511,3 +511,18 @@ async fn sessions_idle_out_but_fast_path_calls_keep_them_alive() {
     );
     guard.stop().await;
 }
+
+#[tokio::test]
+async fn made_up_session_ids_are_not_tracked() {
+    let fixture = fixture_http("one").await;
+    let guard = guard(&http_upstreams(&[("one", &fixture.url)])).await;
+    let client = reqwest::Client::new();
+    let _real = open_session(&client, &guard.url).await;
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    for i in 0..50 {
+        let forged = post(&client, &guard.url, list, Some(&format!("forged-{i}"))).send().await.unwrap();
+        assert_eq!(forged.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(guard.proxy().http_sessions_tracked(), 1, "only the session rmcp created");
+    guard.stop().await;
+}

@@ -102,6 +102,15 @@ impl Proxy {
         self.hub.sessions.len()
     }
 
+    /// HTTP sessions whose idle clock is running.
+    pub fn http_sessions_tracked(&self) -> usize {
+        self.hub
+            .http_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// Fast-path HTTP event streams kept for resumption (a stream read to its end is not kept).
     pub fn resumable_streams(&self) -> usize {
         self.hub.streams.kept()

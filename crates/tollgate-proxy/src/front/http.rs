@@ -375,7 +375,7 @@ async fn screen_body(
         ))
         .await;
     // A new session (the answer to `initialize`) starts its idle clock now.
-    touch(hub, response.headers());
+    start_clock(hub, response.headers());
     response
 }
 
@@ -424,13 +424,31 @@ async fn reap_idle_sessions(
     }
 }
 
-/// Notes that the session named in `headers` was heard from.
+/// Notes that a known session named in `headers` was heard from. Only sessions rmcp created
+/// (see `start_clock`) are tracked, so made-up session ids cannot grow the table.
 fn touch(hub: &Hub, headers: &http::HeaderMap) {
-    if let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+    if let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok())
+        && let Some(at) = hub
+            .http_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(id)
+    {
+        *at = std::time::Instant::now();
+    }
+}
+
+/// Starts the idle clock of a session rmcp just created (named in its `initialize` answer).
+fn start_clock(hub: &Hub, response_headers: &http::HeaderMap) {
+    if let Some(id) = response_headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
         hub.http_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.to_owned(), std::time::Instant::now());
+            .entry(id.to_owned())
+            .or_insert_with(std::time::Instant::now);
     }
 }
 
