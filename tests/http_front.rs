@@ -520,9 +520,16 @@ async fn made_up_session_ids_are_not_tracked() {
     let _real = open_session(&client, &guard.url).await;
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     for i in 0..50 {
-        let forged = post(&client, &guard.url, list, Some(&format!("forged-{i}"))).send().await.unwrap();
+        let forged = post(&client, &guard.url, list, Some(&format!("forged-{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(forged.status(), StatusCode::NOT_FOUND);
     }
-    assert_eq!(guard.proxy().http_sessions_tracked(), 1, "only the session rmcp created");
+    assert_eq!(
+        guard.proxy().http_sessions_tracked(),
+        1,
+        "only the session rmcp created"
+    );
     guard.stop().await;
 }

@@ -459,24 +459,17 @@ impl FastPath {
                     })
                 }
                 (Lane::Http(lane), _) => {
-                    let hub = self.hub.clone();
-                    let upstream = job.upstream.clone();
-                    let out = job.out.clone();
-                    let agent_token = agent_token.clone();
-                    let token_value = upstream_token.clone();
-                    let lane_for_answers = lane.clone();
-                    let cancel = job.cancel.clone();
+                    let side = SideChannel {
+                        hub: self.hub.clone(),
+                        upstream: job.upstream.clone(),
+                        lane: lane.clone(),
+                        out: job.out.clone(),
+                        agent_token: agent_token.clone(),
+                        upstream_token: upstream_token.clone(),
+                        cancel: job.cancel.clone(),
+                    };
                     lane.call(request, &upstream_token, move |message| {
-                        side_message(
-                            &hub,
-                            &upstream,
-                            &lane_for_answers,
-                            &out,
-                            agent_token.as_deref(),
-                            &token_value,
-                            &cancel,
-                            message,
-                        );
+                        side.handle(message)
                     })
                     .await
                 }
@@ -599,65 +592,77 @@ fn upstream_request(job: &Job, upstream_token: &str, wants_progress: bool) -> Ve
     .into_bytes()
 }
 
-/// A message an HTTP upstream sends on a raw call's stream besides the answer.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the call's context, passed by reference from one place"
-)]
-fn side_message(
-    hub: &Arc<Hub>,
-    upstream: &Arc<Upstream>,
-    lane: &Arc<crate::upstream::http_lane::HttpLane>,
-    out: &AgentOut,
-    agent_token: Option<&RawValue>,
-    upstream_token: &str,
-    cancel: &CancellationToken,
-    message: &[u8],
-) {
-    let Ok(message) = serde_json::from_slice::<ServerJsonRpcMessage>(message) else {
-        return;
-    };
-    match message {
-        ServerJsonRpcMessage::Notification(n) => match n.notification {
-            rmcp::model::ServerNotification::ProgressNotification(mut p) => {
-                let ours = matches!(&p.params.progress_token.0, NumberOrString::String(s) if s.as_ref() == upstream_token);
-                let Some(token) = agent_token.filter(|_| ours) else {
-                    return;
-                };
-                let Ok(token) = serde_json::from_str(token.get()) else {
-                    return;
-                };
-                p.params.progress_token = token;
-                let note = ServerJsonRpcMessage::notification(
-                    rmcp::model::ServerNotification::ProgressNotification(p),
-                );
-                if let Ok(line) = serde_json::to_vec(&note) {
-                    out.note(line);
+/// What a raw HTTP call needs to handle the messages its upstream sends on the call's stream
+/// besides the answer.
+struct SideChannel {
+    hub: Arc<Hub>,
+    upstream: Arc<Upstream>,
+    lane: Arc<crate::upstream::http_lane::HttpLane>,
+    out: AgentOut,
+    agent_token: Option<Box<RawValue>>,
+    upstream_token: String,
+    cancel: CancellationToken,
+}
+
+impl SideChannel {
+    /// Progress goes to the agent under its own token, log messages to the sessions they
+    /// concern, server→client requests to the agent and their answers back upstream.
+    fn handle(&self, message: &[u8]) {
+        let Self {
+            hub,
+            upstream,
+            lane,
+            out,
+            agent_token,
+            upstream_token,
+            cancel,
+        } = self;
+        let agent_token = agent_token.as_deref();
+        let Ok(message) = serde_json::from_slice::<ServerJsonRpcMessage>(message) else {
+            return;
+        };
+        match message {
+            ServerJsonRpcMessage::Notification(n) => match n.notification {
+                rmcp::model::ServerNotification::ProgressNotification(mut p) => {
+                    let ours = matches!(&p.params.progress_token.0, NumberOrString::String(s) if s.as_ref() == upstream_token);
+                    let Some(token) = agent_token.filter(|_| ours) else {
+                        return;
+                    };
+                    let Ok(token) = serde_json::from_str(token.get()) else {
+                        return;
+                    };
+                    p.params.progress_token = token;
+                    let note = ServerJsonRpcMessage::notification(
+                        rmcp::model::ServerNotification::ProgressNotification(p),
+                    );
+                    if let Ok(line) = serde_json::to_vec(&note) {
+                        out.note(line);
+                    }
                 }
-            }
-            rmcp::model::ServerNotification::LoggingMessageNotification(l) => {
-                crate::upstream::deliver_log(hub, upstream, &l.params);
+                rmcp::model::ServerNotification::LoggingMessageNotification(l) => {
+                    crate::upstream::deliver_log(hub, upstream, &l.params);
+                }
+                _ => {}
+            },
+            ServerJsonRpcMessage::Request(request) => {
+                let (id, request) = (request.id, request.request);
+                let upstream = upstream.clone();
+                let lane = lane.clone();
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    let answer =
+                        crate::upstream::answer_server_request(&upstream, request, &cancel).await;
+                    let message = match answer {
+                        Ok(result) => rmcp::model::ClientJsonRpcMessage::response(result, id),
+                        Err(error) => rmcp::model::ClientJsonRpcMessage::error(error, Some(id)),
+                    };
+                    if let Ok(body) = serde_json::to_vec(&message) {
+                        let _ = lane.deliver(body).await;
+                    }
+                });
             }
             _ => {}
-        },
-        ServerJsonRpcMessage::Request(request) => {
-            let (id, request) = (request.id, request.request);
-            let upstream = upstream.clone();
-            let lane = lane.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let answer =
-                    crate::upstream::answer_server_request(&upstream, request, &cancel).await;
-                let message = match answer {
-                    Ok(result) => rmcp::model::ClientJsonRpcMessage::response(result, id),
-                    Err(error) => rmcp::model::ClientJsonRpcMessage::error(error, Some(id)),
-                };
-                if let Ok(body) = serde_json::to_vec(&message) {
-                    let _ = lane.deliver(body).await;
-                }
-            });
         }
-        _ => {}
     }
 }
 
