@@ -504,6 +504,14 @@ impl RawConfig {
                             format!("an http or https URL, not scheme `{}`", parsed.scheme()),
                         ));
                     }
+                    // A credential in the URL would travel into every error and log line that
+                    // names the URL; headers are kept secret.
+                    if !parsed.username().is_empty() || parsed.password().is_some() {
+                        return Err(ConfigError::invalid(
+                            key("url"),
+                            "a URL without credentials; put them in `headers`",
+                        ));
+                    }
                     let mut headers = BTreeMap::new();
                     for (name, value) in raw.headers {
                         if http::HeaderName::from_bytes(name.as_bytes()).is_err()
@@ -653,6 +661,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("front.http.listen"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_upstream_urls_are_refused_without_echoing_them() {
+        let err = Config::parse("[front]\nstdio = true\n[[upstream]]\nname = \"a\"\nurl = \"https://bob:hunter2@example.com/mcp\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstream[0].url") && err.contains("headers"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

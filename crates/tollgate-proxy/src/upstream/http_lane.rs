@@ -269,7 +269,7 @@ impl HttpLane {
                     upstream: self.upstream.clone(),
                 }
             } else {
-                self.failed(format!("request failed: {e}"))
+                self.failed(format!("request failed: {}", e.without_url()))
             }
         })?;
         let status = response.status();
@@ -288,10 +288,9 @@ impl HttpLane {
             {
                 return Err(self.failed("answer over the size limit"));
             }
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| self.failed(format!("reading the answer failed: {e}")))?;
+            let bytes = response.bytes().await.map_err(|e| {
+                self.failed(format!("reading the answer failed: {}", e.without_url()))
+            })?;
             return Ok(bytes.to_vec());
         }
         let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
@@ -322,7 +321,7 @@ impl HttpLane {
             .post(body)
             .send()
             .await
-            .map_err(|e| self.failed(format!("request failed: {e}")))?;
+            .map_err(|e| self.failed(format!("request failed: {}", e.without_url())))?;
         if response.status().is_success() {
             Ok(())
         } else {
