@@ -37,7 +37,8 @@ impl std::fmt::Debug for SchemaCache {
 }
 
 impl SchemaCache {
-    fn validator(&self, schema: &Map<String, Value>) -> Result<Arc<jsonschema::Validator>, String> {
+    /// The compiled validator for `schema`, compiled on first sight.
+    pub fn compile(&self, schema: &Map<String, Value>) -> Result<Arc<jsonschema::Validator>, String> {
         let key = Value::Object(schema.clone()).to_string();
         let mut compiled = self
             .compiled
@@ -60,14 +61,38 @@ impl SchemaCache {
         schema: &Map<String, Value>,
         arguments: Option<&Map<String, Value>>,
     ) -> Result<(), ArgumentError> {
-        let validator = self
-            .validator(schema)
-            .map_err(|reason| ArgumentError::Schema {
-                tool: tool.to_owned(),
-                reason,
-            })?;
-        let instance = Value::Object(arguments.cloned().unwrap_or_default());
-        match validator.validate(&instance) {
+        let validator = self.compile(schema);
+        check(tool, validator.as_deref(), arguments)
+    }
+
+
+    /// Schemas compiled so far.
+    pub fn len(&self) -> usize {
+        self.compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Checks `arguments` (absent means `{}`) against a compiled schema, or refuses the call when
+/// the schema could not be compiled.
+pub fn check(
+    tool: &str,
+    validator: Result<&jsonschema::Validator, &String>,
+    arguments: Option<&Map<String, Value>>,
+) -> Result<(), ArgumentError> {
+    let validator = validator.map_err(|reason| ArgumentError::Schema {
+        tool: tool.to_owned(),
+        reason: reason.clone(),
+    })?;
+    let empty = Map::new();
+    let instance = arguments.unwrap_or(&empty);
+    match validator.validate(&Value::Object(instance.clone())) {
             Ok(()) => Ok(()),
             Err(error) => {
                 let location = error.instance_path().to_string();
@@ -84,19 +109,6 @@ impl SchemaCache {
             }
         }
     }
-
-    /// Schemas compiled so far.
-    pub fn len(&self) -> usize {
-        self.compiled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 #[cfg(test)]
 mod tests {

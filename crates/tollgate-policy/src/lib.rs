@@ -1,13 +1,26 @@
-//! Tollgate's decision engine: what a tool does (the catalog), which resources a call touches
-//! (bound from its arguments) and whether its arguments fit the tool's schema. Pure and
-//! synchronous: no IO, no async, so that a decision can be replayed exactly.
+//! Tollgate's decision engine: the tool catalog, resource binding, argument validation,
+//! grants and Cedar policy packs. Pure and synchronous: no IO, no async, so that a decision is
+//! a function of its inputs and can be replayed exactly.
 
 pub mod args;
+pub mod cases;
 pub mod catalog;
+pub mod clock;
+pub mod decide;
+pub mod grant;
+pub mod pack;
+pub mod pattern;
 pub mod resource;
+pub mod tool;
 
 pub use args::{ArgumentError, SchemaCache};
 pub use catalog::{
     ActionClass, Catalog, CatalogError, Classification, EntryConfig, Hints, Risk, Source,
 };
+pub use clock::{LocalTime, UtcOffset};
+pub use decide::{CallInput, Decision, Effect, Environment, SessionFacts, SessionStats};
+pub use grant::{Charge, Constraint, Grant, GrantDenial, Limit, LimitKind, NarrowRequest, Rule, Usage};
+pub use pack::{DEFAULT_SCHEMA, Pack, PackError, PackSource, PolicyMeta};
+pub use pattern::{ResourcePattern, glob_match};
 pub use resource::{BindError, Resource, ResourceKind, bind};
+pub use tool::ToolFacts;

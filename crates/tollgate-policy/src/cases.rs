@@ -1,0 +1,365 @@
+//! Policy test cases as data: tools, grants and calls with the decision expected of a pack.
+//! `tollgate policy test` runs them; so does each pack's test in CI. A file is TOML:
+//!
+//! ```toml
+//! now = "2026-11-27T10:00:00Z"          # optional; the default for every case
+//!
+//! [[tool]]
+//! name = "fs.read_text_file"
+//! upstream = "fs"
+//! root = "/srv/app"
+//! input_schema = { type = "object", properties = { path = { type = "string" } } }
+//!
+//! [grant.reader]
+//! purpose = "maintenance"
+//! actions = ["read"]
+//! tools = ["fs.*"]
+//! resources = ["path:/srv/app/**"]
+//!
+//! [[case]]
+//! name = "a read inside the grant is allowed"
+//! tool = "fs.read_text_file"
+//! grant = "reader"
+//! arguments = { path = "/srv/app/README.md" }
+//! expect = "allow"
+//! policies = ["read-within-grant"]
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::{
+    args::SchemaCache,
+    catalog::{ActionClass, Hints},
+    decide::{CallInput, Effect, Environment, SessionFacts, SessionStats},
+    grant::{Constraint, Grant, Limit, Usage},
+    pack::{CLASSES, Pack},
+    pattern::ResourcePattern,
+    tool::ToolFacts,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    #[serde(default)]
+    now: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default, rename = "tool")]
+    tools: Vec<ToolSpec>,
+    #[serde(default, rename = "grant")]
+    grants: BTreeMap<String, GrantSpec>,
+    #[serde(rename = "case")]
+    cases: Vec<CaseSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolSpec {
+    name: String,
+    #[serde(default = "default_upstream")]
+    upstream: String,
+    #[serde(default)]
+    root: Option<String>,
+    #[serde(default)]
+    read_only: Option<bool>,
+    #[serde(default)]
+    destructive: Option<bool>,
+    #[serde(default)]
+    open_world: Option<bool>,
+    #[serde(default)]
+    input_schema: Option<Map<String, Value>>,
+}
+
+fn default_upstream() -> String {
+    "upstream".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantSpec {
+    #[serde(default)]
+    id: Option<String>,
+    purpose: String,
+    #[serde(default)]
+    task: String,
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    resources: BTreeSet<ResourcePattern>,
+    actions: BTreeSet<ActionClass>,
+    #[serde(default = "all_tools")]
+    tools: BTreeSet<String>,
+    #[serde(default)]
+    constraints: Vec<Constraint>,
+    #[serde(default)]
+    limits: Vec<Limit>,
+    #[serde(default)]
+    chain: Vec<String>,
+    /// Seconds from the case's `now`; negative for a grant that has expired.
+    #[serde(default = "default_expires_in")]
+    expires_in: i64,
+}
+
+fn all_tools() -> BTreeSet<String> {
+    BTreeSet::from(["*".to_owned()])
+}
+
+fn default_expires_in() -> i64 {
+    3600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseSpec {
+    name: String,
+    tool: String,
+    #[serde(default)]
+    grant: Option<String>,
+    #[serde(default)]
+    arguments: Option<Map<String, Value>>,
+    #[serde(default)]
+    justification: Option<String>,
+    #[serde(default)]
+    now: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    transport: Option<String>,
+    #[serde(default)]
+    stats: StatsSpec,
+    #[serde(default)]
+    taint: Vec<String>,
+    /// `(scope, key) = amount` as `"g-…/budget:*:amount" = 450`.
+    #[serde(default)]
+    usage: BTreeMap<String, f64>,
+    expect: Effect,
+    #[serde(default)]
+    policies: Option<Vec<String>>,
+    #[serde(default)]
+    reason_contains: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsSpec {
+    #[serde(default)]
+    calls: u64,
+    #[serde(default)]
+    calls_last_minute: u64,
+    #[serde(default)]
+    denials: u64,
+    #[serde(default)]
+    by_class: BTreeMap<ActionClass, u64>,
+}
+
+/// One case's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseResult {
+    pub name: String,
+    /// `None` when it passed; what differed otherwise.
+    pub failure: Option<String>,
+}
+
+/// Runs every case of one file against `pack`. A file that cannot be read as cases is an
+/// error, not a pass.
+pub fn run_file(pack: &Pack, text: &str) -> Result<Vec<CaseResult>, String> {
+    let file: CaseFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let default_now = match &file.now {
+        Some(t) => parse_time(t)?,
+        None => 1_795_773_600, // 2026-11-27T10:00:00Z, a Friday morning
+    };
+    let schemas = SchemaCache::default();
+    let mut tools = BTreeMap::new();
+    for spec in &file.tools {
+        let schema = spec.input_schema.clone().unwrap_or_else(|| {
+            let mut open = Map::new();
+            open.insert("type".to_owned(), Value::String("object".to_owned()));
+            open
+        });
+        let facts = ToolFacts::new(
+            spec.name.clone(),
+            spec.upstream.clone(),
+            Hints {
+                read_only: spec.read_only,
+                destructive: spec.destructive,
+                open_world: spec.open_world,
+            },
+            spec.root.clone(),
+            schemas.compile(&schema),
+        );
+        tools.insert(spec.name.clone(), facts);
+    }
+    let mut results = Vec::new();
+    for case in &file.cases {
+        let failure = run_case(pack, &file, &tools, case, default_now).err();
+        results.push(CaseResult {
+            name: case.name.clone(),
+            failure,
+        });
+    }
+    Ok(results)
+}
+
+fn run_case(
+    pack: &Pack,
+    file: &CaseFile,
+    tools: &BTreeMap<String, ToolFacts>,
+    case: &CaseSpec,
+    default_now: i64,
+) -> Result<(), String> {
+    let now = match &case.now {
+        Some(t) => parse_time(t)?,
+        None => default_now,
+    };
+    let tool = tools
+        .get(&case.tool)
+        .ok_or_else(|| format!("tool `{}` is not declared in this file", case.tool))?;
+    let grant = match &case.grant {
+        None => None,
+        Some(name) => {
+            let spec = file
+                .grants
+                .get(name)
+                .ok_or_else(|| format!("grant `{name}` is not declared in this file"))?;
+            Some(make_grant(name, spec, now))
+        }
+    };
+    let env = Environment {
+        label: case
+            .environment
+            .clone()
+            .or_else(|| file.environment.clone())
+            .unwrap_or_else(|| "dev".to_owned()),
+        ..Environment::default()
+    };
+    let session = SessionFacts {
+        id: "case".to_owned(),
+        transport: case.transport.clone().unwrap_or_else(|| "stdio".to_owned()),
+        address: String::new(),
+    };
+    let mut by_class = [0u64; 8];
+    for (slot, class) in by_class.iter_mut().zip(CLASSES) {
+        *slot = case.stats.by_class.get(&class).copied().unwrap_or(0);
+    }
+    let stats = SessionStats {
+        calls: case.stats.calls,
+        calls_last_minute: case.stats.calls_last_minute,
+        denials: case.stats.denials,
+        by_class,
+    };
+    let mut usage = Usage::new();
+    for (key, amount) in &case.usage {
+        let (scope, key) = key
+            .split_once('/')
+            .ok_or_else(|| format!("usage key `{key}`: expected `<grant id>/<limit key>`"))?;
+        usage.insert((scope.to_owned(), key.to_owned()), *amount);
+    }
+    let decision = pack.decide(&CallInput {
+        session: &session,
+        grant: grant.as_ref(),
+        tool,
+        arguments: case.arguments.as_ref(),
+        justification: case.justification.as_deref(),
+        now,
+        env: &env,
+        stats: &stats,
+        usage: &usage,
+        taint: &case.taint,
+    });
+    let mut problems = Vec::new();
+    if decision.effect != case.expect {
+        problems.push(format!(
+            "expected {}, got {} ({})",
+            case.expect.as_str(),
+            decision.effect.as_str(),
+            decision.reason_text()
+        ));
+    }
+    if let Some(expected) = &case.policies
+        && *expected != decision.policies
+    {
+        problems.push(format!(
+            "expected determining policies {expected:?}, got {:?}",
+            decision.policies
+        ));
+    }
+    if let Some(needle) = &case.reason_contains
+        && !decision.reason_text().contains(needle.as_str())
+    {
+        problems.push(format!(
+            "expected a reason containing {needle:?}, got {:?}",
+            decision.reason_text()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn make_grant(name: &str, spec: &GrantSpec, now: i64) -> Grant {
+    let id = spec.id.clone().unwrap_or_else(|| {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("g-{:0<16}", hex.chars().take(24).collect::<String>())
+    });
+    Grant {
+        id,
+        iss: "tollgate".to_owned(),
+        iat: now - 60,
+        exp: now + spec.expires_in,
+        chain: spec.chain.clone(),
+        purpose: spec.purpose.clone(),
+        task: spec.task.clone(),
+        agent: spec.agent.clone(),
+        user: spec.user.clone(),
+        resources: spec.resources.clone(),
+        actions: spec.actions.clone(),
+        tools: spec.tools.clone(),
+        constraints: spec.constraints.clone(),
+        limits: spec.limits.clone(),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let bad = || format!("a time such as `2026-11-27T10:00:00Z`, not `{text}`");
+    let t = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, clock) = t.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let c: Vec<i64> = clock.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let ([y, m, day], [hh, mm, ss]) = (d.as_slice(), c.as_slice()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(m) || !(1..=31).contains(day) || *hh > 23 || *mm > 59 || *ss > 60 {
+        return Err(bad());
+    }
+    // Days from civil, the inverse of the clock module's conversion.
+    let y = if *m <= 2 { y - 1 } else { *y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(parse_time("2026-11-27T23:56:15Z").unwrap(), 1_795_823_775);
+        assert_eq!(parse_time("2026-11-27T10:00:00Z").unwrap(), 1_795_773_600);
+        assert!(parse_time("2026-13-01T00:00:00Z").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+}

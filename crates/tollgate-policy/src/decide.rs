@@ -1,0 +1,463 @@
+//! One decision: a pure function of (pack version, grant, call, context). The steps run in a
+//! fixed order and the first that says no decides: the tool's class, its arguments against the
+//! schema, the resources they name, the grant, then Cedar over the policies whose scope can
+//! apply to this tool and action (forbid wins, no permit denies, an evaluation error denies).
+
+use std::collections::{HashMap, HashSet};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, Request, RestrictedExpression,
+};
+use serde_json::{Map, Value};
+
+use crate::{
+    catalog::{ActionClass, Risk},
+    clock::{LocalTime, UtcOffset},
+    grant::{Charge, Grant, Usage},
+    pack::{CLASSES, Pack, ToolPlan, one_line, uid},
+    resource::{Resource, bind},
+    tool::ToolFacts,
+};
+
+/// The three outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Allow,
+    Deny,
+    NeedsApproval,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::NeedsApproval => "needs_approval",
+        }
+    }
+}
+
+/// Ids of the steps before Cedar, used where a policy id would be.
+pub mod step {
+    pub const ARGUMENTS: &str = "tollgate:arguments";
+    pub const RESOURCES: &str = "tollgate:resources";
+    pub const GRANT: &str = "tollgate:grant";
+    pub const PURPOSE: &str = "tollgate:purpose";
+    pub const DEFAULT_DENY: &str = "tollgate:default-deny";
+    pub const EVALUATION: &str = "tollgate:evaluation-error";
+}
+
+/// A decision and what determined it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub effect: Effect,
+    /// The policies (or steps) that determined it.
+    pub policies: Vec<String>,
+    /// Texts a person (and the agent) can read. Never policy text or another session's data.
+    pub reasons: Vec<String>,
+    /// The pack version that decided.
+    pub version: String,
+    pub class: ActionClass,
+    pub risk: Risk,
+    /// The resources the call touches.
+    pub resources: Vec<Resource>,
+    /// What an allowed call adds to its grant's limits.
+    pub charges: Vec<Charge>,
+    /// For the operator's log only, never the agent: why evaluation failed.
+    pub detail: Option<String>,
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+
+    /// The reasons as one line for the agent.
+    pub fn reason_text(&self) -> String {
+        self.reasons.join("; ")
+    }
+}
+
+/// The deployment the engine runs in.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// The operator's label (`dev`, `prod`, …).
+    pub label: String,
+    pub offset: UtcOffset,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            label: "dev".to_owned(),
+            offset: UtcOffset::UTC,
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFacts {
+    pub id: String,
+    /// `stdio` or `http`.
+    pub transport: String,
+    /// The peer address for HTTP.
+    pub address: String,
+}
+
+/// What the session did before this call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub calls: u64,
+    pub calls_last_minute: u64,
+    pub denials: u64,
+    /// Allowed calls by class, in [`CLASSES`] order.
+    pub by_class: [u64; 8],
+}
+
+/// One call to decide.
+#[derive(Debug, Clone, Copy)]
+pub struct CallInput<'a> {
+    pub session: &'a SessionFacts,
+    /// `None` for an anonymous session.
+    pub grant: Option<&'a Grant>,
+    pub tool: &'a ToolFacts,
+    pub arguments: Option<&'a Map<String, Value>>,
+    /// The agent's `_meta` justification for this call (untrusted).
+    pub justification: Option<&'a str>,
+    /// Unix seconds.
+    pub now: i64,
+    pub env: &'a Environment,
+    pub stats: &'a SessionStats,
+    pub usage: &'a Usage,
+    pub taint: &'a [String],
+}
+
+impl Pack {
+    /// Decides one call.
+    pub fn decide(&self, call: &CallInput<'_>) -> Decision {
+        let plan = self.plan(call.tool);
+        let mut decision = Decision {
+            effect: Effect::Deny,
+            policies: Vec::new(),
+            reasons: Vec::new(),
+            version: self.version().to_owned(),
+            class: plan.classification.class,
+            risk: plan.classification.risk,
+            resources: Vec::new(),
+            charges: Vec::new(),
+            detail: None,
+        };
+        let deny = |mut d: Decision, step: &str, reason: String| {
+            d.effect = Effect::Deny;
+            d.policies = vec![step.to_owned()];
+            d.reasons = vec![reason];
+            d
+        };
+        if let Err(e) = call.tool.validate(call.arguments) {
+            return deny(decision, step::ARGUMENTS, e.to_string());
+        }
+        match bind(
+            call.arguments,
+            &plan.classification.resources,
+            call.tool.root(),
+        ) {
+            Ok(resources) => decision.resources = resources,
+            Err(e) => return deny(decision, step::RESOURCES, e.to_string()),
+        }
+        if let Some(grant) = call.grant {
+            if !self.purposes().contains(&grant.purpose) {
+                let reason = format!(
+                    "grant {} declares purpose `{}`, which this policy pack does not know",
+                    grant.id, grant.purpose
+                );
+                return deny(decision, step::PURPOSE, reason);
+            }
+            let scope = crate::grant::CallScope {
+                tool: call.tool.name(),
+                class: plan.classification.class,
+                resources: &decision.resources,
+                arguments: call.arguments,
+            };
+            match grant
+                .admits(&scope, call.now)
+                .and_then(|charges| grant.check_limits(call.usage, &charges).map(|()| charges))
+            {
+                Ok(charges) => decision.charges = charges,
+                Err(e) => return deny(decision, step::GRANT, e.to_string()),
+            }
+        }
+        self.judge(&plan, call, decision)
+    }
+
+    /// Could this session ever be allowed to call `tool`? Used to filter `tools/list`: a tool
+    /// that the grant or the policies exclude whatever the arguments is not shown.
+    pub fn visible(&self, grant: Option<&Grant>, tool: &ToolFacts, now: i64) -> bool {
+        let plan = self.plan(tool);
+        if let Some(grant) = grant
+            && (!self.purposes().contains(&grant.purpose)
+                || grant.check_time(now).is_err()
+                || grant
+                    .admits_tool(tool.name(), plan.classification.class)
+                    .is_err())
+        {
+            return false;
+        }
+        plan.may_allow
+    }
+
+    fn judge(&self, plan: &ToolPlan, call: &CallInput<'_>, mut decision: Decision) -> Decision {
+        let request = self
+            .context(call, &decision.resources)
+            .and_then(|context| {
+                Request::new(
+                    session_uid(call),
+                    plan.action.clone(),
+                    plan.tool_uid.clone(),
+                    context,
+                    None,
+                )
+                .map_err(|e| one_line(&e))
+            })
+            .and_then(|request| {
+                self.entities(plan, call)
+                    .map(|entities| (request, entities))
+            });
+        let (request, entities) = match request {
+            Ok(parts) => parts,
+            Err(detail) => {
+                decision.detail = Some(detail);
+                decision.policies = vec![step::EVALUATION.to_owned()];
+                decision.reasons =
+                    vec!["the call could not be evaluated against policy; it is denied".to_owned()];
+                return decision;
+            }
+        };
+        let response = Authorizer::new().is_authorized(&request, &plan.slice, &entities);
+        let errored: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                    e.policy_id().to_string()
+                }
+            })
+            .collect();
+        if !errored.is_empty() {
+            decision.detail = Some(
+                response
+                    .diagnostics()
+                    .errors()
+                    .map(|e| one_line(e))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            decision.effect = Effect::Deny;
+            decision.policies = errored;
+            decision.policies.insert(0, step::EVALUATION.to_owned());
+            decision.reasons =
+                vec!["a policy could not be evaluated for this call; it is denied".to_owned()];
+            return decision;
+        }
+        let determining: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        let reason_of = |id: &String| self.meta().get(id).and_then(|m| m.reason.clone());
+        match response.decision() {
+            CedarDecision::Deny if determining.is_empty() => {
+                decision.policies = vec![step::DEFAULT_DENY.to_owned()];
+                decision.reasons = vec![format!(
+                    "no policy allows `{}` calls of `{}`",
+                    plan.classification.class,
+                    call.tool.name()
+                )];
+            }
+            CedarDecision::Deny => {
+                decision.reasons = determining
+                    .iter()
+                    .map(|id| reason_of(id).unwrap_or_else(|| "denied by policy".to_owned()))
+                    .collect();
+                decision.reasons.dedup();
+                decision.policies = determining;
+            }
+            CedarDecision::Allow => {
+                let gated: Vec<&String> = determining
+                    .iter()
+                    .filter(|id| self.meta().get(*id).is_some_and(|m| m.needs_approval))
+                    .collect();
+                if gated.is_empty() {
+                    decision.effect = Effect::Allow;
+                    decision.reasons = determining.iter().filter_map(reason_of).collect();
+                } else {
+                    decision.effect = Effect::NeedsApproval;
+                    decision.reasons = gated
+                        .iter()
+                        .map(|id| {
+                            reason_of(id).unwrap_or_else(|| "this call needs a person's approval".to_owned())
+                        })
+                        .collect();
+                }
+                decision.policies = determining;
+            }
+        }
+        decision
+    }
+
+    fn entities(&self, plan: &ToolPlan, call: &CallInput<'_>) -> Result<Entities, String> {
+        let agent = uid(
+            "Agent",
+            call.grant.and_then(|g| g.agent.as_deref()).unwrap_or(""),
+        );
+        let user = uid(
+            "User",
+            call.grant.and_then(|g| g.user.as_deref()).unwrap_or(""),
+        );
+        let session = Entity::new(
+            session_uid(call),
+            HashMap::from([(
+                "transport".to_owned(),
+                RestrictedExpression::new_string(call.session.transport.clone()),
+            )]),
+            HashSet::from([agent.clone(), user.clone()]),
+        )
+        .map_err(|e| one_line(&e))?;
+        let entities = self.action_entities().iter().cloned().chain([
+            session,
+            Entity::new_no_attrs(agent, HashSet::new()),
+            Entity::new_no_attrs(user, HashSet::new()),
+            plan.tool.clone(),
+            plan.upstream.clone(),
+        ]);
+        Entities::from_entities(entities, None).map_err(|e| one_line(&e))
+    }
+
+    fn context(&self, call: &CallInput<'_>, resources: &[Resource]) -> Result<Context, String> {
+        let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
+        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
+        let record = |pairs: Vec<(&str, RestrictedExpression)>| {
+            RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
+                .map_err(|e| one_line(&e))
+        };
+        let args = match call.arguments {
+            Some(arguments) => json_record(arguments)?,
+            None => record(Vec::new())?,
+        };
+        let grant = match call.grant {
+            Some(g) => record(vec![
+                ("present", RestrictedExpression::new_bool(true)),
+                ("id", string(&g.id)),
+                (
+                    "actions",
+                    RestrictedExpression::new_set(g.actions.iter().map(|a| string(a.as_str()))),
+                ),
+                ("expires_in", RestrictedExpression::new_long(g.exp - call.now)),
+                ("depth", long(g.chain.len() as u64)),
+            ])?,
+            None => record(vec![
+                ("present", RestrictedExpression::new_bool(false)),
+                ("id", string("")),
+                ("actions", RestrictedExpression::new_set([])),
+                ("expires_in", RestrictedExpression::new_long(0)),
+                ("depth", RestrictedExpression::new_long(0)),
+            ])?,
+        };
+        let intent = record(vec![
+            ("purpose", string(call.grant.map_or("", |g| g.purpose.as_str()))),
+            ("task", string(call.grant.map_or("", |g| g.task.as_str()))),
+            ("justification", string(call.justification.unwrap_or(""))),
+        ])?;
+        let local = LocalTime::at(call.now, call.env.offset);
+        let time = record(vec![
+            ("instant", RestrictedExpression::new_datetime(local.rfc3339())),
+            ("unix", RestrictedExpression::new_long(call.now)),
+            ("hour", long(u64::from(local.hour))),
+            ("minute", long(u64::from(local.minute))),
+            ("weekday", string(local.weekday_name())),
+        ])?;
+        let client = record(vec![
+            ("transport", string(&call.session.transport)),
+            ("address", string(&call.session.address)),
+        ])?;
+        let mut stats = vec![
+            ("calls", long(call.stats.calls)),
+            ("calls_last_minute", long(call.stats.calls_last_minute)),
+            ("denials", long(call.stats.denials)),
+        ];
+        for (class, count) in CLASSES.iter().zip(call.stats.by_class) {
+            stats.push((class.as_str(), long(count)));
+        }
+        let pairs = vec![
+            ("args", args),
+            (
+                "resources",
+                RestrictedExpression::new_set(resources.iter().map(|r| string(&r.to_string()))),
+            ),
+            ("intent", intent),
+            ("grant", grant),
+            ("time", time),
+            ("environment", string(&call.env.label)),
+            ("client", client),
+            ("stats", record(stats)?),
+            (
+                "taint",
+                RestrictedExpression::new_set(call.taint.iter().map(|t| string(t))),
+            ),
+        ];
+        Context::from_pairs(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
+            .map_err(|e| one_line(&e))
+    }
+}
+
+fn session_uid(call: &CallInput<'_>) -> cedar_policy::EntityUid {
+    uid("Session", &call.session.id)
+}
+
+/// Arguments as a Cedar record. Whole numbers are `Long`, numbers with up to four decimals
+/// `decimal`, any other number a string (so a policy that reads it as a number fails, and the
+/// call is denied rather than judged on a rounded value); `null` is left out, as if absent.
+fn json_record(object: &Map<String, Value>) -> Result<RestrictedExpression, String> {
+    let mut fields = Vec::with_capacity(object.len());
+    for (key, value) in object {
+        if let Some(expr) = json_value(value)? {
+            fields.push((key.clone(), expr));
+        }
+    }
+    RestrictedExpression::new_record(fields).map_err(|e| one_line(&e))
+}
+
+fn json_value(value: &Value) -> Result<Option<RestrictedExpression>, String> {
+    Ok(Some(match value {
+        Value::Null => return Ok(None),
+        Value::Bool(b) => RestrictedExpression::new_bool(*b),
+        Value::String(s) => RestrictedExpression::new_string(s.clone()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => RestrictedExpression::new_long(i),
+            None => match n.as_f64().and_then(decimal_text) {
+                Some(text) => RestrictedExpression::new_decimal(text),
+                None => RestrictedExpression::new_string(n.to_string()),
+            },
+        },
+        Value::Array(items) => {
+            let mut set = Vec::with_capacity(items.len());
+            for item in items {
+                if let Some(expr) = json_value(item)? {
+                    set.push(expr);
+                }
+            }
+            RestrictedExpression::new_set(set)
+        }
+        Value::Object(object) => json_record(object)?,
+    }))
+}
+
+/// `n` as Cedar decimal text when it has at most four decimals and fits.
+fn decimal_text(n: f64) -> Option<String> {
+    let scaled = n * 10_000.0;
+    if !scaled.is_finite() || scaled.abs() >= 9.2e18 || scaled.fract() != 0.0 {
+        return None;
+    }
+    Some(format!("{n:.4}"))
+}

@@ -1,0 +1,406 @@
+//! A policy pack compiled into one immutable version: the Cedar schema and policies (validated
+//! strictly against it), the catalog and the purpose vocabulary. Nothing here reads files: the
+//! caller hands in the texts, so a version is a pure function of them and its id is their
+//! digest.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    str::FromStr,
+    sync::{Arc, Mutex},
+};
+
+use cedar_policy::{
+    ActionConstraint, Effect, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
+    PolicySet, PrincipalConstraint, ResourceConstraint, RestrictedExpression, Schema,
+    ValidationMode, Validator,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    catalog::{ActionClass, Catalog, Classification, EntryConfig, Source},
+    tool::ToolFacts,
+};
+
+/// The schema every pack is checked against unless it brings its own.
+pub const DEFAULT_SCHEMA: &str = include_str!("../../../policies/tollgate.cedarschema");
+
+/// Every action class, least restricted first.
+pub const CLASSES: [ActionClass; 8] = [
+    ActionClass::Read,
+    ActionClass::Write,
+    ActionClass::Egress,
+    ActionClass::Execute,
+    ActionClass::Payment,
+    ActionClass::Approve,
+    ActionClass::Revoke,
+    ActionClass::Admin,
+];
+
+/// The texts a pack is made of.
+#[derive(Debug, Clone, Default)]
+pub struct PackSource {
+    /// The pack's name (its folder's name).
+    pub name: String,
+    /// `pack.toml`: the purpose vocabulary and the catalog.
+    pub manifest: String,
+    /// `tollgate.cedarschema` when the pack has its own; the default otherwise.
+    pub schema: Option<String>,
+    /// `(file name, text)` of each `.cedar` file, in name order.
+    pub policies: Vec<(String, String)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    /// The purposes a grant may declare under this pack.
+    purposes: BTreeSet<String>,
+    /// Let a tool with no catalog entry take the class its MCP annotations suggest.
+    #[serde(default)]
+    trust_annotations: bool,
+    #[serde(default, rename = "tool")]
+    tools: Vec<EntryConfig>,
+}
+
+/// Why a pack version cannot be used. The old version keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackError {
+    #[error("`pack.toml`: {0}")]
+    Manifest(String),
+    #[error("schema: {0}")]
+    Schema(String),
+    #[error("`{file}`: {message}")]
+    Parse { file: String, message: String },
+    #[error("`{file}`: policy id `{id}` is used twice")]
+    DuplicateId { file: String, id: String },
+    #[error("`{file}`: templates are not supported; write static policies")]
+    Template { file: String },
+    #[error("the policies do not fit the schema:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    #[error("the pack has no policies: every call would be denied")]
+    Empty,
+}
+
+/// What the engine knows of one policy beyond its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyMeta {
+    pub id: String,
+    pub file: String,
+    pub effect: Effect,
+    /// `@reason("…")`: the text the agent reads when this policy decides.
+    pub reason: Option<String>,
+    /// `@needs_approval`: a permit that only allows once a person approves.
+    pub needs_approval: bool,
+}
+
+/// The policies and entities a call of one tool is judged with, built once per version.
+#[derive(Debug)]
+pub(crate) struct ToolPlan {
+    pub classification: Classification,
+    pub slice: PolicySet,
+    pub tool: Entity,
+    pub upstream: Entity,
+    pub tool_uid: EntityUid,
+    pub action: EntityUid,
+    /// The slice holds a permit, and no forbid that holds whatever the call.
+    pub may_allow: bool,
+}
+
+/// One compiled, immutable version of a pack.
+pub struct Pack {
+    name: String,
+    version: String,
+    schema: Schema,
+    policies: PolicySet,
+    meta: BTreeMap<String, PolicyMeta>,
+    catalog: Catalog,
+    purposes: BTreeSet<String>,
+    actions: Vec<Entity>,
+    /// Each class's action and the groups it is in.
+    action_lineage: BTreeMap<ActionClass, HashSet<EntityUid>>,
+    warnings: Vec<String>,
+    plans: Mutex<HashMap<String, Arc<ToolPlan>>>,
+}
+
+impl std::fmt::Debug for Pack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pack")
+            .field("version", &self.version)
+            .field("policies", &self.meta.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The uid of entity `id` of type `kind`; `kind` is always one of the schema's plain type
+/// names.
+#[expect(
+    clippy::expect_used,
+    reason = "only called with the schema's own identifiers, which always parse"
+)]
+pub(crate) fn uid(kind: &'static str, id: &str) -> EntityUid {
+    let kind = EntityTypeName::from_str(kind).expect("a plain identifier is a type name");
+    EntityUid::from_type_name_and_id(kind, EntityId::new(id))
+}
+
+impl Pack {
+    /// Compiles and validates `source`. Any problem rejects the whole version.
+    pub fn compile(source: &PackSource) -> Result<Self, PackError> {
+        let manifest: Manifest =
+            toml::from_str(&source.manifest).map_err(|e| PackError::Manifest(e.message().to_owned()))?;
+        if manifest.purposes.is_empty() {
+            return Err(PackError::Manifest(
+                "`purposes` must name at least one purpose".to_owned(),
+            ));
+        }
+        let catalog = Catalog::new(manifest.tools, manifest.trust_annotations)
+            .map_err(|e| PackError::Manifest(e.to_string()))?;
+        let schema_text = source.schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
+        let (schema, _) = Schema::from_cedarschema_str(schema_text)
+            .map_err(|e| PackError::Schema(one_line(&e)))?;
+
+        let mut policies = PolicySet::new();
+        let mut meta = BTreeMap::new();
+        for (file, text) in &source.policies {
+            let parsed = PolicySet::from_str(text).map_err(|e| PackError::Parse {
+                file: file.clone(),
+                message: one_line(&e),
+            })?;
+            if parsed.templates().next().is_some() {
+                return Err(PackError::Template { file: file.clone() });
+            }
+            let stem = file.trim_end_matches(".cedar");
+            for (index, policy) in parsed.policies().enumerate() {
+                let id = policy
+                    .annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{stem}#{index}"));
+                let renamed = policy.new_id(PolicyId::new(&id));
+                if meta.contains_key(&id) {
+                    return Err(PackError::DuplicateId {
+                        file: file.clone(),
+                        id,
+                    });
+                }
+                meta.insert(
+                    id.clone(),
+                    PolicyMeta {
+                        id: id.clone(),
+                        file: file.clone(),
+                        effect: renamed.effect(),
+                        reason: renamed.annotation("reason").map(str::to_owned),
+                        needs_approval: renamed
+                            .annotation("needs_approval")
+                            .is_some_and(|v| v != "false"),
+                    },
+                );
+                policies.add(renamed).map_err(|e| PackError::DuplicateId {
+                    file: file.clone(),
+                    id: format!("{id} ({})", one_line(&e)),
+                })?;
+            }
+        }
+        if meta.is_empty() {
+            return Err(PackError::Empty);
+        }
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        let errors: Vec<String> = validation
+            .validation_errors()
+            .map(|e| format!("  {}: {}", e.policy_id(), one_line(e)))
+            .collect();
+        if !errors.is_empty() {
+            return Err(PackError::Invalid(errors));
+        }
+        let warnings = validation
+            .validation_warnings()
+            .map(|w| format!("{}: {}", w.policy_id(), one_line(w)))
+            .collect();
+
+        let action_entities = schema
+            .action_entities()
+            .map_err(|e| PackError::Schema(one_line(&e)))?;
+        let mut action_lineage = BTreeMap::new();
+        for class in CLASSES {
+            let action = uid("Action", class.as_str());
+            let Some(ancestors) = action_entities.ancestors(&action) else {
+                return Err(PackError::Schema(format!(
+                    "the schema declares no action `{class}`"
+                )));
+            };
+            let mut lineage: HashSet<EntityUid> = ancestors.cloned().collect();
+            lineage.insert(action);
+            action_lineage.insert(class, lineage);
+        }
+        let actions = action_entities.iter().cloned().collect();
+
+        let mut digest = Sha256::new();
+        for part in [source.manifest.as_str(), schema_text] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part.as_bytes());
+        }
+        for (file, text) in &source.policies {
+            for part in [file, text] {
+                digest.update((part.len() as u64).to_le_bytes());
+                digest.update(part.as_bytes());
+            }
+        }
+        let hash = digest.finalize();
+        let short: String = hash.iter().take(6).map(|b| format!("{b:02x}")).collect();
+
+        Ok(Self {
+            name: source.name.clone(),
+            version: format!("{}@{short}", source.name),
+            schema,
+            policies,
+            meta,
+            catalog,
+            purposes: manifest.purposes,
+            actions,
+            action_lineage,
+            warnings,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `name@digest`: names this exact version in every decision.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    pub fn meta(&self) -> &BTreeMap<String, PolicyMeta> {
+        &self.meta
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn purposes(&self) -> &BTreeSet<String> {
+        &self.purposes
+    }
+
+    /// The validator's warnings (policies that are always false, for instance).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub(crate) fn action_entities(&self) -> &[Entity] {
+        &self.actions
+    }
+
+    /// The plan for calls of `tool`, made on first use and kept for this version.
+    pub(crate) fn plan(&self, tool: &ToolFacts) -> Arc<ToolPlan> {
+        let key = tool.plan_key();
+        let mut plans = self
+            .plans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(plan) = plans.get(key) {
+            return Arc::clone(plan);
+        }
+        let plan = Arc::new(self.make_plan(tool));
+        plans.insert(key.to_owned(), Arc::clone(&plan));
+        plan
+    }
+
+    fn make_plan(&self, tool: &ToolFacts) -> ToolPlan {
+        let classification = self.catalog.classify(tool.name(), tool.hints());
+        let class = classification.class;
+        let tool_uid = uid("Tool", tool.name());
+        let upstream_uid = uid("Upstream", tool.upstream());
+        let action = uid("Action", class.as_str());
+        let lineage = self.action_lineage.get(&class).cloned().unwrap_or_default();
+        let resource_lineage: HashSet<EntityUid> =
+            [tool_uid.clone(), upstream_uid.clone()].into_iter().collect();
+        let resource_admits = |policy: &Policy| resource_admits(policy, &tool_uid, &resource_lineage);
+
+        let mut slice = PolicySet::new();
+        let mut has_permit = false;
+        let mut unconditional_forbid = false;
+        for policy in self.policies.policies() {
+            if !action_admits(policy, &lineage) || !resource_admits(policy) {
+                continue;
+            }
+            match policy.effect() {
+                Effect::Permit => has_permit = true,
+                Effect::Forbid => {
+                    if !policy.has_non_scope_constraint()
+                        && matches!(policy.principal_constraint(), PrincipalConstraint::Any)
+                    {
+                        unconditional_forbid = true;
+                    }
+                }
+            }
+            // Ids are unique in the full set, so they are in any part of it.
+            let _ = slice.add(policy.clone());
+        }
+
+        let source = match &classification.source {
+            Source::Catalog { .. } => "catalog",
+            Source::Annotations => "annotations",
+            Source::Unknown => "unknown",
+        };
+        let attrs: HashMap<String, RestrictedExpression> = [
+            ("name", tool.name()),
+            ("upstream", tool.upstream()),
+            ("class", class.as_str()),
+            ("risk", classification.risk.as_str()),
+            ("classified_by", source),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v.to_owned())))
+        .collect();
+        let tool_entity = Entity::new(tool_uid.clone(), attrs, [upstream_uid.clone()].into())
+            .unwrap_or_else(|_| Entity::new_no_attrs(tool_uid.clone(), [upstream_uid.clone()].into()));
+        ToolPlan {
+            classification,
+            slice,
+            tool: tool_entity,
+            upstream: Entity::new_no_attrs(upstream_uid, HashSet::new()),
+            tool_uid,
+            action,
+            may_allow: has_permit && !unconditional_forbid,
+        }
+    }
+}
+
+fn action_admits(policy: &Policy, lineage: &HashSet<EntityUid>) -> bool {
+    match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => lineage.contains(&a),
+        ActionConstraint::In(list) => list.iter().any(|a| lineage.contains(a)),
+    }
+}
+
+fn resource_admits(policy: &Policy, tool: &EntityUid, lineage: &HashSet<EntityUid>) -> bool {
+    let is_tool = |t: &EntityTypeName| t.to_string() == "Tool";
+    match policy.resource_constraint() {
+        ResourceConstraint::Any => true,
+        ResourceConstraint::Eq(r) => r == *tool,
+        ResourceConstraint::In(r) => lineage.contains(&r),
+        ResourceConstraint::Is(t) => is_tool(&t),
+        ResourceConstraint::IsIn(t, r) => is_tool(&t) && lineage.contains(&r),
+    }
+}
+
+/// An error's text on one line, for messages.
+pub(crate) fn one_line(error: &dyn std::fmt::Display) -> String {
+    error
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,298 @@
+//! Patterns over names and resources, and the one question narrowing needs of them: does
+//! every string one pattern matches also match another?
+//!
+//! Names (`fs.read_*`) and named resources (`repo:acme/*`) use globs: `*` any run, `?` one
+//! character. Paths use segments: `*` and `?` stay within one segment and a final `**`
+//! takes the folder and everything under it (`path:/srv/app/**`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resource::Resource;
+
+/// Does `name` match the glob `pattern`? Iterative with one backtrack point, so no pattern can
+/// take more than O(pattern × name) steps.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || Some(c) == n.get(ni) => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+}
+
+/// Does the glob `outer` match every name the glob `inner` matches? Sound, not complete: a
+/// wildcard of `inner` can only be taken by a `*` of `outer` (and a `?` by a `?`), so a
+/// `true` is always right and a rare `false` only refuses a narrowing that was in fact safe.
+pub fn glob_covers(outer: &str, inner: &str) -> bool {
+    let o: Vec<char> = outer.chars().collect();
+    let i: Vec<char> = inner.chars().collect();
+    // covers[a][b]: outer[a..] covers inner[b..].
+    let mut table = vec![vec![false; i.len() + 1]; o.len() + 1];
+    if let Some(last) = table.get_mut(o.len()).and_then(|row| row.get_mut(i.len())) {
+        *last = true;
+    }
+    for a in (0..o.len()).rev() {
+        for b in (0..=i.len()).rev() {
+            let oc = o.get(a).copied();
+            let ic = i.get(b).copied();
+            let at = |x: usize, y: usize| table.get(x).and_then(|r| r.get(y)).copied() == Some(true);
+            let value = match (oc, ic) {
+                (Some('*'), _) => at(a + 1, b) || (ic.is_some() && at(a, b + 1)),
+                (Some(_), None) => false,
+                (Some('?'), Some(c)) => c != '*' && at(a + 1, b + 1),
+                (Some(x), Some(c)) => x == c && c != '*' && c != '?' && at(a + 1, b + 1),
+                (None, _) => false,
+            };
+            if let Some(cell) = table.get_mut(a).and_then(|r| r.get_mut(b)) {
+                *cell = value;
+            }
+        }
+    }
+    table.first().and_then(|r| r.first()).copied() == Some(true)
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    if path == "/" {
+        vec![""]
+    } else {
+        path.trim_end_matches('/').split('/').collect()
+    }
+}
+
+/// Does the path `pattern` match the normalized absolute `path`?
+pub fn path_match(pattern: &str, path: &str) -> bool {
+    let p = segments(pattern);
+    let s = segments(path);
+    match p.split_last() {
+        Some((&"**", base)) => {
+            s.len() >= base.len()
+                && base
+                    .iter()
+                    .zip(&s)
+                    .all(|(pp, ss)| *pp == *ss || (!ss.is_empty() && glob_match(pp, ss)))
+        }
+        _ => {
+            p.len() == s.len()
+                && p.iter()
+                    .zip(&s)
+                    .all(|(pp, ss)| *pp == *ss || (!ss.is_empty() && glob_match(pp, ss)))
+        }
+    }
+}
+
+/// Does the path pattern `outer` match every path the path pattern `inner` matches?
+pub fn path_covers(outer: &str, inner: &str) -> bool {
+    let o = segments(outer);
+    let i = segments(inner);
+    let inner_deep = i.last() == Some(&"**");
+    // A `**` anywhere but last is not a pattern we issue; refuse rather than guess.
+    if i.iter().rev().skip(1).any(|s| *s == "**") || o.iter().rev().skip(1).any(|s| *s == "**") {
+        return false;
+    }
+    match o.split_last() {
+        Some((&"**", base)) => {
+            let fixed = if inner_deep { i.len() - 1 } else { i.len() };
+            fixed >= base.len()
+                && base
+                    .iter()
+                    .zip(&i)
+                    .all(|(oo, ii)| *ii != "**" && glob_covers(oo, ii))
+        }
+        _ => {
+            !inner_deep
+                && o.len() == i.len()
+                && o.iter().zip(&i).all(|(oo, ii)| glob_covers(oo, ii))
+        }
+    }
+}
+
+/// A pattern over resources as a grant names them: `kind:pattern`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResourcePattern {
+    kind: String,
+    pattern: String,
+}
+
+impl ResourcePattern {
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// Does `resource` fall under this pattern?
+    pub fn matches(&self, resource: &Resource) -> bool {
+        if self.kind != resource.kind {
+            return false;
+        }
+        match self.kind.as_str() {
+            "path" => path_match(&self.pattern, &resource.value),
+            "host" => glob_match(&self.pattern, &resource.value.to_ascii_lowercase()),
+            _ => glob_match(&self.pattern, &resource.value),
+        }
+    }
+
+    /// Does this pattern take every resource `inner` takes?
+    pub fn covers(&self, inner: &Self) -> bool {
+        self.kind == inner.kind
+            && match self.kind.as_str() {
+                "path" => path_covers(&self.pattern, &inner.pattern),
+                _ => glob_covers(&self.pattern, &inner.pattern),
+            }
+    }
+}
+
+impl TryFrom<String> for ResourcePattern {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let Some((kind, pattern)) = text.split_once(':') else {
+            return Err(format!(
+                "a resource such as `customer:42` or `path:/srv/app/**`, not `{text}`"
+            ));
+        };
+        let kind_ok = !kind.is_empty()
+            && kind.len() <= 32
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !kind_ok {
+            return Err(format!("resource kind `{kind}` in `{text}` is not a plain lowercase word"));
+        }
+        if pattern.is_empty() {
+            return Err(format!("resource `{text}` names nothing after `{kind}:`"));
+        }
+        if kind == "path" {
+            if !pattern.starts_with('/') {
+                return Err(format!("path resource `{text}` must be absolute"));
+            }
+            let segs = segments(pattern);
+            if segs.iter().any(|s| *s == "." || *s == "..") {
+                return Err(format!("path resource `{text}` must not contain `.` or `..`"));
+            }
+            if segs.iter().rev().skip(1).any(|s| s.contains("**")) {
+                return Err(format!("path resource `{text}`: `**` may only be the last segment"));
+            }
+        }
+        if kind == "url" {
+            return Err(format!(
+                "grants name hosts, not URLs: write `host:<name>` instead of `{text}`"
+            ));
+        }
+        let pattern = if kind == "host" {
+            pattern.to_ascii_lowercase()
+        } else {
+            pattern.to_owned()
+        };
+        Ok(Self {
+            kind: kind.to_owned(),
+            pattern,
+        })
+    }
+}
+
+impl From<ResourcePattern> for String {
+    fn from(p: ResourcePattern) -> Self {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for ResourcePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.pattern)
+    }
+}
+
+impl std::str::FromStr for ResourcePattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(kind: &str, value: &str) -> Resource {
+        Resource {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("fs.read_*", "fs.read_file"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("fs.read_*", "fs.write_file"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+    }
+
+    #[test]
+    fn glob_cover_is_sound() {
+        assert!(glob_covers("*", "fs.*"));
+        assert!(glob_covers("fs.*", "fs.read_*"));
+        assert!(glob_covers("fs.read_file", "fs.read_file"));
+        assert!(!glob_covers("fs.read_*", "fs.*"));
+        assert!(!glob_covers("fs.read_file", "fs.read_*"));
+        assert!(!glob_covers("a?c", "a*c"));
+        assert!(glob_covers("a*", "a?c"));
+    }
+
+    #[test]
+    fn paths_match_by_segment() {
+        assert!(path_match("/srv/app/**", "/srv/app"));
+        assert!(path_match("/srv/app/**", "/srv/app/a/b.txt"));
+        assert!(!path_match("/srv/app/**", "/srv/application"));
+        assert!(path_match("/srv/*.txt", "/srv/a.txt"));
+        assert!(!path_match("/srv/*.txt", "/srv/a/b.txt"));
+        assert!(path_match("/**", "/"));
+        assert!(path_match("/**", "/etc/passwd"));
+    }
+
+    #[test]
+    fn path_cover() {
+        assert!(path_covers("/srv/**", "/srv/app/**"));
+        assert!(path_covers("/srv/app/**", "/srv/app/x.txt"));
+        assert!(path_covers("/srv/*/logs/**", "/srv/a/logs/x/**"));
+        assert!(!path_covers("/srv/app/**", "/srv/**"));
+        assert!(!path_covers("/srv/app/x.txt", "/srv/app/**"));
+        assert!(!path_covers("/srv/a*", "/srv/*"));
+    }
+
+    #[test]
+    fn resource_patterns_parse_and_match() {
+        let p: ResourcePattern = "customer:42".parse().unwrap();
+        assert!(p.matches(&res("customer", "42")));
+        assert!(!p.matches(&res("customer", "43")));
+        let h: ResourcePattern = "host:*.Example.com".parse().unwrap();
+        assert!(h.matches(&res("host", "api.example.com")));
+        for bad in ["nocolon", "path:relative", "path:/a/../b", "Kind:x", "url:https://x", "x:"] {
+            assert!(bad.parse::<ResourcePattern>().is_err(), "{bad}");
+        }
+    }
+}
