@@ -48,6 +48,8 @@ pub struct PackSource {
     pub schema: Option<String>,
     /// `(file name, text)` of each `.cedar` file, in name order.
     pub policies: Vec<(String, String)>,
+    /// Catalog entries the deployment adds to the pack's own.
+    pub extra_tools: Vec<EntryConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,7 +154,9 @@ impl Pack {
                 "`purposes` must name at least one purpose".to_owned(),
             ));
         }
-        let catalog = Catalog::new(manifest.tools, manifest.trust_annotations)
+        let mut tools = manifest.tools;
+        tools.extend(source.extra_tools.iter().cloned());
+        let catalog = Catalog::new(tools, manifest.trust_annotations)
             .map_err(|e| PackError::Manifest(e.to_string()))?;
         let schema_text = source.schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
         let (schema, _) = Schema::from_cedarschema_str(schema_text)
@@ -233,7 +237,8 @@ impl Pack {
         let actions = action_entities.iter().cloned().collect();
 
         let mut digest = Sha256::new();
-        for part in [source.manifest.as_str(), schema_text] {
+        let extra = format!("{:?}", source.extra_tools);
+        for part in [source.manifest.as_str(), schema_text, extra.as_str()] {
             digest.update((part.len() as u64).to_le_bytes());
             digest.update(part.as_bytes());
         }

@@ -37,6 +37,7 @@ fn every_pack_passes_its_cases() {
             manifest,
             schema: std::fs::read_to_string(dir.join("tollgate.cedarschema")).ok(),
             policies: read_sorted(&dir, "cedar"),
+            extra_tools: Vec::new(),
         })
         .unwrap_or_else(|e| panic!("pack `{name}` does not compile: {e}"));
         let files = read_sorted(&dir.join("tests"), "toml");

@@ -25,7 +25,70 @@ pub struct Config {
     pub naming: Naming,
     pub limits: Limits,
     pub upstreams: Vec<UpstreamConfig>,
+    pub policy: PolicyConfig,
+    pub grants: GrantsConfig,
 }
+
+/// How tool calls are decided.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub mode: PolicyMode,
+    /// The policy pack's folder; the embedded default pack when absent.
+    pub pack: Option<PathBuf>,
+    /// The label policies see as `context.environment`.
+    pub environment: String,
+    /// The offset `context.time` is given in.
+    pub time_zone: tollgate_policy::UtcOffset,
+    /// Catalog entries added to the pack's.
+    pub tools: Vec<tollgate_policy::EntryConfig>,
+    /// Reload the pack when its files change (SIGHUP always reloads).
+    pub watch: bool,
+}
+
+/// Whether policy decides at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyMode {
+    /// Every call is decided by grant and policy. The default.
+    Enforce,
+    /// Every call is forwarded undecided. Only by name, for relay-only setups and tests.
+    AllowAll,
+}
+
+/// Where grants are checked from.
+#[derive(Debug, Clone)]
+pub struct GrantsConfig {
+    /// The state folder: the grant key's public half and the revocation list.
+    pub state_dir: PathBuf,
+    /// A session without a valid grant runs under the pack's anonymous rules instead of
+    /// being refused.
+    pub anonymous: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            mode: PolicyMode::Enforce,
+            pack: None,
+            environment: "dev".to_owned(),
+            time_zone: tollgate_policy::UtcOffset::UTC,
+            tools: Vec::new(),
+            watch: true,
+        }
+    }
+}
+
+impl Default for GrantsConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            anonymous: false,
+        }
+    }
+}
+
+/// The state folder when the config names none, relative to the working directory.
+pub const DEFAULT_STATE_DIR: &str = ".tollgate";
 
 /// Where agents connect.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +141,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// The folder the upstream's relative paths resolve against, for resource binding.
+    pub root: Option<String>,
     pub transport: UpstreamTransport,
     pub protocol: UpstreamProtocol,
     pub call_timeout: Duration,
@@ -165,6 +230,30 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    grants: RawGrants,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    mode: Option<PolicyMode>,
+    pack: Option<PathBuf>,
+    environment: Option<String>,
+    time_zone: Option<String>,
+    #[serde(default)]
+    tool: Vec<tollgate_policy::EntryConfig>,
+    watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    anonymous: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +309,7 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: String,
+    root: Option<String>,
     command: Option<String>,
     #[serde(default)]
     args: Vec<String>,
@@ -262,7 +352,16 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::read(path, source))?;
-        Self::parse(&text).map_err(|e| e.in_file(path))
+        let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
+        // A pack is part of the configuration: its path is relative to this file, wherever
+        // Tollgate runs from. The state folder is relative to the working directory, as the
+        // `grant` commands' `--state` is.
+        if let (Some(dir), Some(pack)) = (path.parent(), &config.policy.pack)
+            && pack.is_relative()
+        {
+            config.policy.pack = Some(dir.join(pack));
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text.
@@ -290,8 +389,11 @@ impl Config {
                 prefix: PrefixMode::Auto,
             },
             limits: Limits::default(),
+            policy: PolicyConfig::default(),
+            grants: GrantsConfig::default(),
             upstreams: vec![UpstreamConfig {
                 name,
+                root: None,
                 transport: UpstreamTransport::Stdio {
                     command,
                     args,
@@ -565,8 +667,17 @@ impl RawConfig {
                     "a value no smaller than `restart_initial_backoff_ms`",
                 ));
             }
+            if let Some(root) = &raw.root
+                && !root.starts_with('/')
+            {
+                return Err(ConfigError::invalid(
+                    key("root"),
+                    format!("an absolute folder such as `/srv/app`, not `{root}`"),
+                ));
+            }
             upstreams.push(UpstreamConfig {
                 name: raw.name,
+                root: raw.root,
                 transport,
                 protocol: raw.protocol,
                 call_timeout: millis(
@@ -586,6 +697,48 @@ impl RawConfig {
             naming,
             limits,
             upstreams,
+            policy: self.policy.validate()?,
+            grants: GrantsConfig {
+                state_dir: self
+                    .grants
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                anonymous: self.grants.anonymous,
+            },
+        })
+    }
+}
+
+impl RawPolicy {
+    fn validate(self) -> Result<PolicyConfig, ConfigError> {
+        let defaults = PolicyConfig::default();
+        let environment = self.environment.unwrap_or(defaults.environment);
+        if environment.is_empty()
+            || environment.len() > 64
+            || !environment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::invalid(
+                "policy.environment",
+                "a label such as `dev` or `prod` (letters, digits, `-`, `_`)",
+            ));
+        }
+        let time_zone = match self.time_zone {
+            None => defaults.time_zone,
+            Some(text) => tollgate_policy::UtcOffset::parse(&text)
+                .map_err(|e| ConfigError::invalid("policy.time_zone", e))?,
+        };
+        // The entries are checked here so that a bad one stops Tollgate before it serves.
+        tollgate_policy::Catalog::new(self.tool.clone(), false)
+            .map_err(|e| ConfigError::invalid("policy.tool", e.to_string()))?;
+        Ok(PolicyConfig {
+            mode: self.mode.unwrap_or(defaults.mode),
+            pack: self.pack,
+            environment,
+            time_zone,
+            tools: self.tool,
+            watch: self.watch.unwrap_or(defaults.watch),
         })
     }
 }

@@ -44,6 +44,8 @@ pub enum ProxyError {
     Cancelled,
     #[error("unknown or expired `requestState`; call the tool again without it")]
     UnknownInputState,
+    #[error("{reason}")]
+    GrantRefused { reason: String },
 }
 
 impl ProxyError {
@@ -55,6 +57,7 @@ impl ProxyError {
             | Self::UnknownResource { .. }
             | Self::InvalidCursor { .. }
             | Self::UnknownInputState
+            | Self::GrantRefused { .. }
             | Self::Cancelled => Fault::Agent,
             Self::UpstreamDown { .. }
             | Self::UpstreamTimeout { .. }
@@ -105,6 +108,11 @@ impl ProxyError {
                 McpError::new(ErrorCode::RESOURCE_NOT_FOUND, self.to_string(), None)
             }
             Self::Cancelled => McpError::new(ErrorCode::INTERNAL_ERROR, self.to_string(), None),
+            Self::GrantRefused { .. } => McpError::new(
+                ErrorCode(crate::intercept::GRANT_REFUSED),
+                self.to_string(),
+                None,
+            ),
             Self::UpstreamDown { ref upstream }
             | Self::UpstreamTimeout { ref upstream, .. }
             | Self::UpstreamClosed { ref upstream }

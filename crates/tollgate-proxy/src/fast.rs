@@ -31,7 +31,7 @@ use tracing::{Instrument, field};
 use crate::{
     ProxyError,
     hub::Hub,
-    intercept::{Outcome, ToolCall},
+    intercept::{Caller, Outcome, Screened, ToolCall},
     session::SessionId,
     upstream::{
         CallRoute, Lane, Upstream,
@@ -201,15 +201,23 @@ pub(crate) struct FastPath {
     line_out: Option<LineWriter>,
     /// Calls in flight, by the agent's request id as written on the wire.
     calls: Mutex<HashMap<String, CancellationToken>>,
+    /// The caller of a stdio session; an HTTP call brings its own.
+    caller: Option<Arc<Caller>>,
 }
 
 impl FastPath {
-    pub(crate) fn new(hub: Arc<Hub>, session: SessionId, line_out: Option<LineWriter>) -> Self {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        session: SessionId,
+        line_out: Option<LineWriter>,
+        caller: Option<Arc<Caller>>,
+    ) -> Self {
         Self {
             hub,
             session,
             line_out,
             calls: Mutex::new(HashMap::new()),
+            caller,
         }
     }
 
@@ -235,7 +243,10 @@ impl FastPath {
             return false;
         }
         match envelope.method.as_deref() {
-            Some("tools/call") => self.try_call(&envelope, AgentOut::Line(out.clone()), None),
+            Some("tools/call") => {
+                let caller = self.caller.clone().unwrap_or_default();
+                self.try_call(&envelope, AgentOut::Line(out.clone()), None, caller)
+            }
             Some("notifications/cancelled") => self.try_cancel(&envelope),
             _ => false,
         }
@@ -246,6 +257,7 @@ impl FastPath {
     pub(crate) fn try_call_http(
         self: &Arc<Self>,
         envelope: &Envelope<'_>,
+        caller: Arc<Caller>,
     ) -> Option<mpsc::Receiver<AgentLine>> {
         let (out, messages) = mpsc::channel(64);
         let direct = DirectAgent {
@@ -253,7 +265,7 @@ impl FastPath {
             out: out.clone(),
             answers: self.hub.agent_answers.clone(),
         };
-        self.try_call(envelope, AgentOut::Events(out), Some(direct))
+        self.try_call(envelope, AgentOut::Events(out), Some(direct), caller)
             .then_some(messages)
     }
 
@@ -285,6 +297,7 @@ impl FastPath {
         envelope: &Envelope<'_>,
         out: AgentOut,
         direct: Option<DirectAgent>,
+        caller: Arc<Caller>,
     ) -> bool {
         let (Some(id), Some(params)) = (envelope.id, envelope.params) else {
             return false;
@@ -305,6 +318,13 @@ impl FastPath {
         let Ok(route) = merged.tool(&call.name) else {
             return false;
         };
+        // A tool this caller may not see is answered by rmcp's path, as an unknown tool.
+        let Some(facts) = merged.facts.get(call.name.as_ref()).cloned() else {
+            return false;
+        };
+        if !self.hub.interceptor.visible(self.session, &caller, &facts) {
+            return false;
+        }
         let Some(upstream) = self.hub.upstreams.get(route.upstream).cloned() else {
             return false;
         };
@@ -347,6 +367,8 @@ impl FastPath {
             cancel,
             out,
             direct,
+            caller,
+            facts,
         };
         let fast = self.clone();
         tokio::spawn(async move { fast.run(job).await });
@@ -387,16 +409,40 @@ impl FastPath {
             exposed_name: &job.exposed,
             arguments: job.arguments.as_ref(),
             meta: &job.meta,
+            caller: &job.caller,
+            facts: Some(&job.facts),
         };
-        if let Some(result) = crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
-            let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());
-            return Some(
-                format!(
-                    r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#,
-                    job.agent_id.get()
-                )
-                .into_bytes(),
-            );
+        match crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
+            Screened::Forward => {}
+            Screened::Answer(result) => {
+                let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());
+                return Some(
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#,
+                        job.agent_id.get()
+                    )
+                    .into_bytes(),
+                );
+            }
+            Screened::Unknown => {
+                let error = ProxyError::UnknownTool {
+                    name: job.exposed.clone(),
+                }
+                .into_mcp();
+                return Some(error_line(
+                    &job.agent_id,
+                    i64::from(error.code.0),
+                    &error.message,
+                ));
+            }
+            Screened::Rejected(reason) => {
+                let error = ProxyError::GrantRefused { reason }.into_mcp();
+                return Some(error_line(
+                    &job.agent_id,
+                    i64::from(error.code.0),
+                    &error.message,
+                ));
+            }
         }
 
         let agent_progress = job.meta.get_progress_token();
@@ -681,4 +727,6 @@ struct Job {
     cancel: CancellationToken,
     out: AgentOut,
     direct: Option<DirectAgent>,
+    caller: Arc<Caller>,
+    facts: Arc<tollgate_policy::ToolFacts>,
 }

@@ -5,7 +5,10 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+use std::collections::HashMap;
+
 use rmcp::{RoleClient, service::Peer};
+use tollgate_policy::{Hints, ToolFacts};
 use tracing::{info, warn};
 
 use crate::{
@@ -47,6 +50,8 @@ pub(crate) struct Hub {
     pub fingerprint_key: std::collections::hash_map::RandomState,
     /// Serializes rebuilds so that two upstreams changing at once cannot publish out of order.
     rebuild: tokio::sync::Mutex<()>,
+    /// Input schemas compiled once per distinct schema.
+    schemas: tollgate_policy::SchemaCache,
 }
 
 impl std::fmt::Debug for dyn Interceptor {
@@ -86,7 +91,42 @@ impl Hub {
             http_fast: std::sync::Mutex::default(),
             fingerprint_key: std::collections::hash_map::RandomState::new(),
             rebuild: tokio::sync::Mutex::new(()),
+            schemas: tollgate_policy::SchemaCache::default(),
         }
+    }
+
+    /// What the decision engine needs of each exposed tool, built once per catalog version.
+    fn tool_facts(&self, merged: &Merged) -> HashMap<String, Arc<ToolFacts>> {
+        let mut facts = HashMap::with_capacity(merged.tools.len());
+        for tool in &merged.tools {
+            let Ok(route) = merged.tool(&tool.name) else {
+                continue;
+            };
+            let Some(upstream) = self.config.upstreams.get(route.upstream) else {
+                continue;
+            };
+            let hints = tool
+                .annotations
+                .as_ref()
+                .map(|a| Hints {
+                    read_only: a.read_only_hint,
+                    destructive: a.destructive_hint,
+                    open_world: a.open_world_hint,
+                })
+                .unwrap_or_default();
+            let schema = self.schemas.compile(&tool.input_schema);
+            facts.insert(
+                tool.name.to_string(),
+                Arc::new(ToolFacts::new(
+                    tool.name.to_string(),
+                    upstream.name.clone(),
+                    hints,
+                    upstream.root.clone(),
+                    schema,
+                )),
+            );
+        }
+        facts
     }
 
     pub fn merged(&self) -> Arc<Merged> {
@@ -143,7 +183,9 @@ impl Hub {
             .map(|u| (u.name.as_str(), u.lists()))
             .collect();
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        let merged = Arc::new(Merged::build(version, &self.namer, &snapshot));
+        let mut merged = Merged::build(version, &self.namer, &snapshot);
+        merged.facts = self.tool_facts(&merged);
+        let merged = Arc::new(merged);
         let previous = {
             let mut slot = self
                 .merged

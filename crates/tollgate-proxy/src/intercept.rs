@@ -4,9 +4,67 @@
 //! Decisions, credentials and audit plug in behind [`Interceptor`]; the relay itself never
 //! decides anything.
 
+use std::sync::Arc;
+
 use rmcp::model::{CallToolResult, JsonObject, RequestMetaObject};
+use tollgate_policy::ToolFacts;
 
 use crate::session::SessionId;
+
+/// Who sent a request: the front it came through and the grant it presented.
+#[derive(Clone, Default)]
+pub struct Caller {
+    /// `stdio` or `http`.
+    pub transport: &'static str,
+    /// The peer's address for HTTP.
+    pub address: Option<String>,
+    /// The grant token as presented (a bearer token over HTTP, `--grant` over stdio). Never
+    /// printed.
+    pub grant: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("transport", &self.transport)
+            .field("address", &self.address)
+            .field("grant", &self.grant.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Caller {
+    pub fn stdio(grant: Option<String>) -> Self {
+        Self {
+            transport: "stdio",
+            address: None,
+            grant: grant.map(Arc::from),
+        }
+    }
+
+    /// The caller of one HTTP request: its `Authorization: Bearer` grant and peer address.
+    pub fn from_http(parts: &http::request::Parts) -> Self {
+        let grant = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .map(Arc::from);
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string());
+        Self {
+            transport: "http",
+            address,
+            grant,
+        }
+    }
+}
 
 /// One tool invocation as the interceptor sees it.
 #[derive(Debug)]
@@ -23,6 +81,10 @@ pub struct ToolCall<'a> {
     pub arguments: Option<&'a JsonObject>,
     /// The request's `_meta` as the agent sent it (untrusted).
     pub meta: &'a RequestMetaObject,
+    /// Who sent it.
+    pub caller: &'a Caller,
+    /// What is known of the tool: annotations, root, compiled input schema.
+    pub facts: Option<&'a ToolFacts>,
 }
 
 /// What happens to a call before it is forwarded.
@@ -32,7 +94,14 @@ pub enum Verdict {
     Forward,
     /// Answer the agent with this result and forward nothing.
     Refuse(CallToolResult),
+    /// Answer as if the tool did not exist: this session may never call it.
+    Hide,
+    /// Answer with a JSON-RPC error (the session's grant is not accepted) and forward nothing.
+    Reject(String),
 }
+
+/// The JSON-RPC error code of a refused grant.
+pub const GRANT_REFUSED: i32 = -32001;
 
 /// How a forwarded call ended.
 #[derive(Debug)]
@@ -51,6 +120,12 @@ pub trait Interceptor: Send + Sync + 'static {
     fn before_call(&self, call: &ToolCall<'_>) -> Verdict;
     /// Called once the call has ended, whatever the outcome.
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>);
+    /// Whether `tools/list` shows `tool` to this caller.
+    fn visible(&self, _session: SessionId, _caller: &Caller, _tool: &ToolFacts) -> bool {
+        true
+    }
+    /// The session has ended; forget what was kept for it.
+    fn session_ended(&self, _session: SessionId) {}
 }
 
 /// Forwards everything. The relay's behaviour until a decision engine is configured.
@@ -68,12 +143,12 @@ impl Interceptor for AllowAll {
 /// Passes `call` through `interceptor` before forwarding and records the verdict on the
 /// current span. A refusal is the call's whole outcome: it is reported to `after_call` here and
 /// returned as the answer.
-pub(crate) fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Option<CallToolResult> {
+pub(crate) fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Screened {
     let span = tracing::Span::current();
     match interceptor.before_call(call) {
         Verdict::Forward => {
             span.record("verdict", "forward");
-            None
+            Screened::Forward
         }
         Verdict::Refuse(result) => {
             span.record("verdict", "refuse");
@@ -83,7 +158,26 @@ pub(crate) fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Opti
                     is_error: result.is_error == Some(true),
                 },
             );
-            Some(result)
+            Screened::Answer(result)
+        }
+        Verdict::Hide => {
+            span.record("verdict", "hide");
+            Screened::Unknown
+        }
+        Verdict::Reject(message) => {
+            span.record("verdict", "reject");
+            Screened::Rejected(message)
         }
     }
+}
+
+/// What the relay does with a screened call.
+#[derive(Debug)]
+pub(crate) enum Screened {
+    Forward,
+    Answer(CallToolResult),
+    /// Answer as to an unknown tool.
+    Unknown,
+    /// Answer with a [`GRANT_REFUSED`] error.
+    Rejected(String),
 }

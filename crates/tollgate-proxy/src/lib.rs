@@ -6,9 +6,11 @@ pub mod config;
 mod error;
 mod fast;
 pub mod front;
+pub mod guard;
 mod hub;
 pub mod intercept;
 pub mod names;
+pub mod pack_files;
 mod relay;
 pub mod session;
 mod suspend;
@@ -21,6 +23,7 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use intercept::Caller;
 pub use error::{Fault, ProxyError};
 pub use front::http::HttpServer;
 pub use relay::AgentSession;
@@ -28,7 +31,7 @@ pub use relay::AgentSession;
 use crate::{
     config::HttpFront,
     hub::Hub,
-    intercept::{AllowAll, Interceptor},
+    intercept::Interceptor,
 };
 
 /// Longest Tollgate waits for upstreams before it serves agents.
@@ -54,8 +57,16 @@ pub struct StartReport {
 impl Proxy {
     /// Starts every upstream and waits until each has connected or failed once, or at most
     /// `START_WAIT`: a slow upstream joins the catalog (with `list_changed`) when it is ready.
+    /// The config's policy decides every call; a policy that cannot be loaded refuses every
+    /// call (use [`guard::from_config`] first to stop on it instead).
     pub async fn start(config: Config) -> Self {
-        Self::start_with(config, Arc::new(AllowAll)).await
+        let interceptor = guard::from_config(&config).unwrap_or_else(|error| {
+            tracing::error!(%error, "policy cannot be loaded; every tool call is refused");
+            Arc::new(guard::Closed {
+                reason: "Tollgate's policy could not be loaded".to_owned(),
+            })
+        });
+        Self::start_with(config, interceptor).await
     }
 
     /// Starts with a given interceptor at the tool-call interception point.
@@ -118,29 +129,31 @@ impl Proxy {
 
     /// A new agent session, to serve over any rmcp transport.
     pub fn session(&self) -> AgentSession {
-        AgentSession::new(self.hub.clone())
+        AgentSession::new(self.hub.clone(), None)
     }
 
     /// Serves the agent on this process's stdin/stdout until stdin closes.
-    pub async fn serve_stdio(&self) -> std::io::Result<()> {
+    pub async fn serve_stdio(&self, caller: Caller) -> std::io::Result<()> {
         let (read, write) = rmcp::transport::stdio_pipes();
-        self.serve_lines(read, write).await
+        self.serve_lines(read, write, caller).await
     }
 
     /// Serves one agent over newline-delimited JSON-RPC on any byte streams, as the stdio
     /// front does: size limit, error answers, and the fast path for tool calls.
-    pub async fn serve_lines<R, W>(&self, read: R, write: W) -> std::io::Result<()>
+    pub async fn serve_lines<R, W>(&self, read: R, write: W, caller: Caller) -> std::io::Result<()>
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let session = self.session();
+        let caller = Arc::new(caller);
+        let session = AgentSession::new(self.hub.clone(), Some(caller.clone()));
         let transport =
             front::stdio::LineTransport::new(read, write, self.hub.config.limits.max_message_bytes);
         let fast = Arc::new(fast::FastPath::new(
             self.hub.clone(),
             session.id(),
             Some(transport.writer()),
+            Some(caller),
         ));
         let transport = transport.with_fast_path(fast);
         let service = session

@@ -69,6 +69,8 @@ pub struct Merged {
     template_prefixes: Vec<(String, usize)>,
     template_owners: HashMap<String, usize>,
     pub collisions: Vec<Collision>,
+    /// What the decision engine knows of each exposed tool, by exposed name.
+    pub facts: HashMap<String, Arc<tollgate_policy::ToolFacts>>,
     pub instructions: Option<String>,
 }
 
@@ -264,6 +266,7 @@ impl Merged {
             template_prefixes,
             template_owners,
             collisions,
+            facts: HashMap::new(),
             instructions,
         }
     }

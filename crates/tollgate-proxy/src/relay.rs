@@ -19,7 +19,8 @@ use rmcp::{
         ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequest,
         ReadResourceRequestParams, ReadResourceResponse, Reference, RequestMetaObject,
         ServerCapabilities, ServerConfig, ServerRequest, ServerResult, SetLevelRequestParams,
-        SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
+        SubscribeRequest, SubscribeRequestParams, Tool, UnsubscribeRequest,
+        UnsubscribeRequestParams,
     },
     service::{NotificationContext, Peer, RequestContext},
 };
@@ -29,7 +30,7 @@ use tracing::{Instrument, field};
 use crate::{
     ProxyError,
     hub::Hub,
-    intercept::{Outcome, ToolCall},
+    intercept::{Caller, Outcome, Screened, ToolCall},
     names::page,
     session::SessionId,
     upstream::{CallRoute, Upstream},
@@ -44,6 +45,9 @@ pub struct AgentSession {
     id: SessionId,
     hub: Arc<Hub>,
     guard: Arc<SessionGuard>,
+    /// The caller of a stdio session, fixed when it starts; an HTTP session's caller comes
+    /// with each request.
+    caller: Option<Arc<Caller>>,
 }
 
 /// Removes the session from the tables when its last handle goes.
@@ -58,6 +62,7 @@ struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.hub.sessions.remove(self.id);
+        self.hub.interceptor.session_ended(self.id);
         if let Some(header) = self.http_session.get() {
             self.hub
                 .http_fast
@@ -86,7 +91,7 @@ pub(crate) fn forwardable_meta(meta: &RequestMetaObject) -> Option<RequestMetaOb
 }
 
 impl AgentSession {
-    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, caller: Option<Arc<Caller>>) -> Self {
         let id = hub.sessions.allocate();
         Self {
             id,
@@ -96,6 +101,18 @@ impl AgentSession {
                 http_session: std::sync::OnceLock::new(),
             }),
             hub,
+            caller,
+        }
+    }
+
+    /// Who sent the request in `context`.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Arc<Caller> {
+        if let Some(caller) = &self.caller {
+            return caller.clone();
+        }
+        match context.extensions.get::<http::request::Parts>() {
+            Some(parts) => Arc::new(Caller::from_http(parts)),
+            None => Arc::new(Caller::default()),
         }
     }
 
@@ -117,7 +134,12 @@ impl AgentSession {
             return;
         };
         if self.guard.http_session.set(header.to_owned()).is_ok() {
-            let fast = Arc::new(crate::fast::FastPath::new(self.hub.clone(), self.id, None));
+            let fast = Arc::new(crate::fast::FastPath::new(
+                self.hub.clone(),
+                self.id,
+                None,
+                None,
+            ));
             self.hub
                 .http_fast
                 .lock()
@@ -200,6 +222,7 @@ impl AgentSession {
             outcome = field::Empty,
             latency_us = field::Empty,
         );
+        let caller = self.caller(&context);
         async move {
             let started = Instant::now();
             let call = ToolCall {
@@ -209,10 +232,22 @@ impl AgentSession {
                 exposed_name: &params.name,
                 arguments: params.arguments.as_ref(),
                 meta: &context.meta,
+                caller: &caller,
+                facts: merged.facts.get(params.name.as_ref()).map(AsRef::as_ref),
             };
             let span = tracing::Span::current();
-            if let Some(result) = crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
-                return Ok(CallToolResponse::Complete(result));
+            match crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
+                Screened::Forward => {}
+                Screened::Answer(result) => return Ok(CallToolResponse::Complete(result)),
+                Screened::Unknown => {
+                    return Err(ProxyError::UnknownTool {
+                        name: params.name.to_string(),
+                    }
+                    .into_mcp());
+                }
+                Screened::Rejected(reason) => {
+                    return Err(ProxyError::GrantRefused { reason }.into_mcp());
+                }
             }
 
             let mut upstream_params = CallToolRequestParams::new(route.name.clone());
@@ -517,8 +552,20 @@ impl ServerHandler for AgentSession {
         self.register(&context.peer, &context.extensions);
         let merged = self.hub.merged();
         let cursor = params.and_then(|p| p.cursor);
+        let caller = self.caller(&context);
+        // Only what this session could ever call is shown.
+        let visible: Vec<Tool> = merged
+            .tools
+            .iter()
+            .filter(|tool| {
+                merged.facts.get(tool.name.as_ref() as &str).is_some_and(|facts| {
+                    self.hub.interceptor.visible(self.id, &caller, facts)
+                })
+            })
+            .cloned()
+            .collect();
         let (tools, next) =
-            page(&merged.tools, merged.version, cursor.as_deref()).map_err(internal)?;
+            page(&visible, merged.version, cursor.as_deref()).map_err(internal)?;
         let mut result = ListToolsResult::with_all_items(tools);
         result.next_cursor = next;
         Ok(result)

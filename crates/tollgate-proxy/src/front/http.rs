@@ -36,7 +36,7 @@ pub(crate) fn router(
         allowed_origins: allowed_origins(front, local),
     });
     let service =
-        StreamableHttpService::new(move || Ok(AgentSession::new(hub.clone())), sessions, config);
+        StreamableHttpService::new(move || Ok(AgentSession::new(hub.clone(), None)), sessions, config);
     axum::Router::new()
         .route_service(&front.path, service)
         .layer(axum::middleware::from_fn(move |request, next| {
@@ -167,7 +167,8 @@ async fn fast_path(
             if !takes_events {
                 return None;
             }
-            let messages = fast.try_call_http(&envelope)?;
+            let caller = Arc::new(crate::intercept::Caller::from_http(parts));
+            let messages = fast.try_call_http(&envelope, caller)?;
             Some(event_stream(hub.streams.open(session, messages)))
         }
         Some("notifications/cancelled") => fast.try_cancel(&envelope).then(accepted),
@@ -484,8 +485,11 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
     });
     Ok(HttpServer { local_addr, task })

@@ -1,0 +1,499 @@
+//! The policy guard: the interceptor that decides every tool call. It checks the session's
+//! grant (signature, revocation, one grant per session), hands the call to the decision engine
+//! with the session's history, keeps the grants' limits and the session statistics, and turns
+//! each decision into what the agent sees.
+//!
+//! Nothing here fails open: no pack, a pack that does not compile, a grant that cannot be
+//! checked or a tool with no facts all deny.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use rmcp::model::{CallToolResult, ContentBlock};
+use tollgate_mint::{GrantVerifier, RevocationList, TokenError};
+use tollgate_policy::{
+    CallInput, Decision, Effect, Environment, Grant, Pack, SessionFacts, SessionStats, ToolFacts,
+    Usage, pack::CLASSES,
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, PolicyMode},
+    intercept::{Caller, Interceptor, Outcome, ToolCall, Verdict},
+    pack_files,
+    session::SessionId,
+};
+
+/// The `_meta` key an agent puts its justification for one call under.
+pub const JUSTIFICATION_KEY: &str = "tollgate/justification";
+/// Longest justification kept; the rest is cut.
+const MAX_JUSTIFICATION: usize = 1024;
+/// Verified grants kept, by token; the cache is emptied when it grows past this.
+const GRANT_CACHE: usize = 4096;
+
+/// Why the guard could not be built; Tollgate does not start with it.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Read(#[from] pack_files::PackReadError),
+    #[error("policy pack `{name}` is not valid: {source}")]
+    Pack {
+        name: String,
+        #[source]
+        source: tollgate_policy::PackError,
+    },
+}
+
+#[derive(Debug, Default)]
+struct SessionRecord {
+    /// The grant this session runs under, once it presented one.
+    grant_id: Option<String>,
+    stats: SessionStats,
+    /// When its recent calls were made (Unix seconds), for `calls_last_minute`.
+    recent: VecDeque<i64>,
+}
+
+/// The grant state of one call.
+enum Presented {
+    Grant(Arc<Grant>),
+    Anonymous,
+}
+
+/// Decides every tool call by grant and policy.
+pub struct PolicyGuard {
+    pack: RwLock<Arc<Pack>>,
+    /// Where the pack is read from on reload; the embedded default when none.
+    pack_dir: Option<PathBuf>,
+    extra_tools: Vec<tollgate_policy::EntryConfig>,
+    verifier: Result<GrantVerifier, String>,
+    revocations: RevocationList,
+    anonymous: bool,
+    env: Environment,
+    grants: Mutex<HashMap<Arc<str>, Result<Arc<Grant>, TokenError>>>,
+    sessions: Mutex<HashMap<SessionId, SessionRecord>>,
+    usage: Mutex<Usage>,
+}
+
+impl std::fmt::Debug for PolicyGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyGuard")
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The interceptor `config` asks for: the policy guard, or (only when the config says
+/// `mode = "allow-all"`) nothing at all.
+pub fn from_config(config: &Config) -> Result<Arc<dyn Interceptor>, GuardError> {
+    match config.policy.mode {
+        PolicyMode::AllowAll => {
+            warn!("policy mode is allow-all: every tool call is forwarded undecided");
+            Ok(Arc::new(crate::intercept::AllowAll))
+        }
+        PolicyMode::Enforce => Ok(Arc::new(PolicyGuard::new(config)?)),
+    }
+}
+
+impl PolicyGuard {
+    /// Loads the pack the config names (or the embedded default) and the grant key's public
+    /// half from the state folder.
+    pub fn new(config: &Config) -> Result<Self, GuardError> {
+        let pack_dir = config.policy.pack.clone();
+        let pack = load(pack_dir.as_deref(), &config.policy.tools)?;
+        let verifier = GrantVerifier::load(&config.grants.state_dir).map_err(|e| e.to_string());
+        if let Err(e) = &verifier {
+            warn!(error = %e, "grants cannot be checked; every grant is refused");
+        }
+        info!(version = pack.version(), "policy pack loaded");
+        Ok(Self {
+            pack: RwLock::new(Arc::new(pack)),
+            pack_dir,
+            extra_tools: config.policy.tools.clone(),
+            verifier,
+            revocations: RevocationList::new(&config.grants.state_dir),
+            anonymous: config.grants.anonymous,
+            env: Environment {
+                label: config.policy.environment.clone(),
+                offset: config.policy.time_zone,
+            },
+            grants: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            usage: Mutex::new(Usage::new()),
+        })
+    }
+
+    /// The version id of the pack deciding now.
+    pub fn version(&self) -> String {
+        self.current().version().to_owned()
+    }
+
+    fn current(&self) -> Arc<Pack> {
+        self.pack
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads and compiles the pack again. A version that does not compile is rejected whole
+    /// and the current one keeps deciding. Returns the version now deciding.
+    pub fn reload(&self) -> Result<String, GuardError> {
+        let pack = load(self.pack_dir.as_deref(), &self.extra_tools)?;
+        let version = pack.version().to_owned();
+        let previous = std::mem::replace(
+            &mut *self
+                .pack
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Arc::new(pack),
+        );
+        if previous.version() != version {
+            info!(from = previous.version(), to = %version, "policy pack reloaded");
+        }
+        Ok(version)
+    }
+
+    /// Where the pack is read from, when it is not the embedded default.
+    pub fn pack_dir(&self) -> Option<&std::path::Path> {
+        self.pack_dir.as_deref()
+    }
+
+    /// The grant `caller` presented, checked; or anonymous when allowed; or why not.
+    fn presented(&self, session: SessionId, caller: &Caller, now: i64) -> Result<Presented, String> {
+        let checked = match &caller.grant {
+            None => Err(format!(
+                "no grant was presented: {}",
+                match caller.transport {
+                    "http" => "send it as `Authorization: Bearer <grant>`",
+                    _ => "start Tollgate with `--grant FILE` or `TOLLGATE_GRANT`",
+                }
+            )),
+            Some(token) => self.verify(token, now),
+        };
+        match checked {
+            Ok(grant) => {
+                let mut sessions = self.sessions();
+                let record = sessions.entry(session).or_default();
+                match &record.grant_id {
+                    Some(id) if *id != grant.id => Err(format!(
+                        "this session runs under grant {id}; a request presented {}",
+                        grant.id
+                    )),
+                    Some(_) => Ok(Presented::Grant(grant)),
+                    None => {
+                        record.grant_id = Some(grant.id.clone());
+                        Ok(Presented::Grant(grant))
+                    }
+                }
+            }
+            Err(_) if self.anonymous && caller.grant.is_none() => Ok(Presented::Anonymous),
+            Err(reason) if self.anonymous => {
+                // A bad grant is not silently downgraded: the agent learns why, and runs
+                // anonymously only if it presents none.
+                Err(reason)
+            }
+            Err(reason) => Err(reason),
+        }
+    }
+
+    fn verify(&self, token: &Arc<str>, now: i64) -> Result<Arc<Grant>, String> {
+        let verifier = self.verifier.as_ref().map_err(|_| {
+            "grants cannot be checked here: Tollgate has no grant key (see its log)".to_owned()
+        })?;
+        let cached = self
+            .grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(token)
+            .cloned();
+        let grant = match cached {
+            Some(result) => result,
+            None => {
+                let result = verifier.verify(token, now).map(Arc::new);
+                // Time is judged on every call; only what never changes is kept.
+                if !matches!(result, Err(TokenError::Time(_))) {
+                    let mut cache = self
+                        .grants
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if cache.len() >= GRANT_CACHE {
+                        cache.clear();
+                    }
+                    cache.insert(token.clone(), result.clone());
+                }
+                result
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        grant.check_time(now).map_err(|e| e.to_string())?;
+        if let Err(e) = self.revocations.refresh() {
+            warn!(error = %e, "the revocation list cannot be read; refusing grants until it can");
+            return Err("the revocation list cannot be read; the grant cannot be accepted".to_owned());
+        }
+        self.revocations.check(&grant).map_err(|e| e.to_string())?;
+        Ok(grant)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionRecord>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The session's statistics before this call.
+    fn stats(&self, session: SessionId, now: i64) -> SessionStats {
+        let mut sessions = self.sessions();
+        let record = sessions.entry(session).or_default();
+        while record.recent.front().is_some_and(|t| now - t >= 60) {
+            record.recent.pop_front();
+        }
+        let mut stats = record.stats.clone();
+        stats.calls_last_minute = record.recent.len() as u64;
+        stats
+    }
+
+    fn record(&self, session: SessionId, now: i64, decision: &Decision) {
+        let mut sessions = self.sessions();
+        let record = sessions.entry(session).or_default();
+        record.stats.calls += 1;
+        record.recent.push_back(now);
+        if decision.is_allow() {
+            if let Some(slot) = CLASSES
+                .iter()
+                .position(|c| *c == decision.class)
+                .and_then(|i| record.stats.by_class.get_mut(i))
+            {
+                *slot += 1;
+            }
+        } else {
+            record.stats.denials += 1;
+        }
+    }
+
+    /// Charges an allowed call to its grant's limits, atomically with the check, so two calls
+    /// at once cannot both spend the last of a budget.
+    fn charge(&self, grant: &Grant, decision: &mut Decision) {
+        if decision.charges.is_empty() {
+            return;
+        }
+        let mut usage = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match grant.check_limits(&usage, &decision.charges) {
+            Ok(()) => {
+                for charge in &decision.charges {
+                    *usage
+                        .entry((charge.scope.clone(), charge.key.clone()))
+                        .or_insert(0.0) += charge.amount;
+                }
+            }
+            Err(e) => {
+                decision.effect = Effect::Deny;
+                decision.policies = vec![tollgate_policy::decide::step::GRANT.to_owned()];
+                decision.reasons = vec![e.to_string()];
+            }
+        }
+    }
+
+    fn decide(&self, call: &ToolCall<'_>, grant: Option<&Grant>, facts: &ToolFacts, now: i64) -> Decision {
+        let pack = self.current();
+        let stats = self.stats(call.session, now);
+        let justification = call
+            .meta
+            .get(JUSTIFICATION_KEY)
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(MAX_JUSTIFICATION).collect::<String>());
+        let session = SessionFacts {
+            id: call.session.to_string(),
+            transport: call.caller.transport.to_owned(),
+            address: call.caller.address.clone().unwrap_or_default(),
+        };
+        let usage = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        pack.decide(&CallInput {
+            session: &session,
+            grant,
+            tool: facts,
+            arguments: call.arguments,
+            justification: justification.as_deref(),
+            now,
+            env: &self.env,
+            stats: &stats,
+            usage: &usage,
+            taint: &[],
+        })
+    }
+}
+
+fn load(
+    dir: Option<&std::path::Path>,
+    tools: &[tollgate_policy::EntryConfig],
+) -> Result<Pack, GuardError> {
+    let source = match dir {
+        Some(dir) => pack_files::read_pack(dir)?,
+        None => pack_files::embedded_default(),
+    };
+    let source = pack_files::with_tools(source, tools);
+    Pack::compile(&source).map_err(|source_error| GuardError::Pack {
+        name: source.name.clone(),
+        source: source_error,
+    })
+}
+
+fn refusal(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+impl Interceptor for PolicyGuard {
+    fn before_call(&self, call: &ToolCall<'_>) -> Verdict {
+        let now = now();
+        let presented = match self.presented(call.session, call.caller, now) {
+            Ok(p) => p,
+            Err(reason) => {
+                info!(session = call.session, tool = call.exposed_name, %reason, "grant refused");
+                return Verdict::Reject(reason);
+            }
+        };
+        let grant = match &presented {
+            Presented::Grant(g) => Some(g.as_ref()),
+            Presented::Anonymous => None,
+        };
+        let Some(facts) = call.facts else {
+            // A routed tool always has facts; without them nothing can be checked.
+            return Verdict::Refuse(refusal(
+                "the tool's definition is not known yet; the call is denied".to_owned(),
+            ));
+        };
+        let pack = self.current();
+        if !pack.visible(grant, facts, now) {
+            return Verdict::Hide;
+        }
+        let mut decision = self.decide(call, grant, facts, now);
+        if let (Some(grant), Effect::Allow) = (grant, decision.effect) {
+            self.charge(grant, &mut decision);
+        }
+        self.record(call.session, now, &decision);
+        info!(
+            session = call.session,
+            tool = call.exposed_name,
+            grant = grant.map_or("anonymous", |g| g.id.as_str()),
+            decision = decision.effect.as_str(),
+            policies = ?decision.policies,
+            version = %decision.version,
+            "decision"
+        );
+        if let Some(detail) = &decision.detail {
+            warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
+        }
+        match decision.effect {
+            Effect::Allow => Verdict::Forward,
+            Effect::Deny => Verdict::Refuse(refusal(format!(
+                "denied: {}",
+                decision.reason_text()
+            ))),
+            // The approval gate is not built yet: such a call cannot go ahead.
+            Effect::NeedsApproval => Verdict::Refuse(refusal(format!(
+                "needs approval: {}; approvals are not enabled on this Tollgate, so the call is denied",
+                decision.reason_text()
+            ))),
+        }
+    }
+
+    fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}
+
+    fn visible(&self, session: SessionId, caller: &Caller, tool: &ToolFacts) -> bool {
+        let now = now();
+        match self.presented(session, caller, now) {
+            Ok(Presented::Grant(grant)) => self.current().visible(Some(&grant), tool, now),
+            Ok(Presented::Anonymous) => self.current().visible(None, tool, now),
+            Err(_) => false,
+        }
+    }
+
+    fn session_ended(&self, session: SessionId) {
+        self.sessions().remove(&session);
+    }
+}
+
+/// Refuses every call: what serves when the configured policy could not be loaded, so that a
+/// broken pack never means an open door.
+#[derive(Debug)]
+pub struct Closed {
+    pub reason: String,
+}
+
+impl Interceptor for Closed {
+    fn before_call(&self, _call: &ToolCall<'_>) -> Verdict {
+        Verdict::Refuse(refusal(format!("denied: {}", self.reason)))
+    }
+
+    fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}
+
+    fn visible(&self, _session: SessionId, _caller: &Caller, _tool: &ToolFacts) -> bool {
+        false
+    }
+}
+
+/// Reloads `guard`'s pack on SIGHUP and, when `watch` is set and the pack is a folder, when
+/// its files change (checked every `interval`). A pack that fails to compile is logged and
+/// the current one keeps deciding.
+pub async fn watch(
+    guard: Arc<PolicyGuard>,
+    watch: bool,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; reload on file change only");
+            None
+        }
+    };
+    let dir = guard.pack_dir().map(ToOwned::to_owned);
+    let mut last = dir.as_deref().and_then(pack_files::stamp);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let reason = tokio::select! {
+            () = stop.cancelled() => return,
+            _ = hup => "SIGHUP",
+            _ = tick.tick() => {
+                if !watch {
+                    continue;
+                }
+                let Some(dir) = dir.as_deref() else { continue };
+                let now = pack_files::stamp(dir);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                "file change"
+            }
+        };
+        match guard.reload() {
+            Ok(version) => info!(%version, reason, "policy pack now deciding"),
+            Err(error) => warn!(%error, reason, "new policy pack rejected; the previous version keeps deciding"),
+        }
+    }
+}
