@@ -1,11 +1,13 @@
 //! The `tollgate` binary: run the guard in front of MCP servers, or watch it work in the demo.
 
 mod demo;
+mod grant;
+mod policy;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tollgate_proxy::{Config, Proxy};
+use tollgate_proxy::{Caller, Config, Proxy, config::PolicyMode, guard::PolicyGuard};
 use tracing_subscriber::EnvFilter;
 
 /// Tollgate: a guard between an AI agent and its MCP tools.
@@ -39,6 +41,26 @@ enum Command {
         /// The stdio MCP server to wrap, after `--`.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
+        /// The grant the stdio agent's session runs under: a file holding the token, or `-`
+        /// to read it from the first line of stdin before the MCP stream.
+        #[arg(long, value_name = "FILE|-", env = "TOLLGATE_GRANT", hide_env_values = true)]
+        grant: Option<String>,
+        /// The policy pack's folder (with `--`; a config file names its own).
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        pack: Option<PathBuf>,
+        /// The state folder with the grant key and revocation list (with `--`).
+        #[arg(long, value_name = "DIR", conflicts_with = "config", env = "TOLLGATE_STATE")]
+        state: Option<PathBuf>,
+    },
+    /// Issue, inspect, narrow and revoke grants.
+    Grant {
+        #[command(subcommand)]
+        command: grant::GrantCommand,
+    },
+    /// Check and test policy packs.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
     },
     /// Start Tollgate in front of built-in demo servers and drive a scripted agent session
     /// through it, printing a transcript.
@@ -59,10 +81,18 @@ fn init_logging(default: &str) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, command } => {
+        Command::Run {
+            config,
+            command,
+            grant,
+            pack,
+            state,
+        } => {
             init_logging("warn,tollgate=info,tollgate_proxy=info");
-            run(config, command).await
+            run(config, command, grant, pack, state).await
         }
+        Command::Grant { command } => grant::run(command),
+        Command::Policy { command } => policy::run(command),
         Command::Demo => {
             // The transcript is the output; only real failures are logged beside it.
             init_logging("error");
@@ -102,16 +132,53 @@ impl ShutdownSignals {
     }
 }
 
-async fn run(config: Option<PathBuf>, command: Vec<String>) -> anyhow::Result<()> {
+async fn run(
+    config: Option<PathBuf>,
+    command: Vec<String>,
+    grant: Option<String>,
+    pack: Option<PathBuf>,
+    state: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::register()?;
-    let config = match (config, command.split_first()) {
+    let mut config = match (config, command.split_first()) {
         (Some(path), _) => Config::load(&path)?,
         (None, Some((program, args))) => Config::wrap_command(program.clone(), args.to_vec())?,
         (None, None) => anyhow::bail!(
             "nothing to run: give `--config FILE` or `-- <command> [args…]` (see `tollgate run --help`)"
         ),
     };
-    let proxy = Proxy::start(config).await;
+    if pack.is_some() {
+        config.policy.pack = pack;
+    }
+    if let Some(state) = state {
+        config.grants.state_dir = state;
+    }
+    // The stdio agent's grant is read before anything starts: from `-`, only its first line,
+    // byte by byte, so that not one byte of the MCP stream behind it is taken.
+    let (mut stdin, stdout) = rmcp::transport::stdio_pipes();
+    let stdio_grant = match grant.as_deref() {
+        None => None,
+        Some("-") => Some(first_line(&mut stdin).await?),
+        Some(file) => Some(grant::read_token(file)?),
+    };
+    // A pack that does not compile stops Tollgate here rather than serving with no policy.
+    let guard = match config.policy.mode {
+        PolicyMode::AllowAll => None,
+        PolicyMode::Enforce => Some(std::sync::Arc::new(PolicyGuard::new(&config)?)),
+    };
+    let proxy = match &guard {
+        Some(guard) => Proxy::start_with(config, guard.clone()).await,
+        None => Proxy::start(config).await,
+    };
+    if let Some(guard) = &guard {
+        tracing::info!(version = %guard.version(), "policy pack deciding");
+        tokio::spawn(tollgate_proxy::guard::watch(
+            guard.clone(),
+            proxy.config().policy.watch,
+            std::time::Duration::from_secs(1),
+            proxy.shutdown_token(),
+        ));
+    }
     let report = proxy.report();
     for name in &report.failed {
         tracing::warn!(upstream = %name, "upstream is not connected yet; retrying in the background");
@@ -133,7 +200,7 @@ async fn run(config: Option<PathBuf>, command: Vec<String>) -> anyhow::Result<()
     }
     if proxy.config().fronts.stdio {
         tokio::select! {
-            served = proxy.serve_stdio() => {
+            served = proxy.serve_lines(stdin, stdout, Caller::stdio(stdio_grant)) => {
                 if let Err(e) = served {
                     tracing::warn!(error = %e, "stdio front ended");
                 }
@@ -149,4 +216,25 @@ async fn run(config: Option<PathBuf>, command: Vec<String>) -> anyhow::Result<()
         let _ = server.task.await;
     }
     Ok(())
+}
+
+/// The first line of `read`, at most 64 KiB, read one byte at a time.
+async fn first_line(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if read.read(&mut byte).await? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+        if line.len() > 64 * 1024 {
+            anyhow::bail!("`--grant -`: the first line of stdin is longer than a grant can be");
+        }
+    }
+    let token = String::from_utf8(line)?.trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!("`--grant -`: the first line of stdin holds no grant");
+    }
+    Ok(token)
 }

@@ -204,6 +204,11 @@ impl Catalog {
         })
     }
 
+    /// Each entry's pattern and class, in the order written.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, ActionClass)> {
+        self.entries.iter().map(|e| (e.pattern.as_str(), e.class))
+    }
+
     /// Classifies `tool`. Every matching entry counts and the most restricted class and highest
     /// risk win, so the order of entries can never widen access; the annotations can raise a
     /// class but never lower it.
