@@ -81,7 +81,11 @@ async fn fast_path_calls_pass_the_interception_point() {
     let proxy = Arc::new(proxy);
     let serving = {
         let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.serve_lines(read, write).await })
+        tokio::spawn(async move {
+            proxy
+                .serve_lines(read, write, tollgate_proxy::Caller::stdio(None))
+                .await
+        })
     };
     let (agent_read, mut agent_write) = tokio::io::split(agent);
     let mut lines = BufReader::new(agent_read).lines();

@@ -29,7 +29,7 @@ struct Wrapped {
 impl Wrapped {
     async fn start() -> Self {
         let fixture = fixture_bin();
-        Self::start_with(&["run", "--", fixture.to_str().unwrap(), "stdio"]).await
+        Self::start_with(&["run", "--allow-all", "--", fixture.to_str().unwrap(), "stdio"]).await
     }
 
     /// `tollgate run --config` with a stdio front and the fixture as stdio upstream.
@@ -39,7 +39,7 @@ impl Wrapped {
         std::fs::write(
             &config,
             format!(
-                "[front]\nstdio = true\n[[upstream]]\nname = \"fx\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n{extra}\n",
+                "[policy]\nmode = \"allow-all\"\n[front]\nstdio = true\n[[upstream]]\nname = \"fx\"\ncommand = \"{}\"\nargs = [\"stdio\"]\n{extra}\n",
                 fixture_bin().display()
             ),
         )

@@ -47,7 +47,7 @@ def env_with_node(node_bin_dir: str) -> dict[str, str]:
 async def stdio_session(tollgate, server_args, node_bin_dir, recorder=None):
     recorder = recorder or Recorder()
     params = StdioServerParameters(
-        command=tollgate, args=["run", "--", *server_args], env=env_with_node(node_bin_dir)
+        command=tollgate, args=["run", "--allow-all", "--", *server_args], env=env_with_node(node_bin_dir)
     )
     async with stdio_client(params) as (read, write):
         async with ClientSession(
@@ -134,6 +134,10 @@ def tollgate_http(tollgate, everything, node_bin_dir, tmp_path):
     config = tmp_path / "tollgate.toml"
     config.write_text(
         f"""
+# These tests are about relaying: policy is off, by name.
+[policy]
+mode = "allow-all"
+
 [front.http]
 listen = "127.0.0.1:{port}"
 

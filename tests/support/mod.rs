@@ -106,9 +106,11 @@ impl Guard {
     }
 }
 
-/// Starts Tollgate from config text (must have a `[front.http]` table).
+/// Starts Tollgate from config text (must have a `[front.http]` table) as a relay only: these
+/// tests are about relaying, so policy is switched off by name (`mode = "allow-all"`).
 pub async fn guard(config: &str) -> Guard {
-    let config = Config::parse(config).unwrap();
+    let mut config = Config::parse(config).unwrap();
+    config.policy.mode = tollgate_proxy::config::PolicyMode::AllowAll;
     let front = config.fronts.http.clone().expect("an http front");
     let proxy = Proxy::start(config).await;
     let server = proxy.serve_http(&front).await.unwrap();

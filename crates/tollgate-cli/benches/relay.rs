@@ -308,7 +308,7 @@ async fn bench() {
     if only != "http" {
         let direct = stdio_client(&me, &["--fixture-stdio"]).await;
         let floor = stdio_client(&me, &["--forward", fixture, "--fixture-stdio"]).await;
-        let through = stdio_client(&tollgate, &["run", "--", fixture, "--fixture-stdio"]).await;
+        let through = stdio_client(&tollgate, &["run", "--allow-all", "--", fixture, "--fixture-stdio"]).await;
         rows.extend(compare("stdio", &direct, &floor, &through).await);
         for client in [direct, floor, through] {
             client.cancel().await.unwrap();
@@ -334,7 +334,7 @@ async fn bench() {
     std::fs::write(
         &config,
         format!(
-            "[front.http]\nlisten = \"127.0.0.1:{front_port}\"\n[[upstream]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{fixture_port}/mcp\"\n"
+            "[policy]\nmode = \"allow-all\"\n[front.http]\nlisten = \"127.0.0.1:{front_port}\"\n[[upstream]]\nname = \"bench\"\nurl = \"http://127.0.0.1:{fixture_port}/mcp\"\n"
         ),
     )
     .unwrap();

@@ -6,11 +6,15 @@ use std::net::SocketAddr;
 use rmcp::{
     ServiceExt,
     model::{CallToolRequestParams, CallToolResult},
-    transport::StreamableHttpClientTransport,
+    transport::{
+        StreamableHttpClientTransport,
+        streamable_http_client::StreamableHttpClientTransportConfig,
+    },
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tollgate_proxy::{Config, Proxy};
+use tollgate_policy::ActionClass;
 use tollgate_testkit::demo::{Tickets, Workspace};
 
 fn loopback() -> SocketAddr {
@@ -56,19 +60,50 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         tollgate_testkit::serve_http(loopback(), move || tickets_state.clone(), stop.clone())
             .await?;
 
+    // The person starting the task issues a grant for it before the agent reads anything:
+    // reads and writes in the workspace's docs, the workspace's tools only, for ten minutes.
+    let state = tempfile::tempdir()?;
+    let root = workspace_dir.path().display().to_string();
+    let signer = tollgate_mint::GrantSigner::load_or_create(state.path())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let grant = tollgate_policy::Grant {
+        id: tollgate_mint::new_grant_id()?,
+        iss: "tollgate".to_owned(),
+        iat: now,
+        exp: now + 600,
+        chain: Vec::new(),
+        purpose: "maintenance".to_owned(),
+        task: "update the project status note".to_owned(),
+        agent: Some("demo-agent".to_owned()),
+        user: Some("ada".to_owned()),
+        resources: [format!("path:{root}/**").parse().map_err(anyhow::Error::msg)?].into(),
+        actions: [ActionClass::Read, ActionClass::Write].into(),
+        tools: ["workspace.*".to_owned()].into(),
+        constraints: Vec::new(),
+        limits: Vec::new(),
+    };
+    let token = signer.sign(&grant)?;
+
     let config = Config::parse(&format!(
         r#"
         [front.http]
         listen = "127.0.0.1:0"
 
+        [grants]
+        state_dir = "{state}"
+
         [[upstream]]
         name = "workspace"
         url = "http://{workspace}/mcp"
+        root = "{root}"
 
         [[upstream]]
         name = "tickets"
         url = "http://{tickets}/mcp"
-        "#
+        "#,
+        state = state.path().display(),
     ))?;
     let front = config
         .fronts
@@ -84,11 +119,22 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let server = proxy.serve_http(&front).await?;
     let url = format!("http://{}{}", server.local_addr, front.path);
     println!("tollgate listening:  {url}");
+    println!(
+        "grant {} for \"{}\": {} on {} in {}, for 10 minutes",
+        grant.id,
+        grant.task,
+        "read, write",
+        "workspace.*",
+        format_args!("{root}/**"),
+    );
     println!();
 
-    let agent = ().serve(StreamableHttpClientTransport::from_uri(url.as_str())).await?;
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token),
+    );
+    let agent = ().serve(transport).await?;
     let tools = agent.list_all_tools().await?;
-    println!("agent  → tools/list");
+    println!("agent  → tools/list   (only what this grant could ever call is shown)");
     for tool in &tools {
         println!(
             "         {:<24} {}",
@@ -97,57 +143,80 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         );
     }
 
-    let steps: [(&str, Value); 5] = [
-        ("workspace.list_files", json!({})),
-        ("workspace.read_file", json!({"path": "notes.txt"})),
+    let steps: [(&str, Value, Expect); 7] = [
+        ("workspace.list_files", json!({}), Expect::Allowed),
+        ("workspace.read_file", json!({"path": "notes.txt"}), Expect::Allowed),
         (
             "workspace.write_file",
             json!({"path": "status.txt", "content": "build green"}),
+            Expect::Allowed,
         ),
-        (
-            "tickets.open_ticket",
-            json!({"title": "Flaky build on friday"}),
-        ),
-        ("workspace.read_file", json!({"path": "../outside.txt"})),
+        ("workspace.read_file", json!({"path": "/etc/passwd"}), Expect::Denied),
+        ("workspace.read_file", json!({"path": "../outside.txt"}), Expect::Denied),
+        ("workspace.read_file", json!({"path": 42}), Expect::Denied),
+        ("tickets.open_ticket", json!({"title": "Flaky build"}), Expect::Unknown),
     ];
-    let mut failures = 0;
-    let mut calls = 0;
-    for (name, args) in steps {
-        calls += 1;
+    let mut surprises = 0;
+    for (name, args, expect) in steps {
         let arguments = args.as_object().cloned().unwrap_or_default();
         println!("agent  → tools/call {name} {args}");
-        match agent
+        let answer = agent
             .call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(arguments))
-            .await
-        {
-            Ok(result) => println!("       ← {}", summary(&result)),
-            Err(e) => {
-                failures += 1;
-                println!("       ← error: {e}");
-            }
+            .await;
+        let (seen, line) = match answer {
+            Ok(result) if result.is_error == Some(true) => (Expect::Denied, summary(&result)),
+            Ok(result) => (Expect::Allowed, format!("allowed: {}", summary(&result))),
+            Err(e) => (Expect::Unknown, format!("error: {e}")),
+        };
+        println!("       ← {line}");
+        if seen != expect {
+            surprises += 1;
+            println!("         (expected {expect:?})");
         }
     }
-    calls += 1;
-    println!("agent  → tools/call billing.refund {{}}");
-    match agent
-        .call_tool(CallToolRequestParams::new("billing.refund"))
+    agent.cancel().await?;
+
+    println!();
+    println!("a second agent connects with no grant:");
+    let anonymous = ().serve(StreamableHttpClientTransport::from_uri(url.as_str())).await?;
+    let listed = anonymous.list_all_tools().await?.len();
+    println!("agent  → tools/list\n       ← {listed} tools");
+    println!("agent  → tools/call workspace.read_file {{\"path\":\"notes.txt\"}}");
+    match anonymous
+        .call_tool(
+            CallToolRequestParams::new("workspace.read_file")
+                .with_arguments(json!({"path": "notes.txt"}).as_object().cloned().unwrap_or_default()),
+        )
         .await
     {
         Ok(result) => {
-            failures += 1;
-            println!("       ← unexpected success: {}", summary(&result));
+            surprises += 1;
+            println!("       ← unexpected answer: {}", summary(&result));
         }
         Err(e) => println!("       ← refused: {e}"),
     }
+    if listed != 0 {
+        surprises += 1;
+    }
+    anonymous.cancel().await?;
 
-    agent.cancel().await?;
     proxy.shutdown().await;
     stop.cancel();
     let _ = server.task.await;
     println!();
-    println!("{calls} tool calls made through one guard; each passed its interception point.");
-    if failures > 0 {
-        anyhow::bail!("{failures} demo step(s) failed");
+    println!("every call was decided by grant {} and the default policy pack.", grant.id);
+    if surprises > 0 {
+        anyhow::bail!("{surprises} demo step(s) did not go as expected");
     }
     Ok(())
+}
+
+/// What a demo step should come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Allowed,
+    /// `isError: true` with the reason.
+    Denied,
+    /// A JSON-RPC error: the tool is hidden from this grant.
+    Unknown,
 }

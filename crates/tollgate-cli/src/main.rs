@@ -51,6 +51,10 @@ enum Command {
         /// The state folder with the grant key and revocation list (with `--`).
         #[arg(long, value_name = "DIR", conflicts_with = "config", env = "TOLLGATE_STATE")]
         state: Option<PathBuf>,
+        /// Forward every tool call undecided: no grant, no policy. A relay only; say it by
+        /// name or Tollgate decides every call.
+        #[arg(long, conflicts_with_all = ["grant", "pack"])]
+        allow_all: bool,
     },
     /// Issue, inspect, narrow and revoke grants.
     Grant {
@@ -87,9 +91,10 @@ async fn main() -> ExitCode {
             grant,
             pack,
             state,
+            allow_all,
         } => {
             init_logging("warn,tollgate=info,tollgate_proxy=info");
-            run(config, command, grant, pack, state).await
+            run(config, command, grant, pack, state, allow_all).await
         }
         Command::Grant { command } => grant::run(command),
         Command::Policy { command } => policy::run(command),
@@ -138,6 +143,7 @@ async fn run(
     grant: Option<String>,
     pack: Option<PathBuf>,
     state: Option<PathBuf>,
+    allow_all: bool,
 ) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::register()?;
     let mut config = match (config, command.split_first()) {
@@ -152,6 +158,9 @@ async fn run(
     }
     if let Some(state) = state {
         config.grants.state_dir = state;
+    }
+    if allow_all {
+        config.policy.mode = PolicyMode::AllowAll;
     }
     // The stdio agent's grant is read before anything starts: from `-`, only its first line,
     // byte by byte, so that not one byte of the MCP stream behind it is taken.
