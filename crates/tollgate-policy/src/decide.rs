@@ -235,7 +235,8 @@ impl Pack {
             }
         };
         let response = Authorizer::new().is_authorized(&request, &plan.slice, &entities);
-        let errored: Vec<String> = response
+        // Cedar reports in no fixed order; a decision must replay identically.
+        let mut errored: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|e| match e {
@@ -244,6 +245,8 @@ impl Pack {
                 }
             })
             .collect();
+        errored.sort();
+        errored.dedup();
         if !errored.is_empty() {
             decision.detail = Some(
                 response
@@ -260,11 +263,12 @@ impl Pack {
                 vec!["a policy could not be evaluated for this call; it is denied".to_owned()];
             return decision;
         }
-        let determining: Vec<String> = response
+        let mut determining: Vec<String> = response
             .diagnostics()
             .reason()
             .map(ToString::to_string)
             .collect();
+        determining.sort();
         let reason_of = |id: &String| self.meta().get(id).and_then(|m| m.reason.clone());
         match response.decision() {
             CedarDecision::Deny if determining.is_empty() => {
