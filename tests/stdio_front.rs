@@ -29,7 +29,14 @@ struct Wrapped {
 impl Wrapped {
     async fn start() -> Self {
         let fixture = fixture_bin();
-        Self::start_with(&["run", "--allow-all", "--", fixture.to_str().unwrap(), "stdio"]).await
+        Self::start_with(&[
+            "run",
+            "--allow-all",
+            "--",
+            fixture.to_str().unwrap(),
+            "stdio",
+        ])
+        .await
     }
 
     /// `tollgate run --config` with a stdio front and the fixture as stdio upstream.

@@ -308,7 +308,11 @@ async fn bench() {
     if only != "http" {
         let direct = stdio_client(&me, &["--fixture-stdio"]).await;
         let floor = stdio_client(&me, &["--forward", fixture, "--fixture-stdio"]).await;
-        let through = stdio_client(&tollgate, &["run", "--allow-all", "--", fixture, "--fixture-stdio"]).await;
+        let through = stdio_client(
+            &tollgate,
+            &["run", "--allow-all", "--", fixture, "--fixture-stdio"],
+        )
+        .await;
         rows.extend(compare("stdio", &direct, &floor, &through).await);
         for client in [direct, floor, through] {
             client.cancel().await.unwrap();

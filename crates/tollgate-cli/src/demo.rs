@@ -7,14 +7,13 @@ use rmcp::{
     ServiceExt,
     model::{CallToolRequestParams, CallToolResult},
     transport::{
-        StreamableHttpClientTransport,
-        streamable_http_client::StreamableHttpClientTransportConfig,
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tollgate_proxy::{Config, Proxy};
 use tollgate_policy::ActionClass;
+use tollgate_proxy::{Config, Proxy};
 use tollgate_testkit::demo::{Tickets, Workspace};
 
 fn loopback() -> SocketAddr {
@@ -78,7 +77,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         task: "update the project status note".to_owned(),
         agent: Some("demo-agent".to_owned()),
         user: Some("ada".to_owned()),
-        resources: [format!("path:{root}/**").parse().map_err(anyhow::Error::msg)?].into(),
+        resources: [format!("path:{root}/**")
+            .parse()
+            .map_err(anyhow::Error::msg)?]
+        .into(),
         actions: [ActionClass::Read, ActionClass::Write].into(),
         tools: ["workspace.*".to_owned()].into(),
         constraints: Vec::new(),
@@ -120,12 +122,8 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let url = format!("http://{}{}", server.local_addr, front.path);
     println!("tollgate listening:  {url}");
     println!(
-        "grant {} for \"{}\": {} on {} in {}, for 10 minutes",
-        grant.id,
-        grant.task,
-        "read, write",
-        "workspace.*",
-        format_args!("{root}/**"),
+        "grant {} for \"{}\": read, write on workspace.* in {root}/**, for 10 minutes",
+        grant.id, grant.task,
     );
     println!();
 
@@ -145,16 +143,32 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 
     let steps: [(&str, Value, Expect); 7] = [
         ("workspace.list_files", json!({}), Expect::Allowed),
-        ("workspace.read_file", json!({"path": "notes.txt"}), Expect::Allowed),
+        (
+            "workspace.read_file",
+            json!({"path": "notes.txt"}),
+            Expect::Allowed,
+        ),
         (
             "workspace.write_file",
             json!({"path": "status.txt", "content": "build green"}),
             Expect::Allowed,
         ),
-        ("workspace.read_file", json!({"path": "/etc/passwd"}), Expect::Denied),
-        ("workspace.read_file", json!({"path": "../outside.txt"}), Expect::Denied),
+        (
+            "workspace.read_file",
+            json!({"path": "/etc/passwd"}),
+            Expect::Denied,
+        ),
+        (
+            "workspace.read_file",
+            json!({"path": "../outside.txt"}),
+            Expect::Denied,
+        ),
         ("workspace.read_file", json!({"path": 42}), Expect::Denied),
-        ("tickets.open_ticket", json!({"title": "Flaky build"}), Expect::Unknown),
+        (
+            "tickets.open_ticket",
+            json!({"title": "Flaky build"}),
+            Expect::Unknown,
+        ),
     ];
     let mut surprises = 0;
     for (name, args, expect) in steps {
@@ -184,8 +198,12 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     println!("agent  → tools/call workspace.read_file {{\"path\":\"notes.txt\"}}");
     match anonymous
         .call_tool(
-            CallToolRequestParams::new("workspace.read_file")
-                .with_arguments(json!({"path": "notes.txt"}).as_object().cloned().unwrap_or_default()),
+            CallToolRequestParams::new("workspace.read_file").with_arguments(
+                json!({"path": "notes.txt"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
         )
         .await
     {
@@ -204,7 +222,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     stop.cancel();
     let _ = server.task.await;
     println!();
-    println!("every call was decided by grant {} and the default policy pack.", grant.id);
+    println!(
+        "every call was decided by grant {} and the default policy pack.",
+        grant.id
+    );
     if surprises > 0 {
         anyhow::bail!("{surprises} demo step(s) did not go as expected");
     }

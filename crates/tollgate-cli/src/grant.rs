@@ -268,7 +268,8 @@ pub(crate) fn read_token(given: &str) -> anyhow::Result<String> {
     } else if given.matches('.').count() == 2 && !Path::new(given).exists() {
         given.to_owned()
     } else {
-        std::fs::read_to_string(given).with_context(|| format!("reading the grant from `{given}`"))?
+        std::fs::read_to_string(given)
+            .with_context(|| format!("reading the grant from `{given}`"))?
     };
     let token = text.trim().to_owned();
     if token.is_empty() {
@@ -292,11 +293,13 @@ fn unverified_claims(token: &str) -> anyhow::Result<Value> {
 
 fn parse_ttl(text: &str) -> anyhow::Result<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .with_context(|| format!("`--ttl`: expected a duration such as `15m` or `1h`, not `{text}`"))?;
+    let number: u64 = number.parse().with_context(|| {
+        format!("`--ttl`: expected a duration such as `15m` or `1h`, not `{text}`")
+    })?;
     let secs = match unit {
         "s" | "" => number,
         "m" => number.saturating_mul(60),
@@ -326,7 +329,10 @@ fn parse_actions(given: &[String]) -> anyhow::Result<BTreeSet<ActionClass>> {
 fn parse_resources(given: &[String]) -> anyhow::Result<BTreeSet<ResourcePattern>> {
     given
         .iter()
-        .map(|r| r.parse().map_err(|e: String| anyhow::anyhow!("`--resource`: {e}")))
+        .map(|r| {
+            r.parse()
+                .map_err(|e: String| anyhow::anyhow!("`--resource`: {e}"))
+        })
         .collect()
 }
 

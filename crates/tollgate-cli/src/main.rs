@@ -43,13 +43,23 @@ enum Command {
         command: Vec<String>,
         /// The grant the stdio agent's session runs under: a file holding the token, or `-`
         /// to read it from the first line of stdin before the MCP stream.
-        #[arg(long, value_name = "FILE|-", env = "TOLLGATE_GRANT", hide_env_values = true)]
+        #[arg(
+            long,
+            value_name = "FILE|-",
+            env = "TOLLGATE_GRANT",
+            hide_env_values = true
+        )]
         grant: Option<String>,
         /// The policy pack's folder (with `--`; a config file names its own).
         #[arg(long, value_name = "DIR", conflicts_with = "config")]
         pack: Option<PathBuf>,
         /// The state folder with the grant key and revocation list (with `--`).
-        #[arg(long, value_name = "DIR", conflicts_with = "config", env = "TOLLGATE_STATE")]
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with = "config",
+            env = "TOLLGATE_STATE"
+        )]
         state: Option<PathBuf>,
         /// Forward every tool call undecided: no grant, no policy. A relay only; say it by
         /// name or Tollgate decides every call.

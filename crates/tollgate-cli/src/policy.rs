@@ -139,7 +139,8 @@ fn findings(pack: &Pack) -> Vec<String> {
         for forbid in policies.iter().filter(|p| p.effect() == Effect::Forbid) {
             let unconditional = !forbid.has_non_scope_constraint()
                 && matches!(forbid.principal_constraint(), PrincipalConstraint::Any);
-            let covers_resource = match (forbid.resource_constraint(), permit.resource_constraint()) {
+            let covers_resource = match (forbid.resource_constraint(), permit.resource_constraint())
+            {
                 (ResourceConstraint::Any, _) => true,
                 (a, b) => a == b,
             };
@@ -185,8 +186,8 @@ fn test(dir: &Path) -> anyhow::Result<()> {
     println!("running the cases of {}", pack.version());
     let (mut passed, mut failed) = (0usize, Vec::new());
     for (file, text) in files {
-        let results = cases::run_file(&pack, &text)
-            .map_err(|e| anyhow::anyhow!("tests/{file}: {e}"))?;
+        let results =
+            cases::run_file(&pack, &text).map_err(|e| anyhow::anyhow!("tests/{file}: {e}"))?;
         for result in results {
             match result.failure {
                 None => {

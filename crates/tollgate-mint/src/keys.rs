@@ -71,7 +71,9 @@ impl GrantSigner {
             write_new(&private, URL_SAFE_NO_PAD.encode(seed).as_bytes(), 0o600)?;
             write_new(
                 &state_dir.join(PUBLIC),
-                URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()).as_bytes(),
+                URL_SAFE_NO_PAD
+                    .encode(key.verifying_key().to_bytes())
+                    .as_bytes(),
                 0o644,
             )?;
         }

@@ -36,11 +36,14 @@ pub fn revoke(state_dir: &Path, id: &str) -> Result<(), MintError> {
     file.sync_all().map_err(MintError::io(&path))
 }
 
+/// What the file looked like when last read: modification time and length.
+type Stamp = Option<(SystemTime, u64)>;
+
 /// The revocation list as last read, and what the file looked like then.
 #[derive(Debug)]
 pub struct RevocationList {
     path: PathBuf,
-    state: RwLock<(Option<(SystemTime, u64)>, HashSet<String>)>,
+    state: RwLock<(Stamp, HashSet<String>)>,
 }
 
 impl RevocationList {
@@ -55,7 +58,10 @@ impl RevocationList {
     /// the last list and reports why; a list never shrinks by accident.
     pub fn refresh(&self) -> Result<(), MintError> {
         let stamp = match fs::metadata(&self.path) {
-            Ok(meta) => Some((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len())),
+            Ok(meta) => Some((
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(MintError::io(&self.path)(e)),
         };
@@ -185,7 +191,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         GrantSigner::load_or_create(dir.path()).unwrap();
         let key = dir.path().join("grant-signing.key");
-        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             GrantSigner::load_or_create(dir.path()),

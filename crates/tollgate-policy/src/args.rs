@@ -38,7 +38,10 @@ impl std::fmt::Debug for SchemaCache {
 
 impl SchemaCache {
     /// The compiled validator for `schema`, compiled on first sight.
-    pub fn compile(&self, schema: &Map<String, Value>) -> Result<Arc<jsonschema::Validator>, String> {
+    pub fn compile(
+        &self,
+        schema: &Map<String, Value>,
+    ) -> Result<Arc<jsonschema::Validator>, String> {
         let key = Value::Object(schema.clone()).to_string();
         let mut compiled = self
             .compiled
@@ -64,7 +67,6 @@ impl SchemaCache {
         let validator = self.compile(schema);
         check(tool, validator.as_deref(), arguments)
     }
-
 
     /// Schemas compiled so far.
     pub fn len(&self) -> usize {
@@ -93,22 +95,22 @@ pub fn check(
     let empty = Map::new();
     let instance = arguments.unwrap_or(&empty);
     match validator.validate(&Value::Object(instance.clone())) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let location = error.instance_path().to_string();
-                Err(ArgumentError::Invalid {
-                    tool: tool.to_owned(),
-                    location: if location.is_empty() {
-                        "/".to_owned()
-                    } else {
-                        location
-                    },
-                    keyword: error.kind().keyword().to_owned(),
-                    message: error.masked().to_string(),
-                })
-            }
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let location = error.instance_path().to_string();
+            Err(ArgumentError::Invalid {
+                tool: tool.to_owned(),
+                location: if location.is_empty() {
+                    "/".to_owned()
+                } else {
+                    location
+                },
+                keyword: error.kind().keyword().to_owned(),
+                message: error.masked().to_string(),
+            })
         }
     }
+}
 
 #[cfg(test)]
 mod tests {

@@ -331,8 +331,14 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     let bad = || format!("a time such as `2026-11-27T10:00:00Z`, not `{text}`");
     let t = text.strip_suffix('Z').ok_or_else(bad)?;
     let (date, clock) = t.split_once('T').ok_or_else(bad)?;
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
-    let c: Vec<i64> = clock.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let c: Vec<i64> = clock
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
     let ([y, m, day], [hh, mm, ss]) = (d.as_slice(), c.as_slice()) else {
         return Err(bad());
     };

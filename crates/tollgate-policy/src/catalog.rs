@@ -263,7 +263,6 @@ impl Catalog {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

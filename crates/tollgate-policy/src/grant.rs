@@ -215,7 +215,11 @@ impl Grant {
                 });
             }
         }
-        for constraint in self.constraints.iter().filter(|c| glob_match(&c.tool, call.tool)) {
+        for constraint in self
+            .constraints
+            .iter()
+            .filter(|c| glob_match(&c.tool, call.tool))
+        {
             let value = call.arguments.and_then(|a| a.get(&constraint.argument));
             if let Some(problem) = constraint.rule.problem(value) {
                 return Err(GrantDenial::Constraint {
@@ -231,14 +235,19 @@ impl Grant {
             let amount = match &limit.kind {
                 LimitKind::MaxCalls(_) => 1.0,
                 LimitKind::Budget { argument, .. } => {
-                    match call.arguments.and_then(|a| a.get(argument)).and_then(Value::as_f64) {
+                    match call
+                        .arguments
+                        .and_then(|a| a.get(argument))
+                        .and_then(Value::as_f64)
+                    {
                         Some(n) if n.is_finite() && n >= 0.0 => n,
                         _ => {
                             return Err(GrantDenial::Constraint {
                                 tool: call.tool.to_owned(),
                                 argument: argument.clone(),
-                                problem: "must be a non-negative number: it counts against a budget"
-                                    .to_owned(),
+                                problem:
+                                    "must be a non-negative number: it counts against a budget"
+                                        .to_owned(),
                                 grant: self.id.clone(),
                             });
                         }
@@ -259,7 +268,9 @@ impl Grant {
     pub fn check_limits(&self, usage: &Usage, charges: &[Charge]) -> Result<(), GrantDenial> {
         for limit in &self.limits {
             let key = limit.key();
-            let Some(charge) = charges.iter().find(|c| c.scope == limit.scope && c.key == key)
+            let Some(charge) = charges
+                .iter()
+                .find(|c| c.scope == limit.scope && c.key == key)
             else {
                 continue;
             };
@@ -317,8 +328,14 @@ impl Grant {
     }
 
     /// Makes a child of this grant from `request`. Refused unless the child is a subset.
-    pub fn narrow(&self, request: NarrowRequest, now: i64, id: String) -> Result<Grant, NarrowError> {
-        self.check_time(now).map_err(|e| NarrowError::Parent(e.to_string()))?;
+    pub fn narrow(
+        &self,
+        request: NarrowRequest,
+        now: i64,
+        id: String,
+    ) -> Result<Grant, NarrowError> {
+        self.check_time(now)
+            .map_err(|e| NarrowError::Parent(e.to_string()))?;
         let exp = match request.ttl_secs {
             Some(ttl) => now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
             None => self.exp,
@@ -393,7 +410,11 @@ impl Grant {
                 )));
             }
         }
-        if let Some(missing) = self.constraints.iter().find(|c| !child.constraints.contains(c)) {
+        if let Some(missing) = self
+            .constraints
+            .iter()
+            .find(|c| !child.constraints.contains(c))
+        {
             return Err(NarrowError::Widens(format!(
                 "the parent's constraint on `{}` of `{}` is missing",
                 missing.argument, missing.tool
@@ -426,7 +447,10 @@ impl Grant {
     /// Checks the claims are well formed, whoever made them.
     pub fn check_shape(&self) -> Result<(), String> {
         if !is_grant_id(&self.id) {
-            return Err(format!("`jti`: expected a grant id such as `g-…`, not `{}`", self.id));
+            return Err(format!(
+                "`jti`: expected a grant id such as `g-…`, not `{}`",
+                self.id
+            ));
         }
         if let Some(bad) = self.chain.iter().find(|id| !is_grant_id(id)) {
             return Err(format!("`chain`: `{bad}` is not a grant id"));
@@ -451,7 +475,9 @@ impl Grant {
 pub fn is_grant_id(id: &str) -> bool {
     id.strip_prefix("g-").is_some_and(|hex| {
         (8..=64).contains(&hex.len())
-            && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
     })
 }
 

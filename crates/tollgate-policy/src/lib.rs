@@ -19,7 +19,9 @@ pub use catalog::{
 };
 pub use clock::{LocalTime, UtcOffset};
 pub use decide::{CallInput, Decision, Effect, Environment, SessionFacts, SessionStats};
-pub use grant::{Charge, Constraint, Grant, GrantDenial, Limit, LimitKind, NarrowRequest, Rule, Usage};
+pub use grant::{
+    Charge, Constraint, Grant, GrantDenial, Limit, LimitKind, NarrowRequest, Rule, Usage,
+};
 pub use pack::{DEFAULT_SCHEMA, Pack, PackError, PackSource, PolicyMeta};
 pub use pattern::{ResourcePattern, glob_match};
 pub use resource::{BindError, Resource, ResourceKind, bind};

@@ -106,6 +106,20 @@ pub(crate) struct ToolPlan {
     pub action: EntityUid,
     /// The slice holds a permit, and no forbid that holds whatever the call.
     pub may_allow: bool,
+    /// The entities of a call of this tool, by caller: built once per session, not per call.
+    pub entities: Mutex<HashMap<String, Arc<cedar_policy::Entities>>>,
+    /// Which of the context's top-level fields some policy of the slice names.
+    reads: [bool; crate::decide::CONTEXT_FIELDS.len()],
+}
+
+impl ToolPlan {
+    /// Can a policy of this plan's slice read context field `field`?
+    pub(crate) fn reads(&self, field: &str) -> bool {
+        crate::decide::CONTEXT_FIELDS
+            .iter()
+            .zip(self.reads)
+            .any(|(f, read)| *f == field && read)
+    }
 }
 
 /// One compiled, immutable version of a pack.
@@ -133,22 +147,44 @@ impl std::fmt::Debug for Pack {
     }
 }
 
-/// The uid of entity `id` of type `kind`; `kind` is always one of the schema's plain type
-/// names.
+/// The entity types calls are made of, parsed once: parsing a name costs more than the rest
+/// of building a request.
+pub(crate) struct Types {
+    pub session: EntityTypeName,
+    pub agent: EntityTypeName,
+    pub user: EntityTypeName,
+    pub tool: EntityTypeName,
+    pub upstream: EntityTypeName,
+    pub action: EntityTypeName,
+}
+
+pub(crate) static TYPES: std::sync::LazyLock<Types> = std::sync::LazyLock::new(|| Types {
+    session: type_name("Session"),
+    agent: type_name("Agent"),
+    user: type_name("User"),
+    tool: type_name("Tool"),
+    upstream: type_name("Upstream"),
+    action: type_name("Action"),
+});
+
 #[expect(
     clippy::expect_used,
     reason = "only called with the schema's own identifiers, which always parse"
 )]
-pub(crate) fn uid(kind: &'static str, id: &str) -> EntityUid {
-    let kind = EntityTypeName::from_str(kind).expect("a plain identifier is a type name");
-    EntityUid::from_type_name_and_id(kind, EntityId::new(id))
+fn type_name(kind: &'static str) -> EntityTypeName {
+    EntityTypeName::from_str(kind).expect("a plain identifier is a type name")
+}
+
+/// The uid of entity `id` of type `kind`.
+pub(crate) fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
 }
 
 impl Pack {
     /// Compiles and validates `source`. Any problem rejects the whole version.
     pub fn compile(source: &PackSource) -> Result<Self, PackError> {
-        let manifest: Manifest =
-            toml::from_str(&source.manifest).map_err(|e| PackError::Manifest(e.message().to_owned()))?;
+        let manifest: Manifest = toml::from_str(&source.manifest)
+            .map_err(|e| PackError::Manifest(e.message().to_owned()))?;
         if manifest.purposes.is_empty() {
             return Err(PackError::Manifest(
                 "`purposes` must name at least one purpose".to_owned(),
@@ -224,7 +260,7 @@ impl Pack {
             .map_err(|e| PackError::Schema(one_line(&e)))?;
         let mut action_lineage = BTreeMap::new();
         for class in CLASSES {
-            let action = uid("Action", class.as_str());
+            let action = uid(&TYPES.action, class.as_str());
             let Some(ancestors) = action_entities.ancestors(&action) else {
                 return Err(PackError::Schema(format!(
                     "the schema declares no action `{class}`"
@@ -322,15 +358,22 @@ impl Pack {
     fn make_plan(&self, tool: &ToolFacts) -> ToolPlan {
         let classification = self.catalog.classify(tool.name(), tool.hints());
         let class = classification.class;
-        let tool_uid = uid("Tool", tool.name());
-        let upstream_uid = uid("Upstream", tool.upstream());
-        let action = uid("Action", class.as_str());
+        let tool_uid = uid(&TYPES.tool, tool.name());
+        let upstream_uid = uid(&TYPES.upstream, tool.upstream());
+        let action = uid(&TYPES.action, class.as_str());
         let lineage = self.action_lineage.get(&class).cloned().unwrap_or_default();
-        let resource_lineage: HashSet<EntityUid> =
-            [tool_uid.clone(), upstream_uid.clone()].into_iter().collect();
-        let resource_admits = |policy: &Policy| resource_admits(policy, &tool_uid, &resource_lineage);
+        let resource_lineage: HashSet<EntityUid> = [tool_uid.clone(), upstream_uid.clone()]
+            .into_iter()
+            .collect();
+        let resource_admits =
+            |policy: &Policy| resource_admits(policy, &tool_uid, &resource_lineage);
 
         let mut slice = PolicySet::new();
+        // A field no policy of the slice names cannot change its decision, so it is left out of
+        // the context. A policy can only reach a field by writing its name (Cedar computes no
+        // attribute names), and strict validation refuses comparing the whole context or one of
+        // its records with a record of another shape; so a name search is a sound test.
+        let mut reads = [false; crate::decide::CONTEXT_FIELDS.len()];
         let mut has_permit = false;
         let mut unconditional_forbid = false;
         for policy in self.policies.policies() {
@@ -346,6 +389,10 @@ impl Pack {
                         unconditional_forbid = true;
                     }
                 }
+            }
+            let text = policy.to_string();
+            for (read, field) in reads.iter_mut().zip(crate::decide::CONTEXT_FIELDS) {
+                *read = *read || text.contains(field);
             }
             // Ids are unique in the full set, so they are in any part of it.
             let _ = slice.add(policy.clone());
@@ -367,7 +414,9 @@ impl Pack {
         .map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v.to_owned())))
         .collect();
         let tool_entity = Entity::new(tool_uid.clone(), attrs, [upstream_uid.clone()].into())
-            .unwrap_or_else(|_| Entity::new_no_attrs(tool_uid.clone(), [upstream_uid.clone()].into()));
+            .unwrap_or_else(|_| {
+                Entity::new_no_attrs(tool_uid.clone(), [upstream_uid.clone()].into())
+            });
         ToolPlan {
             classification,
             slice,
@@ -376,6 +425,8 @@ impl Pack {
             tool_uid,
             action,
             may_allow: has_permit && !unconditional_forbid,
+            entities: Mutex::new(HashMap::new()),
+            reads,
         }
     }
 }

@@ -14,17 +14,25 @@ use crate::resource::Resource;
 /// Does `name` match the glob `pattern`? Iterative with one backtrack point, so no pattern can
 /// take more than O(pattern × name) steps.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
+    // Names are almost always ASCII, where a byte is a character: no allocation needed.
+    if pattern.is_ascii() && name.is_ascii() {
+        return glob_match_units(pattern.as_bytes(), name.as_bytes(), b'*', b'?');
+    }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
+    glob_match_units(&p, &n, '*', '?')
+}
+
+fn glob_match_units<T: PartialEq + Copy>(p: &[T], n: &[T], any_run: T, any_one: T) -> bool {
     let (mut pi, mut ni) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
         match p.get(pi) {
-            Some('*') => {
+            Some(c) if *c == any_run => {
                 star = Some((pi, ni));
                 pi += 1;
             }
-            Some(c) if *c == '?' || Some(c) == n.get(ni) => {
+            Some(c) if *c == any_one || Some(c) == n.get(ni) => {
                 pi += 1;
                 ni += 1;
             }
@@ -39,7 +47,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
     }
     p.get(pi..)
-        .is_some_and(|rest| rest.iter().all(|c| *c == '*'))
+        .is_some_and(|rest| rest.iter().all(|c| *c == any_run))
 }
 
 /// Does the glob `outer` match every name the glob `inner` matches? Sound, not complete: a
@@ -57,7 +65,8 @@ pub fn glob_covers(outer: &str, inner: &str) -> bool {
         for b in (0..=i.len()).rev() {
             let oc = o.get(a).copied();
             let ic = i.get(b).copied();
-            let at = |x: usize, y: usize| table.get(x).and_then(|r| r.get(y)).copied() == Some(true);
+            let at =
+                |x: usize, y: usize| table.get(x).and_then(|r| r.get(y)).copied() == Some(true);
             let value = match (oc, ic) {
                 (Some('*'), _) => at(a + 1, b) || (ic.is_some() && at(a, b + 1)),
                 (Some(_), None) => false,
@@ -178,7 +187,9 @@ impl TryFrom<String> for ResourcePattern {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !kind_ok {
-            return Err(format!("resource kind `{kind}` in `{text}` is not a plain lowercase word"));
+            return Err(format!(
+                "resource kind `{kind}` in `{text}` is not a plain lowercase word"
+            ));
         }
         if pattern.is_empty() {
             return Err(format!("resource `{text}` names nothing after `{kind}:`"));
@@ -189,10 +200,14 @@ impl TryFrom<String> for ResourcePattern {
             }
             let segs = segments(pattern);
             if segs.iter().any(|s| *s == "." || *s == "..") {
-                return Err(format!("path resource `{text}` must not contain `.` or `..`"));
+                return Err(format!(
+                    "path resource `{text}` must not contain `.` or `..`"
+                ));
             }
             if segs.iter().rev().skip(1).any(|s| s.contains("**")) {
-                return Err(format!("path resource `{text}`: `**` may only be the last segment"));
+                return Err(format!(
+                    "path resource `{text}`: `**` may only be the last segment"
+                ));
             }
         }
         if kind == "url" {
@@ -291,7 +306,14 @@ mod tests {
         assert!(!p.matches(&res("customer", "43")));
         let h: ResourcePattern = "host:*.Example.com".parse().unwrap();
         assert!(h.matches(&res("host", "api.example.com")));
-        for bad in ["nocolon", "path:relative", "path:/a/../b", "Kind:x", "url:https://x", "x:"] {
+        for bad in [
+            "nocolon",
+            "path:relative",
+            "path:/a/../b",
+            "Kind:x",
+            "url:https://x",
+            "x:",
+        ] {
             assert!(bad.parse::<ResourcePattern>().is_err(), "{bad}");
         }
     }

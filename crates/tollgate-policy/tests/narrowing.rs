@@ -1,20 +1,33 @@
 //! Property: a narrowed grant never allows a call its parent denies, whatever the parent, the
 //! narrowing asked for, the call or the time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use tollgate_policy::{
     ActionClass, Constraint, Grant, Limit, LimitKind, NarrowRequest, Resource, ResourcePattern,
-    Rule, Usage,
-    grant::CallScope,
-    pack::CLASSES,
+    Rule, Usage, grant::CallScope, pack::CLASSES,
 };
 
 const NOW: i64 = 1_800_000_000;
 const TOOL_PATTERNS: &[&str] = &[
-    "*", "fs.*", "fs.read_*", "fs.read_file", "fs.write_file", "git.*", "git.log", "?s.*", "*_file",
+    "*",
+    "fs.*",
+    "fs.read_*",
+    "fs.read_file",
+    "fs.write_file",
+    "git.*",
+    "git.log",
+    "?s.*",
+    "*_file",
 ];
 const RESOURCE_PATTERNS: &[&str] = &[
     "path:/**",
@@ -29,7 +42,14 @@ const RESOURCE_PATTERNS: &[&str] = &[
     "host:*.example.com",
     "host:api.example.com",
 ];
-const TOOLS: &[&str] = &["fs.read_file", "fs.write_file", "fs.read_dir", "git.log", "gs.x", "x_file"];
+const TOOLS: &[&str] = &[
+    "fs.read_file",
+    "fs.write_file",
+    "fs.read_dir",
+    "git.log",
+    "gs.x",
+    "x_file",
+];
 const RESOURCES: &[(&str, &str)] = &[
     ("path", "/srv/app/a.txt"),
     ("path", "/srv/app/b/c"),
@@ -70,16 +90,19 @@ fn constraints() -> impl Strategy<Value = Vec<Constraint>> {
 }
 
 fn limits() -> impl Strategy<Value = Vec<Limit>> {
-    proptest::option::of((1u64..5, proptest::option::of(proptest::sample::select(TOOL_PATTERNS))))
-        .prop_map(|l| {
-            l.into_iter()
-                .map(|(max, tool)| Limit {
-                    scope: String::new(),
-                    tool: tool.map(str::to_owned),
-                    kind: LimitKind::MaxCalls(max),
-                })
-                .collect()
-        })
+    proptest::option::of((
+        1u64..5,
+        proptest::option::of(proptest::sample::select(TOOL_PATTERNS)),
+    ))
+    .prop_map(|l| {
+        l.into_iter()
+            .map(|(max, tool)| Limit {
+                scope: String::new(),
+                tool: tool.map(str::to_owned),
+                kind: LimitKind::MaxCalls(max),
+            })
+            .collect()
+    })
 }
 
 prop_compose! {
@@ -226,36 +249,74 @@ fn widening_is_refused_with_the_reason() {
             .to_string()
     };
     let e = widen(
-        NarrowRequest { ttl_secs: Some(3600), ..Default::default() },
+        NarrowRequest {
+            ttl_secs: Some(3600),
+            ..Default::default()
+        },
         &parent,
     );
     assert!(e.contains("after its parent"), "{e}");
     let e = widen(
-        NarrowRequest { actions: Some(BTreeSet::from([ActionClass::Write])), ..Default::default() },
+        NarrowRequest {
+            actions: Some(BTreeSet::from([ActionClass::Write])),
+            ..Default::default()
+        },
         &parent,
     );
     assert!(e.contains("action `write`"), "{e}");
     let e = widen(
-        NarrowRequest { resources: Some(BTreeSet::from(["customer:*".parse().unwrap()])), ..Default::default() },
+        NarrowRequest {
+            resources: Some(BTreeSet::from(["customer:*".parse().unwrap()])),
+            ..Default::default()
+        },
         &parent,
     );
     assert!(e.contains("customer:*"), "{e}");
     let e = widen(
-        NarrowRequest { tools: Some(BTreeSet::from(["*".to_owned()])), ..Default::default() },
+        NarrowRequest {
+            tools: Some(BTreeSet::from(["*".to_owned()])),
+            ..Default::default()
+        },
         &parent,
     );
     assert!(e.contains("tools `*`"), "{e}");
     // A child made by hand, not by `narrow`, is judged the same: dropping the parent's limit
     // or constraint widens it.
-    parent.limits = vec![Limit { scope: parent.id.clone(), tool: None, kind: LimitKind::MaxCalls(3) }];
-    parent.constraints = vec![Constraint { tool: "*".into(), argument: "amount".into(), rule: Rule::Max(5.0) }];
-    let child = parent.narrow(NarrowRequest::default(), NOW, "g-00000000000000000000bbbb".into()).unwrap();
+    parent.limits = vec![Limit {
+        scope: parent.id.clone(),
+        tool: None,
+        kind: LimitKind::MaxCalls(3),
+    }];
+    parent.constraints = vec![Constraint {
+        tool: "*".into(),
+        argument: "amount".into(),
+        rule: Rule::Max(5.0),
+    }];
+    let child = parent
+        .narrow(
+            NarrowRequest::default(),
+            NOW,
+            "g-00000000000000000000bbbb".into(),
+        )
+        .unwrap();
     let mut no_limit = child.clone();
     no_limit.limits.clear();
-    assert!(parent.check_subset(&no_limit).unwrap_err().to_string().contains("limit"));
+    assert!(
+        parent
+            .check_subset(&no_limit)
+            .unwrap_err()
+            .to_string()
+            .contains("limit")
+    );
     let mut no_constraint = child.clone();
     no_constraint.constraints.clear();
-    assert!(parent.check_subset(&no_constraint).unwrap_err().to_string().contains("constraint"));
+    assert!(
+        parent
+            .check_subset(&no_constraint)
+            .unwrap_err()
+            .to_string()
+            .contains("constraint")
+    );
     parent.check_subset(&child).unwrap();
     parent.exp = NOW - 1;
     let e = widen(NarrowRequest::default(), &parent);

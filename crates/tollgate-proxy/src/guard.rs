@@ -57,6 +57,9 @@ struct SessionRecord {
     recent: VecDeque<i64>,
 }
 
+/// A token's signature and claims, checked once.
+type Checked = Result<Arc<Grant>, TokenError>;
+
 /// The grant state of one call.
 enum Presented {
     Grant(Arc<Grant>),
@@ -73,7 +76,7 @@ pub struct PolicyGuard {
     revocations: RevocationList,
     anonymous: bool,
     env: Environment,
-    grants: Mutex<HashMap<Arc<str>, Result<Arc<Grant>, TokenError>>>,
+    grants: Mutex<HashMap<Arc<str>, Checked>>,
     sessions: Mutex<HashMap<SessionId, SessionRecord>>,
     usage: Mutex<Usage>,
 }
@@ -169,7 +172,12 @@ impl PolicyGuard {
     }
 
     /// The grant `caller` presented, checked; or anonymous when allowed; or why not.
-    fn presented(&self, session: SessionId, caller: &Caller, now: i64) -> Result<Presented, String> {
+    fn presented(
+        &self,
+        session: SessionId,
+        caller: &Caller,
+        now: i64,
+    ) -> Result<Presented, String> {
         let checked = match &caller.grant {
             None => Err(format!(
                 "no grant was presented: {}",
@@ -238,7 +246,9 @@ impl PolicyGuard {
         grant.check_time(now).map_err(|e| e.to_string())?;
         if let Err(e) = self.revocations.refresh() {
             warn!(error = %e, "the revocation list cannot be read; refusing grants until it can");
-            return Err("the revocation list cannot be read; the grant cannot be accepted".to_owned());
+            return Err(
+                "the revocation list cannot be read; the grant cannot be accepted".to_owned(),
+            );
         }
         self.revocations.check(&grant).map_err(|e| e.to_string())?;
         Ok(grant)
@@ -306,7 +316,13 @@ impl PolicyGuard {
         }
     }
 
-    fn decide(&self, call: &ToolCall<'_>, grant: Option<&Grant>, facts: &ToolFacts, now: i64) -> Decision {
+    fn decide(
+        &self,
+        call: &ToolCall<'_>,
+        grant: Option<&Grant>,
+        facts: &ToolFacts,
+        now: i64,
+    ) -> Decision {
         let pack = self.current();
         let stats = self.stats(call.session, now);
         let justification = call
@@ -401,10 +417,7 @@ impl Interceptor for PolicyGuard {
         }
         match decision.effect {
             Effect::Allow => Verdict::Forward,
-            Effect::Deny => Verdict::Refuse(refusal(format!(
-                "denied: {}",
-                decision.reason_text()
-            ))),
+            Effect::Deny => Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text()))),
             // The approval gate is not built yet: such a call cannot go ahead.
             Effect::NeedsApproval => Verdict::Refuse(refusal(format!(
                 "needs approval: {}; approvals are not enabled on this Tollgate, so the call is denied",
@@ -493,7 +506,9 @@ pub async fn watch(
         };
         match guard.reload() {
             Ok(version) => info!(%version, reason, "policy pack now deciding"),
-            Err(error) => warn!(%error, reason, "new policy pack rejected; the previous version keeps deciding"),
+            Err(error) => {
+                warn!(%error, reason, "new policy pack rejected; the previous version keeps deciding")
+            }
         }
     }
 }

@@ -23,16 +23,12 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-pub use intercept::Caller;
 pub use error::{Fault, ProxyError};
 pub use front::http::HttpServer;
+pub use intercept::Caller;
 pub use relay::AgentSession;
 
-use crate::{
-    config::HttpFront,
-    hub::Hub,
-    intercept::Interceptor,
-};
+use crate::{config::HttpFront, hub::Hub, intercept::Interceptor};
 
 /// Longest Tollgate waits for upstreams before it serves agents.
 const START_WAIT: Duration = Duration::from_secs(10);

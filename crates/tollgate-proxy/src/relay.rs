@@ -558,14 +558,14 @@ impl ServerHandler for AgentSession {
             .tools
             .iter()
             .filter(|tool| {
-                merged.facts.get(tool.name.as_ref() as &str).is_some_and(|facts| {
-                    self.hub.interceptor.visible(self.id, &caller, facts)
-                })
+                merged
+                    .facts
+                    .get(tool.name.as_ref() as &str)
+                    .is_some_and(|facts| self.hub.interceptor.visible(self.id, &caller, facts))
             })
             .cloned()
             .collect();
-        let (tools, next) =
-            page(&visible, merged.version, cursor.as_deref()).map_err(internal)?;
+        let (tools, next) = page(&visible, merged.version, cursor.as_deref()).map_err(internal)?;
         let mut result = ListToolsResult::with_all_items(tools);
         result.next_cursor = next;
         Ok(result)

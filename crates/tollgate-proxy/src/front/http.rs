@@ -35,8 +35,11 @@ pub(crate) fn router(
         allowed_hosts: front.allowed_hosts.clone(),
         allowed_origins: allowed_origins(front, local),
     });
-    let service =
-        StreamableHttpService::new(move || Ok(AgentSession::new(hub.clone(), None)), sessions, config);
+    let service = StreamableHttpService::new(
+        move || Ok(AgentSession::new(hub.clone(), None)),
+        sessions,
+        config,
+    );
     axum::Router::new()
         .route_service(&front.path, service)
         .layer(axum::middleware::from_fn(move |request, next| {
@@ -490,7 +493,7 @@ pub(crate) async fn serve(
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        .await
     });
     Ok(HttpServer { local_addr, task })
 }
