@@ -82,7 +82,12 @@ fn is_modern(version: Option<&ProtocolVersion>) -> bool {
 pub(crate) fn forwardable_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
     let mut out = RequestMetaObject::new();
     for (key, value) in meta.0.0.iter() {
-        if key == "progressToken" || key.starts_with("io.modelcontextprotocol/") {
+        // `tollgate/…` is what the agent tells Tollgate (its justification); it is recorded
+        // here and is no business of the tool's.
+        if key == "progressToken"
+            || key.starts_with("io.modelcontextprotocol/")
+            || key.starts_with("tollgate/")
+        {
             continue;
         }
         out.0.0.insert(key.clone(), value.clone());

@@ -1,0 +1,446 @@
+//! Policy end to end: the security team's commands on real packs and broken ones, and the
+//! policy guard in front of a real MCP server with real grants over streamable HTTP (both the
+//! fast path and rmcp's path).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::{path::Path, process::Output};
+
+use rmcp::{
+    ServiceExt,
+    model::{CallToolRequestParams, RequestMetaObject},
+    transport::{
+        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+    },
+};
+use serde_json::{Value, json};
+use support::*;
+use tollgate_proxy::{Config, Proxy};
+
+fn tollgate(args: &[&str]) -> Output {
+    std::process::Command::new(tollgate_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn packs_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
+#[test]
+fn every_shipped_pack_checks_and_passes_its_cases_through_the_cli() {
+    for pack in ["default", "filesystem-sandbox", "payments", "github"] {
+        let dir = packs_dir().join(pack);
+        let check = tollgate(&["policy", "check", dir.to_str().unwrap()]);
+        assert!(check.status.success(), "{pack}: {}", text(&check));
+        assert!(text(&check).contains("schema valid (strict)"));
+        let test = tollgate(&["policy", "test", dir.to_str().unwrap()]);
+        assert!(test.status.success(), "{pack}: {}", text(&test));
+        assert!(text(&test).contains("case result: ok."), "{}", text(&test));
+    }
+}
+
+fn write_pack(dir: &Path, policies: &str, cases: Option<&str>) {
+    std::fs::create_dir_all(dir.join("tests")).unwrap();
+    std::fs::write(
+        dir.join("pack.toml"),
+        "purposes = [\"work\"]\n[[tool]]\ntool = \"fx.echo\"\nclass = \"read\"\n[[tool]]\ntool = \"fx.add\"\nclass = \"write\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("rules.cedar"), policies).unwrap();
+    if let Some(cases) = cases {
+        std::fs::write(dir.join("tests/cases.toml"), cases).unwrap();
+    }
+}
+
+#[test]
+fn policy_check_names_what_is_wrong_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("permit (principal, action resource);", "`rules.cedar`"),
+        (
+            "permit (principal, action, resource) when { context.no_such_field };",
+            "do not fit the schema",
+        ),
+        (
+            "@id(\"reads\") permit (principal, action == Action::\"read\", resource);\n@id(\"lockdown\") forbid (principal, action, resource);",
+            "permit `reads` is shadowed: forbid `lockdown`",
+        ),
+        (
+            "@id(\"add\") permit (principal, action == Action::\"read\", resource == Tool::\"fx.add\");",
+            "policy `add` is unreachable",
+        ),
+    ];
+    for (index, (policies, expected)) in cases.iter().enumerate() {
+        let dir = tmp.path().join(format!("p{index}"));
+        write_pack(&dir, policies, None);
+        let out = tollgate(&["policy", "check", dir.to_str().unwrap()]);
+        assert!(!out.status.success(), "{policies}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{policies}: {}", text(&out));
+    }
+}
+
+#[test]
+fn policy_test_reports_each_case_and_fails_on_a_wrong_expectation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pack");
+    write_pack(
+        &dir,
+        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
+        Some(
+            r#"
+[[tool]]
+name = "fx.echo"
+[[tool]]
+name = "fx.add"
+[grant.g]
+purpose = "work"
+actions = ["read", "write"]
+
+[[case]]
+name = "echo is allowed"
+tool = "fx.echo"
+grant = "g"
+expect = "allow"
+policies = ["reads"]
+
+[[case]]
+name = "add is wrongly expected to be allowed"
+tool = "fx.add"
+grant = "g"
+expect = "allow"
+"#,
+        ),
+    );
+    let out = tollgate(&["policy", "test", dir.to_str().unwrap()]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("echo is allowed ... ok"), "{shown}");
+    assert!(
+        shown.contains("add is wrongly expected to be allowed ... FAILED"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("expected allow, got deny (no policy allows `write` calls of `fx.add`)"),
+        "{shown}"
+    );
+    assert!(shown.contains("1 passed; 1 failed"), "{shown}");
+
+    std::fs::write(dir.join("tests/cases.toml"), "[[case]]\nname = 1\n").unwrap();
+    let out = tollgate(&["policy", "test", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("tests/cases.toml"), "{}", text(&out));
+}
+
+/// Tollgate deciding with `pack` in front of a fixture, grants checked from `state`.
+async fn guarded(pack: &Path, state: &Path, fixture: &FixtureServer) -> (Proxy, String) {
+    let config = Config::parse(&format!(
+        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n[naming]\nprefix = \"always\"\n[[upstream]]\nname = \"fx\"\nurl = \"{}\"\n",
+        pack.display(),
+        state.display(),
+        fixture.url
+    ))
+    .unwrap();
+    let front = config.fronts.http.clone().unwrap();
+    let proxy = Proxy::start(config).await;
+    let server = proxy.serve_http(&front).await.unwrap();
+    (proxy, format!("http://{}/mcp", server.local_addr))
+}
+
+fn issue(state: &Path, args: &[&str]) -> String {
+    let mut all = vec!["grant", "issue", "--state", state.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = tollgate(&all);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn agent_with(url: &str, token: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url).auth_header(token.to_owned()),
+    );
+    ().serve(transport).await.unwrap()
+}
+
+fn echo(text: &str) -> CallToolRequestParams {
+    CallToolRequestParams::new("fx.echo")
+        .with_arguments(json!({"text": text}).as_object().cloned().unwrap())
+}
+
+fn result_text(result: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_value(result).unwrap()["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_grants_call_limit_holds_across_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    write_pack(
+        &pack,
+        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
+        None,
+    );
+    let token = issue(
+        &state,
+        &["--purpose", "work", "--action", "read", "--max-calls", "2"],
+    );
+    let fixture = fixture_http("fx").await;
+    let (proxy, url) = guarded(&pack, &state, &fixture).await;
+    let agent = agent_with(&url, &token).await;
+    for n in 0..2 {
+        let r = agent.call_tool(echo(&format!("call {n}"))).await.unwrap();
+        assert_ne!(r.is_error, Some(true), "{}", result_text(&r));
+        assert_eq!(result_text(&r), format!("call {n}"));
+    }
+    let third = agent.call_tool(echo("call 2")).await.unwrap();
+    assert_eq!(third.is_error, Some(true));
+    assert!(
+        result_text(&third).contains("allows at most 2 calls"),
+        "{}",
+        result_text(&third)
+    );
+    // A second session under the same grant shares its limit.
+    let other = agent_with(&url, &token).await;
+    let fourth = other.call_tool(echo("call 3")).await.unwrap();
+    assert_eq!(fourth.is_error, Some(true));
+    agent.cancel().await.unwrap();
+    other.cancel().await.unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn approvals_and_justifications_reach_the_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    write_pack(
+        &pack,
+        r#"
+@id("reads") permit (principal, action == Action::"read", resource)
+  when { context.grant.present && context.intent.justification like "ticket *" };
+@id("writes") @needs_approval @reason("adding needs a second pair of eyes")
+permit (principal, action == Action::"write", resource) when { context.grant.present };
+"#,
+        None,
+    );
+    let token = issue(
+        &state,
+        &["--purpose", "work", "--action", "read", "--action", "write"],
+    );
+    let fixture = fixture_http("fx").await;
+    let (proxy, url) = guarded(&pack, &state, &fixture).await;
+    let agent = agent_with(&url, &token).await;
+
+    let unjustified = agent.call_tool(echo("hi")).await.unwrap();
+    assert_eq!(unjustified.is_error, Some(true));
+    assert!(result_text(&unjustified).contains("no policy allows `read` calls of `fx.echo`"));
+
+    let mut justified = echo("hi");
+    let mut meta = RequestMetaObject::new();
+    meta.0.insert(
+        "tollgate/justification".into(),
+        json!("ticket 1234 asks for it"),
+    );
+    justified.meta = Some(meta);
+    let allowed = agent.call_tool(justified).await.unwrap();
+    assert_eq!(result_text(&allowed), "hi");
+    // The justification is Tollgate's, not the tool's: it is not forwarded.
+    let forwarded = fixture
+        .state
+        .last_meta
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or(Value::Null);
+    assert!(
+        forwarded.get("tollgate/justification").is_none(),
+        "{forwarded}"
+    );
+
+    let add = CallToolRequestParams::new("fx.add")
+        .with_arguments(json!({"a": 1, "b": 2}).as_object().cloned().unwrap());
+    let gated = agent.call_tool(add).await.unwrap();
+    assert_eq!(gated.is_error, Some(true));
+    assert_eq!(
+        result_text(&gated),
+        "needs approval: adding needs a second pair of eyes; approvals are not enabled on this Tollgate, so the call is denied"
+    );
+    agent.cancel().await.unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_session_runs_under_one_grant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    write_pack(
+        &pack,
+        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
+        None,
+    );
+    let first = issue(&state, &["--purpose", "work", "--action", "read"]);
+    let second = issue(&state, &["--purpose", "work", "--action", "read"]);
+    let fixture = fixture_http("fx").await;
+    let (proxy, url) = guarded(&pack, &state, &fixture).await;
+
+    let http = reqwest::Client::new();
+    let post = |token: &str, body: Value, session: Option<&str>| {
+        let mut request = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.send()
+    };
+    let init = post(
+        &first,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}),
+        None,
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = init.text().await.unwrap();
+    post(
+        &first,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        Some(&session),
+    )
+    .await
+    .unwrap();
+    let call = |id: u64| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "fx.echo", "arguments": {"text": "x"}}});
+    let ok = post(&first, call(2), Some(&session))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ok.contains("\"text\":\"x\""), "{ok}");
+    let swapped = post(&second, call(3), Some(&session))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        swapped.contains("-32001") && swapped.contains("this session runs under grant"),
+        "{swapped}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pack_that_does_not_compile_refuses_every_call_instead_of_opening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    write_pack(
+        &pack,
+        "permit (principal, action, resource) when { context.nope };",
+        None,
+    );
+    let token = issue(&state, &["--purpose", "work", "--action", "read"]);
+    let fixture = fixture_http("fx").await;
+    let (proxy, url) = guarded(&pack, &state, &fixture).await;
+    let agent = agent_with(&url, &token).await;
+    assert!(agent.list_all_tools().await.unwrap().is_empty());
+    let refused = agent.call_tool(echo("x")).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    assert!(
+        fixture.state.last_meta.lock().unwrap().is_none(),
+        "nothing was forwarded"
+    );
+    agent.cancel().await.unwrap();
+    proxy.shutdown().await;
+
+    // The binary does not start on it at all.
+    let config = tmp.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[front]\nstdio = true\n[policy]\npack = \"{}\"\n[[upstream]]\nname = \"fx\"\nurl = \"{}\"\n",
+            pack.display(),
+            fixture.url
+        ),
+    )
+    .unwrap();
+    let out = tollgate(&["run", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not valid"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn a_stateless_2026_agent_is_decided_per_request_on_rmcps_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    write_pack(
+        &pack,
+        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
+        None,
+    );
+    let token = issue(&state, &["--purpose", "work", "--action", "read"]);
+    let fixture = fixture_http("fx").await;
+    let (proxy, url) = guarded(&pack, &state, &fixture).await;
+
+    let agent = agent_modern_with(&url, TestAgent::new("modern"), Some(&token)).await;
+    let names: Vec<String> = agent
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(names.contains(&"fx.echo".to_owned()), "{names:?}");
+    assert!(
+        !names.contains(&"fx.add".to_owned()),
+        "a write tool is hidden: {names:?}"
+    );
+    let r = agent
+        .call_tool(call("fx.echo", json!({"text": "modern"})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&r), "modern");
+    let hidden = agent
+        .call_tool(call("fx.add", json!({"a": 1, "b": 2})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(hidden.contains("unknown tool `fx.add`"), "{hidden}");
+    agent.cancel().await.unwrap();
+
+    let anonymous = agent_modern_with(&url, TestAgent::new("nobody"), None).await;
+    let refused = anonymous
+        .call_tool(call("fx.echo", json!({"text": "x"})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("no grant was presented"), "{refused}");
+    anonymous.cancel().await.unwrap();
+    proxy.shutdown().await;
+}
