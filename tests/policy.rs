@@ -150,8 +150,17 @@ expect = "allow"
 
 /// Tollgate deciding with `pack` in front of a fixture, grants checked from `state`.
 async fn guarded(pack: &Path, state: &Path, fixture: &FixtureServer) -> (Proxy, String) {
+    guarded_with(pack, state, fixture, "").await
+}
+
+async fn guarded_with(
+    pack: &Path,
+    state: &Path,
+    fixture: &FixtureServer,
+    grants: &str,
+) -> (Proxy, String) {
     let config = Config::parse(&format!(
-        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n[naming]\nprefix = \"always\"\n[[upstream]]\nname = \"fx\"\nurl = \"{}\"\n",
+        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n{grants}\n[naming]\nprefix = \"always\"\n[[upstream]]\nname = \"fx\"\nurl = \"{}\"\n",
         pack.display(),
         state.display(),
         fixture.url
@@ -443,4 +452,128 @@ async fn a_stateless_2026_agent_is_decided_per_request_on_rmcps_path() {
     assert!(refused.contains("no grant was presented"), "{refused}");
     anonymous.cancel().await.unwrap();
     proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn anonymous_sessions_run_under_the_packs_anonymous_rules_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    write_pack(
+        &pack,
+        r#"
+@id("anonymous-echo") permit (principal, action == Action::"read", resource == Tool::"fx.echo")
+  when { !context.grant.present };
+"#,
+        None,
+    );
+    let forged = issue(&state, &["--purpose", "work", "--action", "read"]).replace('.', ".x");
+    let fixture = fixture_http("fx").await;
+    let (proxy, url) = guarded_with(&pack, &state, &fixture, "anonymous = true").await;
+
+    let anonymous = agent_modern_with(&url, TestAgent::new("nobody"), None).await;
+    let r = anonymous
+        .call_tool(call("fx.echo", json!({"text": "hello"})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&r), "hello");
+    let add = anonymous
+        .call_tool(call("fx.add", json!({"a": 1, "b": 2})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(add.contains("unknown tool"), "{add}");
+    anonymous.cancel().await.unwrap();
+
+    // A bad grant is not quietly downgraded to anonymous: the agent learns it is bad.
+    let bad = agent_modern_with(&url, TestAgent::new("bad"), Some(&forged)).await;
+    let refused = bad
+        .call_tool(call("fx.echo", json!({"text": "x"})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("malformed") || refused.contains("not signed"),
+        "{refused}"
+    );
+    bad.cancel().await.unwrap();
+    proxy.shutdown().await;
+}
+
+#[test]
+fn grant_inspect_shows_the_claims_and_whether_they_would_be_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let token = issue(
+        &state,
+        &[
+            "--purpose",
+            "work",
+            "--action",
+            "read",
+            "--resource",
+            "customer:42",
+            "--ttl",
+            "5m",
+        ],
+    );
+    let out = tollgate(&[
+        "grant",
+        "inspect",
+        &token,
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let claims: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["resources"], json!(["customer:42"]));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        300
+    );
+    assert!(text(&out).contains("valid: signed by this Tollgate's key"));
+
+    let other = tmp.path().join("other");
+    issue(&other, &["--purpose", "work", "--action", "read"]);
+    let out = tollgate(&[
+        "grant",
+        "inspect",
+        &token,
+        "--state",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("refused: the grant is not signed by this Tollgate's key"));
+
+    let out = tollgate(&[
+        "grant",
+        "narrow",
+        &token,
+        "--state",
+        state.to_str().unwrap(),
+        "--resource",
+        "customer:*",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("can only take away"), "{}", text(&out));
+    for bad in [
+        ["--ttl", "8d"],
+        ["--action", "fly"],
+        ["--resource", "nokind"],
+    ] {
+        let mut args = vec![
+            "grant",
+            "issue",
+            "--state",
+            state.to_str().unwrap(),
+            "--purpose",
+            "work",
+        ];
+        args.extend_from_slice(&bad);
+        if bad[0] != "--action" {
+            args.extend_from_slice(&["--action", "read"]);
+        }
+        let out = tollgate(&args);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(text(&out).contains(bad[0]), "{bad:?}: {}", text(&out));
+    }
 }

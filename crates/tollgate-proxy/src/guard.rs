@@ -204,12 +204,9 @@ impl PolicyGuard {
                     }
                 }
             }
+            // Only a session that presents no grant runs anonymously: a bad grant is not
+            // quietly downgraded, the agent learns why it was refused.
             Err(_) if self.anonymous && caller.grant.is_none() => Ok(Presented::Anonymous),
-            Err(reason) if self.anonymous => {
-                // A bad grant is not silently downgraded: the agent learns why, and runs
-                // anonymously only if it presents none.
-                Err(reason)
-            }
             Err(reason) => Err(reason),
         }
     }
