@@ -260,18 +260,20 @@ async fn http_client(url: &str) -> Client {
         .unwrap()
 }
 
-/// Direct, bare hop and tollgate side by side at 1 and at 32 concurrent calls.
+/// Direct, bare hop, tollgate relaying and (when given) tollgate deciding side by side at 1
+/// and at 32 concurrent calls.
 async fn compare(
     transport: &'static str,
     direct: &Client,
     floor: &Client,
     through: &Client,
+    decided: Option<&Client>,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for concurrency in [1, CONCURRENCY] {
-        let mut figures = measure_all(&[direct, floor, through], concurrency)
-            .await
-            .into_iter();
+        let mut clients = vec![direct, floor, through];
+        clients.extend(decided);
+        let mut figures = measure_all(&clients, concurrency).await.into_iter();
         let (direct, floor, through) = (
             figures.next().unwrap(),
             figures.next().unwrap(),
@@ -283,9 +285,68 @@ async fn compare(
             direct,
             floor: Some(floor),
             through,
+            decided: figures.next(),
         });
     }
     rows
+}
+
+/// A pack that allows the fixture's `echo` to a grant holding `read`, with the kinds of rules
+/// every pack has (rate, denials, secrets), and a grant for it: the state folder to run with.
+fn policy_setup() -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("pack");
+    std::fs::create_dir_all(&pack).unwrap();
+    std::fs::write(
+        pack.join("pack.toml"),
+        "purposes = [\"bench\"]\n[[tool]]\ntool = \"echo\"\nclass = \"read\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("rules.cedar"),
+        r#"
+@id("reads") permit (principal, action == Action::"read", resource) when { context.grant.present };
+@id("secrets") forbid (principal, action, resource) when { context.args has path && context.args.path like "*.env" };
+@id("denials") forbid (principal, action, resource) when { context.stats.denials >= 50 };
+@id("hours") forbid (principal, action == Action::"write", resource) when { context.environment == "prod" && context.time.hour < 8 };
+"#,
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let grant = tollgate_policy::Grant {
+        id: tollgate_mint::new_grant_id().unwrap(),
+        iss: "tollgate".into(),
+        iat: now,
+        exp: now + 3600,
+        chain: Vec::new(),
+        purpose: "bench".into(),
+        task: "measure".into(),
+        agent: None,
+        user: None,
+        resources: Default::default(),
+        actions: [tollgate_policy::ActionClass::Read].into(),
+        tools: ["*".to_owned()].into(),
+        constraints: Vec::new(),
+        limits: Vec::new(),
+    };
+    let token = dir.path().join("grant");
+    std::fs::write(&token, signer.sign(&grant).unwrap()).unwrap();
+    let args = vec![
+        "run".to_owned(),
+        "--pack".to_owned(),
+        pack.display().to_string(),
+        "--state".to_owned(),
+        state.display().to_string(),
+        "--grant".to_owned(),
+        token.display().to_string(),
+        "--".to_owned(),
+    ];
+    (dir, args)
 }
 
 struct Row {
@@ -295,6 +356,8 @@ struct Row {
     /// A bare byte-forwarding hop in the same place as Tollgate.
     floor: Option<Figures>,
     through: Figures,
+    /// Tollgate deciding every call with a grant and a policy pack.
+    decided: Option<Figures>,
 }
 
 async fn bench() {
@@ -313,8 +376,12 @@ async fn bench() {
             &["run", "--allow-all", "--", fixture, "--fixture-stdio"],
         )
         .await;
-        rows.extend(compare("stdio", &direct, &floor, &through).await);
-        for client in [direct, floor, through] {
+        let (_policy_dir, mut decided_args) = policy_setup();
+        decided_args.extend([fixture.to_owned(), "--fixture-stdio".to_owned()]);
+        let decided_args: Vec<&str> = decided_args.iter().map(String::as_str).collect();
+        let decided = stdio_client(&tollgate, &decided_args).await;
+        rows.extend(compare("stdio", &direct, &floor, &through, Some(&decided)).await);
+        for client in [direct, floor, through, decided] {
             client.cancel().await.unwrap();
         }
     }
@@ -371,7 +438,7 @@ async fn bench() {
         let direct = http_client(&direct_url).await;
         let floor = http_client(&floor_url).await;
         let through = http_client(&through_url).await;
-        rows.extend(compare("http", &direct, &floor, &through).await);
+        rows.extend(compare("http", &direct, &floor, &through, None).await);
         let _ = floor_server.start_kill();
         for client in [direct, floor, through] {
             client.cancel().await.unwrap();
@@ -437,6 +504,18 @@ fn print_rows(rows: &[Row]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        if let Some(decided) = &r.decided {
+            println!(
+                "  ({} × {}: tollgate deciding every call: p50 {:.0} µs ({:.2}× direct, {:.2}× relaying), {:.0} calls/s ({:.2}× direct))",
+                r.transport,
+                r.concurrency,
+                decided.p50_us,
+                decided.p50_us / r.direct.p50_us,
+                decided.p50_us / r.through.p50_us,
+                decided.calls_per_s,
+                decided.calls_per_s / r.direct.calls_per_s,
+            );
+        }
         let floor_p50 = r
             .floor
             .as_ref()

@@ -400,15 +400,26 @@ impl Interceptor for PolicyGuard {
             self.charge(grant, &mut decision);
         }
         self.record(call.session, now, &decision);
-        info!(
-            session = call.session,
-            tool = call.exposed_name,
-            grant = grant.map_or("anonymous", |g| g.id.as_str()),
-            decision = decision.effect.as_str(),
-            policies = ?decision.policies,
-            version = %decision.version,
-            "decision"
-        );
+        // A denial is news for the operator; an allowed call is the normal case, logged at
+        // debug level (at info, formatting and writing it cost more than the decision).
+        macro_rules! decision_event {
+            ($level:ident) => {
+                tracing::$level!(
+                    session = call.session,
+                    tool = call.exposed_name,
+                    grant = grant.map_or("anonymous", |g| g.id.as_str()),
+                    decision = decision.effect.as_str(),
+                    policies = ?decision.policies,
+                    version = %decision.version,
+                    "decision"
+                )
+            };
+        }
+        if decision.is_allow() {
+            decision_event!(debug);
+        } else {
+            decision_event!(info);
+        }
         if let Some(detail) = &decision.detail {
             warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
         }

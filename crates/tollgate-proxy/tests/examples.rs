@@ -1,4 +1,4 @@
-//! Every configuration under `examples/` loads.
+//! Every configuration under `examples/` loads, and the policy it names compiles.
 
 use std::path::Path;
 
@@ -9,7 +9,11 @@ fn every_example_config_loads() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            if let Err(e) = tollgate_proxy::Config::load(&path) {
+            let config = match tollgate_proxy::Config::load(&path) {
+                Ok(config) => config,
+                Err(e) => panic!("{}: {e}", path.display()),
+            };
+            if let Err(e) = tollgate_proxy::guard::PolicyGuard::new(&config) {
                 panic!("{}: {e}", path.display());
             }
             checked += 1;
