@@ -148,28 +148,55 @@ expect = "allow"
     assert!(text(&out).contains("tests/cases.toml"), "{}", text(&out));
 }
 
-/// Tollgate deciding with `pack` in front of a fixture, grants checked from `state`.
-async fn guarded(pack: &Path, state: &Path, fixture: &FixtureServer) -> (Proxy, String) {
-    guarded_with(pack, state, fixture, "").await
+/// The one permit most tests need: reads under a grant.
+const READS: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };";
+
+/// A pack of `policies`, a state folder with the grant key, a fixture, and Tollgate deciding in
+/// front of it over HTTP (`grants` is added to the config's `[grants]` table).
+struct Scene {
+    tmp: tempfile::TempDir,
+    fixture: FixtureServer,
+    proxy: Proxy,
+    url: String,
 }
 
-async fn guarded_with(
-    pack: &Path,
-    state: &Path,
-    fixture: &FixtureServer,
-    grants: &str,
-) -> (Proxy, String) {
-    let config = Config::parse(&format!(
-        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n{grants}\n[naming]\nprefix = \"always\"\n[[upstream]]\nname = \"fx\"\nurl = \"{}\"\n",
-        pack.display(),
-        state.display(),
-        fixture.url
-    ))
-    .unwrap();
-    let front = config.fronts.http.clone().unwrap();
-    let proxy = Proxy::start(config).await;
-    let server = proxy.serve_http(&front).await.unwrap();
-    (proxy, format!("http://{}/mcp", server.local_addr))
+impl Scene {
+    async fn new(policies: &str, grants: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        write_pack(&tmp.path().join("pack"), policies, None);
+        // The key exists before Tollgate starts, as it does when grants are issued first.
+        tollgate_mint::GrantSigner::load_or_create(&tmp.path().join("state")).unwrap();
+        let fixture = fixture_http("fx").await;
+        let config = Config::parse(&format!(
+            "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n{grants}\n[naming]\nprefix = \"always\"\n[[upstream]]\nname = \"fx\"\nurl = \"{}\"\n",
+            tmp.path().join("pack").display(),
+            tmp.path().join("state").display(),
+            fixture.url
+        ))
+        .unwrap();
+        let front = config.fronts.http.clone().unwrap();
+        let proxy = Proxy::start(config).await;
+        let server = proxy.serve_http(&front).await.unwrap();
+        let url = format!("http://{}/mcp", server.local_addr);
+        Self {
+            tmp,
+            fixture,
+            proxy,
+            url,
+        }
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn issue(&self, args: &[&str]) -> String {
+        issue(&self.state(), args)
+    }
+
+    async fn stop(self) {
+        self.proxy.shutdown().await;
+    }
 }
 
 fn issue(state: &Path, args: &[&str]) -> String {
@@ -201,20 +228,9 @@ fn result_text(result: &rmcp::model::CallToolResult) -> String {
 
 #[tokio::test]
 async fn a_grants_call_limit_holds_across_calls() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
-    write_pack(
-        &pack,
-        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
-        None,
-    );
-    let token = issue(
-        &state,
-        &["--purpose", "work", "--action", "read", "--max-calls", "2"],
-    );
-    let fixture = fixture_http("fx").await;
-    let (proxy, url) = guarded(&pack, &state, &fixture).await;
-    let agent = agent_with(&url, &token).await;
+    let scene = Scene::new(READS, "").await;
+    let token = scene.issue(&["--purpose", "work", "--action", "read", "--max-calls", "2"]);
+    let agent = agent_with(&scene.url, &token).await;
     for n in 0..2 {
         let r = agent.call_tool(echo(&format!("call {n}"))).await.unwrap();
         assert_ne!(r.is_error, Some(true), "{}", result_text(&r));
@@ -228,35 +244,28 @@ async fn a_grants_call_limit_holds_across_calls() {
         result_text(&third)
     );
     // A second session under the same grant shares its limit.
-    let other = agent_with(&url, &token).await;
+    let other = agent_with(&scene.url, &token).await;
     let fourth = other.call_tool(echo("call 3")).await.unwrap();
     assert_eq!(fourth.is_error, Some(true));
     agent.cancel().await.unwrap();
     other.cancel().await.unwrap();
-    proxy.shutdown().await;
+    scene.stop().await;
 }
 
 #[tokio::test]
 async fn approvals_and_justifications_reach_the_decision() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
-    write_pack(
-        &pack,
+    let scene = Scene::new(
         r#"
 @id("reads") permit (principal, action == Action::"read", resource)
   when { context.grant.present && context.intent.justification like "ticket *" };
 @id("writes") @needs_approval @reason("adding needs a second pair of eyes")
 permit (principal, action == Action::"write", resource) when { context.grant.present };
 "#,
-        None,
-    );
-    let token = issue(
-        &state,
-        &["--purpose", "work", "--action", "read", "--action", "write"],
-    );
-    let fixture = fixture_http("fx").await;
-    let (proxy, url) = guarded(&pack, &state, &fixture).await;
-    let agent = agent_with(&url, &token).await;
+        "",
+    )
+    .await;
+    let token = scene.issue(&["--purpose", "work", "--action", "read", "--action", "write"]);
+    let agent = agent_with(&scene.url, &token).await;
 
     let unjustified = agent.call_tool(echo("hi")).await.unwrap();
     assert_eq!(unjustified.is_error, Some(true));
@@ -272,7 +281,8 @@ permit (principal, action == Action::"write", resource) when { context.grant.pre
     let allowed = agent.call_tool(justified).await.unwrap();
     assert_eq!(result_text(&allowed), "hi");
     // The justification is Tollgate's, not the tool's: it is not forwarded.
-    let forwarded = fixture
+    let forwarded = scene
+        .fixture
         .state
         .last_meta
         .lock()
@@ -293,27 +303,19 @@ permit (principal, action == Action::"write", resource) when { context.grant.pre
         "needs approval: adding needs a second pair of eyes; approvals are not enabled on this Tollgate, so the call is denied"
     );
     agent.cancel().await.unwrap();
-    proxy.shutdown().await;
+    scene.stop().await;
 }
 
 #[tokio::test]
 async fn one_session_runs_under_one_grant() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
-    write_pack(
-        &pack,
-        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
-        None,
-    );
-    let first = issue(&state, &["--purpose", "work", "--action", "read"]);
-    let second = issue(&state, &["--purpose", "work", "--action", "read"]);
-    let fixture = fixture_http("fx").await;
-    let (proxy, url) = guarded(&pack, &state, &fixture).await;
+    let scene = Scene::new(READS, "").await;
+    let first = scene.issue(&["--purpose", "work", "--action", "read"]);
+    let second = scene.issue(&["--purpose", "work", "--action", "read"]);
 
     let http = reqwest::Client::new();
     let post = |token: &str, body: Value, session: Option<&str>| {
         let mut request = http
-            .post(&url)
+            .post(&scene.url)
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .bearer_auth(token)
@@ -362,62 +364,49 @@ async fn one_session_runs_under_one_grant() {
         swapped.contains("-32001") && swapped.contains("this session runs under grant"),
         "{swapped}"
     );
-    proxy.shutdown().await;
+    scene.stop().await;
 }
 
 #[tokio::test]
 async fn a_pack_that_does_not_compile_refuses_every_call_instead_of_opening() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
-    write_pack(
-        &pack,
+    let scene = Scene::new(
         "permit (principal, action, resource) when { context.nope };",
-        None,
-    );
-    let token = issue(&state, &["--purpose", "work", "--action", "read"]);
-    let fixture = fixture_http("fx").await;
-    let (proxy, url) = guarded(&pack, &state, &fixture).await;
-    let agent = agent_with(&url, &token).await;
+        "",
+    )
+    .await;
+    let token = scene.issue(&["--purpose", "work", "--action", "read"]);
+    let agent = agent_with(&scene.url, &token).await;
     assert!(agent.list_all_tools().await.unwrap().is_empty());
     let refused = agent.call_tool(echo("x")).await.unwrap();
     assert_eq!(refused.is_error, Some(true));
     assert!(
-        fixture.state.last_meta.lock().unwrap().is_none(),
+        scene.fixture.state.last_meta.lock().unwrap().is_none(),
         "nothing was forwarded"
     );
     agent.cancel().await.unwrap();
-    proxy.shutdown().await;
-
     // The binary does not start on it at all.
-    let config = tmp.path().join("tollgate.toml");
+    let config = scene.tmp.path().join("tollgate.toml");
     std::fs::write(
         &config,
         format!(
             "[front]\nstdio = true\n[policy]\npack = \"{}\"\n[[upstream]]\nname = \"fx\"\nurl = \"{}\"\n",
-            pack.display(),
-            fixture.url
+            scene.tmp.path().join("pack").display(),
+            scene.fixture.url
         ),
     )
     .unwrap();
     let out = tollgate(&["run", "--config", config.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("is not valid"), "{}", text(&out));
+    scene.stop().await;
 }
 
 #[tokio::test]
 async fn a_stateless_2026_agent_is_decided_per_request_on_rmcps_path() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
-    write_pack(
-        &pack,
-        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
-        None,
-    );
-    let token = issue(&state, &["--purpose", "work", "--action", "read"]);
-    let fixture = fixture_http("fx").await;
-    let (proxy, url) = guarded(&pack, &state, &fixture).await;
+    let scene = Scene::new(READS, "").await;
+    let token = scene.issue(&["--purpose", "work", "--action", "read"]);
 
-    let agent = agent_modern_with(&url, TestAgent::new("modern"), Some(&token)).await;
+    let agent = agent_modern_with(&scene.url, TestAgent::new("modern"), Some(&token)).await;
     let names: Vec<String> = agent
         .list_all_tools()
         .await
@@ -443,7 +432,7 @@ async fn a_stateless_2026_agent_is_decided_per_request_on_rmcps_path() {
     assert!(hidden.contains("unknown tool `fx.add`"), "{hidden}");
     agent.cancel().await.unwrap();
 
-    let anonymous = agent_modern_with(&url, TestAgent::new("nobody"), None).await;
+    let anonymous = agent_modern_with(&scene.url, TestAgent::new("nobody"), None).await;
     let refused = anonymous
         .call_tool(call("fx.echo", json!({"text": "x"})))
         .await
@@ -451,26 +440,24 @@ async fn a_stateless_2026_agent_is_decided_per_request_on_rmcps_path() {
         .to_string();
     assert!(refused.contains("no grant was presented"), "{refused}");
     anonymous.cancel().await.unwrap();
-    proxy.shutdown().await;
+    scene.stop().await;
 }
 
 #[tokio::test]
 async fn anonymous_sessions_run_under_the_packs_anonymous_rules_when_configured() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
-    write_pack(
-        &pack,
+    let scene = Scene::new(
         r#"
 @id("anonymous-echo") permit (principal, action == Action::"read", resource == Tool::"fx.echo")
   when { !context.grant.present };
 "#,
-        None,
-    );
-    let forged = issue(&state, &["--purpose", "work", "--action", "read"]).replace('.', ".x");
-    let fixture = fixture_http("fx").await;
-    let (proxy, url) = guarded_with(&pack, &state, &fixture, "anonymous = true").await;
+        "anonymous = true",
+    )
+    .await;
+    let forged = scene
+        .issue(&["--purpose", "work", "--action", "read"])
+        .replace('.', ".x");
 
-    let anonymous = agent_modern_with(&url, TestAgent::new("nobody"), None).await;
+    let anonymous = agent_modern_with(&scene.url, TestAgent::new("nobody"), None).await;
     let r = anonymous
         .call_tool(call("fx.echo", json!({"text": "hello"})))
         .await
@@ -485,7 +472,7 @@ async fn anonymous_sessions_run_under_the_packs_anonymous_rules_when_configured(
     anonymous.cancel().await.unwrap();
 
     // A bad grant is not quietly downgraded to anonymous: the agent learns it is bad.
-    let bad = agent_modern_with(&url, TestAgent::new("bad"), Some(&forged)).await;
+    let bad = agent_modern_with(&scene.url, TestAgent::new("bad"), Some(&forged)).await;
     let refused = bad
         .call_tool(call("fx.echo", json!({"text": "x"})))
         .await
@@ -496,7 +483,7 @@ async fn anonymous_sessions_run_under_the_packs_anonymous_rules_when_configured(
         "{refused}"
     );
     bad.cancel().await.unwrap();
-    proxy.shutdown().await;
+    scene.stop().await;
 }
 
 #[test]

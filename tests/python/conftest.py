@@ -1,8 +1,12 @@
 """Shared setup for the Python-agent tests: where the tollgate binary and the npm peers are."""
 
+import contextlib
 import os
 import pathlib
 import shutil
+import socket
+import subprocess
+import time
 
 import pytest
 
@@ -48,3 +52,43 @@ def node_bin_dir() -> str:
     # The npm peers run on the node these tests installed next to them when there is one.
     local = ROOT / "tests" / "peers" / "node_modules" / "node" / "bin"
     return str(local) if local.exists() else str(pathlib.Path(shutil.which("node") or "node").parent)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_with_node(node_bin_dir: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = node_bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+@contextlib.contextmanager
+def serve_http(tollgate, config_text, tmp_path, node_bin_dir):
+    """Runs `tollgate run --config` with `config_text`, whose `{port}` is filled with a free
+    port, until the block ends; yields the process and the MCP URL. The exit must be clean."""
+    port = free_port()
+    config = tmp_path / "tollgate.toml"
+    config.write_text(config_text.replace("{port}", str(port)))
+    process = subprocess.Popen(
+        [tollgate, "run", "--config", str(config)],
+        env=env_with_node(node_bin_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("tollgate did not start listening")
+        yield process, f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    assert process.returncode == 0, process.stderr.read().decode() if process.stderr else ""

@@ -7,10 +7,8 @@ so every denial here is Tollgate's, not the server's own check."""
 import base64
 import contextlib
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -23,7 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError as McpError
 
-from conftest import ROOT
+from conftest import ROOT, env_with_node, serve_http
 
 pytestmark = pytest.mark.anyio
 
@@ -77,8 +75,7 @@ def write_token(world, token, name="grant") -> str:
 
 @contextlib.asynccontextmanager
 async def stdio_agent(tollgate, filesystem, node_bin_dir, world, grant_file=None, env_grant=None):
-    env = dict(os.environ)
-    env["PATH"] = node_bin_dir + os.pathsep + env.get("PATH", "")
+    env = env_with_node(node_bin_dir)
     env.pop("TOLLGATE_GRANT", None)
     args = ["run", "--pack", str(PACK), "--state", str(world["state"])]
     if grant_file:
@@ -248,20 +245,10 @@ def test_a_grant_is_a_jws_any_jose_library_verifies(tollgate, world):
     assert private == 0o600
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
 def tollgate_http(tollgate, filesystem, node_bin_dir, world, pack, watch):
-    port = free_port()
-    config = world["tmp"] / "tollgate.toml"
-    config.write_text(
-        f"""
+    config = f"""
 [front.http]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:{{port}}"
 
 [policy]
 pack = "{pack}"
@@ -276,24 +263,7 @@ command = "{filesystem}"
 args = ["{world['served']}"]
 root = "{world['sandbox']}"
 """
-    )
-    env = dict(os.environ)
-    env["PATH"] = node_bin_dir + os.pathsep + env.get("PATH", "")
-    process = subprocess.Popen(
-        [tollgate, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("tollgate did not start listening")
-        yield process, f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    return serve_http(tollgate, config, world["tmp"], node_bin_dir)
 
 
 @contextlib.asynccontextmanager

@@ -2,9 +2,6 @@
 stdio (`tollgate run -- <server>`) and streamable HTTP."""
 
 import contextlib
-import os
-import socket
-import subprocess
 import time
 
 import anyio
@@ -12,6 +9,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+
+from conftest import env_with_node, serve_http
 
 pytestmark = pytest.mark.anyio
 
@@ -35,12 +34,6 @@ class Recorder:
     async def elicitation_callback(self, ctx, params):
         self.elicitations.append(params)
         return types.ElicitResult(action="accept", content={"color": "blue", "confirm": True})
-
-
-def env_with_node(node_bin_dir: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = node_bin_dir + os.pathsep + env.get("PATH", "")
-    return env
 
 
 @contextlib.asynccontextmanager
@@ -122,50 +115,21 @@ async def test_filesystem_server_behind_tollgate(tollgate, filesystem, node_bin_
         assert outside.is_error, "the server's own sandbox still applies behind tollgate"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
 def tollgate_http(tollgate, everything, node_bin_dir, tmp_path):
-    port = free_port()
-    config = tmp_path / "tollgate.toml"
-    config.write_text(
-        f"""
+    config = f"""
 # These tests are about relaying: policy is off, by name.
 [policy]
 mode = "allow-all"
 
 [front.http]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:{{port}}"
 
 [[upstream]]
 name = "everything"
 command = "{everything}"
 args = ["stdio"]
 """
-    )
-    process = subprocess.Popen(
-        [tollgate, "run", "--config", str(config)],
-        env=env_with_node(node_bin_dir),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("tollgate did not start listening")
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        assert process.returncode == 0, process.stderr.read().decode() if process.stderr else ""
+    return serve_http(tollgate, config, tmp_path, node_bin_dir)
 
 
 async def test_python_agent_over_http(tollgate, everything, node_bin_dir, tmp_path):
@@ -175,7 +139,7 @@ async def test_python_agent_over_http(tollgate, everything, node_bin_dir, tmp_pa
     async def on_progress(progress, total, message):
         seen.append(progress)
 
-    with tollgate_http(tollgate, everything, node_bin_dir, tmp_path) as url:
+    with tollgate_http(tollgate, everything, node_bin_dir, tmp_path) as (_, url):
         async with streamable_http_client(url) as (read, write):
             async with ClientSession(
                 read,

@@ -548,8 +548,9 @@ mod tests {
         )
     }
 
-    fn decide(pack: &Pack, tool: &ToolFacts, stats: &SessionStats) -> Decision {
-        let grant = Grant {
+    /// A grant for `read` calls of any tool until t=10,000.
+    fn reader() -> Grant {
+        Grant {
             id: "g-00000000000000000000aaaa".into(),
             iss: "tollgate".into(),
             iat: 0,
@@ -564,7 +565,11 @@ mod tests {
             tools: BTreeSet::from(["*".to_owned()]),
             constraints: Vec::new(),
             limits: Vec::new(),
-        };
+        }
+    }
+
+    fn decide(pack: &Pack, tool: &ToolFacts, stats: &SessionStats) -> Decision {
+        let grant = reader();
         pack.decide(&CallInput {
             session: &SessionFacts::default(),
             grant: Some(&grant),
@@ -621,22 +626,7 @@ mod tests {
         );
         let t = tool("t");
         let grant_args = json!({"amount": "lots"}).as_object().cloned().unwrap();
-        let grant = Grant {
-            id: "g-00000000000000000000aaaa".into(),
-            iss: "tollgate".into(),
-            iat: 0,
-            exp: 10_000,
-            chain: Vec::new(),
-            purpose: "p".into(),
-            task: String::new(),
-            agent: None,
-            user: None,
-            resources: BTreeSet::new(),
-            actions: BTreeSet::from([ActionClass::Read]),
-            tools: BTreeSet::from(["*".to_owned()]),
-            constraints: Vec::new(),
-            limits: Vec::new(),
-        };
+        let grant = reader();
         let d = pack.decide(&CallInput {
             session: &SessionFacts::default(),
             grant: Some(&grant),

@@ -265,6 +265,13 @@ mod tests {
         assert!(!glob_match("fs.read_*", "fs.write_file"));
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*.delete_*", "github.delete_repo"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        // Non-ASCII names take the character path: `?` is one character, not one byte.
+        assert!(glob_match("caf?", "café"));
+        assert!(glob_match("*é", "résumé"));
     }
 
     #[test]
