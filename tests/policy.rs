@@ -564,3 +564,84 @@ fn grant_inspect_shows_the_claims_and_whether_they_would_be_accepted() {
         assert!(text(&out).contains(bad[0]), "{bad:?}: {}", text(&out));
     }
 }
+
+#[tokio::test]
+async fn a_stdio_agent_can_hand_its_grant_over_on_the_first_line_of_stdin() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    write_pack(&pack, READS, None);
+    std::fs::write(
+        pack.join("pack.toml"),
+        "purposes = [\"work\"]\n[[tool]]\ntool = \"*echo\"\nclass = \"read\"\n",
+    )
+    .unwrap();
+    let token = issue(&state, &["--purpose", "work", "--action", "read"]);
+    let mut child = tokio::process::Command::new(tollgate_bin())
+        .args([
+            "run",
+            "--pack",
+            pack.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ])
+        .args([
+            "--grant",
+            "-",
+            "--",
+            fixture_bin().to_str().unwrap(),
+            "stdio",
+        ])
+        .env_remove("TOLLGATE_GRANT")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The grant and the first MCP message arrive in one write: not one byte of the MCP stream
+    // may be taken with the grant.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    stdin
+        .write_all(format!("{token}\n{init}\n").as_bytes())
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(answer["id"], 0, "{answer}");
+    for message in [
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "via stdin"}}}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1, "b": 2}}}),
+    ] {
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    // The two calls take different paths (the fast path, and rmcp's for the unknown tool):
+    // their answers may come in either order.
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let answer: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        answers.insert(answer["id"].as_u64().unwrap(), answer);
+    }
+    assert_eq!(
+        answers[&1]["result"]["content"][0]["text"], "via stdin",
+        "{answers:?}"
+    );
+    assert!(
+        answers[&2]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown tool `add`"),
+        "an uncatalogued tool is admin, hidden from a read grant: {answers:?}"
+    );
+    drop(stdin);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

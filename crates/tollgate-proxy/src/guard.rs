@@ -319,14 +319,10 @@ impl PolicyGuard {
         grant: Option<&Grant>,
         facts: &ToolFacts,
         now: i64,
+        justification: Option<&str>,
     ) -> Decision {
         let pack = self.current();
         let stats = self.stats(call.session, now);
-        let justification = call
-            .meta
-            .get(JUSTIFICATION_KEY)
-            .and_then(|v| v.as_str())
-            .map(|s| s.chars().take(MAX_JUSTIFICATION).collect::<String>());
         let session = SessionFacts {
             id: call.session.to_string(),
             transport: call.caller.transport.to_owned(),
@@ -342,7 +338,7 @@ impl PolicyGuard {
             grant,
             tool: facts,
             arguments: call.arguments,
-            justification: justification.as_deref(),
+            justification,
             now,
             env: &self.env,
             stats: &stats,
@@ -395,7 +391,14 @@ impl Interceptor for PolicyGuard {
         if !pack.visible(grant, facts, now) {
             return Verdict::Hide;
         }
-        let mut decision = self.decide(call, grant, facts, now);
+        // What the agent says of this call: untrusted, recorded with the decision, and only
+        // ever able to narrow (a policy may require it; nothing grants more because of it).
+        let justification: Option<String> = call
+            .meta
+            .get(JUSTIFICATION_KEY)
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
+        let mut decision = self.decide(call, grant, facts, now, justification.as_deref());
         if let (Some(grant), Effect::Allow) = (grant, decision.effect) {
             self.charge(grant, &mut decision);
         }
@@ -411,6 +414,7 @@ impl Interceptor for PolicyGuard {
                     decision = decision.effect.as_str(),
                     policies = ?decision.policies,
                     version = %decision.version,
+                    justification = ?justification,
                     "decision"
                 )
             };
