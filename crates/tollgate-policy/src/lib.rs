@@ -5,6 +5,7 @@
 pub mod args;
 pub mod cases;
 pub mod catalog;
+pub mod check;
 pub mod clock;
 pub mod decide;
 pub mod grant;

@@ -46,6 +46,8 @@ pub enum GuardError {
         #[source]
         source: tollgate_policy::PackError,
     },
+    #[error("policy pack `{name}` fails `policy check`:\n{}", .findings.join("\n"))]
+    Check { name: String, findings: Vec<String> },
 }
 
 #[derive(Debug, Default)]
@@ -357,10 +359,23 @@ fn load(
         None => pack_files::embedded_default(),
     };
     let source = pack_files::with_tools(source, tools);
-    Pack::compile(&source).map_err(|source_error| GuardError::Pack {
+    let pack = Pack::compile(&source).map_err(|source_error| GuardError::Pack {
         name: source.name.clone(),
         source: source_error,
-    })
+    })?;
+    // What `tollgate policy check` calls an error keeps a version from serving, too.
+    let errors: Vec<String> = tollgate_policy::check::findings(&pack)
+        .into_iter()
+        .filter(|f| f.severity == tollgate_policy::check::Severity::Error)
+        .map(|f| f.to_string())
+        .collect();
+    if !errors.is_empty() {
+        return Err(GuardError::Check {
+            name: source.name,
+            findings: errors,
+        });
+    }
+    Ok(pack)
 }
 
 fn refusal(text: String) -> CallToolResult {
@@ -522,5 +537,54 @@ pub async fn watch(
                 warn!(%error, reason, "new policy pack rejected; the previous version keeps deciding")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pack: &std::path::Path, state: &std::path::Path) -> Config {
+        Config::parse(&format!(
+            "[front]\nstdio = true\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/mcp\"\n",
+            pack.display(),
+            state.display()
+        ))
+        .unwrap()
+    }
+
+    fn write(pack: &std::path::Path, policies: &str) {
+        std::fs::create_dir_all(pack).unwrap();
+        std::fs::write(
+            pack.join("pack.toml"),
+            "purposes = [\"p\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n",
+        )
+        .unwrap();
+        std::fs::write(pack.join("rules.cedar"), policies).unwrap();
+    }
+
+    const GOOD: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);";
+    const SHADOWED: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);\n@id(\"nothing\") forbid (principal, action, resource);";
+
+    #[test]
+    fn a_version_that_fails_policy_check_is_rejected_whole_at_start_and_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pack, state) = (dir.path().join("pack"), dir.path().join("state"));
+        write(&pack, SHADOWED);
+        let err = PolicyGuard::new(&config(&pack, &state)).unwrap_err().to_string();
+        assert!(err.contains("fails `policy check`") && err.contains("shadowed"), "{err}");
+
+        write(&pack, GOOD);
+        let guard = PolicyGuard::new(&config(&pack, &state)).unwrap();
+        let serving = guard.version();
+        for broken in [SHADOWED, "permit (principal, action, resource) when { context.nope };", ""] {
+            write(&pack, broken);
+            assert!(guard.reload().is_err(), "{broken}");
+            assert_eq!(guard.version(), serving, "the old version keeps deciding");
+        }
+        write(&pack, &format!("{GOOD}\n// a comment changes the version\n"));
+        let reloaded = guard.reload().unwrap();
+        assert_ne!(reloaded, serving);
+        assert_eq!(guard.version(), reloaded);
     }
 }
