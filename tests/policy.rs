@@ -645,3 +645,32 @@ async fn a_stdio_agent_can_hand_its_grant_over_on_the_first_line_of_stdin() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn policies_see_the_clients_transport_and_address_on_both_paths() {
+    let scene = Scene::new(
+        r#"
+@id("loopback-http") permit (principal, action == Action::"read", resource)
+  when { context.grant.present && context.client.transport == "http" && context.client.address == "127.0.0.1" };
+"#,
+        "",
+    )
+    .await;
+    let token = scene.issue(&["--purpose", "work", "--action", "read"]);
+    // A 2025-11-25 session: the fast path.
+    let legacy = agent_with(&scene.url, &token).await;
+    assert_eq!(
+        result_text(&legacy.call_tool(echo("fast")).await.unwrap()),
+        "fast"
+    );
+    legacy.cancel().await.unwrap();
+    // A 2026-07-28 agent: rmcp's path.
+    let modern = agent_modern_with(&scene.url, TestAgent::new("m"), Some(&token)).await;
+    let r = modern
+        .call_tool(call("fx.echo", json!({"text": "typed"})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&r), "typed");
+    modern.cancel().await.unwrap();
+    scene.stop().await;
+}

@@ -571,18 +571,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pack, state) = (dir.path().join("pack"), dir.path().join("state"));
         write(&pack, SHADOWED);
-        let err = PolicyGuard::new(&config(&pack, &state)).unwrap_err().to_string();
-        assert!(err.contains("fails `policy check`") && err.contains("shadowed"), "{err}");
+        let err = PolicyGuard::new(&config(&pack, &state))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fails `policy check`") && err.contains("shadowed"),
+            "{err}"
+        );
 
         write(&pack, GOOD);
         let guard = PolicyGuard::new(&config(&pack, &state)).unwrap();
         let serving = guard.version();
-        for broken in [SHADOWED, "permit (principal, action, resource) when { context.nope };", ""] {
+        for broken in [
+            SHADOWED,
+            "permit (principal, action, resource) when { context.nope };",
+            "",
+        ] {
             write(&pack, broken);
             assert!(guard.reload().is_err(), "{broken}");
             assert_eq!(guard.version(), serving, "the old version keeps deciding");
         }
-        write(&pack, &format!("{GOOD}\n// a comment changes the version\n"));
+        write(
+            &pack,
+            &format!("{GOOD}\n// a comment changes the version\n"),
+        );
         let reloaded = guard.reload().unwrap();
         assert_ne!(reloaded, serving);
         assert_eq!(guard.version(), reloaded);
