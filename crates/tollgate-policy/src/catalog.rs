@@ -178,12 +178,18 @@ impl Catalog {
             if entry.tool.trim().is_empty() {
                 return Err(CatalogError::EmptyPattern { index });
             }
-            for argument in entry.resources.keys() {
-                let plain = !argument.is_empty()
-                    && argument
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if !plain {
+            for (argument, kind) in &entry.resources {
+                let plain = |name: &str| {
+                    !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                };
+                // `owner/repo` joins two arguments into one named resource (`repo:acme/web`).
+                let composite = matches!(kind, ResourceKind::Named(_))
+                    && argument.contains('/')
+                    && argument.split('/').all(plain);
+                if !plain(argument) && !composite {
                     return Err(CatalogError::BadArgument {
                         index,
                         tool: entry.tool.clone(),

@@ -99,6 +99,12 @@ pub fn bind(
         return Ok(bound);
     };
     for (argument, kind) in bindings {
+        if let (Some((_, _)), ResourceKind::Named(_)) = (argument.split_once('/'), kind) {
+            if let Some(joined) = join_parts(arguments, argument)? {
+                bind_one(argument, kind, &Value::String(joined), root, &mut bound)?;
+            }
+            continue;
+        }
         let values: Vec<&Value> = match arguments.get(argument) {
             None | Some(Value::Null) => continue,
             Some(Value::Array(items)) => items.iter().collect(),
@@ -111,6 +117,38 @@ pub fn bind(
     bound.sort();
     bound.dedup();
     Ok(bound)
+}
+
+/// The value of a composite binding such as `owner/repo`: each argument's value, joined by
+/// `/`. None when no part is given; a refusal when only some are, or a part holds a `/`.
+fn join_parts(
+    arguments: &Map<String, Value>,
+    composite: &str,
+) -> Result<Option<String>, BindError> {
+    let mut parts = Vec::new();
+    for name in composite.split('/') {
+        match arguments.get(name) {
+            None | Some(Value::Null) => parts.push(None),
+            Some(Value::String(s)) if !s.contains('/') => parts.push(Some(s.clone())),
+            Some(Value::Number(n)) => parts.push(Some(n.to_string())),
+            Some(_) => {
+                return Err(BindError::Type {
+                    argument: name.to_owned(),
+                    expected: "a string without `/`, or a number",
+                });
+            }
+        }
+    }
+    if parts.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    match parts.into_iter().collect::<Option<Vec<String>>>() {
+        Some(parts) => Ok(Some(parts.join("/"))),
+        None => Err(BindError::BadValue {
+            argument: composite.to_owned(),
+            reason: "every part of this resource must be given, or none",
+        }),
+    }
 }
 
 fn bind_one(
@@ -349,6 +387,31 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn composite_names_join_their_parts() {
+        let repo = vec![("owner/repo".to_owned(), ResourceKind::Named("repo".into()))];
+        let bound = bind(
+            Some(&args(json!({"owner": "acme", "repo": "web"}))),
+            &repo,
+            None,
+        )
+        .unwrap();
+        assert_eq!(bound[0].to_string(), "repo:acme/web");
+        assert!(
+            bind(Some(&args(json!({"q": 1}))), &repo, None)
+                .unwrap()
+                .is_empty()
+        );
+        let partial = bind(Some(&args(json!({"owner": "acme"}))), &repo, None).unwrap_err();
+        assert!(partial.to_string().contains("every part"), "{partial}");
+        let sneaky = bind(
+            Some(&args(json!({"owner": "acme/web", "repo": "x"}))),
+            &repo,
+            None,
+        );
+        assert!(sneaky.is_err(), "a part may not carry the separator");
     }
 
     #[test]
