@@ -89,6 +89,18 @@ fn main() {
         println!("bare stdio round trip (1 KiB line): p50 {p50:>6.1} µs  p99 {p99:>6.1} µs");
     }
     println!("median round trip p50: {:.1} µs", rtt.0);
+    println!("\nminting one per-call token (claims, JCS digest of the arguments, signature):");
+    for alg in [
+        tollgate_mint::Algorithm::Es256,
+        tollgate_mint::Algorithm::EdDsa,
+    ] {
+        let (p50, p99) = mint(alg);
+        println!(
+            "  {:>6}: p50 {p50:>6.1} µs  p99 {p99:>6.1} µs  ({:.3}× stdio RTT)",
+            alg.as_str(),
+            p50 / rtt.0
+        );
+    }
     let mut base = None;
     let mut last_scope = None;
     for (scoped, n, (p50, p99, first)) in decisions {
@@ -275,4 +287,38 @@ fn measure(n: usize, scoped: bool) -> (f64, f64, f64) {
     }
     let (p50, p99) = percentiles(samples);
     (p50, p99, first_us)
+}
+
+fn mint(alg: tollgate_mint::Algorithm) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tollgate_mint::AccessKeys::load_or_create(dir.path(), alg).unwrap();
+    let arguments = json!({"customer_id": "42", "amount": 40, "note": "order 1234 arrived broken"});
+    let resources = vec!["customer:42".to_owned()];
+    let call = tollgate_mint::CallCredential {
+        issuer_base: "https://tollgate.example",
+        subject: "ada",
+        client_id: "support-bot",
+        audience: "https://payments.example",
+        session: "17",
+        tool: "payments.refund",
+        class: ActionClass::Payment,
+        resources: &resources,
+        arguments: &arguments,
+        decision_id: "d-1",
+        grant_id: Some("g-00000000000000000000aaaa"),
+        approval_id: None,
+        now: 1_795_773_600,
+        lifetime_secs: 60,
+    };
+    let mut samples = Vec::with_capacity(20_000);
+    for i in 0..21_000 {
+        let started = Instant::now();
+        let minted = keys.mint(&call).unwrap();
+        let elapsed = started.elapsed().as_secs_f64() * 1e6;
+        assert!(!minted.token.is_empty());
+        if i >= 1000 {
+            samples.push(elapsed);
+        }
+    }
+    percentiles(samples)
 }

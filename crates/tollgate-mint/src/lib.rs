@@ -1,12 +1,18 @@
-//! Tollgate's key material: the grant-signing key kept in the state folder, grant tokens signed
-//! and verified, and the revocation list. Nothing else in Tollgate holds a private key.
+//! Tollgate's key material: the grant-signing key and the per-call signing keys kept in the
+//! state folder, grant tokens, per-call access tokens and their verifier, and the revocation
+//! list. Nothing else in Tollgate holds a private key.
 
+pub mod access;
 pub mod err;
+pub mod jcs;
 pub mod keys;
 pub mod revocation;
 pub mod token;
+pub mod verify;
 
+pub use access::{AccessKeys, Algorithm, CallCredential, Minted, TrustPath};
 pub use err::MintError;
 pub use keys::{GrantSigner, GrantVerifier};
 pub use revocation::{RevocationList, revoke};
-pub use token::{TokenError, new_grant_id};
+pub use token::{TokenError, new_grant_id, new_id};
+pub use verify::{Presented, Verifier, VerifierConfig, VerifyError};

@@ -105,10 +105,19 @@ pub(crate) fn verify(
 
 /// A fresh grant id from the OS random source.
 pub fn new_grant_id() -> Result<String, MintError> {
+    new_id("g")
+}
+
+/// `<prefix>-` and 24 random hex digits from the OS random source.
+pub fn new_id(prefix: &str) -> Result<String, MintError> {
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes).map_err(|e| MintError::Random(e.to_string()))?;
-    Ok(format!(
-        "g-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    let mut id = String::with_capacity(prefix.len() + 25);
+    id.push_str(prefix);
+    id.push('-');
+    for b in bytes {
+        use std::fmt::Write;
+        let _ = write!(id, "{b:02x}");
+    }
+    Ok(id)
 }

@@ -1,0 +1,335 @@
+//! Per-call credentials: one short-lived access token (RFC 9068 JWT, `typ: at+jwt`) for each
+//! allowed call, good for that one tool, action and set of resources and for the exact
+//! arguments it was decided on.
+//!
+//! Read, write, approve and revoke are separate trust paths: each has its own key and its own
+//! issuer, so a resource server that serves only reads trusts only the read path, and a token
+//! minted for a read can never be taken for a write.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tollgate_policy::ActionClass;
+
+use crate::err::MintError;
+
+/// A signature algorithm for per-call tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// ECDSA P-256 with SHA-256, the default: what most JOSE libraries verify.
+    #[serde(rename = "ES256")]
+    Es256,
+    /// Ed25519.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// A trust path: the keys and issuer one kind of call is signed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustPath {
+    Read,
+    Write,
+    Approve,
+    Revoke,
+}
+
+impl TrustPath {
+    pub const ALL: [Self; 4] = [Self::Read, Self::Write, Self::Approve, Self::Revoke];
+
+    /// The path a class of call is signed on. Everything that changes the world but is not
+    /// an approval or a revocation (write, egress, execute, payment, admin) takes the write
+    /// path: a resource server that accepts writes must see it is a write.
+    pub fn for_class(class: ActionClass) -> Self {
+        match class {
+            ActionClass::Read => Self::Read,
+            ActionClass::Approve => Self::Approve,
+            ActionClass::Revoke => Self::Revoke,
+            ActionClass::Write
+            | ActionClass::Egress
+            | ActionClass::Execute
+            | ActionClass::Payment
+            | ActionClass::Admin => Self::Write,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Approve => "approve",
+            Self::Revoke => "revoke",
+        }
+    }
+}
+
+enum Pair {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
+/// One signing key: its algorithm, its RFC 7638 thumbprint as `kid`, and its public JWK.
+pub struct AccessKey {
+    pair: Pair,
+    kid: String,
+    jwk: Value,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccessKey {
+    fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<Self, &'static str> {
+        let (pair, public) = match alg {
+            Algorithm::Es256 => {
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                    .map_err(|_| "not a P-256 PKCS#8 key")?;
+                // An uncompressed point: 0x04, then x and y.
+                let point = pair.public_key().as_ref().to_vec();
+                let (x, y) = match point.as_slice() {
+                    [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+                    _ => return Err("an unexpected public key encoding"),
+                };
+                let jwk = json!({"crv": "P-256", "kty": "EC", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)});
+                (Pair::Es256(pair), jwk)
+            }
+            Algorithm::EdDsa => {
+                let pair =
+                    Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| "not an Ed25519 PKCS#8 key")?;
+                let jwk = json!({"crv": "Ed25519", "kty": "OKP", "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())});
+                (Pair::EdDsa(pair), jwk)
+            }
+        };
+        // RFC 7638: the required members in lexicographic order, no whitespace.
+        let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(crate::jcs::canonical(&public).as_bytes()));
+        let mut jwk = public;
+        if let Some(members) = jwk.as_object_mut() {
+            members.insert("kid".into(), Value::String(kid.clone()));
+            members.insert("alg".into(), Value::String(alg.as_str().into()));
+            members.insert("use".into(), Value::String("sig".into()));
+        }
+        Ok(Self {
+            pair,
+            kid,
+            jwk,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    fn generate(alg: Algorithm) -> Result<Vec<u8>, MintError> {
+        let rng = SystemRandom::new();
+        let document = match alg {
+            Algorithm::Es256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| MintError::Random("P-256 key generation failed".into()))?
+                    .as_ref()
+                    .to_vec()
+            }
+            Algorithm::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| MintError::Random("Ed25519 key generation failed".into()))?
+                .as_ref()
+                .to_vec(),
+        };
+        Ok(document)
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self.pair {
+            Pair::Es256(_) => Algorithm::Es256,
+            Pair::EdDsa(_) => Algorithm::EdDsa,
+        }
+    }
+
+    /// The public JWK with `kid`, `alg` and `use`.
+    pub fn jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    fn sign(&self, input: &[u8]) -> Result<Vec<u8>, MintError> {
+        match &self.pair {
+            Pair::Es256(pair) => pair
+                .sign(&self.rng, input)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| MintError::Random("ES256 signing failed".into())),
+            Pair::EdDsa(pair) => Ok(pair.sign(input).as_ref().to_vec()),
+        }
+    }
+}
+
+/// The signing key of every trust path, kept in `<state>/access/`.
+#[derive(Debug)]
+pub struct AccessKeys {
+    keys: BTreeMap<TrustPath, AccessKey>,
+}
+
+impl AccessKeys {
+    /// Loads each path's key from `state_dir`, making those that are missing.
+    pub fn load_or_create(state_dir: &Path, alg: Algorithm) -> Result<Self, MintError> {
+        let dir = state_dir.join("access");
+        fs::create_dir_all(&dir).map_err(MintError::io(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(MintError::io(&dir))?;
+        let mut keys = BTreeMap::new();
+        for path in TrustPath::ALL {
+            let file = dir.join(format!("{}.{}.pk8", path.as_str(), alg.as_str()));
+            if !file.exists() {
+                let document = AccessKey::generate(alg)?;
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&file)
+                    .map_err(MintError::io(&file))?;
+                out.write_all(&document).map_err(MintError::io(&file))?;
+                out.sync_all().map_err(MintError::io(&file))?;
+            }
+            let meta = fs::metadata(&file).map_err(MintError::io(&file))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(MintError::Exposed { path: file });
+            }
+            let document = fs::read(&file).map_err(MintError::io(&file))?;
+            let key = AccessKey::from_pkcs8(alg, &document)
+                .map_err(|reason| MintError::BadKey { path: file, reason })?;
+            keys.insert(path, key);
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn key(&self, path: TrustPath) -> Option<&AccessKey> {
+        self.keys.get(&path)
+    }
+
+    /// The JWKS (RFC 7517) resource servers fetch: every path's public key.
+    pub fn jwks(&self) -> Value {
+        json!({"keys": self.keys.values().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+    }
+}
+
+/// What one allowed call is minted for.
+#[derive(Debug, Clone)]
+pub struct CallCredential<'a> {
+    /// `<base>/<path>` is the issuer.
+    pub issuer_base: &'a str,
+    /// The user (or, when there is none, the agent) the session acts for.
+    pub subject: &'a str,
+    /// The agent.
+    pub client_id: &'a str,
+    /// Exactly one downstream audience.
+    pub audience: &'a str,
+    pub session: &'a str,
+    pub tool: &'a str,
+    pub class: ActionClass,
+    /// The bound resources, as `kind:value`.
+    pub resources: &'a [String],
+    /// The arguments, as the upstream receives them.
+    pub arguments: &'a Value,
+    pub decision_id: &'a str,
+    pub grant_id: Option<&'a str>,
+    pub approval_id: Option<&'a str>,
+    pub now: i64,
+    pub lifetime_secs: i64,
+}
+
+/// A minted token and what the audit record keeps of it (never the token).
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub token: String,
+    pub jti: String,
+    pub kid: String,
+    pub aud: String,
+    pub exp: i64,
+}
+
+/// The `type` of the one `authorization_details` entry.
+pub const DETAILS_TYPE: &str = "tollgate_tool_call";
+/// The longest a per-call token may live.
+pub const MAX_LIFETIME_SECS: i64 = 300;
+
+impl AccessKeys {
+    /// Mints the token for one allowed call.
+    pub fn mint(&self, call: &CallCredential<'_>) -> Result<Minted, MintError> {
+        let path = TrustPath::for_class(call.class);
+        let key = self
+            .key(path)
+            .ok_or_else(|| MintError::Random("no key for the trust path".into()))?;
+        let jti = crate::token::new_id("t")?;
+        let exp = call.now + call.lifetime_secs.clamp(1, MAX_LIFETIME_SECS);
+        let mut details = json!({
+            "type": DETAILS_TYPE,
+            "tool": call.tool,
+            "action": call.class.as_str(),
+            "resources": call.resources,
+            "arguments_sha256": crate::jcs::digest(call.arguments),
+            "decision_id": call.decision_id,
+        });
+        if let Some(members) = details.as_object_mut() {
+            if let Some(grant) = call.grant_id {
+                members.insert("grant_id".into(), Value::String(grant.into()));
+            }
+            if let Some(approval) = call.approval_id {
+                members.insert("approval_id".into(), Value::String(approval.into()));
+            }
+        }
+        let claims = json!({
+            "iss": format!("{}/{}", call.issuer_base.trim_end_matches('/'), path.as_str()),
+            "sub": call.subject,
+            "client_id": call.client_id,
+            "aud": call.audience,
+            "iat": call.now,
+            "nbf": call.now,
+            "exp": exp,
+            "jti": jti,
+            "sid": call.session,
+            // RFC 8693: Tollgate acts now, on behalf of the agent before it.
+            "act": {"sub": "tollgate", "act": {"sub": call.client_id}},
+            "scope": format!("tools:{}", call.class.as_str()),
+            "authorization_details": [details],
+        });
+        let header = json!({"alg": key.algorithm().as_str(), "typ": "at+jwt", "kid": key.kid()});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = key.sign(input.as_bytes())?;
+        Ok(Minted {
+            token: format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)),
+            jti,
+            kid: key.kid().to_owned(),
+            aud: call.audience.to_owned(),
+            exp,
+        })
+    }
+}
