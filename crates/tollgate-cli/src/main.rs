@@ -189,6 +189,24 @@ async fn run(
         Some(guard) => Proxy::start_with(config, guard.clone()).await,
         None => Proxy::start(config).await,
     };
+    let mut admin = None;
+    if let Some(admin_config) = proxy.config().admin.clone() {
+        match &guard {
+            Some(guard) => {
+                let server = tollgate_proxy::admin::serve(
+                    admin_config.listen,
+                    guard.clone(),
+                    proxy.shutdown_token(),
+                )
+                .await?;
+                tracing::info!(url = %format!("http://{}/.well-known/jwks.json", server.local_addr), "serving the admin endpoint");
+                admin = Some(server);
+            }
+            None => tracing::warn!(
+                "the admin endpoint is not served in allow-all mode: no credentials are minted"
+            ),
+        }
+    }
     if let Some(guard) = &guard {
         tracing::info!(version = %guard.version(), "policy pack deciding");
         tokio::spawn(tollgate_proxy::guard::watch(
@@ -231,7 +249,7 @@ async fn run(
         tracing::info!("shutting down");
     }
     proxy.shutdown().await;
-    if let Some(server) = http {
+    for server in [http, admin].into_iter().flatten() {
         let _ = server.task.await;
     }
     Ok(())

@@ -27,6 +27,45 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub policy: PolicyConfig,
     pub grants: GrantsConfig,
+    pub mint: MintConfig,
+    pub admin: Option<AdminConfig>,
+}
+
+/// How per-call credentials are minted.
+#[derive(Debug, Clone)]
+pub struct MintConfig {
+    /// Tokens are issued by `<issuer>/<trust path>` (`…/read`, `…/write`, …).
+    pub issuer: String,
+    pub algorithm: tollgate_mint::Algorithm,
+}
+
+impl Default for MintConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "https://tollgate.invalid".to_owned(),
+            algorithm: tollgate_mint::Algorithm::Es256,
+        }
+    }
+}
+
+/// The admin HTTP endpoint: JWKS and metadata for resource servers.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// What an allowed call to an upstream carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CredentialConfig {
+    /// Nothing: the upstream trusts Tollgate by where it runs.
+    #[default]
+    None,
+    /// A token minted for this one call (`Authorization: Bearer` to an HTTP upstream, `_meta`
+    /// `io.tollgate/credential` to a stdio one).
+    Mint {
+        audience: String,
+        lifetime_secs: i64,
+    },
 }
 
 /// How tool calls are decided.
@@ -141,6 +180,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// What each allowed call carries to this upstream.
+    pub credential: CredentialConfig,
     /// The folder the upstream's relative paths resolve against, for resource binding.
     pub root: Option<String>,
     pub transport: UpstreamTransport,
@@ -234,6 +275,35 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     grants: RawGrants,
+    #[serde(default)]
+    mint: RawMint,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMint {
+    issuer: Option<String>,
+    algorithm: Option<tollgate_mint::Algorithm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    /// The endpoint listens on loopback only unless this names the exception.
+    #[serde(default)]
+    allow_remote: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "mode", rename_all = "kebab-case")]
+enum RawCredential {
+    None,
+    Mint {
+        audience: String,
+        lifetime_secs: Option<i64>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +380,7 @@ struct RawLimits {
 struct RawUpstream {
     name: String,
     root: Option<String>,
+    credential: Option<RawCredential>,
     command: Option<String>,
     #[serde(default)]
     args: Vec<String>,
@@ -391,8 +462,11 @@ impl Config {
             limits: Limits::default(),
             policy: PolicyConfig::default(),
             grants: GrantsConfig::default(),
+            mint: MintConfig::default(),
+            admin: None,
             upstreams: vec![UpstreamConfig {
                 name,
+                credential: CredentialConfig::None,
                 root: None,
                 transport: UpstreamTransport::Stdio {
                     command,
@@ -675,8 +749,37 @@ impl RawConfig {
                     format!("an absolute folder such as `/srv/app`, not `{root}`"),
                 ));
             }
+            let credential = match raw.credential {
+                None | Some(RawCredential::None) => CredentialConfig::None,
+                Some(RawCredential::Mint {
+                    audience,
+                    lifetime_secs,
+                }) => {
+                    if audience.trim().is_empty() {
+                        return Err(ConfigError::invalid(
+                            key("credential.audience"),
+                            "the one audience the upstream accepts, such as `https://payments.example`",
+                        ));
+                    }
+                    let lifetime_secs = lifetime_secs.unwrap_or(60);
+                    if !(1..=tollgate_mint::access::MAX_LIFETIME_SECS).contains(&lifetime_secs) {
+                        return Err(ConfigError::invalid(
+                            key("credential.lifetime_secs"),
+                            format!(
+                                "a lifetime from 1 to {} seconds",
+                                tollgate_mint::access::MAX_LIFETIME_SECS
+                            ),
+                        ));
+                    }
+                    CredentialConfig::Mint {
+                        audience,
+                        lifetime_secs,
+                    }
+                }
+            };
             upstreams.push(UpstreamConfig {
                 name: raw.name,
+                credential,
                 root: raw.root,
                 transport,
                 protocol: raw.protocol,
@@ -698,6 +801,48 @@ impl RawConfig {
             limits,
             upstreams,
             policy: self.policy.validate()?,
+            mint: MintConfig {
+                issuer: match self.mint.issuer {
+                    None => MintConfig::default().issuer,
+                    Some(issuer)
+                        if reqwest::Url::parse(&issuer)
+                            .is_ok_and(|u| matches!(u.scheme(), "https" | "http")) =>
+                    {
+                        issuer.trim_end_matches('/').to_owned()
+                    }
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            "mint.issuer",
+                            format!("an http(s) URL naming this Tollgate, not `{other}`"),
+                        ));
+                    }
+                },
+                algorithm: self
+                    .mint
+                    .algorithm
+                    .unwrap_or(tollgate_mint::Algorithm::Es256),
+            },
+            admin: match self.admin {
+                None => None,
+                Some(raw) => {
+                    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+                        ConfigError::invalid(
+                            "admin.listen",
+                            format!(
+                                "a socket address such as `127.0.0.1:9090`, not `{}`",
+                                raw.listen
+                            ),
+                        )
+                    })?;
+                    if !listen.ip().is_loopback() && !raw.allow_remote {
+                        return Err(ConfigError::invalid(
+                            "admin.listen",
+                            "a loopback address, or `allow_remote = true` to listen elsewhere",
+                        ));
+                    }
+                    Some(AdminConfig { listen })
+                }
+            },
             grants: GrantsConfig {
                 state_dir: self
                     .grants

@@ -412,8 +412,8 @@ impl FastPath {
             caller: &job.caller,
             facts: Some(&job.facts),
         };
-        match crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
-            Screened::Forward => {}
+        let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
+            Screened::Forward(credential) => credential,
             Screened::Answer(result) => {
                 let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());
                 return Some(
@@ -443,7 +443,7 @@ impl FastPath {
                     &error.message,
                 ));
             }
-        }
+        };
 
         let agent_progress = job.meta.get_progress_token();
         let agent_token = agent_progress
@@ -461,7 +461,17 @@ impl FastPath {
             Lane::Http(lane) => (lane.next_call(), None),
         };
         let upstream_token = format!("{RAW_PREFIX}{n}");
-        let request = upstream_request(job, &upstream_token, agent_progress.is_some());
+        // A stdio upstream finds the credential in `_meta`; an HTTP one in its header.
+        let (meta_credential, bearer) = match &job.lane {
+            Lane::Stdio(_) => (credential, None),
+            Lane::Http(_) => (None, credential),
+        };
+        let request = upstream_request(
+            job,
+            &upstream_token,
+            agent_progress.is_some(),
+            meta_credential.as_ref(),
+        );
 
         // Server→client requests the upstream sends meanwhile find this session through the
         // same in-flight table as rmcp-path calls.
@@ -514,7 +524,7 @@ impl FastPath {
                         upstream_token: upstream_token.clone(),
                         cancel: job.cancel.clone(),
                     };
-                    lane.call(request, &upstream_token, move |message| {
+                    lane.call(request, &upstream_token, bearer.as_ref(), move |message| {
                         side.handle(message)
                     })
                     .await
@@ -611,8 +621,19 @@ impl FastPath {
 /// The upstream request line: the upstream's tool name, the agent's arguments as they came,
 /// and the agent's `_meta` minus the hop's fields, with Tollgate's progress token if the agent
 /// asked for progress.
-fn upstream_request(job: &Job, upstream_token: &str, wants_progress: bool) -> Vec<u8> {
+fn upstream_request(
+    job: &Job,
+    upstream_token: &str,
+    wants_progress: bool,
+    credential: Option<&crate::intercept::Credential>,
+) -> Vec<u8> {
     let mut meta = crate::relay::forwardable_meta(&job.meta).unwrap_or_default();
+    if let Some(credential) = credential {
+        meta.0.0.insert(
+            crate::intercept::CREDENTIAL_META_KEY.to_owned(),
+            Value::String(credential.expose().to_owned()),
+        );
+    }
     if wants_progress {
         meta.0.0.insert(
             "progressToken".to_owned(),

@@ -21,9 +21,11 @@ use tollgate_policy::{
 };
 use tracing::{info, warn};
 
+use tollgate_mint::{AccessKeys, CallCredential, Minted};
+
 use crate::{
-    config::{Config, PolicyMode},
-    intercept::{Caller, Interceptor, Outcome, ToolCall, Verdict},
+    config::{Config, CredentialConfig, PolicyMode},
+    intercept::{Caller, Credential, Interceptor, Outcome, ToolCall, Verdict},
     pack_files,
     session::SessionId,
 };
@@ -48,6 +50,8 @@ pub enum GuardError {
     },
     #[error("policy pack `{name}` fails `policy check`:\n{}", .findings.join("\n"))]
     Check { name: String, findings: Vec<String> },
+    #[error("per-call credentials cannot be minted: {0}")]
+    Mint(#[from] tollgate_mint::MintError),
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +85,11 @@ pub struct PolicyGuard {
     grants: Mutex<HashMap<Arc<str>, Checked>>,
     sessions: Mutex<HashMap<SessionId, SessionRecord>>,
     usage: Mutex<Usage>,
+    /// The per-call signing keys, when some upstream takes minted credentials.
+    minter: Option<AccessKeys>,
+    issuer: String,
+    /// What each upstream's allowed calls carry, by upstream name.
+    credentials: HashMap<String, CredentialConfig>,
 }
 
 impl std::fmt::Debug for PolicyGuard {
@@ -121,7 +130,26 @@ impl PolicyGuard {
             warn!(error = %e, "grants cannot be checked; every grant is refused");
         }
         info!(version = pack.version(), "policy pack loaded");
+        let credentials: HashMap<String, CredentialConfig> = config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.credential.clone()))
+            .collect();
+        let minter = if credentials
+            .values()
+            .any(|c| matches!(c, CredentialConfig::Mint { .. }))
+        {
+            Some(AccessKeys::load_or_create(
+                &config.grants.state_dir,
+                config.mint.algorithm,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
+            minter,
+            issuer: config.mint.issuer.clone(),
+            credentials,
             pack: RwLock::new(Arc::new(pack)),
             pack_dir,
             extra_tools: config.policy.tools.clone(),
@@ -166,6 +194,18 @@ impl PolicyGuard {
             info!(from = previous.version(), to = %version, "policy pack reloaded");
         }
         Ok(version)
+    }
+
+    /// The JWKS of the per-call signing keys (empty when no upstream takes minted credentials).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.minter
+            .as_ref()
+            .map_or_else(|| serde_json::json!({"keys": []}), AccessKeys::jwks)
+    }
+
+    /// The base every trust path's issuer is named from.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     /// Where the pack is read from, when it is not the embedded default.
@@ -350,6 +390,57 @@ impl PolicyGuard {
     }
 }
 
+impl PolicyGuard {
+    /// The credential an allowed call carries to its upstream, if the upstream takes one.
+    /// `Err` when one is needed and cannot be made: the call is then denied.
+    fn credential(
+        &self,
+        call: &ToolCall<'_>,
+        grant: Option<&Grant>,
+        decision: &Decision,
+        decision_id: &str,
+        now: i64,
+    ) -> Result<Option<Minted>, String> {
+        let Some(CredentialConfig::Mint {
+            audience,
+            lifetime_secs,
+        }) = self.credentials.get(call.upstream)
+        else {
+            return Ok(None);
+        };
+        let minter = self
+            .minter
+            .as_ref()
+            .ok_or_else(|| "no signing keys are loaded".to_owned())?;
+        let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
+        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
+        let agent = grant.and_then(|g| g.agent.as_deref()).unwrap_or("agent");
+        let subject = grant
+            .and_then(|g| g.user.as_deref().or(g.agent.as_deref()))
+            .unwrap_or("anonymous");
+        let session = call.session.to_string();
+        minter
+            .mint(&CallCredential {
+                issuer_base: &self.issuer,
+                subject,
+                client_id: agent,
+                audience,
+                session: &session,
+                tool: call.tool,
+                class: decision.class,
+                resources: &resources,
+                arguments: &arguments,
+                decision_id,
+                grant_id: grant.map(|g| g.id.as_str()),
+                approval_id: None,
+                now,
+                lifetime_secs: *lifetime_secs,
+            })
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn load(
     dir: Option<&std::path::Path>,
     tools: &[tollgate_policy::EntryConfig],
@@ -417,12 +508,28 @@ impl Interceptor for PolicyGuard {
         if let (Some(grant), Effect::Allow) = (grant, decision.effect) {
             self.charge(grant, &mut decision);
         }
+        let decision_id = tollgate_mint::new_id("d").unwrap_or_else(|_| "d-unavailable".to_owned());
+        let mut minted = None;
+        if decision.is_allow() {
+            match self.credential(call, grant, &decision, &decision_id, now) {
+                Ok(credential) => minted = credential,
+                Err(detail) => {
+                    warn!(tool = call.exposed_name, %detail, "no credential could be minted; denied");
+                    decision.effect = Effect::Deny;
+                    decision.policies = vec!["tollgate:mint".to_owned()];
+                    decision.reasons = vec![
+                        "a credential for this call could not be made; it is denied".to_owned(),
+                    ];
+                }
+            }
+        }
         self.record(call.session, now, &decision);
         // A denial is news for the operator; an allowed call is the normal case, logged at
         // debug level (at info, formatting and writing it cost more than the decision).
         macro_rules! decision_event {
             ($level:ident) => {
                 tracing::$level!(
+                    decision_id = %decision_id,
                     session = call.session,
                     tool = call.exposed_name,
                     grant = grant.map_or("anonymous", |g| g.id.as_str()),
@@ -430,6 +537,11 @@ impl Interceptor for PolicyGuard {
                     policies = ?decision.policies,
                     version = %decision.version,
                     justification = ?justification,
+                    // What the audit keeps of a minted credential: never the token.
+                    jti = minted.as_ref().map(|m| m.jti.as_str()),
+                    kid = minted.as_ref().map(|m| m.kid.as_str()),
+                    aud = minted.as_ref().map(|m| m.aud.as_str()),
+                    exp = minted.as_ref().map(|m| m.exp),
                     "decision"
                 )
             };
@@ -443,7 +555,10 @@ impl Interceptor for PolicyGuard {
             warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
         }
         match decision.effect {
-            Effect::Allow => Verdict::Forward,
+            Effect::Allow => match minted {
+                Some(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
+                None => Verdict::Forward,
+            },
             Effect::Deny => Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text()))),
             // The approval gate is not built yet: such a call cannot go ahead.
             Effect::NeedsApproval => Verdict::Refuse(refusal(format!(

@@ -87,11 +87,37 @@ pub struct ToolCall<'a> {
     pub facts: Option<&'a ToolFacts>,
 }
 
+/// The `_meta` key a stdio upstream finds its per-call credential under. Over HTTP the
+/// credential travels as `Authorization: Bearer` instead and this key is removed.
+pub const CREDENTIAL_META_KEY: &str = "io.tollgate/credential";
+
+/// A credential for one forwarded call. Never printed, never shown to the agent.
+#[derive(Clone)]
+pub struct Credential(Arc<str>);
+
+impl Credential {
+    pub fn new(token: impl Into<Arc<str>>) -> Self {
+        Self(token.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(***)")
+    }
+}
+
 /// What happens to a call before it is forwarded.
 #[derive(Debug)]
 pub enum Verdict {
     /// Forward the call to its upstream.
     Forward,
+    /// Forward the call carrying this credential.
+    ForwardWith(Credential),
     /// Answer the agent with this result and forward nothing.
     Refuse(CallToolResult),
     /// Answer as if the tool did not exist: this session may never call it.
@@ -148,7 +174,11 @@ pub(crate) fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Scre
     match interceptor.before_call(call) {
         Verdict::Forward => {
             span.record("verdict", "forward");
-            Screened::Forward
+            Screened::Forward(None)
+        }
+        Verdict::ForwardWith(credential) => {
+            span.record("verdict", "forward");
+            Screened::Forward(Some(credential))
         }
         Verdict::Refuse(result) => {
             span.record("verdict", "refuse");
@@ -174,7 +204,7 @@ pub(crate) fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Scre
 /// What the relay does with a screened call.
 #[derive(Debug)]
 pub(crate) enum Screened {
-    Forward,
+    Forward(Option<Credential>),
     Answer(CallToolResult),
     /// Answer as to an unknown tool.
     Unknown,

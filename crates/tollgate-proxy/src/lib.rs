@@ -2,6 +2,7 @@
 //! servers (child processes, streamable HTTP), the merged catalog, the session table, and the
 //! one interception point every `tools/call` passes.
 
+pub mod admin;
 pub mod config;
 mod error;
 mod fast;

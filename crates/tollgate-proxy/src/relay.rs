@@ -83,10 +83,12 @@ pub(crate) fn forwardable_meta(meta: &RequestMetaObject) -> Option<RequestMetaOb
     let mut out = RequestMetaObject::new();
     for (key, value) in meta.0.0.iter() {
         // `tollgate/…` is what the agent tells Tollgate (its justification); it is recorded
-        // here and is no business of the tool's.
+        // here and is no business of the tool's. `io.tollgate/…` is Tollgate's own to the
+        // tool (the per-call credential): an agent cannot put one there.
         if key == "progressToken"
             || key.starts_with("io.modelcontextprotocol/")
             || key.starts_with("tollgate/")
+            || key.starts_with("io.tollgate/")
         {
             continue;
         }
@@ -241,8 +243,8 @@ impl AgentSession {
                 facts: merged.facts.get(params.name.as_ref()).map(AsRef::as_ref),
             };
             let span = tracing::Span::current();
-            match crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
-                Screened::Forward => {}
+            let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
+                Screened::Forward(credential) => credential,
                 Screened::Answer(result) => return Ok(CallToolResponse::Complete(result)),
                 Screened::Unknown => {
                     return Err(ProxyError::UnknownTool {
@@ -253,11 +255,22 @@ impl AgentSession {
                 Screened::Rejected(reason) => {
                     return Err(ProxyError::GrantRefused { reason }.into_mcp());
                 }
-            }
+            };
 
             let mut upstream_params = CallToolRequestParams::new(route.name.clone());
             upstream_params.arguments = params.arguments.clone();
             upstream_params.meta = forwardable_meta(&context.meta);
+            if let Some(credential) = credential {
+                upstream_params
+                    .meta
+                    .get_or_insert_with(RequestMetaObject::new)
+                    .0
+                    .0
+                    .insert(
+                        crate::intercept::CREDENTIAL_META_KEY.to_owned(),
+                        serde_json::Value::String(credential.expose().to_owned()),
+                    );
+            }
             upstream_params.input_responses = params.input_responses.clone();
             upstream_params.request_state = params.request_state.clone();
 

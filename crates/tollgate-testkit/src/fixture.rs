@@ -116,6 +116,11 @@ fn tools(redefined: bool, bulk: usize, prefix: &str) -> Result<Vec<Tool>, McpErr
         tool("pid", "Return the server's process id", no_args()),
         tool("whoami", "Return the server's name", no_args()),
         tool(
+            "meta",
+            "Return the `_meta` this call arrived with, as JSON (what reached the tool)",
+            no_args(),
+        ),
+        tool(
             "redefine",
             "Change the echo tool's definition and announce list_changed",
             no_args(),
@@ -395,6 +400,15 @@ impl Fixture {
             }
             "pid" => text(std::process::id().to_string()),
             "whoami" => text(self.name.clone()),
+            "meta" => text(
+                self.state
+                    .last_meta
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
             "redefine" => {
                 self.state.redefined.store(true, Ordering::SeqCst);
                 let _ = ctx.peer.notify_tool_list_changed().await;

@@ -19,7 +19,7 @@ use rmcp::{
 };
 use sse_stream::Sse;
 
-use crate::ProxyError;
+use crate::{ProxyError, intercept::Credential};
 
 /// The session id rmcp's client uses with an upstream, as it goes by.
 #[derive(Debug, Clone, Default)]
@@ -75,17 +75,35 @@ impl SessionTap {
     }
 }
 
+/// Moves a call's per-call credential from its `_meta` (where the relay put it) to the
+/// request's `Authorization` header: an HTTP upstream gets it as a bearer token, not in the body.
+fn take_credential(message: &mut ClientJsonRpcMessage) -> Option<String> {
+    let rmcp::model::JsonRpcMessage::Request(request) = message else {
+        return None;
+    };
+    let rmcp::model::ClientRequest::CallToolRequest(call) = &mut request.request else {
+        return None;
+    };
+    let meta = call.params.meta.as_mut()?;
+    let token = meta.0.0.remove(crate::intercept::CREDENTIAL_META_KEY)?;
+    if meta.0.0.is_empty() {
+        call.params.meta = None;
+    }
+    token.as_str().map(str::to_owned)
+}
+
 impl StreamableHttpClient for SessionTap {
     type Error = reqwest::Error;
 
     async fn post_message(
         &self,
         uri: Arc<str>,
-        message: ClientJsonRpcMessage,
+        mut message: ClientJsonRpcMessage,
         session_id: Option<Arc<str>>,
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> PostResult {
+        let auth_header = take_credential(&mut message).or(auth_header);
         self.observe(
             session_id.clone(),
             self.inner
@@ -97,12 +115,13 @@ impl StreamableHttpClient for SessionTap {
     async fn post_message_with_max_sse_event_size(
         &self,
         uri: Arc<str>,
-        message: ClientJsonRpcMessage,
+        mut message: ClientJsonRpcMessage,
         session_id: Option<Arc<str>>,
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> PostResult {
+        let auth_header = take_credential(&mut message).or(auth_header);
         self.observe(
             session_id.clone(),
             self.inner.post_message_with_max_sse_event_size(
@@ -120,12 +139,13 @@ impl StreamableHttpClient for SessionTap {
     async fn post_message_with_response_limits(
         &self,
         uri: Arc<str>,
-        message: ClientJsonRpcMessage,
+        mut message: ClientJsonRpcMessage,
         session_id: Option<Arc<str>>,
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> PostResult {
+        let auth_header = take_credential(&mut message).or(auth_header);
         self.observe(
             session_id.clone(),
             self.inner.post_message_with_response_limits(
@@ -233,7 +253,7 @@ impl HttpLane {
         self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn post(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
+    fn post(&self, body: Vec<u8>, bearer: Option<&Credential>) -> reqwest::RequestBuilder {
         let mut request = self
             .client
             .post(&self.url)
@@ -244,6 +264,9 @@ impl HttpLane {
             .body(body);
         if let Some(session) = self.session.get() {
             request = request.header("mcp-session-id", session.as_ref());
+        }
+        if let Some(credential) = bearer {
+            request = request.bearer_auth(credential.expose());
         }
         request
     }
@@ -261,9 +284,10 @@ impl HttpLane {
         &self,
         body: Vec<u8>,
         id: &str,
+        bearer: Option<&Credential>,
         mut on_message: impl FnMut(&[u8]),
     ) -> Result<Vec<u8>, ProxyError> {
-        let response = self.post(body).send().await.map_err(|e| {
+        let response = self.post(body, bearer).send().await.map_err(|e| {
             if e.is_connect() {
                 ProxyError::UpstreamDown {
                     upstream: self.upstream.clone(),
@@ -318,7 +342,7 @@ impl HttpLane {
     /// POSTs a JSON-RPC response (to a server→client request) or a notification.
     pub(crate) async fn deliver(&self, body: Vec<u8>) -> Result<(), ProxyError> {
         let response = self
-            .post(body)
+            .post(body, None)
             .send()
             .await
             .map_err(|e| self.failed(format!("request failed: {}", e.without_url())))?;

@@ -1,0 +1,288 @@
+//! Per-call credentials end to end: an allowed call reaches its upstream carrying a token
+//! minted for that one call (a bearer header over HTTP, `_meta` over stdio), which verifies
+//! against the JWKS the admin endpoint publishes; the agent never holds one and cannot forge
+//! one.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use support::*;
+use tollgate_mint::{Algorithm, Presented, Verifier, VerifierConfig, VerifyError};
+use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
+use tollgate_testkit::fixture::{Fixture, FixtureState};
+
+const ISSUER: &str = "https://tollgate.test";
+
+struct Rig {
+    _tmp: tempfile::TempDir,
+    proxy: Proxy,
+    url: String,
+    admin: String,
+    headers: tollgate_testkit::HeaderLog,
+    token: String,
+    _stop: tokio_util::sync::CancellationToken,
+}
+
+async fn rig(algorithm: &str) -> Rig {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    std::fs::create_dir_all(&pack).unwrap();
+    std::fs::write(
+        pack.join("pack.toml"),
+        "purposes = [\"work\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("rules.cedar"),
+        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
+    )
+    .unwrap();
+    let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let grant = tollgate_policy::Grant {
+        id: tollgate_mint::new_grant_id().unwrap(),
+        iss: "tollgate".into(),
+        iat: now,
+        exp: now + 600,
+        chain: Vec::new(),
+        purpose: "work".into(),
+        task: "test credentials".into(),
+        agent: Some("test-agent".into()),
+        user: Some("ada".into()),
+        resources: Default::default(),
+        actions: [tollgate_policy::ActionClass::Read].into(),
+        tools: ["*".to_owned()].into(),
+        constraints: Vec::new(),
+        limits: Vec::new(),
+    };
+    let token = signer.sign(&grant).unwrap();
+
+    let headers = tollgate_testkit::HeaderLog::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let fixture_state = Arc::new(FixtureState::default());
+    let addr = tollgate_testkit::serve_http_recording(
+        loopback(),
+        move || Fixture::new("fx".to_owned(), fixture_state.clone()),
+        stop.clone(),
+        Some(headers.clone()),
+    )
+    .await
+    .unwrap();
+    let config = Config::parse(&format!(
+        r#"
+[front.http]
+listen = "127.0.0.1:0"
+[policy]
+pack = "{pack}"
+[grants]
+state_dir = "{state}"
+[mint]
+issuer = "{ISSUER}"
+algorithm = "{algorithm}"
+[[upstream]]
+name = "fx"
+url = "http://{addr}/mcp"
+credential = {{ mode = "mint", audience = "https://fx.test", lifetime_secs = 30 }}
+[[upstream]]
+name = "st"
+command = "{fixture}"
+args = ["stdio", "st"]
+credential = {{ mode = "mint", audience = "https://st.test" }}
+"#,
+        pack = pack.display(),
+        state = state.display(),
+        fixture = fixture_bin().display(),
+    ))
+    .unwrap();
+    let front = config.fronts.http.clone().unwrap();
+    let guard = Arc::new(PolicyGuard::new(&config).unwrap());
+    let proxy = Proxy::start_with(config, guard.clone()).await;
+    let server = proxy.serve_http(&front).await.unwrap();
+    let admin = tollgate_proxy::admin::serve(loopback(), guard, proxy.shutdown_token())
+        .await
+        .unwrap();
+    Rig {
+        _tmp: tmp,
+        proxy,
+        url: format!("http://{}/mcp", server.local_addr),
+        admin: format!("http://{}", admin.local_addr),
+        headers,
+        token,
+        _stop: stop,
+    }
+}
+
+async fn verifier(rig: &Rig, audience: &str, path: &str, algorithm: Algorithm) -> Verifier {
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", rig.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 4, "{jwks}");
+    Verifier::new(
+        VerifierConfig {
+            issuer: format!("{ISSUER}/{path}"),
+            audience: audience.into(),
+            algorithms: vec![algorithm],
+            leeway_secs: 5,
+        },
+        &jwks,
+    )
+}
+
+fn bearer_of_last_call(rig: &Rig) -> String {
+    let log = rig.headers.lock().unwrap();
+    let auth = log
+        .iter()
+        .rev()
+        .find_map(|h| h.get("authorization"))
+        .expect("the upstream received an Authorization header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    auth.strip_prefix("Bearer ").unwrap().to_owned()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn an_http_upstream_receives_a_token_for_exactly_that_call_on_both_paths() {
+    for (alg, name) in [(Algorithm::Es256, "ES256"), (Algorithm::EdDsa, "EdDSA")] {
+        let rig = rig(name).await;
+        let v = verifier(&rig, "https://fx.test", "read", alg).await;
+
+        // A 2025-11-25 session: the fast path's raw POST.
+        let legacy = {
+            use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+            use rmcp::{ServiceExt, transport::StreamableHttpClientTransport};
+            ().serve(StreamableHttpClientTransport::from_config(
+                StreamableHttpClientTransportConfig::with_uri(rig.url.as_str())
+                    .auth_header(rig.token.clone()),
+            ))
+            .await
+            .unwrap()
+        };
+        let r = legacy
+            .call_tool(call("fx.echo", json!({"text": "one"})))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&r), "one");
+        let token = bearer_of_last_call(&rig);
+        assert_ne!(token, rig.token, "the grant itself never leaves Tollgate");
+        let claims = v
+            .verify(
+                &token,
+                now(),
+                &Presented {
+                    tool: "echo",
+                    arguments: &json!({"text": "one"}),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.client_id.as_str()),
+            ("ada", "test-agent")
+        );
+        assert!(claims.exp - claims.iat == 30);
+        assert!(!serde_json::to_string(&r).unwrap().contains(&token));
+        // The same token again, as a replaying attacker would send it: refused.
+        assert_eq!(
+            v.verify(
+                &token,
+                now(),
+                &Presented {
+                    tool: "echo",
+                    arguments: &json!({"text": "one"})
+                }
+            ),
+            Err(VerifyError::Replayed)
+        );
+        legacy.cancel().await.unwrap();
+
+        // A 2026-07-28 agent: rmcp's typed path, the credential moved to the header.
+        let modern = agent_modern_with(&rig.url, TestAgent::new("m"), Some(&rig.token)).await;
+        let r = modern
+            .call_tool(call("fx.echo", json!({"text": "two"})))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&r), "two");
+        let token = bearer_of_last_call(&rig);
+        v.verify(
+            &token,
+            now(),
+            &Presented {
+                tool: "echo",
+                arguments: &json!({"text": "two"}),
+            },
+        )
+        .unwrap();
+        // Presented for other arguments, it is refused.
+        let second = {
+            modern
+                .call_tool(call("fx.echo", json!({"text": "three"})))
+                .await
+                .unwrap();
+            bearer_of_last_call(&rig)
+        };
+        assert_eq!(
+            v.verify(
+                &second,
+                now(),
+                &Presented {
+                    tool: "echo",
+                    arguments: &json!({"text": "four"})
+                }
+            ),
+            Err(VerifyError::Mismatch("arguments"))
+        );
+        modern.cancel().await.unwrap();
+        rig.proxy.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stdio_upstream_finds_its_token_in_meta_and_an_agent_cannot_plant_one() {
+    let rig = rig("ES256").await;
+    let v = verifier(&rig, "https://st.test", "read", Algorithm::Es256).await;
+    let agent = agent_modern_with(&rig.url, TestAgent::new("m"), Some(&rig.token)).await;
+    let mut request = call("st.meta", json!({}));
+    let mut planted = rmcp::model::RequestMetaObject::new();
+    planted.0.insert(
+        "io.tollgate/credential".into(),
+        json!("forged-by-the-agent"),
+    );
+    request.meta = Some(planted);
+    let seen: Value =
+        serde_json::from_str(&text_of(&agent.call_tool(request).await.unwrap())).unwrap();
+    let token = seen["io.tollgate/credential"].as_str().unwrap();
+    assert_ne!(token, "forged-by-the-agent");
+    v.verify(
+        token,
+        now(),
+        &Presented {
+            tool: "meta",
+            arguments: &json!({}),
+        },
+    )
+    .unwrap();
+    agent.cancel().await.unwrap();
+    rig.proxy.shutdown().await;
+}
