@@ -47,25 +47,17 @@ async fn rig(algorithm: &str) -> Rig {
     )
     .unwrap();
     let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let grant = tollgate_policy::Grant {
-        id: tollgate_mint::new_grant_id().unwrap(),
-        iss: "tollgate".into(),
-        iat: now,
-        exp: now + 600,
-        chain: Vec::new(),
-        purpose: "work".into(),
         task: "test credentials".into(),
         agent: Some("test-agent".into()),
         user: Some("ada".into()),
-        resources: Default::default(),
-        actions: [tollgate_policy::ActionClass::Read].into(),
-        tools: ["*".to_owned()].into(),
-        constraints: Vec::new(),
-        limits: Vec::new(),
+        ..tollgate_policy::Grant::root(
+            tollgate_mint::new_grant_id().unwrap(),
+            "work",
+            [tollgate_policy::ActionClass::Read],
+            tollgate_mint::unix_now(),
+            600,
+        )
     };
     let token = signer.sign(&grant).unwrap();
 
@@ -157,10 +149,7 @@ fn bearer_of_last_call(rig: &Rig) -> String {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    tollgate_mint::unix_now()
 }
 
 #[tokio::test]

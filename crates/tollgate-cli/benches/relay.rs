@@ -314,25 +314,15 @@ fn policy_setup() -> (tempfile::TempDir, Vec<String>) {
     .unwrap();
     let state = dir.path().join("state");
     let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let grant = tollgate_policy::Grant {
-        id: tollgate_mint::new_grant_id().unwrap(),
-        iss: "tollgate".into(),
-        iat: now,
-        exp: now + 3600,
-        chain: Vec::new(),
-        purpose: "bench".into(),
         task: "measure".into(),
-        agent: None,
-        user: None,
-        resources: Default::default(),
-        actions: [tollgate_policy::ActionClass::Read].into(),
-        tools: ["*".to_owned()].into(),
-        constraints: Vec::new(),
-        limits: Vec::new(),
+        ..tollgate_policy::Grant::root(
+            tollgate_mint::new_grant_id().unwrap(),
+            "bench",
+            [tollgate_policy::ActionClass::Read],
+            tollgate_mint::unix_now(),
+            3600,
+        )
     };
     let token = dir.path().join("grant");
     std::fs::write(&token, signer.sign(&grant).unwrap()).unwrap();

@@ -64,16 +64,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
     let root = workspace_dir.path().display().to_string();
     let signer = tollgate_mint::GrantSigner::load_or_create(state.path())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs() as i64;
     let grant = tollgate_policy::Grant {
-        id: tollgate_mint::new_grant_id()?,
-        iss: "tollgate".to_owned(),
-        iat: now,
-        exp: now + 600,
-        chain: Vec::new(),
-        purpose: "maintenance".to_owned(),
         task: "update the project status note".to_owned(),
         agent: Some("demo-agent".to_owned()),
         user: Some("ada".to_owned()),
@@ -81,10 +72,14 @@ pub(crate) async fn run() -> anyhow::Result<()> {
             .parse()
             .map_err(anyhow::Error::msg)?]
         .into(),
-        actions: [ActionClass::Read, ActionClass::Write].into(),
         tools: ["workspace.*".to_owned()].into(),
-        constraints: Vec::new(),
-        limits: Vec::new(),
+        ..tollgate_policy::Grant::root(
+            tollgate_mint::new_grant_id()?,
+            "maintenance",
+            [ActionClass::Read, ActionClass::Write],
+            tollgate_mint::unix_now(),
+            600,
+        )
     };
     let token = signer.sign(&grant)?;
 

@@ -5,7 +5,6 @@ use std::{
     collections::BTreeSet,
     io::Read,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, bail};
@@ -115,10 +114,7 @@ pub(crate) struct ScopeArgs {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    tollgate_mint::unix_now()
 }
 
 pub(crate) fn run(command: GrantCommand) -> anyhow::Result<()> {

@@ -16,3 +16,11 @@ pub use keys::{GrantSigner, GrantVerifier};
 pub use revocation::{RevocationList, revoke};
 pub use token::{TokenError, new_grant_id, new_id};
 pub use verify::{Presented, Verifier, VerifierConfig, VerifyError};
+
+/// Seconds since the Unix epoch by this host's clock.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -167,6 +167,34 @@ pub struct CallScope<'a> {
 }
 
 impl Grant {
+    /// A root grant (not narrowed from another) for `purpose` allowing `actions` on every tool,
+    /// from `now` for `ttl_secs`, naming no resources, constraints or limits: the caller adds
+    /// what the task needs.
+    pub fn root(
+        id: String,
+        purpose: impl Into<String>,
+        actions: impl IntoIterator<Item = ActionClass>,
+        now: i64,
+        ttl_secs: i64,
+    ) -> Self {
+        Self {
+            id,
+            iss: "tollgate".to_owned(),
+            iat: now,
+            exp: now.saturating_add(ttl_secs),
+            chain: Vec::new(),
+            purpose: purpose.into(),
+            task: String::new(),
+            agent: None,
+            user: None,
+            resources: BTreeSet::new(),
+            actions: actions.into_iter().collect(),
+            tools: BTreeSet::from(["*".to_owned()]),
+            constraints: Vec::new(),
+            limits: Vec::new(),
+        }
+    }
+
     /// The grant is usable at `now`.
     pub fn check_time(&self, now: i64) -> Result<(), GrantDenial> {
         if now >= self.exp {

@@ -10,7 +10,6 @@ use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use rmcp::model::{CallToolResult, ContentBlock};
@@ -101,10 +100,7 @@ impl std::fmt::Debug for PolicyGuard {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    tollgate_mint::unix_now()
 }
 
 /// The interceptor `config` asks for: the policy guard, or (only when the config says
