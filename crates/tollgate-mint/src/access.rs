@@ -95,6 +95,8 @@ pub struct AccessKey {
     pair: Pair,
     kid: String,
     jwk: Value,
+    /// The JOSE header, already base64url: the same for every token this key signs.
+    header: String,
     rng: SystemRandom,
 }
 
@@ -136,10 +138,13 @@ impl AccessKey {
             members.insert("alg".into(), Value::String(alg.as_str().into()));
             members.insert("use".into(), Value::String("sig".into()));
         }
+        let header = URL_SAFE_NO_PAD
+            .encode(json!({"alg": alg.as_str(), "typ": "at+jwt", "kid": kid}).to_string());
         Ok(Self {
             pair,
             kid,
             jwk,
+            header,
             rng: SystemRandom::new(),
         })
     }
@@ -272,6 +277,44 @@ pub struct Minted {
     pub exp: i64,
 }
 
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    client_id: &'a str,
+    aud: &'a str,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    jti: &'a str,
+    sid: &'a str,
+    act: Actor<'a>,
+    scope: &'a str,
+    authorization_details: [Details<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Actor<'a> {
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<Box<Actor<'a>>>,
+}
+
+#[derive(Serialize)]
+struct Details<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    tool: &'a str,
+    action: &'a str,
+    resources: &'a [String],
+    arguments_sha256: &'a str,
+    decision_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<&'a str>,
+}
+
 /// The `type` of the one `authorization_details` entry.
 pub const DETAILS_TYPE: &str = "tollgate_tool_call";
 /// The longest a per-call token may live.
@@ -286,43 +329,48 @@ impl AccessKeys {
             .ok_or_else(|| MintError::Random("no key for the trust path".into()))?;
         let jti = crate::token::new_id("t")?;
         let exp = call.now + call.lifetime_secs.clamp(1, MAX_LIFETIME_SECS);
-        let mut details = json!({
-            "type": DETAILS_TYPE,
-            "tool": call.tool,
-            "action": call.class.as_str(),
-            "resources": call.resources,
-            "arguments_sha256": crate::jcs::digest(call.arguments),
-            "decision_id": call.decision_id,
-        });
-        if let Some(members) = details.as_object_mut() {
-            if let Some(grant) = call.grant_id {
-                members.insert("grant_id".into(), Value::String(grant.into()));
-            }
-            if let Some(approval) = call.approval_id {
-                members.insert("approval_id".into(), Value::String(approval.into()));
-            }
-        }
-        let claims = json!({
-            "iss": format!("{}/{}", call.issuer_base.trim_end_matches('/'), path.as_str()),
-            "sub": call.subject,
-            "client_id": call.client_id,
-            "aud": call.audience,
-            "iat": call.now,
-            "nbf": call.now,
-            "exp": exp,
-            "jti": jti,
-            "sid": call.session,
-            // RFC 8693: Tollgate acts now, on behalf of the agent before it.
-            "act": {"sub": "tollgate", "act": {"sub": call.client_id}},
-            "scope": format!("tools:{}", call.class.as_str()),
-            "authorization_details": [details],
-        });
-        let header = json!({"alg": key.algorithm().as_str(), "typ": "at+jwt", "kid": key.kid()});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
+        let issuer = format!(
+            "{}/{}",
+            call.issuer_base.trim_end_matches('/'),
+            path.as_str()
         );
+        let scope = format!("tools:{}", call.class.as_str());
+        let digest = crate::jcs::digest(call.arguments);
+        let claims = Claims {
+            iss: &issuer,
+            sub: call.subject,
+            client_id: call.client_id,
+            aud: call.audience,
+            iat: call.now,
+            nbf: call.now,
+            exp,
+            jti: &jti,
+            sid: call.session,
+            // RFC 8693: Tollgate acts now, on behalf of the agent before it.
+            act: Actor {
+                sub: "tollgate",
+                act: Some(Box::new(Actor {
+                    sub: call.client_id,
+                    act: None,
+                })),
+            },
+            scope: &scope,
+            authorization_details: [Details {
+                kind: DETAILS_TYPE,
+                tool: call.tool,
+                action: call.class.as_str(),
+                resources: call.resources,
+                arguments_sha256: &digest,
+                decision_id: call.decision_id,
+                grant_id: call.grant_id,
+                approval_id: call.approval_id,
+            }],
+        };
+        let payload = serde_json::to_vec(&claims).map_err(|e| MintError::Random(e.to_string()))?;
+        let mut input = String::with_capacity(key.header.len() + payload.len() * 4 / 3 + 4);
+        input.push_str(&key.header);
+        input.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut input);
         let signature = key.sign(input.as_bytes())?;
         Ok(Minted {
             token: format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)),
