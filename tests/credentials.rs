@@ -275,3 +275,137 @@ async fn a_stdio_upstream_finds_its_token_in_meta_and_an_agent_cannot_plant_one(
     agent.cancel().await.unwrap();
     rig.proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_injected_secret_reaches_the_upstream_and_nowhere_else() {
+    const SECRET: &str = "sk-live-4f9a2c7e1b8d";
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let fixture_state = Arc::new(FixtureState::default());
+    let headers = tollgate_testkit::HeaderLog::default();
+    let addr = tollgate_testkit::serve_http_recording(
+        loopback(),
+        move || Fixture::new("fx".to_owned(), fixture_state.clone()),
+        stop.clone(),
+        Some(headers.clone()),
+    )
+    .await
+    .unwrap();
+    let grant = tollgate_policy::Grant {
+        agent: Some("test-agent".into()),
+        ..tollgate_policy::Grant::root(
+            tollgate_mint::new_grant_id().unwrap(),
+            "general",
+            [tollgate_policy::ActionClass::Read],
+            tollgate_mint::unix_now(),
+            600,
+        )
+    };
+    let token = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&grant)
+        .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = tmp.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[front.http]
+listen = "127.0.0.1:{port}"
+[grants]
+state_dir = "{state}"
+[[policy.tool]]
+tool = "*"
+class = "read"
+[[upstream]]
+name = "legacy"
+url = "http://{addr}/mcp"
+credential = {{ mode = "secret", header = "X-Api-Key", env = "LEGACY_API_KEY", format = "key={{secret}}" }}
+"#,
+            state = state.display()
+        ),
+    )
+    .unwrap();
+    let mut tollgate = tokio::process::Command::new(tollgate_bin())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("LEGACY_API_KEY", SECRET)
+        .env("RUST_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let agent = agent_modern_with(&url, TestAgent::new("m"), Some(&token)).await;
+    let seen = text_of(&agent.call_tool(call("headers", json!({}))).await.unwrap());
+    let echoed: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(
+        echoed["x-api-key"], "key=[redacted]",
+        "the echo is scrubbed: {seen}"
+    );
+    let listed = serde_json::to_string(&agent.list_all_tools().await.unwrap()).unwrap();
+    assert!(!seen.contains(SECRET) && !listed.contains(SECRET));
+    agent.cancel().await.unwrap();
+    // The upstream did get it, on the call.
+    let received: Vec<String> = headers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h.get("x-api-key").map(|v| v.to_str().unwrap().to_owned()))
+        .collect();
+    assert!(
+        received.iter().any(|v| v == &format!("key={SECRET}")),
+        "{received:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tollgate.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        let mut stderr = String::new();
+        use tokio::io::AsyncReadExt;
+        tollgate
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        tollgate.wait().await.unwrap();
+        stderr
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.contains("tools/call"),
+        "trace logs were captured: {}",
+        output.len()
+    );
+    let leaks: Vec<String> = output
+        .lines()
+        .filter(|l| l.contains(SECRET))
+        .map(|l| l.replace(SECRET, "<SECRET>").chars().take(300).collect())
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the secret is in Tollgate's logs:\n{}",
+        leaks.join("\n")
+    );
+    stop.cancel();
+}

@@ -82,7 +82,16 @@ enum Command {
 }
 
 fn init_logging(default: &str) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // The MCP library traces whole messages at debug and trace level, and messages carry
+    // per-call credentials and whatever an upstream echoes back. Whatever RUST_LOG asks for,
+    // its level stops at info; Tollgate's own events say what a message did, never its body.
+    for quiet in ["rmcp=info", "hyper=info", "h2=info", "reqwest=info"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     // stdout may be the MCP channel; logs always go to stderr.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -66,6 +66,10 @@ pub enum CredentialConfig {
         audience: String,
         lifetime_secs: i64,
     },
+    /// A static secret (an API key of a legacy service account) read from the environment or
+    /// a file at start and put in one request header to this HTTP upstream. Never logged,
+    /// never shown to the agent: echoes of it in the upstream's answers are scrubbed.
+    Secret { header: String },
 }
 
 /// How tool calls are decided.
@@ -182,6 +186,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// What each allowed call carries to this upstream.
     pub credential: CredentialConfig,
+    /// Secret values whose echoes are removed from this upstream's answers.
+    pub scrub: Vec<Secret>,
     /// The folder the upstream's relative paths resolve against, for resource binding.
     pub root: Option<String>,
     pub transport: UpstreamTransport,
@@ -303,6 +309,13 @@ enum RawCredential {
     Mint {
         audience: String,
         lifetime_secs: Option<i64>,
+    },
+    Secret {
+        header: String,
+        env: Option<String>,
+        file: Option<PathBuf>,
+        /// How the header's value is written, with `{secret}` where the secret goes.
+        format: Option<String>,
     },
 }
 
@@ -467,6 +480,7 @@ impl Config {
             upstreams: vec![UpstreamConfig {
                 name,
                 credential: CredentialConfig::None,
+                scrub: Vec::new(),
                 root: None,
                 transport: UpstreamTransport::Stdio {
                     command,
@@ -514,6 +528,43 @@ fn valid_upstream_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A secret from the environment variable `env` or the file `file` (exactly one), trimmed.
+fn read_secret(
+    key: &str,
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<String, ConfigError> {
+    let secret = match (env, file) {
+        (Some(name), None) => std::env::var(name).map_err(|_| {
+            ConfigError::invalid(
+                key,
+                format!("the environment variable `{name}` to hold the secret; it is not set"),
+            )
+        })?,
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::invalid(
+                key,
+                format!("a readable secret file; `{}`: {e}", path.display()),
+            )
+        })?,
+        _ => {
+            return Err(ConfigError::invalid(
+                key,
+                "the secret's source: exactly one of `env` or `file`",
+            ));
+        }
+    };
+    let secret = secret.trim().to_owned();
+    // A secret that short would be scrubbed out of every answer by accident.
+    if secret.len() < 8 {
+        return Err(ConfigError::invalid(
+            key,
+            "a secret of at least 8 characters",
+        ));
+    }
+    Ok(secret)
 }
 
 fn millis(key: &str, value: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
@@ -646,7 +697,7 @@ impl RawConfig {
                     format!("a name no other upstream has; `{}` is used twice", raw.name),
                 ));
             }
-            let transport = match (raw.command, raw.url) {
+            let mut transport = match (raw.command, raw.url) {
                 (Some(command), None) => {
                     if !raw.headers.is_empty() {
                         return Err(ConfigError::invalid(
@@ -749,8 +800,42 @@ impl RawConfig {
                     format!("an absolute folder such as `/srv/app`, not `{root}`"),
                 ));
             }
+            let mut scrub = Vec::new();
             let credential = match raw.credential {
                 None | Some(RawCredential::None) => CredentialConfig::None,
+                Some(RawCredential::Secret {
+                    header,
+                    env,
+                    file,
+                    format,
+                }) => {
+                    let UpstreamTransport::Http { headers, .. } = &mut transport else {
+                        return Err(ConfigError::invalid(
+                            key("credential"),
+                            "a secret header only for a `url` upstream; give a stdio one its secret in `env`",
+                        ));
+                    };
+                    let secret = read_secret(&key("credential"), env.as_deref(), file.as_deref())?;
+                    let format = format.unwrap_or_else(|| "{secret}".to_owned());
+                    if !format.contains("{secret}") {
+                        return Err(ConfigError::invalid(
+                            key("credential.format"),
+                            "a header value with `{secret}` where the secret goes, such as `Bearer {secret}`",
+                        ));
+                    }
+                    let value = format.replace("{secret}", &secret);
+                    if http::HeaderName::from_bytes(header.as_bytes()).is_err()
+                        || http::HeaderValue::from_str(&value).is_err()
+                    {
+                        return Err(ConfigError::invalid(
+                            key("credential.header"),
+                            "a valid HTTP header name, and a secret that is a valid header value",
+                        ));
+                    }
+                    headers.insert(header.clone(), Secret::new(value));
+                    scrub.push(Secret::new(secret));
+                    CredentialConfig::Secret { header }
+                }
                 Some(RawCredential::Mint {
                     audience,
                     lifetime_secs,
@@ -780,6 +865,7 @@ impl RawConfig {
             upstreams.push(UpstreamConfig {
                 name: raw.name,
                 credential,
+                scrub,
                 root: raw.root,
                 transport,
                 protocol: raw.protocol,

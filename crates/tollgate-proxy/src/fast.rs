@@ -391,7 +391,9 @@ impl FastPath {
             let line = self.call(&job).await;
             tracing::Span::current().record("latency_us", started.elapsed().as_micros() as u64);
             if let Some(line) = line {
-                job.out.finish(line).await;
+                job.out
+                    .finish(crate::scrub::bytes(line, &job.upstream.config.scrub))
+                    .await;
             }
         }
         .instrument(span)
@@ -703,7 +705,7 @@ impl SideChannel {
                         rmcp::model::ServerNotification::ProgressNotification(p),
                     );
                     if let Ok(line) = serde_json::to_vec(&note) {
-                        out.note(line);
+                        out.note(crate::scrub::bytes(line, &upstream.config.scrub));
                     }
                 }
                 rmcp::model::ServerNotification::LoggingMessageNotification(l) => {

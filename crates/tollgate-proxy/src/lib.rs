@@ -13,6 +13,7 @@ pub mod intercept;
 pub mod names;
 pub mod pack_files;
 mod relay;
+mod scrub;
 pub mod session;
 mod suspend;
 mod upstream;

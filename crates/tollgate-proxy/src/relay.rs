@@ -294,7 +294,15 @@ impl AgentSession {
             };
             self.hub.interceptor.after_call(&call, &outcome);
             span.record("latency_us", started.elapsed().as_micros() as u64);
-            answer.map_err(ProxyError::into_mcp)
+            let scrub = &upstream.config.scrub;
+            answer
+                .map(|answer| match answer {
+                    CallToolResponse::Complete(result) => {
+                        CallToolResponse::Complete(crate::scrub::value(result, scrub))
+                    }
+                    other => other,
+                })
+                .map_err(|e| crate::scrub::value(e.into_mcp(), scrub))
         }
         .instrument(span)
         .await

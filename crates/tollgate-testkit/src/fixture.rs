@@ -116,6 +116,11 @@ fn tools(redefined: bool, bulk: usize, prefix: &str) -> Result<Vec<Tool>, McpErr
         tool("pid", "Return the server's process id", no_args()),
         tool("whoami", "Return the server's name", no_args()),
         tool(
+            "headers",
+            "Return the HTTP request headers this call arrived with, as JSON (over HTTP only)",
+            no_args(),
+        ),
+        tool(
             "meta",
             "Return the `_meta` this call arrived with, as JSON (what reached the tool)",
             no_args(),
@@ -400,6 +405,25 @@ impl Fixture {
             }
             "pid" => text(std::process::id().to_string()),
             "whoami" => text(self.name.clone()),
+            "headers" => {
+                let headers: serde_json::Map<String, Value> = ctx
+                    .extensions
+                    .get::<http::request::Parts>()
+                    .map(|parts| {
+                        parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.to_string(),
+                                    Value::String(v.to_str().unwrap_or("").to_owned()),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                text(Value::Object(headers).to_string())
+            }
             "meta" => text(
                 self.state
                     .last_meta

@@ -159,6 +159,13 @@ pub(crate) fn deliver_log(
     upstream: &Upstream,
     params: &LoggingMessageNotificationParam,
 ) {
+    let scrubbed;
+    let params = if upstream.config.scrub.is_empty() {
+        params
+    } else {
+        scrubbed = crate::scrub::value(params.clone(), &upstream.config.scrub);
+        &scrubbed
+    };
     let mut concerned = upstream.sessions_concerned();
     if concerned.is_empty() {
         let everyone = hub.sessions.ids();
