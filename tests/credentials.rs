@@ -32,6 +32,23 @@ struct Rig {
     _stop: tokio_util::sync::CancellationToken,
 }
 
+/// The fixture over HTTP, recording the headers of every request it receives.
+async fn recording_fixture(
+    stop: &tokio_util::sync::CancellationToken,
+) -> (std::net::SocketAddr, tollgate_testkit::HeaderLog) {
+    let headers = tollgate_testkit::HeaderLog::default();
+    let state = Arc::new(FixtureState::default());
+    let addr = tollgate_testkit::serve_http_recording(
+        loopback(),
+        move || Fixture::new("fx".to_owned(), state.clone()),
+        stop.clone(),
+        Some(headers.clone()),
+    )
+    .await
+    .unwrap();
+    (addr, headers)
+}
+
 async fn rig(algorithm: &str) -> Rig {
     let tmp = tempfile::tempdir().unwrap();
     let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
@@ -61,17 +78,8 @@ async fn rig(algorithm: &str) -> Rig {
     };
     let token = signer.sign(&grant).unwrap();
 
-    let headers = tollgate_testkit::HeaderLog::default();
     let stop = tokio_util::sync::CancellationToken::new();
-    let fixture_state = Arc::new(FixtureState::default());
-    let addr = tollgate_testkit::serve_http_recording(
-        loopback(),
-        move || Fixture::new("fx".to_owned(), fixture_state.clone()),
-        stop.clone(),
-        Some(headers.clone()),
-    )
-    .await
-    .unwrap();
+    let (addr, headers) = recording_fixture(&stop).await;
     let config = Config::parse(&format!(
         r#"
 [front.http]
@@ -282,16 +290,7 @@ async fn an_injected_secret_reaches_the_upstream_and_nowhere_else() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let stop = tokio_util::sync::CancellationToken::new();
-    let fixture_state = Arc::new(FixtureState::default());
-    let headers = tollgate_testkit::HeaderLog::default();
-    let addr = tollgate_testkit::serve_http_recording(
-        loopback(),
-        move || Fixture::new("fx".to_owned(), fixture_state.clone()),
-        stop.clone(),
-        Some(headers.clone()),
-    )
-    .await
-    .unwrap();
+    let (addr, headers) = recording_fixture(&stop).await;
     let grant = tollgate_policy::Grant {
         agent: Some("test-agent".into()),
         ..tollgate_policy::Grant::root(
