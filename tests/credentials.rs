@@ -21,6 +21,7 @@ use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
 use tollgate_testkit::fixture::{Fixture, FixtureState};
 
 const ISSUER: &str = "https://tollgate.test";
+const ADMIN_TOKEN: &str = "admin-token-for-tests-only";
 
 struct Rig {
     _tmp: tempfile::TempDir,
@@ -110,9 +111,15 @@ credential = {{ mode = "mint", audience = "https://st.test" }}
     let guard = Arc::new(PolicyGuard::new(&config).unwrap());
     let proxy = Proxy::start_with(config, guard.clone()).await;
     let server = proxy.serve_http(&front).await.unwrap();
-    let admin = tollgate_proxy::admin::serve(loopback(), guard, proxy.shutdown_token())
-        .await
-        .unwrap();
+    let admin = tollgate_proxy::admin::serve(
+        loopback(),
+        guard,
+        Some(tollgate_proxy::config::Secret::new(ADMIN_TOKEN)),
+        state.clone(),
+        proxy.shutdown_token(),
+    )
+    .await
+    .unwrap();
     Rig {
         _tmp: tmp,
         proxy,
@@ -167,16 +174,7 @@ async fn an_http_upstream_receives_a_token_for_exactly_that_call_on_both_paths()
         let v = verifier(&rig, "https://fx.test", "read", alg).await;
 
         // A 2025-11-25 session: the fast path's raw POST.
-        let legacy = {
-            use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-            use rmcp::{ServiceExt, transport::StreamableHttpClientTransport};
-            ().serve(StreamableHttpClientTransport::from_config(
-                StreamableHttpClientTransportConfig::with_uri(rig.url.as_str())
-                    .auth_header(rig.token.clone()),
-            ))
-            .await
-            .unwrap()
-        };
+        let legacy = agent_with_grant(&rig.url, &rig.token).await;
         let r = legacy
             .call_tool(call("fx.echo", json!({"text": "one"})))
             .await
@@ -407,4 +405,138 @@ credential = {{ mode = "secret", header = "X-Api-Key", env = "LEGACY_API_KEY", f
         leaks.join("\n")
     );
     stop.cancel();
+}
+
+async fn introspect(rig: &Rig, token: &str, admin_token: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/introspect", rig.admin))
+        .bearer_auth(admin_token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn revoke(rig: &Rig, what: Value) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/revoke", rig.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&what)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn introspection_and_revocation_hold_from_the_next_call() {
+    let rig = rig("ES256").await;
+    let agent = agent_modern_with(&rig.url, TestAgent::new("m"), Some(&rig.token)).await;
+    let next_token = async || {
+        agent
+            .call_tool(call("fx.echo", json!({"text": "x"})))
+            .await
+            .unwrap();
+        bearer_of_last_call(&rig)
+    };
+
+    let first = next_token().await;
+    let (status, answer) = introspect(&rig, &first, ADMIN_TOKEN).await;
+    assert_eq!((status, &answer["active"]), (200, &json!(true)), "{answer}");
+    assert_eq!(answer["aud"], "https://fx.test");
+    assert_eq!(answer["sub"], "ada");
+    // Without the admin token: nothing.
+    assert_eq!(introspect(&rig, &first, "guess").await.0, 401);
+    // Not one of ours.
+    let (_, forged) = introspect(&rig, "eyJhbGciOiJub25lIn0.e30.", ADMIN_TOKEN).await;
+    assert_eq!(forged, json!({"active": false}));
+
+    // One token.
+    let jti = answer["jti"].as_str().unwrap().to_owned();
+    assert_eq!(revoke(&rig, json!({"jti": jti})).await, 200);
+    assert_eq!(
+        introspect(&rig, &first, ADMIN_TOKEN).await.1["active"],
+        false
+    );
+    let list: String = reqwest::get(format!("{}/revocations", rig.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    use base64::Engine;
+    let decode = |part: &str| -> Value {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let mut parts = list.split('.');
+    assert_eq!(
+        decode(parts.next().unwrap())["typ"],
+        "tollgate-revocations+jwt"
+    );
+    let claims = decode(parts.next().unwrap());
+    assert_eq!(claims["iss"], format!("{ISSUER}/revoke"));
+    assert!(claims["revoked_jtis"].get(&jti).is_some(), "{claims}");
+
+    // The whole grant: every token minted under it, from the next look.
+    let second = next_token().await;
+    assert_eq!(
+        introspect(&rig, &second, ADMIN_TOKEN).await.1["active"],
+        true
+    );
+    let grant_id = introspect(&rig, &second, ADMIN_TOKEN).await.1["grants"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(revoke(&rig, json!({"grant": grant_id})).await, 200);
+    assert_eq!(
+        introspect(&rig, &second, ADMIN_TOKEN).await.1["active"],
+        false
+    );
+    let refused = agent
+        .call_tool(call("fx.echo", json!({"text": "after"})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("revoked"), "{refused}");
+    assert_eq!(revoke(&rig, json!({"nothing": 1})).await, 400);
+    agent.cancel().await.unwrap();
+    rig.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoking_a_session_refuses_its_next_call_and_retires_its_tokens() {
+    let rig = rig("EdDSA").await;
+    let legacy = agent_with_grant(&rig.url, &rig.token).await;
+    legacy
+        .call_tool(call("fx.echo", json!({"text": "x"})))
+        .await
+        .unwrap();
+    let token = bearer_of_last_call(&rig);
+    let (_, answer) = introspect(&rig, &token, ADMIN_TOKEN).await;
+    let session = answer["sid"].as_str().unwrap().to_owned();
+    assert_eq!(revoke(&rig, json!({"session": session})).await, 200);
+    assert_eq!(
+        introspect(&rig, &token, ADMIN_TOKEN).await.1["active"],
+        false
+    );
+    let refused = legacy
+        .call_tool(call("fx.echo", json!({"text": "again"})))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("this session has been revoked"),
+        "{refused}"
+    );
+    legacy.cancel().await.unwrap();
+    rig.proxy.shutdown().await;
 }

@@ -13,13 +13,7 @@ mod support;
 
 use std::{path::Path, process::Output};
 
-use rmcp::{
-    ServiceExt,
-    model::{CallToolRequestParams, RequestMetaObject},
-    transport::{
-        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
-    },
-};
+use rmcp::model::{CallToolRequestParams, RequestMetaObject};
 use serde_json::{Value, json};
 use support::*;
 use tollgate_proxy::{Config, Proxy};
@@ -207,13 +201,6 @@ fn issue(state: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-async fn agent_with(url: &str, token: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url).auth_header(token.to_owned()),
-    );
-    ().serve(transport).await.unwrap()
-}
-
 fn echo(text: &str) -> CallToolRequestParams {
     CallToolRequestParams::new("fx.echo")
         .with_arguments(json!({"text": text}).as_object().cloned().unwrap())
@@ -230,7 +217,7 @@ fn result_text(result: &rmcp::model::CallToolResult) -> String {
 async fn a_grants_call_limit_holds_across_calls() {
     let scene = Scene::new(READS, "").await;
     let token = scene.issue(&["--purpose", "work", "--action", "read", "--max-calls", "2"]);
-    let agent = agent_with(&scene.url, &token).await;
+    let agent = agent_with_grant(&scene.url, &token).await;
     for n in 0..2 {
         let r = agent.call_tool(echo(&format!("call {n}"))).await.unwrap();
         assert_ne!(r.is_error, Some(true), "{}", result_text(&r));
@@ -244,7 +231,7 @@ async fn a_grants_call_limit_holds_across_calls() {
         result_text(&third)
     );
     // A second session under the same grant shares its limit.
-    let other = agent_with(&scene.url, &token).await;
+    let other = agent_with_grant(&scene.url, &token).await;
     let fourth = other.call_tool(echo("call 3")).await.unwrap();
     assert_eq!(fourth.is_error, Some(true));
     agent.cancel().await.unwrap();
@@ -265,7 +252,7 @@ permit (principal, action == Action::"write", resource) when { context.grant.pre
     )
     .await;
     let token = scene.issue(&["--purpose", "work", "--action", "read", "--action", "write"]);
-    let agent = agent_with(&scene.url, &token).await;
+    let agent = agent_with_grant(&scene.url, &token).await;
 
     let unjustified = agent.call_tool(echo("hi")).await.unwrap();
     assert_eq!(unjustified.is_error, Some(true));
@@ -375,7 +362,7 @@ async fn a_pack_that_does_not_compile_refuses_every_call_instead_of_opening() {
     )
     .await;
     let token = scene.issue(&["--purpose", "work", "--action", "read"]);
-    let agent = agent_with(&scene.url, &token).await;
+    let agent = agent_with_grant(&scene.url, &token).await;
     assert!(agent.list_all_tools().await.unwrap().is_empty());
     let refused = agent.call_tool(echo("x")).await.unwrap();
     assert_eq!(refused.is_error, Some(true));
@@ -658,7 +645,7 @@ async fn policies_see_the_clients_transport_and_address_on_both_paths() {
     .await;
     let token = scene.issue(&["--purpose", "work", "--action", "read"]);
     // A 2025-11-25 session: the fast path.
-    let legacy = agent_with(&scene.url, &token).await;
+    let legacy = agent_with_grant(&scene.url, &token).await;
     assert_eq!(
         result_text(&legacy.call_tool(echo("fast")).await.unwrap()),
         "fast"

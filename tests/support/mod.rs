@@ -300,3 +300,16 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     }
     check()
 }
+
+/// A 2025-11-25 agent over HTTP presenting `grant` as its bearer token.
+pub async fn agent_with_grant(url: &str, grant: &str) -> Agent0 {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    ().serve(StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url).auth_header(grant.to_owned()),
+    ))
+    .await
+    .unwrap()
+}
+
+/// An agent with no handler of its own.
+pub type Agent0 = rmcp::service::RunningService<rmcp::RoleClient, ()>;

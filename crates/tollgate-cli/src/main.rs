@@ -205,6 +205,8 @@ async fn run(
                 let server = tollgate_proxy::admin::serve(
                     admin_config.listen,
                     guard.clone(),
+                    admin_config.token.clone(),
+                    proxy.config().grants.state_dir.clone(),
                     proxy.shutdown_token(),
                 )
                 .await?;

@@ -170,6 +170,13 @@ impl AccessKey {
         &self.kid
     }
 
+    fn public_bytes(&self) -> &[u8] {
+        match &self.pair {
+            Pair::Es256(pair) => pair.public_key().as_ref(),
+            Pair::EdDsa(pair) => pair.public_key().as_ref(),
+        }
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         match self.pair {
             Pair::Es256(_) => Algorithm::Es256,
@@ -313,6 +320,54 @@ struct Details<'a> {
     grant_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     approval_id: Option<&'a str>,
+}
+
+impl AccessKeys {
+    /// The claims of `token` if one of these keys signed it (whatever else is true of it).
+    pub fn signed_by_us(&self, token: &str) -> Option<Value> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+        let kid = header.get("kid")?.as_str()?;
+        let key = self.keys.values().find(|k| k.kid == kid)?;
+        let public = key.public_bytes();
+        let algorithm: &dyn aws_lc_rs::signature::VerificationAlgorithm = match key.algorithm() {
+            Algorithm::Es256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+            Algorithm::EdDsa => &aws_lc_rs::signature::ED25519,
+        };
+        let signed = token.len().checked_sub(signature.len() + 1)?;
+        aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, public)
+            .verify(
+                token.get(..signed)?.as_bytes(),
+                &URL_SAFE_NO_PAD.decode(signature).ok()?,
+            )
+            .ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
+
+    /// Signs `claims` as a JWT of type `typ` with `path`'s key (for the revocation list).
+    pub fn sign_claims(
+        &self,
+        path: TrustPath,
+        typ: &str,
+        claims: &Value,
+    ) -> Result<String, MintError> {
+        let key = self
+            .key(path)
+            .ok_or_else(|| MintError::Random("no key for the trust path".into()))?;
+        let header = json!({"alg": key.algorithm().as_str(), "typ": typ, "kid": key.kid()});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = key.sign(input.as_bytes())?;
+        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
 }
 
 /// The `type` of the one `authorization_details` entry.

@@ -94,6 +94,15 @@ impl RevocationList {
         Ok(())
     }
 
+    /// Is any of `ids` revoked?
+    pub fn any_revoked<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> bool {
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.any(|id| state.1.contains(id))
+    }
+
     /// Refuses `grant` if it or any grant it was narrowed from is revoked.
     pub fn check(&self, grant: &Grant) -> Result<(), TokenError> {
         let state = self

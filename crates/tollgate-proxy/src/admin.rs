@@ -1,27 +1,72 @@
 //! The admin HTTP endpoint, on a listener of its own (loopback unless the config says
-//! otherwise): what resource servers need to verify per-call tokens. The JWKS of every trust
-//! path at `/.well-known/jwks.json`, and RFC 8414-style metadata naming each path's issuer.
+//! otherwise). For resource servers: the JWKS of every trust path at `/.well-known/jwks.json`,
+//! RFC 8414-style metadata naming each path's issuer, and the signed revocation list at
+//! `/revocations`. For operators, with the admin token: RFC 7662 introspection at
+//! `/introspect` and revocation of a token, a session or a grant at `/revoke`.
 //! Nothing here accepts an agent's request or shows a secret.
 
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{Router, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    body::Bytes,
+    response::IntoResponse,
+    routing::{get, post},
+};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::{HttpServer, guard::PolicyGuard};
+use crate::{HttpServer, config::Secret, guard::PolicyGuard};
 
 /// Serves the admin endpoint until `shutdown`.
 pub async fn serve(
     listen: SocketAddr,
     guard: Arc<PolicyGuard>,
+    token: Option<Secret>,
+    state_dir: std::path::PathBuf,
     shutdown: CancellationToken,
 ) -> std::io::Result<HttpServer> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     let base = format!("http://{local_addr}");
     let jwks_guard = guard.clone();
+    let list_guard = guard.clone();
+    let operator = Arc::new(Operator {
+        guard: guard.clone(),
+        token,
+        state_dir,
+    });
+    let introspector = operator.clone();
+    let revoker = operator;
     let app = Router::new()
+        .route(
+            "/revocations",
+            get(move || {
+                let guard = list_guard.clone();
+                async move {
+                    match guard.revocation_list() {
+                        Some(list) => ([(http::header::CONTENT_TYPE, "application/jwt")], list)
+                            .into_response(),
+                        None => http::StatusCode::NOT_FOUND.into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/introspect",
+            post(move |headers: http::HeaderMap, body: Bytes| {
+                let operator = introspector.clone();
+                async move { operator.introspect(&headers, &body) }
+            }),
+        )
+        .route(
+            "/revoke",
+            post(move |headers: http::HeaderMap, body: Bytes| {
+                let operator = revoker.clone();
+                async move { operator.revoke(&headers, &body) }
+            }),
+        )
         .route(
             "/.well-known/jwks.json",
             get(move || {
@@ -69,4 +114,106 @@ fn json_response(value: &Value) -> axum::response::Response {
         value.to_string(),
     )
         .into_response()
+}
+
+/// The operator's side of the endpoint: everything here needs the admin token.
+struct Operator {
+    guard: Arc<PolicyGuard>,
+    token: Option<Secret>,
+    state_dir: std::path::PathBuf,
+}
+
+impl Operator {
+    /// The request carries the admin token. Compared as digests, so the time taken says
+    /// nothing about how much of a guess was right.
+    /// `None` when authorized; the refusal to answer with otherwise.
+    fn refused(&self, headers: &http::HeaderMap) -> Option<axum::response::Response> {
+        let Some(expected) = &self.token else {
+            return Some(
+                (
+                    http::StatusCode::NOT_FOUND,
+                    "introspection and revocation are off: no admin token is configured",
+                )
+                    .into_response(),
+            );
+        };
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.expose().as_bytes()) {
+            None
+        } else {
+            Some(
+                (
+                    http::StatusCode::UNAUTHORIZED,
+                    [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                    "the admin token is required",
+                )
+                    .into_response(),
+            )
+        }
+    }
+
+    /// RFC 7662: `token=<jwt>` as a form; `{"active": false}` for anything not live.
+    fn introspect(&self, headers: &http::HeaderMap, body: &[u8]) -> axum::response::Response {
+        if let Some(refused) = self.refused(headers) {
+            return refused;
+        }
+        let token = url::form_urlencoded::parse(body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let answer = match self.guard.introspect(&token) {
+            None => json!({"active": false}),
+            Some(issued) => {
+                let mut value = serde_json::to_value(&issued).unwrap_or_else(|_| json!({}));
+                if let Some(members) = value.as_object_mut() {
+                    members.insert("active".into(), Value::Bool(true));
+                    members.insert("token_type".into(), Value::String("at+jwt".into()));
+                }
+                value
+            }
+        };
+        json_response(&answer)
+    }
+
+    /// `{"jti": …}`, `{"session": …}` or `{"grant": …}`.
+    fn revoke(&self, headers: &http::HeaderMap, body: &[u8]) -> axum::response::Response {
+        if let Some(refused) = self.refused(headers) {
+            return refused;
+        }
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let field = |name: &str| request.get(name).and_then(Value::as_str);
+        let done = match (field("jti"), field("session"), field("grant")) {
+            (Some(jti), None, None) => {
+                if self.guard.revoke_token(jti) {
+                    json!({"revoked": {"jti": jti}})
+                } else {
+                    return (http::StatusCode::NOT_FOUND, "no live token has that `jti`")
+                        .into_response();
+                }
+            }
+            (None, Some(session), None) => {
+                self.guard.revoke_session(session);
+                json!({"revoked": {"session": session}})
+            }
+            (None, None, Some(grant)) => match tollgate_mint::revoke(&self.state_dir, grant) {
+                Ok(()) => json!({"revoked": {"grant": grant}}),
+                Err(e) => {
+                    return (http::StatusCode::BAD_REQUEST, e.to_string()).into_response();
+                }
+            },
+            _ => {
+                return (
+                    http::StatusCode::BAD_REQUEST,
+                    "expected a JSON object with exactly one of `jti`, `session` or `grant`",
+                )
+                    .into_response();
+            }
+        };
+        tracing::info!(revoked = ?done.get("revoked"), "revoked by the operator");
+        json_response(&done)
+    }
 }

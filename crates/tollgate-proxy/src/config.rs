@@ -52,6 +52,8 @@ impl Default for MintConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The bearer token introspection and revocation require; without one they are off.
+    pub token: Option<Secret>,
 }
 
 /// What an allowed call to an upstream carries.
@@ -300,6 +302,10 @@ struct RawAdmin {
     /// The endpoint listens on loopback only unless this names the exception.
     #[serde(default)]
     allow_remote: bool,
+    /// Where the admin token is read from (one of them); without it, introspection and
+    /// revocation are not served.
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -926,7 +932,15 @@ impl RawConfig {
                             "a loopback address, or `allow_remote = true` to listen elsewhere",
                         ));
                     }
-                    Some(AdminConfig { listen })
+                    let token = match (&raw.token_env, &raw.token_file) {
+                        (None, None) => None,
+                        (env, file) => Some(Secret::new(read_secret(
+                            "admin.token_env",
+                            env.as_deref(),
+                            file.as_deref(),
+                        )?)),
+                    };
+                    Some(AdminConfig { listen, token })
                 }
             },
             grants: GrantsConfig {

@@ -89,6 +89,8 @@ pub struct PolicyGuard {
     issuer: String,
     /// What each upstream's allowed calls carry, by upstream name.
     credentials: HashMap<String, CredentialConfig>,
+    /// What was minted and what was revoked, for introspection and the revocation list.
+    ledger: tollgate_mint::Ledger,
 }
 
 impl std::fmt::Debug for PolicyGuard {
@@ -146,6 +148,7 @@ impl PolicyGuard {
             minter,
             issuer: config.mint.issuer.clone(),
             credentials,
+            ledger: tollgate_mint::Ledger::default(),
             pack: RwLock::new(Arc::new(pack)),
             pack_dir,
             extra_tools: config.policy.tools.clone(),
@@ -415,7 +418,7 @@ impl PolicyGuard {
             .and_then(|g| g.user.as_deref().or(g.agent.as_deref()))
             .unwrap_or("anonymous");
         let session = call.session.to_string();
-        minter
+        let minted = minter
             .mint(&CallCredential {
                 issuer_base: &self.issuer,
                 subject,
@@ -432,8 +435,69 @@ impl PolicyGuard {
                 now,
                 lifetime_secs: *lifetime_secs,
             })
-            .map(Some)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let path = tollgate_mint::TrustPath::for_class(decision.class);
+        self.ledger.record(
+            tollgate_mint::Issued {
+                jti: minted.jti.clone(),
+                iss: format!("{}/{}", self.issuer, path.as_str()),
+                sub: subject.to_owned(),
+                client_id: agent.to_owned(),
+                aud: minted.aud.clone(),
+                scope: format!("tools:{}", decision.class),
+                sid: session,
+                iat: now,
+                exp: minted.exp,
+                grants: grant
+                    .map(|g| g.lineage().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            },
+            now,
+        );
+        Ok(Some(minted))
+    }
+
+    /// Introspection (RFC 7662): the claims of `token` while it is live, `None` otherwise.
+    pub fn introspect(&self, token: &str) -> Option<tollgate_mint::Issued> {
+        let claims = self.minter.as_ref()?.signed_by_us(token)?;
+        let jti = claims.get("jti")?.as_str()?;
+        // A grant revoked since keeps the tokens minted under it from being active.
+        let _ = self.revocations.refresh();
+        self.ledger.active(jti, now(), |grants| {
+            self.revocations
+                .any_revoked(grants.iter().map(String::as_str))
+        })
+    }
+
+    /// Revokes one minted token; false when no live token has that id.
+    pub fn revoke_token(&self, jti: &str) -> bool {
+        self.ledger.revoke_token(jti)
+    }
+
+    /// Revokes a session: its tokens stop being active and its next call is refused.
+    pub fn revoke_session(&self, session: &str) {
+        self.ledger.revoke_session(session, now());
+    }
+
+    /// The revocation list, signed on the revoke path.
+    pub fn revocation_list(&self) -> Option<String> {
+        let minter = self.minter.as_ref()?;
+        let now = now();
+        let (jtis, sessions) = self.ledger.revocations(now);
+        let claims = serde_json::json!({
+            "iss": format!("{}/revoke", self.issuer),
+            "iat": now,
+            "exp": now + 60,
+            "revoked_jtis": jtis,
+            "sessions_issued_before": sessions,
+        });
+        minter
+            .sign_claims(
+                tollgate_mint::TrustPath::Revoke,
+                "tollgate-revocations+jwt",
+                &claims,
+            )
+            .ok()
     }
 }
 
@@ -472,6 +536,9 @@ fn refusal(text: String) -> CallToolResult {
 impl Interceptor for PolicyGuard {
     fn before_call(&self, call: &ToolCall<'_>) -> Verdict {
         let now = now();
+        if self.ledger.session_revoked(&call.session.to_string()) {
+            return Verdict::Reject("this session has been revoked".to_owned());
+        }
         let presented = match self.presented(call.session, call.caller, now) {
             Ok(p) => p,
             Err(reason) => {
