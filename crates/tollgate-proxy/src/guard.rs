@@ -369,11 +369,25 @@ impl PolicyGuard {
             transport: call.caller.transport.to_owned(),
             address: call.caller.address.clone().unwrap_or_default(),
         };
-        let usage = self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        // Only this grant's limits are read; the rest of the usage (every grant's) stays put.
+        // `charge` checks again, atomically, before anything is spent.
+        let usage: Usage = match grant {
+            Some(grant) if !grant.limits.is_empty() => {
+                let all = self
+                    .usage
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                grant
+                    .limits
+                    .iter()
+                    .filter_map(|limit| {
+                        let key = (limit.scope.clone(), limit.key());
+                        all.get(&key).map(|spent| (key, *spent))
+                    })
+                    .collect()
+            }
+            _ => Usage::new(),
+        };
         pack.decide(&CallInput {
             session: &session,
             grant,
