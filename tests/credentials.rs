@@ -131,14 +131,18 @@ credential = {{ mode = "mint", audience = "https://st.test" }}
     }
 }
 
-async fn verifier(rig: &Rig, audience: &str, path: &str, algorithm: Algorithm) -> Verifier {
-    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", rig.admin))
+async fn published(rig: &Rig) -> Value {
+    reqwest::get(format!("{}/.well-known/jwks.json", rig.admin))
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 4, "{jwks}");
+        .unwrap()
+}
+
+async fn verifier(rig: &Rig, audience: &str, path: &str, algorithm: Algorithm) -> Verifier {
+    let jwks = published(rig).await;
+    assert!(jwks["keys"].as_array().unwrap().len() >= 8, "{jwks}");
     Verifier::new(
         VerifierConfig {
             issuer: format!("{ISSUER}/{path}"),
@@ -186,10 +190,7 @@ async fn an_http_upstream_receives_a_token_for_exactly_that_call_on_both_paths()
             .verify(
                 &token,
                 now(),
-                &Presented {
-                    tool: "echo",
-                    arguments: &json!({"text": "one"}),
-                },
+                &Presented::tool("echo", &json!({"text": "one"})),
             )
             .unwrap();
         assert_eq!(
@@ -203,10 +204,7 @@ async fn an_http_upstream_receives_a_token_for_exactly_that_call_on_both_paths()
             v.verify(
                 &token,
                 now(),
-                &Presented {
-                    tool: "echo",
-                    arguments: &json!({"text": "one"})
-                }
+                &Presented::tool("echo", &json!({"text": "one"}))
             ),
             Err(VerifyError::Replayed)
         );
@@ -223,10 +221,7 @@ async fn an_http_upstream_receives_a_token_for_exactly_that_call_on_both_paths()
         v.verify(
             &token,
             now(),
-            &Presented {
-                tool: "echo",
-                arguments: &json!({"text": "two"}),
-            },
+            &Presented::tool("echo", &json!({"text": "two"})),
         )
         .unwrap();
         // Presented for other arguments, it is refused.
@@ -241,10 +236,7 @@ async fn an_http_upstream_receives_a_token_for_exactly_that_call_on_both_paths()
             v.verify(
                 &second,
                 now(),
-                &Presented {
-                    tool: "echo",
-                    arguments: &json!({"text": "four"})
-                }
+                &Presented::tool("echo", &json!({"text": "four"}))
             ),
             Err(VerifyError::Mismatch("arguments"))
         );
@@ -269,15 +261,8 @@ async fn a_stdio_upstream_finds_its_token_in_meta_and_an_agent_cannot_plant_one(
         serde_json::from_str(&text_of(&agent.call_tool(request).await.unwrap())).unwrap();
     let token = seen["io.tollgate/credential"].as_str().unwrap();
     assert_ne!(token, "forged-by-the-agent");
-    v.verify(
-        token,
-        now(),
-        &Presented {
-            tool: "meta",
-            arguments: &json!({}),
-        },
-    )
-    .unwrap();
+    v.verify(token, now(), &Presented::tool("meta", &json!({})))
+        .unwrap();
     agent.cancel().await.unwrap();
     rig.proxy.shutdown().await;
 }
@@ -538,5 +523,84 @@ async fn revoking_a_session_refuses_its_next_call_and_retires_its_tokens() {
         "{refused}"
     );
     legacy.cancel().await.unwrap();
+    rig.proxy.shutdown().await;
+}
+
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_operator_rotation_signs_the_next_call_with_the_key_published_before_it() {
+    let rig = rig("ES256").await;
+    // A resource server that fetched the JWKS before the rotation and never again.
+    let early = verifier(&rig, "https://fx.test", "read", Algorithm::Es256).await;
+    let agent = agent_modern_with(&rig.url, TestAgent::new("m"), Some(&rig.token)).await;
+    agent
+        .call_tool(call("fx.echo", json!({"text": "before"})))
+        .await
+        .unwrap();
+    let before = bearer_of_last_call(&rig);
+
+    let rotate = |token: Option<&'static str>| {
+        let url = format!("{}/keys/rotate", rig.admin);
+        async move {
+            let mut request = reqwest::Client::new().post(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    assert_eq!(rotate(None).await.status().as_u16(), 401);
+    assert_eq!(rotate(Some("a-guess")).await.status().as_u16(), 401);
+    let answer: Value = rotate(Some(ADMIN_TOKEN)).await.json().await.unwrap();
+    assert_eq!(answer["rotated"].as_array().unwrap().len(), 4, "{answer}");
+
+    agent
+        .call_tool(call("fx.echo", json!({"text": "after"})))
+        .await
+        .unwrap();
+    let after = bearer_of_last_call(&rig);
+    assert_ne!(
+        kid_of(&before),
+        kid_of(&after),
+        "the next call is signed by the new key"
+    );
+    early
+        .verify(
+            &after,
+            now(),
+            &Presented::tool("echo", &json!({"text": "after"})),
+        )
+        .expect("the new key was in the JWKS before it signed anything");
+    let jwks = published(&rig).await;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 12);
+    assert!(
+        kids.contains(&kid_of(&before).as_str()),
+        "the retired key is still published"
+    );
+    // A token the retired key signed is still good until it expires.
+    early
+        .verify(
+            &before,
+            now(),
+            &Presented::tool("echo", &json!({"text": "before"})),
+        )
+        .unwrap();
+    agent.cancel().await.unwrap();
     rig.proxy.shutdown().await;
 }

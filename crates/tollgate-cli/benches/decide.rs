@@ -317,6 +317,7 @@ fn mint(alg: tollgate_mint::Algorithm) -> (f64, f64) {
         decision_id: "d-1",
         grant_id: Some("g-00000000000000000000aaaa"),
         approval_id: None,
+        http: None,
         now: 1_795_773_600,
         lifetime_secs: 60,
     };

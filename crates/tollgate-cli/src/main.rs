@@ -2,6 +2,7 @@
 
 mod demo;
 mod grant;
+mod keys;
 mod policy;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -71,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: grant::GrantCommand,
     },
+    /// List and rotate the per-call signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Check and test policy packs.
     Policy {
         #[command(subcommand)]
@@ -116,6 +122,7 @@ async fn main() -> ExitCode {
             run(config, command, grant, pack, state, allow_all).await
         }
         Command::Grant { command } => grant::run(command),
+        Command::Keys { command } => keys::run(command),
         Command::Policy { command } => policy::run(command),
         Command::Demo => {
             // The transcript is the output; only real failures are logged beside it.

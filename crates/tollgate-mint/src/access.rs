@@ -7,11 +7,8 @@
 //! minted for a read can never be taken for a write.
 
 use std::{
-    collections::BTreeMap,
-    fs,
-    io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::Path,
+    sync::{Arc, Mutex, RwLock},
 };
 
 use aws_lc_rs::{
@@ -24,7 +21,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tollgate_policy::ActionClass;
 
-use crate::err::MintError;
+use crate::{
+    err::MintError,
+    keyring::{KeyEntry, KeyState, Ring, Rotated, Stamp, Store},
+};
 
 /// A signature algorithm for per-call tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -109,7 +109,7 @@ impl std::fmt::Debug for AccessKey {
 }
 
 impl AccessKey {
-    fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<Self, &'static str> {
+    pub(crate) fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<Self, &'static str> {
         let (pair, public) = match alg {
             Algorithm::Es256 => {
                 let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
@@ -149,7 +149,7 @@ impl AccessKey {
         })
     }
 
-    fn generate(alg: Algorithm) -> Result<Vec<u8>, MintError> {
+    pub(crate) fn generate(alg: Algorithm) -> Result<Vec<u8>, MintError> {
         let rng = SystemRandom::new();
         let document = match alg {
             Algorithm::Es256 => {
@@ -200,52 +200,129 @@ impl AccessKey {
     }
 }
 
-/// The signing key of every trust path, kept in `<state>/access/`.
+/// The signing keys of every trust path, kept in `<state>/access/` (see [`crate::keyring`]).
 #[derive(Debug)]
 pub struct AccessKeys {
-    keys: BTreeMap<TrustPath, AccessKey>,
+    store: Store,
+    alg: Algorithm,
+    ring: RwLock<Arc<Ring>>,
+    /// The manifest version the ring was read from, and when that was last checked.
+    seen: Mutex<(Option<Stamp>, i64)>,
 }
 
 impl AccessKeys {
-    /// Loads each path's key from `state_dir`, making those that are missing.
+    /// Loads the ring from `state_dir`, making what is missing: a current and a next key of
+    /// `alg` on each path. A current key of another algorithm is retired (still published).
     pub fn load_or_create(state_dir: &Path, alg: Algorithm) -> Result<Self, MintError> {
-        let dir = state_dir.join("access");
-        fs::create_dir_all(&dir).map_err(MintError::io(&dir))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(MintError::io(&dir))?;
-        let mut keys = BTreeMap::new();
-        for path in TrustPath::ALL {
-            let file = dir.join(format!("{}.{}.pk8", path.as_str(), alg.as_str()));
-            if !file.exists() {
-                let document = AccessKey::generate(alg)?;
-                let mut out = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&file)
-                    .map_err(MintError::io(&file))?;
-                out.write_all(&document).map_err(MintError::io(&file))?;
-                out.sync_all().map_err(MintError::io(&file))?;
+        let store = Store::open(state_dir)?;
+        let ring = store.open_ring(alg, crate::unix_now())?;
+        let stamp = store.stamp();
+        Ok(Self {
+            store,
+            alg,
+            ring: RwLock::new(Arc::new(ring)),
+            seen: Mutex::new((stamp, crate::unix_now())),
+        })
+    }
+
+    fn ring(&self) -> Arc<Ring> {
+        self.ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn install(&self, ring: Ring) {
+        let stamp = self.store.stamp();
+        *self
+            .ring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ring);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.0 = stamp;
+    }
+
+    /// Rereads the ring if its manifest changed (another process rotated it), at most once a
+    /// second. On a manifest that cannot be read the ring in memory stays.
+    pub fn refresh(&self, now: i64) -> Result<bool, MintError> {
+        {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.1 == now {
+                return Ok(false);
             }
-            let meta = fs::metadata(&file).map_err(MintError::io(&file))?;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(MintError::Exposed { path: file });
+            seen.1 = now;
+            if self.store.stamp() == seen.0 {
+                return Ok(false);
             }
-            let document = fs::read(&file).map_err(MintError::io(&file))?;
-            let key = AccessKey::from_pkcs8(alg, &document)
-                .map_err(|reason| MintError::BadKey { path: file, reason })?;
-            keys.insert(path, key);
         }
-        Ok(Self { keys })
+        let ring = self.store.reread()?;
+        self.install(ring);
+        Ok(true)
     }
 
-    pub fn key(&self, path: TrustPath) -> Option<&AccessKey> {
-        self.keys.get(&path)
+    /// Rotates every path now: each next key starts signing, each current one retires.
+    pub fn rotate_now(&self, now: i64) -> Result<Vec<Rotated>, MintError> {
+        let (ring, rotated) = self.store.rotate(self.alg, &TrustPath::ALL, None, now)?;
+        self.install(ring);
+        Ok(rotated)
     }
 
-    /// The JWKS (RFC 7517) resource servers fetch: every path's public key.
+    /// Rotates the paths whose current key has signed for `every_secs` and whose next key has
+    /// been published for at least `ahead_secs`; drops retired keys past their time.
+    pub fn rotate_due(
+        &self,
+        every_secs: i64,
+        ahead_secs: i64,
+        now: i64,
+    ) -> Result<Vec<Rotated>, MintError> {
+        let (ring, rotated) = self.store.rotate(
+            self.alg,
+            &TrustPath::ALL,
+            Some((every_secs, ahead_secs)),
+            now,
+        )?;
+        self.install(ring);
+        Ok(rotated)
+    }
+
+    /// The key `path` signs with now.
+    pub fn key(&self, path: TrustPath) -> Option<Arc<AccessKey>> {
+        self.ring().signing.get(&path).cloned()
+    }
+
+    /// Every key of the ring and where it is in its life.
+    pub fn entries(&self) -> Vec<KeyEntry> {
+        self.ring().entries.clone()
+    }
+
+    /// The JWKS (RFC 7517) resource servers fetch: every published key of every path (current,
+    /// next, and retired until its tokens have expired).
     pub fn jwks(&self) -> Value {
-        json!({"keys": self.keys.values().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+        let ring = self.ring();
+        let now = crate::unix_now();
+        let mut entries: Vec<&KeyEntry> = ring
+            .entries
+            .iter()
+            .filter(|e| e.published_until().is_none_or(|until| until > now))
+            .collect();
+        entries.sort_by_key(|e| {
+            (
+                e.path,
+                e.state != KeyState::Current,
+                e.state != KeyState::Next,
+            )
+        });
+        json!({"keys": entries
+            .iter()
+            .filter_map(|e| ring.keys.get(&e.kid))
+            .map(|k| k.jwk.clone())
+            .collect::<Vec<_>>()})
     }
 }
 
@@ -270,8 +347,27 @@ pub struct CallCredential<'a> {
     pub decision_id: &'a str,
     pub grant_id: Option<&'a str>,
     pub approval_id: Option<&'a str>,
+    /// For a call Tollgate itself makes over HTTP: the exact request, which the token then
+    /// names (method, path with query, body hash) so it is good for that request only.
+    pub http: Option<HttpCall<'a>>,
     pub now: i64,
     pub lifetime_secs: i64,
+}
+
+/// The HTTP request one call becomes.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpCall<'a> {
+    /// Upper case, as sent.
+    pub method: &'a str,
+    /// The path and query, exactly as sent (percent-encoded).
+    pub path: &'a str,
+    /// The body's exact bytes (empty for none).
+    pub body: &'a [u8],
+}
+
+/// Base64url (no padding) of the SHA-256 of `bytes`: how a token names a request body.
+pub fn body_digest(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
 }
 
 /// A minted token and what the audit record keeps of it (never the token).
@@ -320,6 +416,12 @@ struct Details<'a> {
     grant_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     approval_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_sha256: Option<String>,
 }
 
 impl AccessKeys {
@@ -333,7 +435,8 @@ impl AccessKeys {
         };
         let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
         let kid = header.get("kid")?.as_str()?;
-        let key = self.keys.values().find(|k| k.kid == kid)?;
+        let ring = self.ring();
+        let key = ring.keys.get(kid)?;
         let public = key.public_bytes();
         let algorithm: &dyn aws_lc_rs::signature::VerificationAlgorithm = match key.algorithm() {
             Algorithm::Es256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
@@ -419,6 +522,9 @@ impl AccessKeys {
                 decision_id: call.decision_id,
                 grant_id: call.grant_id,
                 approval_id: call.approval_id,
+                method: call.http.map(|h| h.method),
+                path: call.http.map(|h| h.path),
+                body_sha256: call.http.map(|h| body_digest(h.body)),
             }],
         };
         let payload = serde_json::to_vec(&claims).map_err(|e| MintError::Random(e.to_string()))?;

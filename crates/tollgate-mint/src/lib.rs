@@ -5,6 +5,7 @@
 pub mod access;
 pub mod err;
 pub mod jcs;
+pub mod keyring;
 pub mod keys;
 pub mod ledger;
 pub mod revocation;
@@ -13,6 +14,7 @@ pub mod verify;
 
 pub use access::{AccessKeys, Algorithm, CallCredential, Minted, TrustPath};
 pub use err::MintError;
+pub use keyring::{KeyEntry, KeyState, Rotated};
 pub use keys::{GrantSigner, GrantVerifier};
 pub use ledger::{Issued, Ledger};
 pub use revocation::{RevocationList, revoke};

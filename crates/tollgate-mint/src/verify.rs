@@ -32,9 +32,26 @@ pub struct VerifierConfig {
 
 /// The request the token is presented with.
 #[derive(Debug, Clone, Copy)]
-pub struct Presented<'a> {
-    pub tool: &'a str,
-    pub arguments: &'a Value,
+pub enum Presented<'a> {
+    /// A tool call received by an MCP tool server.
+    Tool { tool: &'a str, arguments: &'a Value },
+    /// A plain HTTP request received by an API: its method, its path with query exactly as
+    /// received, and its body's bytes.
+    Http {
+        method: &'a str,
+        path: &'a str,
+        body: &'a [u8],
+    },
+}
+
+impl<'a> Presented<'a> {
+    pub fn tool(tool: &'a str, arguments: &'a Value) -> Self {
+        Self::Tool { tool, arguments }
+    }
+
+    pub fn http(method: &'a str, path: &'a str, body: &'a [u8]) -> Self {
+        Self::Http { method, path, body }
+    }
 }
 
 /// The claims of an accepted token.
@@ -248,11 +265,26 @@ impl Verifier {
         if get("type") != Some(DETAILS_TYPE) {
             return Err(VerifyError::Mismatch("authorization detail type"));
         }
-        if get("tool") != Some(request.tool) {
-            return Err(VerifyError::Mismatch("tool"));
-        }
-        if get("arguments_sha256") != Some(crate::jcs::digest(request.arguments).as_str()) {
-            return Err(VerifyError::Mismatch("arguments"));
+        match *request {
+            Presented::Tool { tool, arguments } => {
+                if get("tool") != Some(tool) {
+                    return Err(VerifyError::Mismatch("tool"));
+                }
+                if get("arguments_sha256") != Some(crate::jcs::digest(arguments).as_str()) {
+                    return Err(VerifyError::Mismatch("arguments"));
+                }
+            }
+            Presented::Http { method, path, body } => {
+                if get("method") != Some(method) {
+                    return Err(VerifyError::Mismatch("method"));
+                }
+                if get("path") != Some(path) {
+                    return Err(VerifyError::Mismatch("path"));
+                }
+                if get("body_sha256") != Some(crate::access::body_digest(body).as_str()) {
+                    return Err(VerifyError::Mismatch("body"));
+                }
+            }
         }
         let mut seen = self
             .seen

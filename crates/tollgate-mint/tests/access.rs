@@ -13,8 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use tollgate_mint::{
-    AccessKeys, Algorithm, CallCredential, Presented, TrustPath, Verifier, VerifierConfig,
-    VerifyError,
+    AccessKeys, Algorithm, CallCredential, KeyState, Presented, TrustPath, Verifier,
+    VerifierConfig, VerifyError,
 };
 use tollgate_policy::ActionClass;
 
@@ -38,6 +38,7 @@ fn call<'a>(
         decision_id: "d-1",
         grant_id: Some("g-00000000000000000000aaaa"),
         approval_id: None,
+        http: None,
         now: NOW,
         lifetime_secs: 60,
     }
@@ -99,10 +100,7 @@ fn a_token_carries_exactly_the_call_and_is_accepted_once() {
         let v = verifier(&keys, "write", vec![alg]);
         // The same arguments in another order are the same call.
         let reordered: Value = serde_json::from_str(r#"{"amount":40,"customer_id":"42"}"#).unwrap();
-        let presented = Presented {
-            tool: "payments.refund",
-            arguments: &reordered,
-        };
+        let presented = Presented::tool("payments.refund", &reordered);
         let accepted = v.verify(&minted.token, NOW + 1, &presented).unwrap();
         assert_eq!(accepted.sub, "ada");
         assert_eq!(
@@ -118,10 +116,7 @@ fn every_wrong_token_is_refused() {
     let keys = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
     let args = json!({"customer_id": "42", "amount": 40});
     let resources = vec!["customer:42".to_owned()];
-    let presented = Presented {
-        tool: "payments.refund",
-        arguments: &args,
-    };
+    let presented = Presented::tool("payments.refund", &args);
     let write = || {
         keys.mint(&call(ActionClass::Payment, &args, &resources))
             .unwrap()
@@ -157,23 +152,9 @@ fn every_wrong_token_is_refused() {
     );
     // Presented with other arguments, or for another tool.
     let more = json!({"customer_id": "42", "amount": 4000});
-    let mismatch = v.verify(
-        &write(),
-        NOW,
-        &Presented {
-            tool: "payments.refund",
-            arguments: &more,
-        },
-    );
+    let mismatch = v.verify(&write(), NOW, &Presented::tool("payments.refund", &more));
     assert_eq!(mismatch, Err(VerifyError::Mismatch("arguments")));
-    let wrong_tool = v.verify(
-        &write(),
-        NOW,
-        &Presented {
-            tool: "payments.charge",
-            arguments: &args,
-        },
-    );
+    let wrong_tool = v.verify(&write(), NOW, &Presented::tool("payments.charge", &args));
     assert_eq!(wrong_tool, Err(VerifyError::Mismatch("tool")));
     // A widened payload keeps the old signature.
     let token = write();
@@ -223,9 +204,9 @@ fn keys_live_in_the_state_folder_owner_only_and_survive_a_restart() {
     let first = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
     let again = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
     assert_eq!(first.jwks(), again.jwks());
-    let kids: std::collections::BTreeSet<&str> = TrustPath::ALL
+    let kids: std::collections::BTreeSet<String> = TrustPath::ALL
         .iter()
-        .map(|p| first.key(*p).unwrap().kid())
+        .map(|p| first.key(*p).unwrap().kid().to_owned())
         .collect();
     assert_eq!(kids.len(), 4, "every trust path has a key of its own");
     let jwks = first.jwks();
@@ -233,7 +214,12 @@ fn keys_live_in_the_state_folder_owner_only_and_survive_a_restart() {
         assert!(jwk.get("d").is_none(), "no private part in the JWKS");
         assert_eq!(jwk["alg"], "ES256");
     }
-    let file = dir.path().join("access/read.ES256.pk8");
+    let entry = first
+        .entries()
+        .into_iter()
+        .find(|e| e.path == TrustPath::Read && e.state == KeyState::Current)
+        .unwrap();
+    let file = dir.path().join("access").join(&entry.file);
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
@@ -258,4 +244,216 @@ fn kids_are_rfc_7638_thumbprints() {
     use sha2::Digest;
     let expected = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes()));
     assert_eq!(key.kid(), expected);
+}
+
+fn kids(jwks: &Value) -> Vec<String> {
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn rotation_publishes_the_next_key_first_and_keeps_the_retired_one_until_its_tokens_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
+    let before = keys.jwks();
+    assert_eq!(
+        kids(&before).len(),
+        8,
+        "a current and a next key on each of four paths"
+    );
+    let next_write = keys
+        .entries()
+        .into_iter()
+        .find(|e| e.path == TrustPath::Write && e.state == KeyState::Next)
+        .unwrap()
+        .kid;
+    assert!(
+        kids(&before).contains(&next_write),
+        "published before it signs"
+    );
+
+    let args = json!({"amount": 5});
+    let resources = vec!["account:acme".to_owned()];
+    let old = keys
+        .mint(&call(ActionClass::Payment, &args, &resources))
+        .unwrap();
+    // A resource server that fetched the JWKS before the rotation.
+    let early = verifier(&keys, "write", vec![Algorithm::Es256]);
+
+    let now = tollgate_mint::unix_now();
+    let rotated = keys.rotate_now(now).unwrap();
+    assert_eq!(rotated.len(), 4);
+    let new = keys
+        .mint(&call(ActionClass::Payment, &args, &resources))
+        .unwrap();
+    assert_eq!(new.kid, next_write, "the published next key signs now");
+    assert_ne!(new.kid, old.kid);
+    let presented = Presented::tool("payments.refund", &args);
+    early
+        .verify(&new.token, NOW, &presented)
+        .expect("a verifier with the old JWKS already knows the new key");
+    let after = keys.jwks();
+    assert_eq!(
+        kids(&after).len(),
+        12,
+        "current, next and retired on each path"
+    );
+    assert!(
+        kids(&after).contains(&old.kid),
+        "the retired key is still published"
+    );
+    verifier(&keys, "write", vec![Algorithm::Es256])
+        .verify(&old.token, NOW, &presented)
+        .expect("a token the retired key signed is still good until it expires");
+
+    // Once every token the retired keys signed has expired, they leave the JWKS and the disk.
+    let later = now + tollgate_mint::access::MAX_LIFETIME_SECS + 6;
+    keys.rotate_due(i64::MAX / 2, 0, later).unwrap();
+    let pruned = kids(&keys.jwks());
+    assert_eq!(pruned.len(), 8);
+    assert!(!pruned.contains(&old.kid));
+    let files = std::fs::read_dir(dir.path().join("access"))
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pk8")
+        })
+        .count();
+    assert_eq!(files, 8, "retired key files are deleted");
+}
+
+#[test]
+fn scheduled_rotation_waits_for_its_time_and_for_the_next_key_to_have_been_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = AccessKeys::load_or_create(dir.path(), Algorithm::EdDsa).unwrap();
+    let now = tollgate_mint::unix_now();
+    let day = 86_400;
+    assert!(
+        keys.rotate_due(day, 600, now).unwrap().is_empty(),
+        "not due yet"
+    );
+    assert_eq!(keys.rotate_due(day, 600, now + day).unwrap().len(), 4);
+    // The next key made by that rotation has been published for no time at all.
+    assert!(
+        keys.rotate_due(1, 600, now + day + 10).unwrap().is_empty(),
+        "a next key published for 10 s is not promoted when 600 s are asked"
+    );
+    assert_eq!(keys.rotate_due(1, 600, now + day + 600).unwrap().len(), 4);
+}
+
+#[test]
+fn a_running_minter_signs_with_the_key_another_process_rotated_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
+    let cli = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
+    let before = running.key(TrustPath::Read).unwrap().kid().to_owned();
+    let now = tollgate_mint::unix_now();
+    let rotated = cli.rotate_now(now).unwrap();
+    let new_read = rotated
+        .iter()
+        .find(|r| r.path == TrustPath::Read)
+        .unwrap()
+        .current
+        .clone();
+    assert_eq!(running.key(TrustPath::Read).unwrap().kid(), before);
+    assert!(running.refresh(now + 1).unwrap());
+    assert_eq!(running.key(TrustPath::Read).unwrap().kid(), new_read);
+    assert!(!running.refresh(now + 2).unwrap(), "nothing changed since");
+}
+
+#[test]
+fn a_new_algorithm_takes_over_while_the_old_keys_stay_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
+    let old = es.key(TrustPath::Read).unwrap().kid().to_owned();
+    let ed = AccessKeys::load_or_create(dir.path(), Algorithm::EdDsa).unwrap();
+    assert_eq!(
+        ed.key(TrustPath::Read).unwrap().algorithm(),
+        Algorithm::EdDsa
+    );
+    let jwks = ed.jwks();
+    assert!(
+        kids(&jwks).contains(&old),
+        "the ES256 key is retired, not dropped"
+    );
+    assert!(
+        !ed.entries()
+            .iter()
+            .any(|e| e.alg == Algorithm::Es256 && e.state != KeyState::Retired)
+    );
+}
+
+#[test]
+fn a_tampered_keyring_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
+    let manifest = dir.path().join("access/keyring.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    doc["keys"][0]["file"] = json!("../../etc/passwd");
+    std::fs::write(&manifest, doc.to_string()).unwrap();
+    let err = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap_err();
+    assert!(err.to_string().contains("outside the keyring"), "{err}");
+    std::fs::write(&manifest, "{").unwrap();
+    assert!(AccessKeys::load_or_create(dir.path(), Algorithm::Es256).is_err());
+}
+
+#[test]
+fn a_token_for_an_http_request_is_good_for_that_method_path_and_body_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
+    let args = json!({"account": "acme", "amount": 5});
+    let resources = vec!["account:acme".to_owned()];
+    let body = br#"{"amount":5}"#;
+    let mut http = call(ActionClass::Payment, &args, &resources);
+    http.http = Some(tollgate_mint::access::HttpCall {
+        method: "POST",
+        path: "/accounts/acme/transfers?dry_run=false",
+        body,
+    });
+    let mint = || keys.mint(&http).unwrap().token;
+    let claims = claims_of(&mint());
+    let details = &claims["authorization_details"][0];
+    assert_eq!(details["method"], "POST");
+    assert_eq!(details["path"], "/accounts/acme/transfers?dry_run=false");
+    let v = verifier(&keys, "write", vec![Algorithm::Es256]);
+    let path = "/accounts/acme/transfers?dry_run=false";
+    v.verify(&mint(), NOW, &Presented::http("POST", path, body))
+        .unwrap();
+    assert_eq!(
+        v.verify(&mint(), NOW, &Presented::http("PUT", path, body)),
+        Err(VerifyError::Mismatch("method"))
+    );
+    assert_eq!(
+        v.verify(
+            &mint(),
+            NOW,
+            &Presented::http("POST", "/accounts/evil/transfers?dry_run=false", body)
+        ),
+        Err(VerifyError::Mismatch("path"))
+    );
+    assert_eq!(
+        v.verify(
+            &mint(),
+            NOW,
+            &Presented::http("POST", path, br#"{"amount":5000}"#)
+        ),
+        Err(VerifyError::Mismatch("body"))
+    );
+    // A token for a tool call says nothing of any HTTP request.
+    let plain = keys
+        .mint(&call(ActionClass::Payment, &args, &resources))
+        .unwrap()
+        .token;
+    assert_eq!(
+        v.verify(&plain, NOW, &Presented::http("POST", path, body)),
+        Err(VerifyError::Mismatch("method"))
+    );
 }

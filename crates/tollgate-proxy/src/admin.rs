@@ -2,7 +2,8 @@
 //! otherwise). For resource servers: the JWKS of every trust path at `/.well-known/jwks.json`,
 //! RFC 8414-style metadata naming each path's issuer, and the signed revocation list at
 //! `/revocations`. For operators, with the admin token: RFC 7662 introspection at
-//! `/introspect` and revocation of a token, a session or a grant at `/revoke`.
+//! `/introspect`, revocation of a token, a session or a grant at `/revoke`, and rotation of
+//! the signing keys at `/keys/rotate`.
 //! Nothing here accepts an agent's request or shows a secret.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -38,6 +39,7 @@ pub async fn serve(
         state_dir,
     });
     let introspector = operator.clone();
+    let rotator = operator.clone();
     let revoker = operator;
     let app = Router::new()
         .route(
@@ -65,6 +67,13 @@ pub async fn serve(
             post(move |headers: http::HeaderMap, body: Bytes| {
                 let operator = revoker.clone();
                 async move { operator.revoke(&headers, &body) }
+            }),
+        )
+        .route(
+            "/keys/rotate",
+            post(move |headers: http::HeaderMap| {
+                let operator = rotator.clone();
+                async move { operator.rotate(&headers) }
             }),
         )
         .route(
@@ -177,6 +186,30 @@ impl Operator {
             }
         };
         json_response(&answer)
+    }
+
+    /// Rotates every path's signing key now: the published next keys start signing, the
+    /// current ones retire (still published until their tokens expire).
+    fn rotate(&self, headers: &http::HeaderMap) -> axum::response::Response {
+        if let Some(refused) = self.refused(headers) {
+            return refused;
+        }
+        match self.guard.rotate_keys() {
+            None => (
+                http::StatusCode::NOT_FOUND,
+                "no upstream takes minted credentials: there are no signing keys",
+            )
+                .into_response(),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "key rotation failed");
+                (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "key rotation failed; the keys in use keep signing",
+                )
+                    .into_response()
+            }
+            Some(Ok(rotated)) => json_response(&json!({"rotated": rotated})),
+        }
     }
 
     /// `{"jti": …}`, `{"session": …}` or `{"grant": …}`.

@@ -37,13 +37,26 @@ pub struct MintConfig {
     /// Tokens are issued by `<issuer>/<trust path>` (`…/read`, `…/write`, …).
     pub issuer: String,
     pub algorithm: tollgate_mint::Algorithm,
+    /// Each path's key signs for this long before the next one takes over; `None` rotates only
+    /// on demand.
+    pub rotate_every_secs: Option<i64>,
+    /// A next key is published at least this long before it signs (how long resource servers
+    /// may cache the JWKS).
+    pub publish_ahead_secs: i64,
 }
+
+/// Default time a signing key signs before it is rotated: a week.
+pub const DEFAULT_ROTATE_EVERY_SECS: i64 = 7 * 86_400;
+/// Default time a next key is published before it signs: an hour.
+pub const DEFAULT_PUBLISH_AHEAD_SECS: i64 = 3_600;
 
 impl Default for MintConfig {
     fn default() -> Self {
         Self {
             issuer: "https://tollgate.invalid".to_owned(),
             algorithm: tollgate_mint::Algorithm::Es256,
+            rotate_every_secs: Some(DEFAULT_ROTATE_EVERY_SECS),
+            publish_ahead_secs: DEFAULT_PUBLISH_AHEAD_SECS,
         }
     }
 }
@@ -293,6 +306,9 @@ struct RawConfig {
 struct RawMint {
     issuer: Option<String>,
     algorithm: Option<tollgate_mint::Algorithm>,
+    /// 0 turns scheduled rotation off.
+    rotate_every_secs: Option<i64>,
+    publish_ahead_secs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -913,6 +929,27 @@ impl RawConfig {
                     .mint
                     .algorithm
                     .unwrap_or(tollgate_mint::Algorithm::Es256),
+                rotate_every_secs: match self.mint.rotate_every_secs {
+                    None => Some(DEFAULT_ROTATE_EVERY_SECS),
+                    Some(0) => None,
+                    Some(secs) if secs >= 60 => Some(secs),
+                    Some(secs) => {
+                        return Err(ConfigError::invalid(
+                            "mint.rotate_every_secs",
+                            format!("0 (never) or at least 60 seconds, not {secs}"),
+                        ));
+                    }
+                },
+                publish_ahead_secs: match self.mint.publish_ahead_secs {
+                    None => DEFAULT_PUBLISH_AHEAD_SECS,
+                    Some(secs) if secs >= 0 => secs,
+                    Some(secs) => {
+                        return Err(ConfigError::invalid(
+                            "mint.publish_ahead_secs",
+                            format!("a number of seconds, not {secs}"),
+                        ));
+                    }
+                },
             },
             admin: match self.admin {
                 None => None,
@@ -1010,6 +1047,21 @@ mod tests {
             !config.prefixed(),
             "one upstream is not prefixed in auto mode"
         );
+    }
+
+    #[test]
+    fn key_rotation_defaults_to_weekly_and_a_bad_period_is_named() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(
+            config.mint.rotate_every_secs,
+            Some(DEFAULT_ROTATE_EVERY_SECS)
+        );
+        let off = Config::parse(&format!("[mint]\nrotate_every_secs = 0\n{MINIMAL}")).unwrap();
+        assert_eq!(off.mint.rotate_every_secs, None);
+        let err = Config::parse(&format!("[mint]\nrotate_every_secs = 5\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mint.rotate_every_secs"), "{err}");
     }
 
     #[test]

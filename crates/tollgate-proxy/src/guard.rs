@@ -91,6 +91,10 @@ pub struct PolicyGuard {
     credentials: HashMap<String, CredentialConfig>,
     /// What was minted and what was revoked, for introspection and the revocation list.
     ledger: tollgate_mint::Ledger,
+    /// Scheduled rotation: how long a key signs and how long its successor is published first.
+    rotation: (Option<i64>, i64),
+    /// When the schedule was last looked at.
+    rotation_checked: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for PolicyGuard {
@@ -149,6 +153,11 @@ impl PolicyGuard {
             issuer: config.mint.issuer.clone(),
             credentials,
             ledger: tollgate_mint::Ledger::default(),
+            rotation: (
+                config.mint.rotate_every_secs,
+                config.mint.publish_ahead_secs,
+            ),
+            rotation_checked: std::sync::atomic::AtomicI64::new(0),
             pack: RwLock::new(Arc::new(pack)),
             pack_dir,
             extra_tools: config.policy.tools.clone(),
@@ -425,6 +434,9 @@ impl PolicyGuard {
             .minter
             .as_ref()
             .ok_or_else(|| "no signing keys are loaded".to_owned())?;
+        if let Err(error) = minter.refresh(now) {
+            warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
+        }
         let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
         let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
         let agent = grant.and_then(|g| g.agent.as_deref()).unwrap_or("agent");
@@ -446,6 +458,7 @@ impl PolicyGuard {
                 decision_id,
                 grant_id: grant.map(|g| g.id.as_str()),
                 approval_id: None,
+                http: None,
                 now,
                 lifetime_secs: *lifetime_secs,
             })
@@ -469,6 +482,48 @@ impl PolicyGuard {
             now,
         );
         Ok(Some(minted))
+    }
+
+    /// Keeps the signing keys current: rereads a keyring rotated by another process and, once a
+    /// minute, rotates the paths whose key is due.
+    pub fn keep_keys(&self, now: i64) {
+        let Some(minter) = &self.minter else { return };
+        if let Err(error) = minter.refresh(now) {
+            warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
+        }
+        let (Some(every), ahead) = self.rotation else {
+            return;
+        };
+        let checked = self
+            .rotation_checked
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now - checked < 60 {
+            return;
+        }
+        self.rotation_checked
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        match minter.rotate_due(every, ahead, now) {
+            Ok(rotated) => {
+                for r in rotated {
+                    info!(path = r.path.as_str(), retired = %r.retired, current = %r.current, "signing key rotated on schedule");
+                }
+            }
+            Err(error) => {
+                warn!(%error, "scheduled key rotation failed; the keys in use keep signing")
+            }
+        }
+    }
+
+    /// Rotates every path's signing key now. `None` when no upstream takes minted credentials.
+    pub fn rotate_keys(&self) -> Option<Result<Vec<tollgate_mint::Rotated>, GuardError>> {
+        let minter = self.minter.as_ref()?;
+        let result = minter.rotate_now(now()).map_err(GuardError::from);
+        if let Ok(rotated) = &result {
+            for r in rotated {
+                info!(path = r.path.as_str(), retired = %r.retired, current = %r.current, "signing key rotated on demand");
+            }
+        }
+        Some(result)
     }
 
     /// Introspection (RFC 7662): the claims of `token` while it is live, `None` otherwise.
@@ -711,6 +766,7 @@ pub async fn watch(
             () = stop.cancelled() => return,
             _ = hup => "SIGHUP",
             _ = tick.tick() => {
+                guard.keep_keys(tollgate_mint::unix_now());
                 if !watch {
                     continue;
                 }
@@ -723,6 +779,12 @@ pub async fn watch(
                 "file change"
             }
         };
+        if reason == "SIGHUP"
+            && let Some(minter) = &guard.minter
+            && let Err(error) = minter.refresh(tollgate_mint::unix_now() + 1)
+        {
+            warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
+        }
         match guard.reload() {
             Ok(version) => info!(%version, reason, "policy pack now deciding"),
             Err(error) => {
