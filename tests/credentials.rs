@@ -149,6 +149,7 @@ async fn verifier(rig: &Rig, audience: &str, path: &str, algorithm: Algorithm) -
             audience: audience.into(),
             algorithms: vec![algorithm],
             leeway_secs: 5,
+            revocations: None,
         },
         &jwks,
     )

@@ -28,6 +28,28 @@ pub struct VerifierConfig {
     pub algorithms: Vec<Algorithm>,
     /// Clamped to [`MAX_LEEWAY_SECS`].
     pub leeway_secs: i64,
+    /// When set, tokens are checked against Tollgate's signed revocation list, which must be
+    /// no older than `max_age_secs` (else [`VerifyError::StaleRevocations`]: fetch it again).
+    pub revocations: Option<RevocationPolicy>,
+}
+
+/// Where the revocation list comes from and how fresh it must be.
+#[derive(Debug, Clone)]
+pub struct RevocationPolicy {
+    /// The revoke path's issuer (`<base>/revoke`).
+    pub issuer: String,
+    pub max_age_secs: i64,
+}
+
+/// The revocation list last accepted.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct Revocations {
+    iat: i64,
+    exp: i64,
+    #[serde(default)]
+    revoked_jtis: HashMap<String, i64>,
+    #[serde(default)]
+    sessions_issued_before: HashMap<String, i64>,
 }
 
 /// The request the token is presented with.
@@ -95,6 +117,16 @@ pub enum VerifyError {
     Replayed,
     #[error("the token was minted for another call: {0}")]
     Mismatch(&'static str),
+    #[error("revoked")]
+    Revoked,
+    #[error("the revocation list is out of date; fetch it again")]
+    StaleRevocations,
+}
+
+fn decode(part: &str) -> Result<Vec<u8>, VerifyError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| VerifyError::Malformed("a part is not base64url"))
 }
 
 struct Key {
@@ -107,6 +139,7 @@ pub struct Verifier {
     config: VerifierConfig,
     keys: RwLock<HashMap<String, Key>>,
     seen: Mutex<HashMap<String, i64>>,
+    revocations: RwLock<Option<Revocations>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -131,6 +164,7 @@ impl Verifier {
             config,
             keys: RwLock::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            revocations: RwLock::new(None),
         };
         verifier.set_jwks(jwks);
         verifier
@@ -189,23 +223,13 @@ impl Verifier {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
     }
 
-    /// Accepts `token` for `request` at `now`, once.
-    pub fn verify(
-        &self,
-        token: &str,
-        now: i64,
-        request: &Presented<'_>,
-    ) -> Result<AccessClaims, VerifyError> {
+    /// Checks the signature of a compact JWS of type `typ` and returns its payload's bytes.
+    fn signed_payload(&self, token: &str, typ: &str) -> Result<Vec<u8>, VerifyError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(VerifyError::Malformed("expected three parts"));
-        };
-        let decode = |part: &str| {
-            URL_SAFE_NO_PAD
-                .decode(part)
-                .map_err(|_| VerifyError::Malformed("a part is not base64url"))
         };
         let header: Header = serde_json::from_slice(&decode(header)?)
             .map_err(|_| VerifyError::Malformed("the header is not JSON"))?;
@@ -217,33 +241,85 @@ impl Verifier {
         if !self.config.algorithms.contains(&alg) {
             return Err(VerifyError::Algorithm(header.alg));
         }
-        if header.typ.as_deref() != Some("at+jwt") {
+        if header.typ.as_deref() != Some(typ) {
             return Err(VerifyError::Type);
         }
         let kid = header.kid.unwrap_or_default();
-        {
-            let keys = self
-                .keys
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let key = keys
-                .get(&kid)
-                .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?;
-            // The key decides the algorithm, never the header alone.
-            if key.alg != alg {
-                return Err(VerifyError::Signature);
-            }
-            let signed = token.len() - signature.len() - 1;
-            let input = token.get(..signed).unwrap_or_default();
-            let algorithm: &dyn aws_lc_rs::signature::VerificationAlgorithm = match alg {
-                Algorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
-                Algorithm::EdDsa => &ED25519,
-            };
-            UnparsedPublicKey::new(algorithm, &key.public)
-                .verify(input.as_bytes(), &decode(signature)?)
-                .map_err(|_| VerifyError::Signature)?;
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = keys
+            .get(&kid)
+            .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?;
+        // The key decides the algorithm, never the header alone.
+        if key.alg != alg {
+            return Err(VerifyError::Signature);
         }
-        let claims: AccessClaims = serde_json::from_slice(&decode(payload)?)
+        let signed = token.len() - signature.len() - 1;
+        let input = token.get(..signed).unwrap_or_default();
+        let algorithm: &dyn aws_lc_rs::signature::VerificationAlgorithm = match alg {
+            Algorithm::Es256 => &ECDSA_P256_SHA256_FIXED,
+            Algorithm::EdDsa => &ED25519,
+        };
+        UnparsedPublicKey::new(algorithm, &key.public)
+            .verify(input.as_bytes(), &decode(signature)?)
+            .map_err(|_| VerifyError::Signature)?;
+        decode(payload)
+    }
+
+    /// Accepts Tollgate's signed revocation list (`GET /revocations` on its admin endpoint).
+    pub fn set_revocations(&self, list: &str, now: i64) -> Result<(), VerifyError> {
+        let Some(policy) = &self.config.revocations else {
+            return Ok(());
+        };
+        let payload = self.signed_payload(list, "tollgate-revocations+jwt")?;
+        #[derive(Deserialize)]
+        struct Issuer {
+            iss: String,
+        }
+        let issuer: Issuer = serde_json::from_slice(&payload)
+            .map_err(|_| VerifyError::Malformed("not a revocation list"))?;
+        if issuer.iss != policy.issuer {
+            return Err(VerifyError::Issuer(issuer.iss));
+        }
+        let list: Revocations = serde_json::from_slice(&payload)
+            .map_err(|_| VerifyError::Malformed("not a revocation list"))?;
+        if now >= list.exp + self.config.leeway_secs {
+            return Err(VerifyError::Expired);
+        }
+        let mut current = self
+            .revocations
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // An older list never replaces a newer one.
+        if current.as_ref().is_none_or(|c| c.iat <= list.iat) {
+            *current = Some(list);
+        }
+        Ok(())
+    }
+
+    /// Is the revocation list recent enough to accept tokens by?
+    pub fn revocations_fresh(&self, now: i64) -> bool {
+        let Some(policy) = &self.config.revocations else {
+            return true;
+        };
+        self.revocations
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|list| now - list.iat <= policy.max_age_secs && now < list.exp)
+    }
+
+    /// Accepts `token` for `request` at `now`, once.
+    pub fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        request: &Presented<'_>,
+    ) -> Result<AccessClaims, VerifyError> {
+        let payload = self.signed_payload(token, "at+jwt")?;
+        let claims: AccessClaims = serde_json::from_slice(&payload)
             .map_err(|_| VerifyError::Malformed("the claims are not an access token's"))?;
         if claims.iss != self.config.issuer {
             return Err(VerifyError::Issuer(claims.iss));
@@ -284,6 +360,24 @@ impl Verifier {
                 if get("body_sha256") != Some(crate::access::body_digest(body).as_str()) {
                     return Err(VerifyError::Mismatch("body"));
                 }
+            }
+        }
+        if self.config.revocations.is_some() {
+            if !self.revocations_fresh(now) {
+                return Err(VerifyError::StaleRevocations);
+            }
+            let revocations = self
+                .revocations
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(list) = revocations.as_ref()
+                && (list.revoked_jtis.contains_key(&claims.jti)
+                    || list
+                        .sessions_issued_before
+                        .get(&claims.sid)
+                        .is_some_and(|cut| claims.iat <= *cut))
+            {
+                return Err(VerifyError::Revoked);
             }
         }
         let mut seen = self

@@ -51,6 +51,7 @@ fn verifier(keys: &AccessKeys, path: &str, algorithms: Vec<Algorithm>) -> Verifi
             audience: "https://payments.example".into(),
             algorithms,
             leeway_secs: 30,
+            revocations: None,
         },
         &keys.jwks(),
     )
@@ -456,4 +457,67 @@ fn a_token_for_an_http_request_is_good_for_that_method_path_and_body_only() {
         v.verify(&plain, NOW, &Presented::http("POST", path, body)),
         Err(VerifyError::Mismatch("method"))
     );
+}
+
+#[test]
+fn a_verifier_with_a_revocation_policy_refuses_revoked_tokens_and_stale_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = AccessKeys::load_or_create(dir.path(), Algorithm::Es256).unwrap();
+    let v = Verifier::new(
+        VerifierConfig {
+            issuer: "https://tollgate.example/write".into(),
+            audience: "https://payments.example".into(),
+            algorithms: vec![Algorithm::Es256],
+            leeway_secs: 5,
+            revocations: Some(tollgate_mint::verify::RevocationPolicy {
+                issuer: "https://tollgate.example/revoke".into(),
+                max_age_secs: 30,
+            }),
+        },
+        &keys.jwks(),
+    );
+    let args = json!({"amount": 5});
+    let resources = vec![];
+    let presented = Presented::tool("payments.refund", &args);
+    let mint = || {
+        keys.mint(&call(ActionClass::Payment, &args, &resources))
+            .unwrap()
+    };
+    assert_eq!(
+        v.verify(&mint().token, NOW, &presented),
+        Err(VerifyError::StaleRevocations),
+        "no list yet: nothing is accepted"
+    );
+    let list = |iat: i64, jtis: Value, sessions: Value, iss: &str| {
+        keys.sign_claims(
+            TrustPath::Revoke,
+            "tollgate-revocations+jwt",
+            &json!({"iss": iss, "iat": iat, "exp": iat + 60,
+                    "revoked_jtis": jtis, "sessions_issued_before": sessions}),
+        )
+        .unwrap()
+    };
+    let revoked = mint();
+    let issuer = "https://tollgate.example/revoke";
+    v.set_revocations(&list(NOW, json!({&revoked.jti: NOW + 60}), json!({}), issuer), NOW)
+        .unwrap();
+    assert_eq!(v.verify(&revoked.token, NOW, &presented), Err(VerifyError::Revoked));
+    v.verify(&mint().token, NOW, &presented).unwrap();
+    // A session cut-off revokes every token of the session issued up to it.
+    v.set_revocations(&list(NOW + 1, json!({}), json!({"s-1": NOW}), issuer), NOW + 1)
+        .unwrap();
+    assert_eq!(v.verify(&mint().token, NOW + 1, &presented), Err(VerifyError::Revoked));
+    // Too old a list accepts nothing until a fresh one is fetched.
+    assert_eq!(
+        v.verify(&mint().token, NOW + 40, &presented),
+        Err(VerifyError::StaleRevocations)
+    );
+    // A list from another issuer, or forged, is refused.
+    assert!(matches!(
+        v.set_revocations(&list(NOW + 2, json!({}), json!({}), "https://evil.example/revoke"), NOW + 2),
+        Err(VerifyError::Issuer(_))
+    ));
+    let mut forged = list(NOW + 3, json!({}), json!({}), issuer);
+    forged.push('A');
+    assert!(v.set_revocations(&forged, NOW + 3).is_err());
 }

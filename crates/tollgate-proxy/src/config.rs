@@ -85,6 +85,30 @@ pub enum CredentialConfig {
     /// a file at start and put in one request header to this HTTP upstream. Never logged,
     /// never shown to the agent: echoes of it in the upstream's answers are scrubbed.
     Secret { header: String },
+    /// A token obtained for each call by RFC 8693 token exchange at an external
+    /// authorization server, delivered like a minted one.
+    Exchange(Box<ExchangeConfig>),
+}
+
+/// Token exchange (RFC 8693): Tollgate presents a token it minted for the call (the subject:
+/// the grant's user) and one for itself (the actor) and asks for a token for `audience`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeConfig {
+    pub token_url: String,
+    pub audience: String,
+    pub resource: Option<String>,
+    /// The scope asked for each class of call: a class without one is refused. `None`: no
+    /// scope is asked for.
+    pub scopes: Option<BTreeMap<tollgate_policy::ActionClass, String>>,
+    /// Tollgate's client id at the authorization server (HTTP Basic with the secret).
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// The `aud` of the subject and actor tokens: the authorization server. Defaults to
+    /// `token_url`.
+    pub subject_audience: String,
+    /// Reuse an exchanged token for the same subject, audience and scope until it expires.
+    /// Off by default: each call gets its own.
+    pub cache: bool,
 }
 
 /// How tool calls are decided.
@@ -242,6 +266,8 @@ pub enum UpstreamTransport {
         /// Static headers sent on every request; values never appear in logs.
         headers: BTreeMap<String, Secret>,
     },
+    /// An HTTP API whose configured tools Tollgate executes itself.
+    Api(std::sync::Arc<crate::api::ApiSpec>),
 }
 
 /// Backoff between restarts of an upstream that died.
@@ -339,6 +365,19 @@ enum RawCredential {
         /// How the header's value is written, with `{secret}` where the secret goes.
         format: Option<String>,
     },
+    Exchange {
+        token_url: String,
+        audience: String,
+        resource: Option<String>,
+        /// The scope asked for each class of call; none asked when absent.
+        scopes: Option<BTreeMap<tollgate_policy::ActionClass, String>>,
+        client_id: String,
+        client_secret_env: Option<String>,
+        client_secret_file: Option<PathBuf>,
+        subject_audience: Option<String>,
+        #[serde(default)]
+        cache: bool,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -423,6 +462,11 @@ struct RawUpstream {
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
     url: Option<String>,
+    /// An HTTP API whose `tool`s Tollgate executes itself.
+    api: Option<String>,
+    #[serde(default)]
+    tool: Vec<crate::api::RawApiTool>,
+    max_response_bytes: Option<usize>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
@@ -719,9 +763,53 @@ impl RawConfig {
                     format!("a name no other upstream has; `{}` is used twice", raw.name),
                 ));
             }
-            let mut transport = match (raw.command, raw.url) {
-                (Some(command), None) => {
-                    if !raw.headers.is_empty() {
+            if raw.api.is_none() && (!raw.tool.is_empty() || raw.max_response_bytes.is_some()) {
+                return Err(ConfigError::invalid(
+                    key("tool"),
+                    "tools declared only for an `api` upstream; an MCP server lists its own",
+                ));
+            }
+            let mut headers = BTreeMap::new();
+            for (name, value) in raw.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(&value).is_err()
+                {
+                    return Err(ConfigError::invalid(
+                        key(&format!("headers.{name}")),
+                        "a valid HTTP header name and value",
+                    ));
+                }
+                let lower = name.to_ascii_lowercase();
+                if lower == "mcp-session-id"
+                    || lower == "host"
+                    || lower == "content-length"
+                    || lower == "authorization" && matches!(raw.credential, Some(RawCredential::Mint { .. } | RawCredential::Exchange { .. }))
+                {
+                    return Err(ConfigError::invalid(
+                        key(&format!("headers.{name}")),
+                        "a header Tollgate does not set itself",
+                    ));
+                }
+                headers.insert(name, Secret::new(value));
+            }
+            let mut transport = match (raw.command, raw.url, raw.api) {
+                (None, None, Some(api)) => {
+                    if !raw.args.is_empty() || !raw.env.is_empty() || raw.cwd.is_some() {
+                        return Err(ConfigError::invalid(
+                            key("api"),
+                            "`api` with `tool`s; `args`, `env` and `cwd` belong to a `command` upstream",
+                        ));
+                    }
+                    UpstreamTransport::Api(std::sync::Arc::new(crate::api::ApiSpec::from_raw(
+                        &api,
+                        headers,
+                        raw.tool,
+                        raw.max_response_bytes,
+                        &key,
+                    )?))
+                }
+                (Some(command), None, None) => {
+                    if !headers.is_empty() {
                         return Err(ConfigError::invalid(
                             key("headers"),
                             "headers only with `url`; a stdio upstream takes `env`",
@@ -737,7 +825,7 @@ impl RawConfig {
                         cwd: raw.cwd,
                     }
                 }
-                (None, Some(url)) => {
+                (None, Some(url), None) => {
                     if !raw.args.is_empty() || !raw.env.is_empty() || raw.cwd.is_some() {
                         return Err(ConfigError::invalid(
                             key("url"),
@@ -761,38 +849,18 @@ impl RawConfig {
                             "a URL without credentials; put them in `headers`",
                         ));
                     }
-                    let mut headers = BTreeMap::new();
-                    for (name, value) in raw.headers {
-                        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                            || http::HeaderValue::from_str(&value).is_err()
-                        {
-                            return Err(ConfigError::invalid(
-                                key(&format!("headers.{name}")),
-                                "a valid HTTP header name and value",
-                            ));
-                        }
-                        let lower = name.to_ascii_lowercase();
-                        if lower == "mcp-session-id" || lower == "host" || lower == "content-length"
-                        {
-                            return Err(ConfigError::invalid(
-                                key(&format!("headers.{name}")),
-                                "a header Tollgate does not set itself",
-                            ));
-                        }
-                        headers.insert(name, Secret::new(value));
-                    }
                     UpstreamTransport::Http { url, headers }
                 }
-                (Some(_), Some(_)) => {
+                (None, None, None) => {
                     return Err(ConfigError::invalid(
                         key("command"),
-                        "either `command` or `url`, not both",
+                        "`command` (a stdio server), `url` (a streamable-HTTP server) or `api` (an HTTP API with `tool`s)",
                     ));
                 }
-                (None, None) => {
+                _ => {
                     return Err(ConfigError::invalid(
                         key("command"),
-                        "`command` (a stdio server) or `url` (a streamable-HTTP server)",
+                        "one of `command`, `url` or `api`",
                     ));
                 }
             };
@@ -831,11 +899,23 @@ impl RawConfig {
                     file,
                     format,
                 }) => {
-                    let UpstreamTransport::Http { headers, .. } = &mut transport else {
-                        return Err(ConfigError::invalid(
-                            key("credential"),
-                            "a secret header only for a `url` upstream; give a stdio one its secret in `env`",
-                        ));
+                    let headers = match &mut transport {
+                        UpstreamTransport::Http { headers, .. } => headers,
+                        UpstreamTransport::Api(spec) => match std::sync::Arc::get_mut(spec) {
+                            Some(spec) => &mut spec.headers,
+                            None => {
+                                return Err(ConfigError::invalid(
+                                    key("credential"),
+                                    "an API upstream not yet shared",
+                                ));
+                            }
+                        },
+                        UpstreamTransport::Stdio { .. } => {
+                            return Err(ConfigError::invalid(
+                                key("credential"),
+                                "a secret header only for a `url` or `api` upstream; give a stdio one its secret in `env`",
+                            ));
+                        }
                     };
                     let secret = read_secret(&key("credential"), env.as_deref(), file.as_deref())?;
                     let format = format.unwrap_or_else(|| "{secret}".to_owned());
@@ -882,6 +962,52 @@ impl RawConfig {
                         audience,
                         lifetime_secs,
                     }
+                }
+                Some(RawCredential::Exchange {
+                    token_url,
+                    audience,
+                    resource,
+                    scopes,
+                    client_id,
+                    client_secret_env,
+                    client_secret_file,
+                    subject_audience,
+                    cache,
+                }) => {
+                    let parsed = reqwest::Url::parse(&token_url).ok().filter(|u| {
+                        matches!(u.scheme(), "http" | "https")
+                            && u.username().is_empty()
+                            && u.password().is_none()
+                    });
+                    if parsed.is_none() {
+                        return Err(ConfigError::invalid(
+                            key("credential.token_url"),
+                            format!("the authorization server's token endpoint, an http(s) URL without credentials, not `{token_url}`"),
+                        ));
+                    }
+                    if audience.trim().is_empty() || client_id.trim().is_empty() {
+                        return Err(ConfigError::invalid(
+                            key("credential.audience"),
+                            "the downstream's audience and Tollgate's `client_id` at the authorization server",
+                        ));
+                    }
+                    let by_class = scopes.unwrap_or_default();
+                    let secret = read_secret(
+                        &key("credential"),
+                        client_secret_env.as_deref(),
+                        client_secret_file.as_deref(),
+                    )?;
+                    scrub.push(Secret::new(secret.clone()));
+                    CredentialConfig::Exchange(Box::new(ExchangeConfig {
+                        subject_audience: subject_audience.unwrap_or_else(|| token_url.clone()),
+                        token_url,
+                        audience,
+                        resource,
+                        scopes: (!by_class.is_empty()).then_some(by_class),
+                        client_id,
+                        client_secret: Secret::new(secret),
+                        cache,
+                    }))
                 }
             };
             upstreams.push(UpstreamConfig {

@@ -24,7 +24,7 @@ use tollgate_mint::{AccessKeys, CallCredential, Minted};
 
 use crate::{
     config::{Config, CredentialConfig, PolicyMode},
-    intercept::{Caller, Credential, Interceptor, Outcome, ToolCall, Verdict},
+    intercept::{Caller, Credential, Interceptor, Outcome, PendingCredential, ToolCall, Verdict},
     pack_files,
     session::SessionId,
 };
@@ -51,6 +51,8 @@ pub enum GuardError {
     Check { name: String, findings: Vec<String> },
     #[error("per-call credentials cannot be minted: {0}")]
     Mint(#[from] tollgate_mint::MintError),
+    #[error("token exchange cannot be set up: {0}")]
+    Exchange(String),
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +91,10 @@ pub struct PolicyGuard {
     issuer: String,
     /// What each upstream's allowed calls carry, by upstream name.
     credentials: HashMap<String, CredentialConfig>,
+    /// The HTTP API upstreams: a call's credential names the exact request it becomes.
+    apis: HashMap<String, Arc<crate::api::ApiSpec>>,
+    /// The token-exchange client of each upstream that takes exchanged tokens.
+    exchangers: HashMap<String, Arc<crate::exchange::Exchanger>>,
     /// What was minted and what was revoked, for introspection and the revocation list.
     ledger: tollgate_mint::Ledger,
     /// Scheduled rotation: how long a key signs and how long its successor is published first.
@@ -137,9 +143,26 @@ impl PolicyGuard {
             .iter()
             .map(|u| (u.name.clone(), u.credential.clone()))
             .collect();
+        let apis = config
+            .upstreams
+            .iter()
+            .filter_map(|u| match &u.transport {
+                crate::config::UpstreamTransport::Api(spec) => Some((u.name.clone(), spec.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut exchangers = HashMap::new();
+        for upstream in &config.upstreams {
+            if let CredentialConfig::Exchange(exchange) = &upstream.credential {
+                let exchanger =
+                    crate::exchange::Exchanger::new((**exchange).clone(), config.limits.request_timeout)
+                        .map_err(GuardError::Exchange)?;
+                exchangers.insert(upstream.name.clone(), Arc::new(exchanger));
+            }
+        }
         let minter = if credentials
             .values()
-            .any(|c| matches!(c, CredentialConfig::Mint { .. }))
+            .any(|c| matches!(c, CredentialConfig::Mint { .. } | CredentialConfig::Exchange(_)))
         {
             Some(AccessKeys::load_or_create(
                 &config.grants.state_dir,
@@ -152,6 +175,8 @@ impl PolicyGuard {
             minter,
             issuer: config.mint.issuer.clone(),
             credentials,
+            apis,
+            exchangers,
             ledger: tollgate_mint::Ledger::default(),
             rotation: (
                 config.mint.rotate_every_secs,
@@ -422,27 +447,60 @@ impl PolicyGuard {
         decision: &Decision,
         decision_id: &str,
         now: i64,
-    ) -> Result<Option<Minted>, String> {
-        let Some(CredentialConfig::Mint {
-            audience,
-            lifetime_secs,
-        }) = self.credentials.get(call.upstream)
-        else {
-            return Ok(None);
+    ) -> Result<Carried, NoCredential> {
+        let (audience, lifetime_secs, exchanger) = match self.credentials.get(call.upstream) {
+            Some(CredentialConfig::Mint {
+                audience,
+                lifetime_secs,
+            }) => (audience.as_str(), *lifetime_secs, None),
+            Some(CredentialConfig::Exchange(exchange)) => (
+                exchange.subject_audience.as_str(),
+                60,
+                self.exchangers.get(call.upstream),
+            ),
+            _ => return Ok(Carried::Nothing),
         };
+        let subject = grant
+            .and_then(|g| g.user.as_deref().or(g.agent.as_deref()))
+            .unwrap_or("anonymous");
+        let scope = match exchanger.map(|e| &e.config().scopes) {
+            Some(Some(scopes)) => match scopes.get(&decision.class) {
+                Some(scope) => Some(scope.clone()),
+                None => {
+                    return Err(NoCredential::shown(format!(
+                        "no scope is configured for {} calls to `{}`",
+                        decision.class, call.upstream
+                    )));
+                }
+            },
+            _ => None,
+        };
+        if let Some(exchanger) = exchanger
+            && let Some(cached) = exchanger.cached(subject, scope.as_deref())
+        {
+            return Ok(Carried::Cached(cached));
+        }
         let minter = self
             .minter
             .as_ref()
-            .ok_or_else(|| "no signing keys are loaded".to_owned())?;
+            .ok_or_else(|| NoCredential::hidden("no signing keys are loaded"))?;
         if let Err(error) = minter.refresh(now) {
             warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
         }
         let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
-        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
+        let arguments = call.arguments.cloned().unwrap_or_default();
+        // A call Tollgate makes over HTTP itself: the token names that exact request.
+        let request = match self.apis.get(call.upstream) {
+            Some(spec) => {
+                let tool = spec.tool(call.tool).ok_or_else(|| {
+                    NoCredential::hidden(format!("`{}` is not one of this API's tools", call.tool))
+                })?;
+                Some(crate::api::plan(spec, tool, &arguments).map_err(NoCredential::shown)?)
+            }
+            None => None,
+        };
+        let arguments = serde_json::Value::Object(arguments);
         let agent = grant.and_then(|g| g.agent.as_deref()).unwrap_or("agent");
-        let subject = grant
-            .and_then(|g| g.user.as_deref().or(g.agent.as_deref()))
-            .unwrap_or("anonymous");
         let session = call.session.to_string();
         let minted = minter
             .mint(&CallCredential {
@@ -458,16 +516,21 @@ impl PolicyGuard {
                 decision_id,
                 grant_id: grant.map(|g| g.id.as_str()),
                 approval_id: None,
-                http: None,
+                http: request.as_ref().map(|r| tollgate_mint::access::HttpCall {
+                    method: r.method.as_str(),
+                    path: &r.path,
+                    body: &r.body,
+                }),
                 now,
-                lifetime_secs: *lifetime_secs,
+                lifetime_secs,
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NoCredential::hidden(e.to_string()))?;
         let path = tollgate_mint::TrustPath::for_class(decision.class);
+        let issuer = format!("{}/{}", self.issuer, path.as_str());
         self.ledger.record(
             tollgate_mint::Issued {
                 jti: minted.jti.clone(),
-                iss: format!("{}/{}", self.issuer, path.as_str()),
+                iss: issuer.clone(),
                 sub: subject.to_owned(),
                 client_id: agent.to_owned(),
                 aud: minted.aud.clone(),
@@ -481,7 +544,36 @@ impl PolicyGuard {
             },
             now,
         );
-        Ok(Some(minted))
+        let Some(exchanger) = exchanger else {
+            return Ok(Carried::Token(minted));
+        };
+        // The actor: Tollgate itself, on the same trust path as the subject token.
+        let actor_jti = tollgate_mint::new_id("a").map_err(|e| NoCredential::hidden(e.to_string()))?;
+        let actor_token = minter
+            .sign_claims(
+                path,
+                "JWT",
+                &serde_json::json!({
+                    "iss": issuer,
+                    "sub": "tollgate",
+                    "aud": audience,
+                    "iat": now,
+                    "exp": now + 60,
+                    "jti": actor_jti,
+                }),
+            )
+            .map_err(|e| NoCredential::hidden(e.to_string()))?;
+        let exchanger = exchanger.clone();
+        let request = crate::exchange::Request {
+            subject_token: minted.token.clone(),
+            actor_token,
+            subject: subject.to_owned(),
+            scope,
+        };
+        Ok(Carried::Exchange {
+            subject: minted,
+            pending: PendingCredential(Box::pin(async move { exchanger.exchange(request).await })),
+        })
     }
 
     /// Keeps the signing keys current: rereads a keyring rotated by another process and, once a
@@ -598,6 +690,42 @@ fn load(
     Ok(pack)
 }
 
+/// What an allowed call carries.
+enum Carried {
+    Nothing,
+    Token(Minted),
+    /// A token exchange still to be made with `subject`, the token minted for the call.
+    Exchange {
+        subject: Minted,
+        pending: PendingCredential,
+    },
+    /// A token exchanged earlier for the same subject, audience and scope.
+    Cached(Credential),
+}
+
+/// Why no credential could be made: `shown` when the detail is the agent's to read (an
+/// argument that does not fit the request), else it is only logged.
+struct NoCredential {
+    detail: String,
+    shown: bool,
+}
+
+impl NoCredential {
+    fn shown(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            shown: true,
+        }
+    }
+
+    fn hidden(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            shown: false,
+        }
+    }
+}
+
 fn refusal(text: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
@@ -641,20 +769,26 @@ impl Interceptor for PolicyGuard {
             self.charge(grant, &mut decision);
         }
         let decision_id = tollgate_mint::new_id("d").unwrap_or_else(|_| "d-unavailable".to_owned());
-        let mut minted = None;
+        let mut carried = Carried::Nothing;
         if decision.is_allow() {
             match self.credential(call, grant, &decision, &decision_id, now) {
-                Ok(credential) => minted = credential,
-                Err(detail) => {
+                Ok(credential) => carried = credential,
+                Err(NoCredential { detail, shown }) => {
                     warn!(tool = call.exposed_name, %detail, "no credential could be minted; denied");
                     decision.effect = Effect::Deny;
                     decision.policies = vec!["tollgate:mint".to_owned()];
-                    decision.reasons = vec![
-                        "a credential for this call could not be made; it is denied".to_owned(),
-                    ];
+                    decision.reasons = vec![if shown {
+                        detail
+                    } else {
+                        "a credential for this call could not be made; it is denied".to_owned()
+                    }];
                 }
             }
         }
+        let minted = match &carried {
+            Carried::Token(minted) | Carried::Exchange { subject: minted, .. } => Some(minted),
+            Carried::Nothing | Carried::Cached(_) => None,
+        };
         self.record(call.session, now, &decision);
         // A denial is news for the operator; an allowed call is the normal case, logged at
         // debug level (at info, formatting and writing it cost more than the decision).
@@ -670,10 +804,11 @@ impl Interceptor for PolicyGuard {
                     version = %decision.version,
                     justification = ?justification,
                     // What the audit keeps of a minted credential: never the token.
-                    jti = minted.as_ref().map(|m| m.jti.as_str()),
-                    kid = minted.as_ref().map(|m| m.kid.as_str()),
-                    aud = minted.as_ref().map(|m| m.aud.as_str()),
-                    exp = minted.as_ref().map(|m| m.exp),
+                    jti = minted.map(|m| m.jti.as_str()),
+                    kid = minted.map(|m| m.kid.as_str()),
+                    aud = minted.map(|m| m.aud.as_str()),
+                    exp = minted.map(|m| m.exp),
+                    exchanged = matches!(carried, Carried::Exchange { .. } | Carried::Cached(_)),
                     "decision"
                 )
             };
@@ -687,9 +822,11 @@ impl Interceptor for PolicyGuard {
             warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
         }
         match decision.effect {
-            Effect::Allow => match minted {
-                Some(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
-                None => Verdict::Forward,
+            Effect::Allow => match carried {
+                Carried::Token(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
+                Carried::Cached(credential) => Verdict::ForwardWith(credential),
+                Carried::Exchange { pending, .. } => Verdict::ForwardAfter(pending),
+                Carried::Nothing => Verdict::Forward,
             },
             Effect::Deny => Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text()))),
             // The approval gate is not built yet: such a call cannot go ahead.

@@ -111,6 +111,17 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// A credential still being obtained.
+pub struct PendingCredential(
+    pub std::pin::Pin<Box<dyn std::future::Future<Output = Result<Credential, String>> + Send>>,
+);
+
+impl std::fmt::Debug for PendingCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingCredential")
+    }
+}
+
 /// What happens to a call before it is forwarded.
 #[derive(Debug)]
 pub enum Verdict {
@@ -118,6 +129,9 @@ pub enum Verdict {
     Forward,
     /// Forward the call carrying this credential.
     ForwardWith(Credential),
+    /// Forward the call carrying the credential this yields (a token exchange); when it fails
+    /// the call is refused with its reason.
+    ForwardAfter(PendingCredential),
     /// Answer the agent with this result and forward nothing.
     Refuse(CallToolResult),
     /// Answer as if the tool did not exist: this session may never call it.
@@ -169,9 +183,24 @@ impl Interceptor for AllowAll {
 /// Passes `call` through `interceptor` before forwarding and records the verdict on the
 /// current span. A refusal is the call's whole outcome: it is reported to `after_call` here and
 /// returned as the answer.
-pub(crate) fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Screened {
+pub(crate) async fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Screened {
     let span = tracing::Span::current();
     match interceptor.before_call(call) {
+        Verdict::ForwardAfter(pending) => match pending.0.await {
+            Ok(credential) => {
+                span.record("verdict", "forward");
+                Screened::Forward(Some(credential))
+            }
+            Err(reason) => {
+                span.record("verdict", "refuse");
+                tracing::warn!(tool = call.exposed_name, %reason, "no credential could be obtained; denied");
+                let result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(format!(
+                    "denied: a credential for this call could not be obtained ({reason})"
+                ))]);
+                interceptor.after_call(call, &Outcome::Completed { is_error: true });
+                Screened::Answer(result)
+            }
+        },
         Verdict::Forward => {
             span.record("verdict", "forward");
             Screened::Forward(None)

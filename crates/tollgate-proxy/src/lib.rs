@@ -3,8 +3,10 @@
 //! one interception point every `tools/call` passes.
 
 pub mod admin;
+pub mod api;
 pub mod config;
 mod error;
+pub mod exchange;
 mod fast;
 pub mod front;
 pub mod guard;

@@ -243,7 +243,7 @@ impl AgentSession {
                 facts: merged.facts.get(params.name.as_ref()).map(AsRef::as_ref),
             };
             let span = tracing::Span::current();
-            let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call) {
+            let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call).await {
                 Screened::Forward(credential) => credential,
                 Screened::Answer(result) => return Ok(CallToolResponse::Complete(result)),
                 Screened::Unknown => {

@@ -476,6 +476,42 @@ impl Upstream {
                     Some(Lane::Http(Arc::new(lane))),
                 ))
             }
+            UpstreamTransport::Api(spec) => {
+                use rmcp::ServiceExt;
+                // The API's tools are served in process, over an in-memory pipe.
+                let server = crate::api::ApiServer::new(&self.name, spec.clone(), self.config.call_timeout)?;
+                let (near, far) = tokio::io::duplex(self.max_message_bytes.min(1 << 20));
+                let (far_read, far_write) = tokio::io::split(far);
+                let (near_read, near_write) = tokio::io::split(near);
+                let server_stop = stop.clone();
+                let name = self.name.clone();
+                // The server side completes its handshake only once the client below starts.
+                tokio::spawn(async move {
+                    match server.serve_with_ct((far_read, far_write), server_stop).await {
+                        Ok(serving) => {
+                            let _ = serving.waiting().await;
+                        }
+                        Err(e) => warn!(upstream = %name, error = %e, "the API tools stopped"),
+                    }
+                });
+                let transport = ordered::Ordered::new(
+                    rmcp::transport::async_rw::AsyncRwTransport::new_client(near_read, near_write),
+                    self.pending_progress.clone(),
+                );
+                let service = tokio::time::timeout(
+                    self.request_timeout,
+                    serve_client_with_lifecycle_and_ct(
+                        handler,
+                        transport,
+                        ClientLifecycleMode::Initialize,
+                        stop.clone(),
+                    ),
+                )
+                .await
+                .map_err(|_| "the API tools did not start in time".to_owned())?
+                .map_err(|e| format!("initialization failed: {e}"))?;
+                Ok(Link::new(service, stop, None, None))
+            }
         }
     }
 }
