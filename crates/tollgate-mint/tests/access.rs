@@ -499,14 +499,26 @@ fn a_verifier_with_a_revocation_policy_refuses_revoked_tokens_and_stale_lists() 
     };
     let revoked = mint();
     let issuer = "https://tollgate.example/revoke";
-    v.set_revocations(&list(NOW, json!({&revoked.jti: NOW + 60}), json!({}), issuer), NOW)
-        .unwrap();
-    assert_eq!(v.verify(&revoked.token, NOW, &presented), Err(VerifyError::Revoked));
+    v.set_revocations(
+        &list(NOW, json!({&revoked.jti: NOW + 60}), json!({}), issuer),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(
+        v.verify(&revoked.token, NOW, &presented),
+        Err(VerifyError::Revoked)
+    );
     v.verify(&mint().token, NOW, &presented).unwrap();
     // A session cut-off revokes every token of the session issued up to it.
-    v.set_revocations(&list(NOW + 1, json!({}), json!({"s-1": NOW}), issuer), NOW + 1)
-        .unwrap();
-    assert_eq!(v.verify(&mint().token, NOW + 1, &presented), Err(VerifyError::Revoked));
+    v.set_revocations(
+        &list(NOW + 1, json!({}), json!({"s-1": NOW}), issuer),
+        NOW + 1,
+    )
+    .unwrap();
+    assert_eq!(
+        v.verify(&mint().token, NOW + 1, &presented),
+        Err(VerifyError::Revoked)
+    );
     // Too old a list accepts nothing until a fresh one is fetched.
     assert_eq!(
         v.verify(&mint().token, NOW + 40, &presented),
@@ -514,7 +526,10 @@ fn a_verifier_with_a_revocation_policy_refuses_revoked_tokens_and_stale_lists() 
     );
     // A list from another issuer, or forged, is refused.
     assert!(matches!(
-        v.set_revocations(&list(NOW + 2, json!({}), json!({}), "https://evil.example/revoke"), NOW + 2),
+        v.set_revocations(
+            &list(NOW + 2, json!({}), json!({}), "https://evil.example/revoke"),
+            NOW + 2
+        ),
         Err(VerifyError::Issuer(_))
     ));
     let mut forged = list(NOW + 3, json!({}), json!({}), issuer);

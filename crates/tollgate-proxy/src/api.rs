@@ -152,8 +152,9 @@ impl ApiSpec {
         max_response_bytes: Option<usize>,
         key: &dyn Fn(&str) -> String,
     ) -> Result<Self, ConfigError> {
-        let url = reqwest::Url::parse(base)
-            .map_err(|_| ConfigError::invalid(key("api"), format!("an http(s) URL, not `{base}`")))?;
+        let url = reqwest::Url::parse(base).map_err(|_| {
+            ConfigError::invalid(key("api"), format!("an http(s) URL, not `{base}`"))
+        })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(ConfigError::invalid(
                 key("api"),
@@ -195,7 +196,10 @@ impl ApiSpec {
             if out.iter().any(|t: &ApiTool| t.name == raw.name) {
                 return Err(ConfigError::invalid(
                     key("name"),
-                    format!("a name no other tool of this upstream has; `{}` is used twice", raw.name),
+                    format!(
+                        "a name no other tool of this upstream has; `{}` is used twice",
+                        raw.name
+                    ),
                 ));
             }
             let Value::Object(schema) = raw.input_schema else {
@@ -267,7 +271,9 @@ impl ApiSpec {
                     other => {
                         return Err(ConfigError::invalid(
                             key("body"),
-                            format!("`\"none\"`, `\"rest\"` or a list of argument names, not `{other}`"),
+                            format!(
+                                "`\"none\"`, `\"rest\"` or a list of argument names, not `{other}`"
+                            ),
                         ));
                     }
                 },
@@ -276,7 +282,9 @@ impl ApiSpec {
                         if !properties.contains_key(name) || placed.contains(&name.as_str()) {
                             return Err(ConfigError::invalid(
                                 key("body"),
-                                format!("`{name}` to be a property of `input_schema` not already in the path or query"),
+                                format!(
+                                    "`{name}` to be a property of `input_schema` not already in the path or query"
+                                ),
                             ));
                         }
                     }
@@ -286,7 +294,10 @@ impl ApiSpec {
             if body != Body::None && !raw.method.takes_body() {
                 return Err(ConfigError::invalid(
                     key("body"),
-                    format!("no body for {}: put its arguments in `path` or `query`", raw.method.as_str()),
+                    format!(
+                        "no body for {}: put its arguments in `path` or `query`",
+                        raw.method.as_str()
+                    ),
                 ));
             }
             if let Some(pointer) = &raw.result
@@ -403,7 +414,11 @@ fn scalar(value: &Value) -> Option<String> {
 
 /// Turns a call of `tool` with `arguments` into its request. The same call always gives the
 /// same bytes. `Err` says which argument does not fit and why.
-pub fn plan(spec: &ApiSpec, tool: &ApiTool, arguments: &Map<String, Value>) -> Result<ApiRequest, String> {
+pub fn plan(
+    spec: &ApiSpec,
+    tool: &ApiTool,
+    arguments: &Map<String, Value>,
+) -> Result<ApiRequest, String> {
     let mut path = spec.prefix.clone();
     let mut used: Vec<&str> = Vec::new();
     for segment in &tool.segments {
@@ -411,9 +426,9 @@ pub fn plan(spec: &ApiSpec, tool: &ApiTool, arguments: &Map<String, Value>) -> R
         match segment {
             Segment::Literal(text) => path.push_str(text),
             Segment::Argument(name) => {
-                let value = arguments
-                    .get(name)
-                    .ok_or_else(|| format!("argument `{name}` is required: it is part of the path"))?;
+                let value = arguments.get(name).ok_or_else(|| {
+                    format!("argument `{name}` is required: it is part of the path")
+                })?;
                 let text = scalar(value)
                     .ok_or_else(|| format!("argument `{name}` must be a string, number or boolean: it is part of the path"))?;
                 if text.is_empty() || text == "." || text == ".." {
@@ -512,13 +527,22 @@ impl ApiServer {
         CallToolResult::error(vec![ContentBlock::text(text)])
     }
 
-    async fn execute(&self, tool: &ApiTool, arguments: &Map<String, Value>, credential: Option<&str>) -> CallToolResult {
+    async fn execute(
+        &self,
+        tool: &ApiTool,
+        arguments: &Map<String, Value>,
+        credential: Option<&str>,
+    ) -> CallToolResult {
         let request = match plan(&self.spec, tool, arguments) {
             Ok(request) => request,
             Err(why) => return Self::failure(why),
         };
         let origin_end = self.spec.base.len() - self.spec.prefix.len();
-        let url = format!("{}{}", self.spec.base.get(..origin_end).unwrap_or_default(), request.path);
+        let url = format!(
+            "{}{}",
+            self.spec.base.get(..origin_end).unwrap_or_default(),
+            request.path
+        );
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -597,7 +621,9 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > limit {
-                    return Err(format!("the answer is larger than {limit} bytes; it was not read"));
+                    return Err(format!(
+                        "the answer is larger than {limit} bytes; it was not read"
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -609,8 +635,9 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
 
 impl ServerHandler for ApiServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(self.name.clone(), env!("CARGO_PKG_VERSION")))
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
+            Implementation::new(self.name.clone(), env!("CARGO_PKG_VERSION")),
+        )
     }
 
     async fn list_tools(
@@ -623,8 +650,12 @@ impl ServerHandler for ApiServer {
             .tools
             .iter()
             .map(|t| {
-                Tool::new(t.name.clone(), t.description.clone(), Arc::new(t.input_schema.clone()))
-                    .annotate(t.annotations.clone())
+                Tool::new(
+                    t.name.clone(),
+                    t.description.clone(),
+                    Arc::new(t.input_schema.clone()),
+                )
+                .annotate(t.annotations.clone())
             })
             .collect();
         Ok(ListToolsResult::with_all_items(tools))
@@ -636,7 +667,10 @@ impl ServerHandler for ApiServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let Some(tool) = self.spec.tool(&params.name) else {
-            return Err(McpError::invalid_params(format!("unknown tool `{}`", params.name), None));
+            return Err(McpError::invalid_params(
+                format!("unknown tool `{}`", params.name),
+                None,
+            ));
         };
         let credential = ctx.meta.get(CREDENTIAL_META_KEY).and_then(Value::as_str);
         let arguments = params.arguments.unwrap_or_default();
@@ -653,7 +687,13 @@ mod tests {
 
     fn spec(tools: Value) -> Result<ApiSpec, ConfigError> {
         let raw: Vec<RawApiTool> = serde_json::from_value(tools).unwrap();
-        ApiSpec::from_raw("http://127.0.0.1:9/v1/", Default::default(), raw, None, &|f| format!("upstream[0].{f}"))
+        ApiSpec::from_raw(
+            "http://127.0.0.1:9/v1/",
+            Default::default(),
+            raw,
+            None,
+            &|f| format!("upstream[0].{f}"),
+        )
     }
 
     fn transfer() -> Value {
@@ -673,15 +713,24 @@ mod tests {
     fn a_call_becomes_one_exact_request() {
         let spec = spec(transfer()).unwrap();
         let tool = spec.tool("refund").unwrap();
-        let args = json!({"customer_id": "cus 42/x", "amount": 40, "reason": "late", "idempotency": "k1"});
+        let args =
+            json!({"customer_id": "cus 42/x", "amount": 40, "reason": "late", "idempotency": "k1"});
         let request = plan(&spec, tool, args.as_object().unwrap()).unwrap();
         assert_eq!(request.method, Method::Post);
-        assert_eq!(request.path, "/v1/customers/cus%2042%2Fx/refunds?idempotency=k1");
+        assert_eq!(
+            request.path,
+            "/v1/customers/cus%2042%2Fx/refunds?idempotency=k1"
+        );
         assert_eq!(request.body, br#"{"amount":40,"reason":"late"}"#);
         // The same call in another key order is the same request.
-        let reordered: Value =
-            serde_json::from_str(r#"{"reason":"late","idempotency":"k1","amount":40,"customer_id":"cus 42/x"}"#).unwrap();
-        assert_eq!(plan(&spec, tool, reordered.as_object().unwrap()).unwrap(), request);
+        let reordered: Value = serde_json::from_str(
+            r#"{"reason":"late","idempotency":"k1","amount":40,"customer_id":"cus 42/x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan(&spec, tool, reordered.as_object().unwrap()).unwrap(),
+            request
+        );
     }
 
     #[test]
@@ -693,7 +742,10 @@ mod tests {
             (json!({"customer_id": "", "amount": 1}), "customer_id"),
             (json!({"customer_id": {"a": 1}, "amount": 1}), "customer_id"),
             (json!({"amount": 1}), "customer_id"),
-            (json!({"customer_id": "c", "amount": 1, "idempotency": {"x": 1}}), "idempotency"),
+            (
+                json!({"customer_id": "c", "amount": 1, "idempotency": {"x": 1}}),
+                "idempotency",
+            ),
         ] {
             let err = plan(&spec, tool, args.as_object().unwrap()).unwrap_err();
             assert!(err.contains(&format!("`{named}`")), "{err}");
@@ -701,21 +753,50 @@ mod tests {
         let get = self::spec(json!([{"name": "get", "method": "GET", "path": "/c/{id}",
             "input_schema": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}}]))
         .unwrap();
-        let err = plan(&get, get.tool("get").unwrap(), json!({"id": "a", "extra": 1}).as_object().unwrap()).unwrap_err();
+        let err = plan(
+            &get,
+            get.tool("get").unwrap(),
+            json!({"id": "a", "extra": 1}).as_object().unwrap(),
+        )
+        .unwrap_err();
         assert!(err.contains("`extra` has no place"), "{err}");
     }
 
     #[test]
     fn a_bad_tool_declaration_names_its_field() {
         let cases = [
-            (json!([{"name": "x", "method": "GET", "path": "c/{id}", "input_schema": {"type": "object"}}]), "tool[0].path"),
-            (json!([{"name": "x", "method": "GET", "path": "/c/{id}", "input_schema": {"type": "object", "properties": {"id": {}}}}]), "tool[0].path"),
-            (json!([{"name": "x", "method": "GET", "path": "/c/../d", "input_schema": {"type": "object"}}]), "tool[0].path"),
-            (json!([{"name": "x", "method": "GET", "path": "/c", "body": "rest", "input_schema": {"type": "object"}}]), "tool[0].body"),
-            (json!([{"name": "x", "method": "GET", "path": "/c", "query": ["q"], "input_schema": {"type": "object"}}]), "tool[0].query"),
-            (json!([{"name": "x", "method": "GET", "path": "/c", "input_schema": {"type": "array"}}]), "tool[0].input_schema.type"),
-            (json!([{"name": "x y", "method": "GET", "path": "/c", "input_schema": {"type": "object"}}]), "tool[0].name"),
-            (json!([{"name": "x", "method": "POST", "path": "/c", "result": "data", "input_schema": {"type": "object"}}]), "tool[0].result"),
+            (
+                json!([{"name": "x", "method": "GET", "path": "c/{id}", "input_schema": {"type": "object"}}]),
+                "tool[0].path",
+            ),
+            (
+                json!([{"name": "x", "method": "GET", "path": "/c/{id}", "input_schema": {"type": "object", "properties": {"id": {}}}}]),
+                "tool[0].path",
+            ),
+            (
+                json!([{"name": "x", "method": "GET", "path": "/c/../d", "input_schema": {"type": "object"}}]),
+                "tool[0].path",
+            ),
+            (
+                json!([{"name": "x", "method": "GET", "path": "/c", "body": "rest", "input_schema": {"type": "object"}}]),
+                "tool[0].body",
+            ),
+            (
+                json!([{"name": "x", "method": "GET", "path": "/c", "query": ["q"], "input_schema": {"type": "object"}}]),
+                "tool[0].query",
+            ),
+            (
+                json!([{"name": "x", "method": "GET", "path": "/c", "input_schema": {"type": "array"}}]),
+                "tool[0].input_schema.type",
+            ),
+            (
+                json!([{"name": "x y", "method": "GET", "path": "/c", "input_schema": {"type": "object"}}]),
+                "tool[0].name",
+            ),
+            (
+                json!([{"name": "x", "method": "POST", "path": "/c", "result": "data", "input_schema": {"type": "object"}}]),
+                "tool[0].result",
+            ),
         ];
         for (tools, field) in cases {
             let err = spec(tools.clone()).unwrap_err().to_string();

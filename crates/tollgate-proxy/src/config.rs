@@ -783,7 +783,11 @@ impl RawConfig {
                 if lower == "mcp-session-id"
                     || lower == "host"
                     || lower == "content-length"
-                    || lower == "authorization" && matches!(raw.credential, Some(RawCredential::Mint { .. } | RawCredential::Exchange { .. }))
+                    || lower == "authorization"
+                        && matches!(
+                            raw.credential,
+                            Some(RawCredential::Mint { .. } | RawCredential::Exchange { .. })
+                        )
                 {
                     return Err(ConfigError::invalid(
                         key(&format!("headers.{name}")),
@@ -982,7 +986,9 @@ impl RawConfig {
                     if parsed.is_none() {
                         return Err(ConfigError::invalid(
                             key("credential.token_url"),
-                            format!("the authorization server's token endpoint, an http(s) URL without credentials, not `{token_url}`"),
+                            format!(
+                                "the authorization server's token endpoint, an http(s) URL without credentials, not `{token_url}`"
+                            ),
                         ));
                     }
                     if audience.trim().is_empty() || client_id.trim().is_empty() {

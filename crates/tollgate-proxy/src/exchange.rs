@@ -183,7 +183,9 @@ impl Exchanger {
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .take(64)
                 .collect();
-            return Err(format!("the authorization server refused the exchange: {code}"));
+            return Err(format!(
+                "the authorization server refused the exchange: {code}"
+            ));
         }
         let answer: Answer = serde_json::from_slice(&bytes)
             .map_err(|_| "the authorization server's answer is not a token response".to_owned())?;

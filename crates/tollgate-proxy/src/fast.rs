@@ -414,7 +414,8 @@ impl FastPath {
             caller: &job.caller,
             facts: Some(&job.facts),
         };
-        let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call).await {
+        let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call).await
+        {
             Screened::Forward(credential) => credential,
             Screened::Answer(result) => {
                 let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());

@@ -154,16 +154,20 @@ impl PolicyGuard {
         let mut exchangers = HashMap::new();
         for upstream in &config.upstreams {
             if let CredentialConfig::Exchange(exchange) = &upstream.credential {
-                let exchanger =
-                    crate::exchange::Exchanger::new((**exchange).clone(), config.limits.request_timeout)
-                        .map_err(GuardError::Exchange)?;
+                let exchanger = crate::exchange::Exchanger::new(
+                    (**exchange).clone(),
+                    config.limits.request_timeout,
+                )
+                .map_err(GuardError::Exchange)?;
                 exchangers.insert(upstream.name.clone(), Arc::new(exchanger));
             }
         }
-        let minter = if credentials
-            .values()
-            .any(|c| matches!(c, CredentialConfig::Mint { .. } | CredentialConfig::Exchange(_)))
-        {
+        let minter = if credentials.values().any(|c| {
+            matches!(
+                c,
+                CredentialConfig::Mint { .. } | CredentialConfig::Exchange(_)
+            )
+        }) {
             Some(AccessKeys::load_or_create(
                 &config.grants.state_dir,
                 config.mint.algorithm,
@@ -548,7 +552,8 @@ impl PolicyGuard {
             return Ok(Carried::Token(minted));
         };
         // The actor: Tollgate itself, on the same trust path as the subject token.
-        let actor_jti = tollgate_mint::new_id("a").map_err(|e| NoCredential::hidden(e.to_string()))?;
+        let actor_jti =
+            tollgate_mint::new_id("a").map_err(|e| NoCredential::hidden(e.to_string()))?;
         let actor_token = minter
             .sign_claims(
                 path,
@@ -786,7 +791,10 @@ impl Interceptor for PolicyGuard {
             }
         }
         let minted = match &carried {
-            Carried::Token(minted) | Carried::Exchange { subject: minted, .. } => Some(minted),
+            Carried::Token(minted)
+            | Carried::Exchange {
+                subject: minted, ..
+            } => Some(minted),
             Carried::Nothing | Carried::Cached(_) => None,
         };
         self.record(call.session, now, &decision);

@@ -243,19 +243,20 @@ impl AgentSession {
                 facts: merged.facts.get(params.name.as_ref()).map(AsRef::as_ref),
             };
             let span = tracing::Span::current();
-            let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call).await {
-                Screened::Forward(credential) => credential,
-                Screened::Answer(result) => return Ok(CallToolResponse::Complete(result)),
-                Screened::Unknown => {
-                    return Err(ProxyError::UnknownTool {
-                        name: params.name.to_string(),
+            let credential =
+                match crate::intercept::screen(self.hub.interceptor.as_ref(), &call).await {
+                    Screened::Forward(credential) => credential,
+                    Screened::Answer(result) => return Ok(CallToolResponse::Complete(result)),
+                    Screened::Unknown => {
+                        return Err(ProxyError::UnknownTool {
+                            name: params.name.to_string(),
+                        }
+                        .into_mcp());
                     }
-                    .into_mcp());
-                }
-                Screened::Rejected(reason) => {
-                    return Err(ProxyError::GrantRefused { reason }.into_mcp());
-                }
-            };
+                    Screened::Rejected(reason) => {
+                        return Err(ProxyError::GrantRefused { reason }.into_mcp());
+                    }
+                };
 
             let mut upstream_params = CallToolRequestParams::new(route.name.clone());
             upstream_params.arguments = params.arguments.clone();

@@ -479,7 +479,8 @@ impl Upstream {
             UpstreamTransport::Api(spec) => {
                 use rmcp::ServiceExt;
                 // The API's tools are served in process, over an in-memory pipe.
-                let server = crate::api::ApiServer::new(&self.name, spec.clone(), self.config.call_timeout)?;
+                let server =
+                    crate::api::ApiServer::new(&self.name, spec.clone(), self.config.call_timeout)?;
                 let (near, far) = tokio::io::duplex(self.max_message_bytes.min(1 << 20));
                 let (far_read, far_write) = tokio::io::split(far);
                 let (near_read, near_write) = tokio::io::split(near);
@@ -487,7 +488,10 @@ impl Upstream {
                 let name = self.name.clone();
                 // The server side completes its handshake only once the client below starts.
                 tokio::spawn(async move {
-                    match server.serve_with_ct((far_read, far_write), server_stop).await {
+                    match server
+                        .serve_with_ct((far_read, far_write), server_stop)
+                        .await
+                    {
                         Ok(serving) => {
                             let _ = serving.waiting().await;
                         }
