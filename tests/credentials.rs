@@ -155,6 +155,25 @@ async fn verifier(rig: &Rig, audience: &str, path: &str, algorithm: Algorithm) -
     )
 }
 
+/// A grant for reads under the default pack's `general` purpose, signed in `state`.
+fn general_read_grant(state: &std::path::Path, user: Option<&str>) -> String {
+    let grant = tollgate_policy::Grant {
+        agent: Some("test-agent".into()),
+        user: user.map(str::to_owned),
+        ..tollgate_policy::Grant::root(
+            tollgate_mint::new_grant_id().unwrap(),
+            "general",
+            [tollgate_policy::ActionClass::Read],
+            tollgate_mint::unix_now(),
+            600,
+        )
+    };
+    tollgate_mint::GrantSigner::load_or_create(state)
+        .unwrap()
+        .sign(&grant)
+        .unwrap()
+}
+
 fn bearer_of_last_call(rig: &Rig) -> String {
     let log = rig.headers.lock().unwrap();
     let auth = log
@@ -275,20 +294,7 @@ async fn an_injected_secret_reaches_the_upstream_and_nowhere_else() {
     let state = tmp.path().join("state");
     let stop = tokio_util::sync::CancellationToken::new();
     let (addr, headers) = recording_fixture(&stop).await;
-    let grant = tollgate_policy::Grant {
-        agent: Some("test-agent".into()),
-        ..tollgate_policy::Grant::root(
-            tollgate_mint::new_grant_id().unwrap(),
-            "general",
-            [tollgate_policy::ActionClass::Read],
-            tollgate_mint::unix_now(),
-            600,
-        )
-    };
-    let token = tollgate_mint::GrantSigner::load_or_create(&state)
-        .unwrap()
-        .sign(&grant)
-        .unwrap();
+    let token = general_read_grant(&state, None);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -604,4 +610,259 @@ async fn an_operator_rotation_signs_the_next_call_with_the_key_published_before_
         .unwrap();
     agent.cancel().await.unwrap();
     rig.proxy.shutdown().await;
+}
+
+/// What the test's authorization server was asked.
+#[derive(Debug, Clone)]
+struct Exchanged {
+    subject: String,
+    actor: String,
+    audience: String,
+    scope: Option<String>,
+    resource: Option<String>,
+    details_tool: String,
+}
+
+/// A small RFC 8693 authorization server: it authenticates Tollgate by HTTP Basic, verifies the
+/// subject token against Tollgate's JWKS and the actor token's issuer, refuses the scope
+/// `forbidden`, and issues opaque tokens `xt-<n>`.
+async fn authorization_server(
+    jwks: Value,
+    stop: &tokio_util::sync::CancellationToken,
+) -> (String, Arc<std::sync::Mutex<Vec<Exchanged>>>) {
+    use axum::{body::Bytes, http::HeaderMap, response::IntoResponse};
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let url = format!("http://{}/oauth/token", listener.local_addr().unwrap());
+    let log: Arc<std::sync::Mutex<Vec<Exchanged>>> = Arc::default();
+    let verifier = Arc::new(Verifier::new(
+        VerifierConfig {
+            issuer: format!("{ISSUER}/read"),
+            audience: url.clone(),
+            algorithms: vec![Algorithm::Es256],
+            leeway_secs: 5,
+            revocations: None,
+        },
+        &jwks,
+    ));
+    let seen = log.clone();
+    let app = axum::Router::new().route(
+        "/oauth/token",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (verifier, seen) = (verifier.clone(), seen.clone());
+            async move {
+                use base64::Engine;
+                let expected = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode("tollgate:exchange-client-secret")
+                );
+                let refuse = |status: u16, error: &str| {
+                    (
+                        http::StatusCode::from_u16(status).unwrap(),
+                        json!({"error": error}).to_string(),
+                    )
+                        .into_response()
+                };
+                if headers.get("authorization").and_then(|v| v.to_str().ok())
+                    != Some(expected.as_str())
+                {
+                    return refuse(401, "invalid_client");
+                }
+                let form: std::collections::HashMap<String, String> =
+                    url::form_urlencoded::parse(&body).into_owned().collect();
+                if form.get("grant_type").map(String::as_str)
+                    != Some("urn:ietf:params:oauth:grant-type:token-exchange")
+                {
+                    return refuse(400, "unsupported_grant_type");
+                }
+                let Ok(subject) = verifier
+                    .verify_subject_token(&form["subject_token"], tollgate_mint::unix_now())
+                else {
+                    return refuse(400, "invalid_grant");
+                };
+                let actor = claims_of(&form["actor_token"]);
+                if actor["iss"] != format!("{ISSUER}/read") {
+                    return refuse(400, "invalid_grant");
+                }
+                if form.get("scope").map(String::as_str) == Some("forbidden") {
+                    return refuse(400, "invalid_scope");
+                }
+                let mut seen = seen.lock().unwrap();
+                seen.push(Exchanged {
+                    subject: subject.sub.clone(),
+                    actor: actor["sub"].as_str().unwrap_or_default().to_owned(),
+                    audience: form["audience"].clone(),
+                    scope: form.get("scope").cloned(),
+                    resource: form.get("resource").cloned(),
+                    details_tool: subject.authorization_details[0]["tool"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+                json!({
+                    "access_token": format!("xt-{}", seen.len()),
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                    "token_type": "Bearer",
+                    "expires_in": 120,
+                })
+                .to_string()
+                .into_response()
+            }
+        }),
+    );
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    (url, log)
+}
+
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap_or_default())
+            .unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn token_exchange_gets_each_call_a_token_from_the_authorization_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let secret = tmp.path().join("exchange-secret");
+    std::fs::write(&secret, "exchange-client-secret\n").unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, headers) = recording_fixture(&stop).await;
+    // The keys exist before the authorization server fetches the JWKS.
+    let keys = tollgate_mint::AccessKeys::load_or_create(&state, Algorithm::Es256).unwrap();
+    let (token_url, exchanged) = authorization_server(keys.jwks(), &stop).await;
+    drop(keys);
+    let token = general_read_grant(&state, Some("ada"));
+    let exchange = |scopes: &str, cache: bool| {
+        format!(
+            r#"{{ mode = "exchange", token_url = "{token_url}", audience = "https://fx.test", resource = "https://fx.test/mcp", client_id = "tollgate", client_secret_file = "{}", scopes = {scopes}, cache = {cache} }}"#,
+            secret.display()
+        )
+    };
+    let config = Config::parse(&format!(
+        r#"
+[front.http]
+listen = "127.0.0.1:0"
+[grants]
+state_dir = "{state}"
+[mint]
+issuer = "{ISSUER}"
+[[policy.tool]]
+tool = "*"
+class = "read"
+[[upstream]]
+name = "each"
+url = "http://{addr}/mcp"
+credential = {each}
+[[upstream]]
+name = "cached"
+url = "http://{addr}/mcp"
+credential = {cached}
+[[upstream]]
+name = "refused"
+url = "http://{addr}/mcp"
+credential = {refused}
+[[upstream]]
+name = "unscoped"
+url = "http://{addr}/mcp"
+credential = {unscoped}
+"#,
+        state = state.display(),
+        each = exchange(r#"{ read = "fx.read" }"#, false),
+        cached = exchange(r#"{ read = "fx.read" }"#, true),
+        refused = exchange(r#"{ read = "forbidden" }"#, false),
+        unscoped = exchange(r#"{ write = "fx.write" }"#, false),
+    ))
+    .unwrap();
+    let front = config.fronts.http.clone().unwrap();
+    let guard = Arc::new(PolicyGuard::new(&config).unwrap());
+    let proxy = Proxy::start_with(config, guard).await;
+    let server = proxy.serve_http(&front).await.unwrap();
+    let url = format!("http://{}/mcp", server.local_addr);
+    let agent = agent_modern_with(&url, TestAgent::new("m"), Some(&token)).await;
+    let bearer = || {
+        headers
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|h| h.get("authorization"))
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // Without caching, each call gets its own exchanged token.
+    for (i, text) in ["one", "two"].into_iter().enumerate() {
+        let r = agent
+            .call_tool(call("each.echo", json!({"text": text})))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&r), text);
+        assert_eq!(bearer(), Some(format!("Bearer xt-{}", i + 1)));
+    }
+    {
+        let seen = exchanged.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        let first = &seen[0];
+        assert_eq!(
+            (first.subject.as_str(), first.actor.as_str()),
+            ("ada", "tollgate")
+        );
+        assert_eq!(first.audience, "https://fx.test");
+        assert_eq!(first.scope.as_deref(), Some("fx.read"));
+        assert_eq!(first.resource.as_deref(), Some("https://fx.test/mcp"));
+        assert_eq!(
+            first.details_tool, "echo",
+            "the subject token names the call"
+        );
+    }
+
+    // With caching, the same subject, audience and scope reuse the token.
+    for text in ["three", "four"] {
+        agent
+            .call_tool(call("cached.echo", json!({"text": text})))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        exchanged.lock().unwrap().len(),
+        3,
+        "one exchange for two calls"
+    );
+    assert_eq!(bearer(), Some("Bearer xt-3".to_owned()));
+
+    // A refused exchange refuses the call, and nothing is forwarded.
+    let before = headers.lock().unwrap().len();
+    let refused = agent
+        .call_tool(call("refused.echo", json!({"text": "x"})))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    assert!(text_of(&refused).contains("invalid_scope"), "{refused:?}");
+    // A class the config names no scope for is refused before any exchange.
+    let unscoped = agent
+        .call_tool(call("unscoped.echo", json!({"text": "x"})))
+        .await
+        .unwrap();
+    assert!(
+        text_of(&unscoped).contains("no scope is configured"),
+        "{unscoped:?}"
+    );
+    assert_eq!(
+        headers.lock().unwrap().len(),
+        before,
+        "nothing was forwarded"
+    );
+    assert!(!text_of(&refused).contains("exchange-client-secret"));
+    agent.cancel().await.unwrap();
+    stop.cancel();
+    proxy.shutdown().await;
 }

@@ -311,6 +311,14 @@ impl Verifier {
             .is_some_and(|list| now - list.iat <= policy.max_age_secs && now < list.exp)
     }
 
+    /// For an authorization server taking Tollgate's token as the subject of a token exchange
+    /// (RFC 8693): everything but the call is checked (signature, `typ`, issuer, audience,
+    /// time, revocation, once), since the exchange is not the call. A resource server uses
+    /// [`Verifier::verify`].
+    pub fn verify_subject_token(&self, token: &str, now: i64) -> Result<AccessClaims, VerifyError> {
+        self.check(token, now, None)
+    }
+
     /// Accepts `token` for `request` at `now`, once.
     pub fn verify(
         &self,
@@ -318,7 +326,26 @@ impl Verifier {
         now: i64,
         request: &Presented<'_>,
     ) -> Result<AccessClaims, VerifyError> {
+        self.check(token, now, Some(request))
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        now: i64,
+        request: Option<&Presented<'_>>,
+    ) -> Result<AccessClaims, VerifyError> {
         let payload = self.signed_payload(token, "at+jwt")?;
+        self.accept(payload, now, request)
+    }
+
+    /// The checks after the signature.
+    fn accept(
+        &self,
+        payload: Vec<u8>,
+        now: i64,
+        request: Option<&Presented<'_>>,
+    ) -> Result<AccessClaims, VerifyError> {
         let claims: AccessClaims = serde_json::from_slice(&payload)
             .map_err(|_| VerifyError::Malformed("the claims are not an access token's"))?;
         if claims.iss != self.config.issuer {
@@ -341,8 +368,9 @@ impl Verifier {
         if get("type") != Some(DETAILS_TYPE) {
             return Err(VerifyError::Mismatch("authorization detail type"));
         }
-        match *request {
-            Presented::Tool { tool, arguments } => {
+        match request.copied() {
+            None => {}
+            Some(Presented::Tool { tool, arguments }) => {
                 if get("tool") != Some(tool) {
                     return Err(VerifyError::Mismatch("tool"));
                 }
@@ -350,7 +378,7 @@ impl Verifier {
                     return Err(VerifyError::Mismatch("arguments"));
                 }
             }
-            Presented::Http { method, path, body } => {
+            Some(Presented::Http { method, path, body }) => {
                 if get("method") != Some(method) {
                     return Err(VerifyError::Mismatch("method"));
                 }

@@ -395,9 +395,8 @@ fn encode_into(out: &mut String, text: &str) {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+            use std::fmt::Write;
+            let _ = write!(out, "%{b:02X}");
         }
     }
 }
