@@ -37,33 +37,14 @@ async fn payments() -> Payments {
     // bind the API first, then start it once the admin endpoint is up.
     let api_listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
     let api = format!("http://{}", api_listener.local_addr().unwrap());
-    let example = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples/payments-api/tollgate.toml"),
-    )
-    .unwrap();
-    // The example's own tool declarations, pointed at this test's API and state.
-    let tools = &example[example.find("[[upstream.tool]]").unwrap()..];
     let pack = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/payments");
-    let config = Config::parse(&format!(
-        r#"
-[front.http]
-listen = "127.0.0.1:0"
-[policy]
-pack = "{pack}"
-[grants]
-state_dir = "{state}"
-[mint]
-issuer = "{ISSUER}"
-[[upstream]]
-name = "payments"
-api = "{api}"
-credential = {{ mode = "mint", audience = "https://payments.test", lifetime_secs = 30 }}
-{tools}
-"#,
-        pack = pack.display(),
-        state = state.display(),
-    ))
+    let config = Config::parse(&payments_api::tollgate_config(&payments_api::Placement {
+        api: &api,
+        pack: &pack,
+        state: &state,
+        issuer: ISSUER,
+        audience: "https://payments.test",
+    }))
     .unwrap();
     let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
     let grant = tollgate_policy::Grant {

@@ -1,5 +1,6 @@
 //! `tollgate demo`: Tollgate in front of two in-process demo servers, driven by a scripted
-//! agent over a real streamable-HTTP connection.
+//! agent over a real streamable-HTTP connection; then, in front of the example payments API
+//! (see `demo_payments`).
 
 use std::net::SocketAddr;
 
@@ -20,7 +21,7 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn summary(result: &CallToolResult) -> String {
+pub(crate) fn summary(result: &CallToolResult) -> String {
     let value = serde_json::to_value(result).unwrap_or_default();
     let text = value
         .get("content")
@@ -221,6 +222,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         "every call was decided by grant {} and the default policy pack.",
         grant.id
     );
+    surprises += crate::demo_payments::run().await?;
     if surprises > 0 {
         anyhow::bail!("{surprises} demo step(s) did not go as expected");
     }

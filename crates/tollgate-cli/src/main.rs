@@ -1,6 +1,7 @@
 //! The `tollgate` binary: run the guard in front of MCP servers, or watch it work in the demo.
 
 mod demo;
+mod demo_payments;
 mod grant;
 mod keys;
 mod policy;
@@ -93,9 +94,15 @@ fn init_logging(default: &str) {
     // The MCP library traces whole messages at debug and trace level, and messages carry
     // per-call credentials and whatever an upstream echoes back. Whatever RUST_LOG asks for,
     // its level stops at info; Tollgate's own events say what a message did, never its body.
-    for quiet in ["rmcp=info", "hyper=info", "h2=info", "reqwest=info"] {
-        if let Ok(directive) = quiet.parse() {
-            filter = filter.add_directive(directive);
+    // (Only when something above info is asked for: a cap must never raise a quieter level.)
+    if filter
+        .max_level_hint()
+        .is_none_or(|level| level > tracing_subscriber::filter::LevelFilter::INFO)
+    {
+        for quiet in ["rmcp=info", "hyper=info", "h2=info", "reqwest=info"] {
+            if let Ok(directive) = quiet.parse() {
+                filter = filter.add_directive(directive);
+            }
         }
     }
     // stdout may be the MCP channel; logs always go to stderr.

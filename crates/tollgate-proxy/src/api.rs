@@ -602,7 +602,7 @@ impl ApiServer {
         };
         match result {
             Some(value) => {
-                let shown = serde_json::to_string_pretty(&value).unwrap_or_default();
+                let shown = value.to_string();
                 let mut out = CallToolResult::success(vec![ContentBlock::text(shown)]);
                 if value.is_object() {
                     out.structured_content = Some(value);

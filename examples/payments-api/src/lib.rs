@@ -424,3 +424,35 @@ fn not_found(id: &str) -> Response {
         &json!({"error": format!("no customer `{id}`")}),
     )
 }
+
+/// Tollgate's config for this API as shipped (`examples/payments-api/tollgate.toml`).
+pub const TOLLGATE_TOML: &str = include_str!("../tollgate.toml");
+
+/// Where one Tollgate in front of this API runs: for the demo and the tests.
+#[derive(Debug, Clone)]
+pub struct Placement<'a> {
+    /// The API's base URL.
+    pub api: &'a str,
+    pub pack: &'a std::path::Path,
+    pub state: &'a std::path::Path,
+    pub issuer: &'a str,
+    pub audience: &'a str,
+}
+
+/// The shipped config's upstream and tools, with an HTTP front on a free loopback port, placed
+/// as `at` says (no admin endpoint: the caller serves its own).
+pub fn tollgate_config(at: &Placement<'_>) -> String {
+    let upstream = TOLLGATE_TOML
+        .find("[[upstream]]")
+        .and_then(|start| TOLLGATE_TOML.get(start..))
+        .unwrap_or_default();
+    let upstream = upstream
+        .replace("http://127.0.0.1:8085", at.api)
+        .replace("https://payments.local", at.audience);
+    format!(
+        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n[mint]\nissuer = \"{}\"\n{upstream}",
+        at.pack.display(),
+        at.state.display(),
+        at.issuer,
+    )
+}
