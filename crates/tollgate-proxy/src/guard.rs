@@ -529,22 +529,14 @@ impl PolicyGuard {
                 lifetime_secs,
             })
             .map_err(|e| NoCredential::hidden(e.to_string()))?;
-        let path = tollgate_mint::TrustPath::for_class(decision.class);
-        let issuer = format!("{}/{}", self.issuer, path.as_str());
         self.ledger.record(
-            tollgate_mint::Issued {
-                jti: minted.jti.clone(),
-                iss: issuer.clone(),
-                sub: subject.to_owned(),
-                client_id: agent.to_owned(),
-                aud: minted.aud.clone(),
-                scope: format!("tools:{}", decision.class),
-                sid: session,
-                iat: now,
-                exp: minted.exp,
-                grants: grant
+            &minted.jti,
+            minted.exp,
+            grant.map(|g| g.id.as_str()),
+            || {
+                grant
                     .map(|g| g.lineage().map(str::to_owned).collect())
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
             },
             now,
         );
@@ -552,6 +544,8 @@ impl PolicyGuard {
             return Ok(Carried::Token(minted));
         };
         // The actor: Tollgate itself, on the same trust path as the subject token.
+        let path = tollgate_mint::TrustPath::for_class(decision.class);
+        let issuer = format!("{}/{}", self.issuer, path.as_str());
         let actor_jti =
             tollgate_mint::new_id("a").map_err(|e| NoCredential::hidden(e.to_string()))?;
         let actor_token = minter
@@ -626,10 +620,26 @@ impl PolicyGuard {
     /// Introspection (RFC 7662): the claims of `token` while it is live, `None` otherwise.
     pub fn introspect(&self, token: &str) -> Option<tollgate_mint::Issued> {
         let claims = self.minter.as_ref()?.signed_by_us(token)?;
-        let jti = claims.get("jti")?.as_str()?;
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let grant = claims
+            .pointer("/authorization_details/0/grant_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let issued = tollgate_mint::Issued {
+            jti: text("jti")?,
+            iss: text("iss")?,
+            sub: text("sub")?,
+            client_id: text("client_id")?,
+            aud: text("aud")?,
+            scope: text("scope")?,
+            sid: text("sid")?,
+            iat: claims.get("iat")?.as_i64()?,
+            exp: claims.get("exp")?.as_i64()?,
+            grants: grant.into_iter().collect(),
+        };
         // A grant revoked since keeps the tokens minted under it from being active.
         let _ = self.revocations.refresh();
-        self.ledger.active(jti, now(), |grants| {
+        self.ledger.active(issued, now(), |grants| {
             self.revocations
                 .any_revoked(grants.iter().map(String::as_str))
         })
