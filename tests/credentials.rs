@@ -866,3 +866,53 @@ credential = {unscoped}
     stop.cancel();
     proxy.shutdown().await;
 }
+
+#[test]
+fn the_keys_commands_list_the_ring_and_rotate_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(tollgate_bin())
+            .args(args)
+            .args(["--state", state.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = run(&["keys", "list"]);
+    let states = |text: &str, state: &str| {
+        text.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some(state))
+            .count()
+    };
+    assert_eq!(states(&listed, "current"), 4, "{listed}");
+    assert_eq!(states(&listed, "next"), 4, "{listed}");
+    let rotated = run(&["keys", "rotate"]);
+    assert_eq!(rotated.lines().count(), 4, "{rotated}");
+    let after = run(&["keys", "list"]);
+    assert_eq!(states(&after, "retired"), 4, "{after}");
+    // What was next now signs.
+    for line in listed
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("next"))
+    {
+        let kid = line.split_whitespace().nth(3).unwrap();
+        assert!(
+            after
+                .lines()
+                .any(|l| l.contains(kid) && l.split_whitespace().nth(2) == Some("current")),
+            "{after}"
+        );
+    }
+    let bad = std::process::Command::new(tollgate_bin())
+        .args(["keys", "list", "--algorithm", "RS256"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ES256"));
+}

@@ -260,14 +260,14 @@ async fn http_client(url: &str) -> Client {
         .unwrap()
 }
 
-/// Direct, bare hop, tollgate relaying and (when given) tollgate deciding side by side at 1
+/// Direct, bare hop, tollgate relaying and (when given) tollgate guarding side by side at 1
 /// and at 32 concurrent calls.
 async fn compare(
     transport: &'static str,
     direct: &Client,
     floor: &Client,
     through: &Client,
-    decided: Option<&Client>,
+    decided: &[&Client],
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for concurrency in [1, CONCURRENCY] {
@@ -286,14 +286,16 @@ async fn compare(
             floor: Some(floor),
             through,
             decided: figures.next(),
+            guarded: figures.next(),
         });
     }
     rows
 }
 
 /// A pack that allows the fixture's `echo` to a grant holding `read`, with the kinds of rules
-/// every pack has (rate, denials, secrets), and a grant for it: the state folder to run with.
-fn policy_setup() -> (tempfile::TempDir, Vec<String>) {
+/// every pack has (rate, denials, secrets), a grant for it, and a config that (with `mint`)
+/// mints a token for each allowed call: the folder and the `tollgate` arguments to run with.
+fn policy_setup(fixture: &str, mint: bool) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let pack = dir.path().join("pack");
     std::fs::create_dir_all(&pack).unwrap();
@@ -326,15 +328,28 @@ fn policy_setup() -> (tempfile::TempDir, Vec<String>) {
     };
     let token = dir.path().join("grant");
     std::fs::write(&token, signer.sign(&grant).unwrap()).unwrap();
+    // With `mint`, every allowed call also carries a token minted for it, in `_meta`.
+    let credential = if mint {
+        r#"{ mode = "mint", audience = "https://bench.test" }"#
+    } else {
+        r#"{ mode = "none" }"#
+    };
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[front]\nstdio = true\n[policy]\npack = \"{pack}\"\n[grants]\nstate_dir = \"{state}\"\n[[upstream]]\nname = \"bench\"\ncommand = \"{fixture}\"\nargs = [\"--fixture-stdio\"]\ncredential = {credential}\n",
+            pack = pack.display(),
+            state = state.display(),
+        ),
+    )
+    .unwrap();
     let args = vec![
         "run".to_owned(),
-        "--pack".to_owned(),
-        pack.display().to_string(),
-        "--state".to_owned(),
-        state.display().to_string(),
+        "--config".to_owned(),
+        config.display().to_string(),
         "--grant".to_owned(),
         token.display().to_string(),
-        "--".to_owned(),
     ];
     (dir, args)
 }
@@ -348,6 +363,8 @@ struct Row {
     through: Figures,
     /// Tollgate deciding every call with a grant and a policy pack.
     decided: Option<Figures>,
+    /// Tollgate guarding every call: deciding, and minting a token for each.
+    guarded: Option<Figures>,
 }
 
 async fn bench() {
@@ -366,12 +383,14 @@ async fn bench() {
             &["run", "--allow-all", "--", fixture, "--fixture-stdio"],
         )
         .await;
-        let (_policy_dir, mut decided_args) = policy_setup();
-        decided_args.extend([fixture.to_owned(), "--fixture-stdio".to_owned()]);
+        let (_deciding_dir, decided_args) = policy_setup(fixture, false);
         let decided_args: Vec<&str> = decided_args.iter().map(String::as_str).collect();
         let decided = stdio_client(&tollgate, &decided_args).await;
-        rows.extend(compare("stdio", &direct, &floor, &through, Some(&decided)).await);
-        for client in [direct, floor, through, decided] {
+        let (_guarding_dir, guarded_args) = policy_setup(fixture, true);
+        let guarded_args: Vec<&str> = guarded_args.iter().map(String::as_str).collect();
+        let guarded = stdio_client(&tollgate, &guarded_args).await;
+        rows.extend(compare("stdio", &direct, &floor, &through, &[&decided, &guarded]).await);
+        for client in [direct, floor, through, decided, guarded] {
             client.cancel().await.unwrap();
         }
     }
@@ -428,7 +447,7 @@ async fn bench() {
         let direct = http_client(&direct_url).await;
         let floor = http_client(&floor_url).await;
         let through = http_client(&through_url).await;
-        rows.extend(compare("http", &direct, &floor, &through, None).await);
+        rows.extend(compare("http", &direct, &floor, &through, &[]).await);
         let _ = floor_server.start_kill();
         for client in [direct, floor, through] {
             client.cancel().await.unwrap();
@@ -494,16 +513,22 @@ fn print_rows(rows: &[Row]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        if let Some(decided) = &r.decided {
+        for (what, figures) in [
+            ("deciding every call", &r.decided),
+            ("guarding every call (decide + mint)", &r.guarded),
+        ] {
+            let Some(f) = figures else { continue };
             println!(
-                "  ({} × {}: tollgate deciding every call: p50 {:.0} µs ({:.2}× direct, {:.2}× relaying), {:.0} calls/s ({:.2}× direct))",
+                "  ({} × {}: tollgate {what}: p50 {:.0} µs ({:.2}× direct, {:.2}× bare hop, {:.2}× relaying), p99 {:.0} µs, {:.0} calls/s ({:.2}× direct))",
                 r.transport,
                 r.concurrency,
-                decided.p50_us,
-                decided.p50_us / r.direct.p50_us,
-                decided.p50_us / r.through.p50_us,
-                decided.calls_per_s,
-                decided.calls_per_s / r.direct.calls_per_s,
+                f.p50_us,
+                f.p50_us / r.direct.p50_us,
+                r.floor.as_ref().map_or(f64::NAN, |b| f.p50_us / b.p50_us),
+                f.p50_us / r.through.p50_us,
+                f.p99_us,
+                f.calls_per_s,
+                f.calls_per_s / r.direct.calls_per_s,
             );
         }
         let floor_p50 = r
