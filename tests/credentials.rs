@@ -53,17 +53,7 @@ async fn recording_fixture(
 async fn rig(algorithm: &str) -> Rig {
     let tmp = tempfile::tempdir().unwrap();
     let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
-    std::fs::create_dir_all(&pack).unwrap();
-    std::fs::write(
-        pack.join("pack.toml"),
-        "purposes = [\"work\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        pack.join("rules.cedar"),
-        "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when { context.grant.present };",
-    )
-    .unwrap();
+    reads_pack(&pack, "");
     let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
     let grant = tollgate_policy::Grant {
         task: "test credentials".into(),

@@ -313,3 +313,21 @@ pub async fn agent_with_grant(url: &str, grant: &str) -> Agent0 {
 
 /// An agent with no handler of its own.
 pub type Agent0 = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+
+/// A policy pack in `dir` where every tool is a read, reads under a grant are allowed, and
+/// `extra` policies follow.
+pub fn reads_pack(dir: &std::path::Path, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("pack.toml"),
+        "purposes = [\"work\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rules.cedar"),
+        format!(
+            "@id(\"reads\") permit (principal, action == Action::\"read\", resource) when {{ context.grant.present }};\n{extra}"
+        ),
+    )
+    .unwrap();
+}

@@ -279,6 +279,7 @@ fn measure(n: usize, scoped: bool) -> (f64, f64, f64) {
         stats: &stats,
         usage: &usage,
         taint: &[],
+        pinned: true,
     };
     let started = Instant::now();
     let first = pack.decide(&input);

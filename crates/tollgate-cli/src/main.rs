@@ -4,6 +4,7 @@ mod demo;
 mod demo_payments;
 mod grant;
 mod keys;
+mod pin;
 mod policy;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -73,6 +74,9 @@ enum Command {
         #[command(subcommand)]
         command: grant::GrantCommand,
     },
+    /// Record each upstream tool's definition in the lock file (`tollgate.lock`); a tool that
+    /// later differs from its pin is hidden and refused.
+    Pin(pin::PinArgs),
     /// List and rotate the per-call signing keys.
     Keys {
         #[command(subcommand)]
@@ -130,6 +134,10 @@ async fn main() -> ExitCode {
         }
         Command::Grant { command } => grant::run(command),
         Command::Keys { command } => keys::run(command),
+        Command::Pin(args) => {
+            init_logging("warn");
+            pin::run(args).await
+        }
         Command::Policy { command } => policy::run(command),
         Command::Demo => {
             // The transcript is the output; only real failures are logged beside it.

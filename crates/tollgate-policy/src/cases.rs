@@ -73,6 +73,10 @@ struct ToolSpec {
     input_schema: Option<Map<String, Value>>,
 }
 
+fn pinned_by_default() -> bool {
+    true
+}
+
 fn default_upstream() -> String {
     "upstream".to_owned()
 }
@@ -134,6 +138,9 @@ struct CaseSpec {
     stats: StatsSpec,
     #[serde(default)]
     taint: Vec<String>,
+    /// The tool's definition matches its pin (default: true, as after `tollgate pin`).
+    #[serde(default = "pinned_by_default")]
+    pinned: bool,
     /// `(scope, key) = amount` as `"g-…/budget:*:amount" = 450`.
     #[serde(default)]
     usage: BTreeMap<String, f64>,
@@ -270,6 +277,7 @@ fn run_case(
         stats: &stats,
         usage: &usage,
         taint: &case.taint,
+        pinned: case.pinned,
     });
     let mut problems = Vec::new();
     if decision.effect != case.expect {

@@ -135,6 +135,8 @@ pub struct CallInput<'a> {
     pub stats: &'a SessionStats,
     pub usage: &'a Usage,
     pub taint: &'a [String],
+    /// The tool's definition is the one pinned in the lock file.
+    pub pinned: bool,
 }
 
 impl Pack {
@@ -442,6 +444,7 @@ impl Pack {
                     record(stats)?
                 }
                 "taint" => RestrictedExpression::new_set(call.taint.iter().map(|t| string(t))),
+                "pinned" => RestrictedExpression::new_bool(call.pinned),
                 _ => continue,
             };
             pairs.push((field.to_owned(), value));
@@ -451,7 +454,7 @@ impl Pack {
 }
 
 /// The context's top-level fields, as the schema declares them.
-pub(crate) const CONTEXT_FIELDS: [&str; 9] = [
+pub(crate) const CONTEXT_FIELDS: [&str; 10] = [
     "args",
     "resources",
     "intent",
@@ -461,6 +464,7 @@ pub(crate) const CONTEXT_FIELDS: [&str; 9] = [
     "client",
     "stats",
     "taint",
+    "pinned",
 ];
 
 fn session_uid(call: &CallInput<'_>) -> cedar_policy::EntityUid {
@@ -581,6 +585,7 @@ mod tests {
             stats,
             usage: &Usage::new(),
             taint: &[],
+            pinned: false,
         })
     }
 
@@ -638,6 +643,7 @@ mod tests {
             stats: &SessionStats::default(),
             usage: &Usage::new(),
             taint: &[],
+            pinned: false,
         });
         assert_eq!(d.effect, Effect::Deny);
         assert_eq!(d.policies, ["tollgate:evaluation-error", "cap"]);

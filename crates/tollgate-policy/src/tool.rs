@@ -19,6 +19,8 @@ pub struct ToolFacts {
     root: Option<String>,
     schema: Result<Arc<jsonschema::Validator>, String>,
     plan_key: String,
+    /// The tool's name at its upstream and the digest of its definition, for pinning.
+    definition: Option<(String, String)>,
 }
 
 impl ToolFacts {
@@ -44,7 +46,27 @@ impl ToolFacts {
             root,
             schema,
             plan_key,
+            definition: None,
         }
+    }
+
+    /// The tool's name at its upstream and the digest of its definition (see the proxy's
+    /// pins), which the lock file is checked against.
+    #[must_use]
+    pub fn with_definition(
+        mut self,
+        original: impl Into<String>,
+        digest: impl Into<String>,
+    ) -> Self {
+        self.definition = Some((original.into(), digest.into()));
+        self
+    }
+
+    /// The tool's name at its upstream and its definition's digest, when known.
+    pub fn definition(&self) -> Option<(&str, &str)> {
+        self.definition
+            .as_ref()
+            .map(|(name, digest)| (name.as_str(), digest.as_str()))
     }
 
     pub fn name(&self) -> &str {

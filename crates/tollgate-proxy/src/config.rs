@@ -29,6 +29,8 @@ pub struct Config {
     pub grants: GrantsConfig,
     pub mint: MintConfig,
     pub admin: Option<AdminConfig>,
+    /// The lock file of pinned tool definitions, when tools are pinned.
+    pub pins: Option<PathBuf>,
 }
 
 /// How per-call credentials are minted.
@@ -325,6 +327,14 @@ struct RawConfig {
     #[serde(default)]
     mint: RawMint,
     admin: Option<RawAdmin>,
+    pins: Option<RawPins>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPins {
+    /// The lock file `tollgate pin` writes, relative to the config file.
+    lock: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -511,6 +521,12 @@ impl Config {
         {
             config.policy.pack = Some(dir.join(pack));
         }
+        // So is the lock file of pinned tools.
+        if let (Some(dir), Some(lock)) = (path.parent(), &config.pins)
+            && lock.is_relative()
+        {
+            config.pins = Some(dir.join(lock));
+        }
         Ok(config)
     }
 
@@ -543,6 +559,7 @@ impl Config {
             grants: GrantsConfig::default(),
             mint: MintConfig::default(),
             admin: None,
+            pins: None,
             upstreams: vec![UpstreamConfig {
                 name,
                 credential: CredentialConfig::None,
@@ -1033,6 +1050,7 @@ impl RawConfig {
         }
 
         Ok(Config {
+            pins: self.pins.map(|p| p.lock),
             fronts: Fronts {
                 stdio: self.front.stdio,
                 http,

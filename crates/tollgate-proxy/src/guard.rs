@@ -26,6 +26,7 @@ use crate::{
     config::{Config, CredentialConfig, PolicyMode},
     intercept::{Caller, Credential, Interceptor, Outcome, PendingCredential, ToolCall, Verdict},
     pack_files,
+    pins::PinState,
     session::SessionId,
 };
 
@@ -53,6 +54,8 @@ pub enum GuardError {
     Mint(#[from] tollgate_mint::MintError),
     #[error("token exchange cannot be set up: {0}")]
     Exchange(String),
+    #[error(transparent)]
+    Pins(#[from] crate::pins::LockError),
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +104,8 @@ pub struct PolicyGuard {
     rotation: (Option<i64>, i64),
     /// When the schedule was last looked at.
     rotation_checked: std::sync::atomic::AtomicI64,
+    /// The lock file of pinned tool definitions and what it holds (reread on reload).
+    pins: Option<(std::path::PathBuf, RwLock<Arc<crate::pins::Lock>>)>,
 }
 
 impl std::fmt::Debug for PolicyGuard {
@@ -187,6 +192,14 @@ impl PolicyGuard {
                 config.mint.publish_ahead_secs,
             ),
             rotation_checked: std::sync::atomic::AtomicI64::new(0),
+            pins: match &config.pins {
+                None => None,
+                Some(path) => {
+                    let lock = crate::pins::Lock::load(path)?;
+                    info!(lock = %path.display(), tools = lock.pins().count(), "tool definitions pinned");
+                    Some((path.clone(), RwLock::new(Arc::new(lock))))
+                }
+            },
             pack: RwLock::new(Arc::new(pack)),
             pack_dir,
             extra_tools: config.policy.tools.clone(),
@@ -218,6 +231,13 @@ impl PolicyGuard {
     /// Reads and compiles the pack again. A version that does not compile is rejected whole
     /// and the current one keeps deciding. Returns the version now deciding.
     pub fn reload(&self) -> Result<String, GuardError> {
+        // The lock file is reread with the pack: re-pinning takes effect on the same signal.
+        if let Some((path, current)) = &self.pins {
+            let lock = crate::pins::Lock::load(path)?;
+            *current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(lock);
+        }
         let pack = load(self.pack_dir.as_deref(), &self.extra_tools)?;
         let version = pack.version().to_owned();
         let previous = std::mem::replace(
@@ -437,7 +457,18 @@ impl PolicyGuard {
             stats: &stats,
             usage: &usage,
             taint: &[],
+            pinned: self.pin_state(facts) == PinState::Pinned,
         })
+    }
+
+    /// How `facts`' tool stands against the lock file; `Unpinned` without one.
+    fn pin_state(&self, facts: &ToolFacts) -> PinState {
+        let (Some((_, lock)), Some((name, digest))) = (&self.pins, facts.definition()) else {
+            return PinState::Unpinned;
+        };
+        lock.read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .state(facts.upstream(), name, digest)
     }
 }
 
@@ -768,6 +799,17 @@ impl Interceptor for PolicyGuard {
                 "the tool's definition is not known yet; the call is denied".to_owned(),
             ));
         };
+        if self.pin_state(facts) == PinState::Changed {
+            warn!(
+                tool = call.exposed_name,
+                upstream = call.upstream,
+                "the tool's definition differs from its pin; refused"
+            );
+            return Verdict::Refuse(refusal(format!(
+                "denied: the definition of `{}` has changed since it was pinned; it cannot be called until it is reviewed and pinned again (`tollgate pin`)",
+                call.exposed_name
+            )));
+        }
         let pack = self.current();
         if !pack.visible(grant, facts, now) {
             return Verdict::Hide;
@@ -858,6 +900,9 @@ impl Interceptor for PolicyGuard {
     fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}
 
     fn visible(&self, session: SessionId, caller: &Caller, tool: &ToolFacts) -> bool {
+        if self.pin_state(tool) == PinState::Changed {
+            return false;
+        }
         let now = now();
         match self.presented(session, caller, now) {
             Ok(Presented::Grant(grant)) => self.current().visible(Some(&grant), tool, now),

@@ -117,13 +117,19 @@ impl Hub {
             let schema = self.schemas.compile(&tool.input_schema);
             facts.insert(
                 tool.name.to_string(),
-                Arc::new(ToolFacts::new(
-                    tool.name.to_string(),
-                    upstream.name.clone(),
-                    hints,
-                    upstream.root.clone(),
-                    schema,
-                )),
+                Arc::new(
+                    ToolFacts::new(
+                        tool.name.to_string(),
+                        upstream.name.clone(),
+                        hints,
+                        upstream.root.clone(),
+                        schema,
+                    )
+                    .with_definition(
+                        route.name.clone(),
+                        crate::pins::definition_digest(&route.name, tool),
+                    ),
+                ),
             );
         }
         facts

@@ -14,6 +14,7 @@ mod hub;
 pub mod intercept;
 pub mod names;
 pub mod pack_files;
+pub mod pins;
 mod relay;
 mod scrub;
 pub mod session;
@@ -106,6 +107,23 @@ impl Proxy {
 
     pub fn config(&self) -> &Config {
         &self.hub.config
+    }
+
+    /// Every tool each connected upstream lists, under its upstream's name and its own name
+    /// (not the exposed one): what `tollgate pin` records.
+    pub fn tool_definitions(&self) -> Vec<(String, rmcp::model::Tool)> {
+        self.hub
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                let lists = u.lists();
+                lists
+                    .tools
+                    .iter()
+                    .map(|t| (u.name.clone(), t.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Number of agent sessions currently connected.
