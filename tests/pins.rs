@@ -46,13 +46,9 @@ pack = "pack"
 state_dir = "{state}"
 [pins]
 lock = "tollgate.lock"
-[[upstream]]
-name = "fx"
-command = "{fixture}"
-args = ["stdio", "fx"]
-"#,
+{upstream}"#,
             state = state.display(),
-            fixture = fixture_bin().display(),
+            upstream = stdio_fixture_upstream("fx"),
         ),
     )
     .unwrap();

@@ -331,3 +331,11 @@ pub fn reads_pack(dir: &std::path::Path, extra: &str) {
     )
     .unwrap();
 }
+
+/// The config table of an upstream `name` that is the fixture server over stdio.
+pub fn stdio_fixture_upstream(name: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\ncommand = \"{}\"\nargs = [\"stdio\", \"{name}\"]\n",
+        fixture_bin().display()
+    )
+}

@@ -118,6 +118,11 @@ pub struct EntryConfig {
     /// `customer` or `repo`).
     #[serde(default)]
     pub resources: BTreeMap<String, ResourceKind>,
+    /// Labels a session picks up once it calls this tool, which later decisions see as
+    /// `context.taint`: `untrusted_content` for what reads the outside world (web pages,
+    /// mail, issues), `secret_read` for credential stores.
+    #[serde(default)]
+    pub taints: Vec<String>,
 }
 
 /// Why a catalog cannot be used.
@@ -131,6 +136,12 @@ pub enum CatalogError {
         tool: String,
         argument: String,
     },
+    #[error("catalog entry {index} (`{tool}`): taint `{taint}` is not a plain label (a-z 0-9 _ -)")]
+    BadTaint {
+        index: usize,
+        tool: String,
+        taint: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +150,7 @@ struct Entry {
     class: ActionClass,
     risk: Risk,
     resources: Vec<(String, ResourceKind)>,
+    taints: Vec<String>,
 }
 
 /// What the catalog says of one tool.
@@ -149,6 +161,8 @@ pub struct Classification {
     pub source: Source,
     /// Argument name → the kind of resource it names.
     pub resources: Vec<(String, ResourceKind)>,
+    /// The labels a call of this tool gives its session, sorted.
+    pub taints: Vec<String>,
 }
 
 /// Where a classification came from.
@@ -197,7 +211,20 @@ impl Catalog {
                     });
                 }
             }
+            if let Some(taint) = entry.taints.iter().find(|t| {
+                t.is_empty()
+                    || !t.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
+            }) {
+                return Err(CatalogError::BadTaint {
+                    index,
+                    tool: entry.tool.clone(),
+                    taint: taint.clone(),
+                });
+            }
             checked.push(Entry {
+                taints: entry.taints,
                 risk: entry.risk.unwrap_or_else(|| entry.class.default_risk()),
                 pattern: entry.tool,
                 class: entry.class,
@@ -228,7 +255,9 @@ impl Catalog {
             let mut class = first.class;
             let mut risk = first.risk;
             let mut resources: Vec<(String, ResourceKind)> = Vec::new();
+            let mut taints: Vec<String> = Vec::new();
             for entry in &matching {
+                taints.extend(entry.taints.iter().cloned());
                 class = class.max(entry.class);
                 risk = risk.max(entry.risk);
                 for binding in &entry.resources {
@@ -250,6 +279,11 @@ impl Catalog {
                     patterns: matching.iter().map(|e| e.pattern.clone()).collect(),
                 },
                 resources,
+                taints: {
+                    taints.sort();
+                    taints.dedup();
+                    taints
+                },
             };
         }
         match hints.implied_class().filter(|_| self.trust_annotations) {
@@ -258,12 +292,14 @@ impl Catalog {
                 risk: class.default_risk(),
                 source: Source::Annotations,
                 resources: Vec::new(),
+                taints: Vec::new(),
             },
             None => Classification {
                 class: ActionClass::MOST_RESTRICTED,
                 risk: ActionClass::MOST_RESTRICTED.default_risk(),
                 source: Source::Unknown,
                 resources: Vec::new(),
+                taints: Vec::new(),
             },
         }
     }
@@ -279,6 +315,7 @@ mod tests {
             class,
             risk: None,
             resources: BTreeMap::new(),
+            taints: Vec::new(),
         }
     }
 

@@ -69,6 +69,8 @@ pub struct Decision {
     pub charges: Vec<Charge>,
     /// For the operator's log only, never the agent: why evaluation failed.
     pub detail: Option<String>,
+    /// The labels the session picks up if the call goes ahead (from the catalog).
+    pub taints: Vec<String>,
 }
 
 impl Decision {
@@ -153,6 +155,7 @@ impl Pack {
             resources: Vec::new(),
             charges: Vec::new(),
             detail: None,
+            taints: plan.classification.taints.clone(),
         };
         let deny = |mut d: Decision, step: &str, reason: String| {
             d.effect = Effect::Deny;

@@ -65,7 +65,16 @@ struct SessionRecord {
     stats: SessionStats,
     /// When its recent calls were made (Unix seconds), for `calls_last_minute`.
     recent: VecDeque<i64>,
+    /// The labels the session picked up from the tools it called (sorted, each once).
+    taint: Vec<String>,
+    /// For the history of stateless requests (kept per grant): when it may be forgotten.
+    forget_after: Option<i64>,
 }
+
+/// The high bit marks a history key made for stateless requests, apart from session ids.
+const STATELESS_KEY: u64 = 1 << 63;
+/// Stateless histories kept before the expired ones are swept.
+const STATELESS_SWEEP: usize = 4096;
 
 /// A token's signature and claims, checked once.
 type Checked = Result<Arc<Grant>, TokenError>;
@@ -357,7 +366,25 @@ impl PolicyGuard {
     }
 
     /// The session's statistics before this call.
-    fn stats(&self, session: SessionId, now: i64) -> SessionStats {
+    /// Where a call's history is kept: its session's, or for a stateless request (each its own
+    /// session) its grant's, or without a grant its address's.
+    fn history_key(call: &ToolCall<'_>, grant: Option<&Grant>) -> SessionId {
+        use std::hash::{BuildHasher, Hasher};
+        if !call.caller.stateless {
+            return call.session;
+        }
+        let mut hasher =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+        match grant {
+            Some(g) => hasher.write(g.id.as_bytes()),
+            None => hasher.write(call.caller.address.as_deref().unwrap_or("").as_bytes()),
+        }
+        hasher.finish() | STATELESS_KEY
+    }
+
+    /// The history's statistics and taint labels as of now.
+    fn history(&self, session: SessionId, now: i64) -> (SessionStats, Vec<String>) {
         let mut sessions = self.sessions();
         let record = sessions.entry(session).or_default();
         while record.recent.front().is_some_and(|t| now - t >= 60) {
@@ -365,12 +392,19 @@ impl PolicyGuard {
         }
         let mut stats = record.stats.clone();
         stats.calls_last_minute = record.recent.len() as u64;
-        stats
+        (stats, record.taint.clone())
     }
 
-    fn record(&self, session: SessionId, now: i64, decision: &Decision) {
+    fn record(&self, session: SessionId, now: i64, decision: &Decision, grant: Option<&Grant>) {
         let mut sessions = self.sessions();
+        if session & STATELESS_KEY != 0 && sessions.len() >= STATELESS_SWEEP {
+            sessions.retain(|_, r| r.forget_after.is_none_or(|t| t > now));
+        }
         let record = sessions.entry(session).or_default();
+        if session & STATELESS_KEY != 0 {
+            // Kept while its grant lives (an hour at most without one).
+            record.forget_after = Some(grant.map_or(now + 3600, |g| g.exp));
+        }
         record.stats.calls += 1;
         record.recent.push_back(now);
         if decision.is_allow() {
@@ -380,6 +414,14 @@ impl PolicyGuard {
                 .and_then(|i| record.stats.by_class.get_mut(i))
             {
                 *slot += 1;
+            }
+            // A call that goes ahead marks the session with what it touches, whatever it
+            // returns: a failed read of untrusted content may still have shown some of it.
+            for label in &decision.taints {
+                if let Err(at) = record.taint.binary_search(label) {
+                    info!(session, label = %label, "session tainted");
+                    record.taint.insert(at, label.clone());
+                }
             }
         } else {
             record.stats.denials += 1;
@@ -421,7 +463,7 @@ impl PolicyGuard {
         justification: Option<&str>,
     ) -> Decision {
         let pack = self.current();
-        let stats = self.stats(call.session, now);
+        let (stats, taint) = self.history(Self::history_key(call, grant), now);
         let session = SessionFacts {
             id: call.session.to_string(),
             transport: call.caller.transport.to_owned(),
@@ -456,7 +498,7 @@ impl PolicyGuard {
             env: &self.env,
             stats: &stats,
             usage: &usage,
-            taint: &[],
+            taint: &taint,
             pinned: self.pin_state(facts) == PinState::Pinned,
         })
     }
@@ -849,7 +891,7 @@ impl Interceptor for PolicyGuard {
             } => Some(minted),
             Carried::Nothing | Carried::Cached(_) => None,
         };
-        self.record(call.session, now, &decision);
+        self.record(Self::history_key(call, grant), now, &decision, grant);
         // A denial is news for the operator; an allowed call is the normal case, logged at
         // debug level (at info, formatting and writing it cost more than the decision).
         macro_rules! decision_event {

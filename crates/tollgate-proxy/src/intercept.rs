@@ -21,6 +21,9 @@ pub struct Caller {
     /// The grant token as presented (a bearer token over HTTP, `--grant` over stdio). Never
     /// printed.
     pub grant: Option<Arc<str>>,
+    /// An HTTP request outside any MCP session (a 2026-07-28 stateless request): each request
+    /// is a session of its own, so what a session remembers is kept per grant instead.
+    pub stateless: bool,
 }
 
 impl std::fmt::Debug for Caller {
@@ -29,6 +32,7 @@ impl std::fmt::Debug for Caller {
             .field("transport", &self.transport)
             .field("address", &self.address)
             .field("grant", &self.grant.as_ref().map(|_| "***"))
+            .field("stateless", &self.stateless)
             .finish()
     }
 }
@@ -39,6 +43,7 @@ impl Caller {
             transport: "stdio",
             address: None,
             grant: grant.map(Arc::from),
+            stateless: false,
         }
     }
 
@@ -62,6 +67,7 @@ impl Caller {
             transport: "http",
             address,
             grant,
+            stateless: !parts.headers.contains_key("mcp-session-id"),
         }
     }
 }
