@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use support::*;
 use tollgate_mint::{Algorithm, Presented, Verifier, VerifierConfig, VerifyError};
 use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
-use tollgate_testkit::fixture::{Fixture, FixtureState};
 
 const ISSUER: &str = "https://tollgate.test";
 const ADMIN_TOKEN: &str = "admin-token-for-tests-only";
@@ -33,23 +32,6 @@ struct Rig {
     _stop: tokio_util::sync::CancellationToken,
 }
 
-/// The fixture over HTTP, recording the headers of every request it receives.
-async fn recording_fixture(
-    stop: &tokio_util::sync::CancellationToken,
-) -> (std::net::SocketAddr, tollgate_testkit::HeaderLog) {
-    let headers = tollgate_testkit::HeaderLog::default();
-    let state = Arc::new(FixtureState::default());
-    let addr = tollgate_testkit::serve_http_recording(
-        loopback(),
-        move || Fixture::new("fx".to_owned(), state.clone()),
-        stop.clone(),
-        Some(headers.clone()),
-    )
-    .await
-    .unwrap();
-    (addr, headers)
-}
-
 async fn rig(algorithm: &str) -> Rig {
     let tmp = tempfile::tempdir().unwrap();
     let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
@@ -59,13 +41,7 @@ async fn rig(algorithm: &str) -> Rig {
         task: "test credentials".into(),
         agent: Some("test-agent".into()),
         user: Some("ada".into()),
-        ..tollgate_policy::Grant::root(
-            tollgate_mint::new_grant_id().unwrap(),
-            "work",
-            [tollgate_policy::ActionClass::Read],
-            tollgate_mint::unix_now(),
-            600,
-        )
+        ..root_grant("work", [tollgate_policy::ActionClass::Read])
     };
     let token = signer.sign(&grant).unwrap();
 
@@ -97,24 +73,12 @@ credential = {{ mode = "mint", audience = "https://st.test" }}
         fixture = fixture_bin().display(),
     ))
     .unwrap();
-    let front = config.fronts.http.clone().unwrap();
-    let guard = Arc::new(PolicyGuard::new(&config).unwrap());
-    let proxy = Proxy::start_with(config, guard.clone()).await;
-    let server = proxy.serve_http(&front).await.unwrap();
-    let admin = tollgate_proxy::admin::serve(
-        loopback(),
-        guard,
-        Some(tollgate_proxy::config::Secret::new(ADMIN_TOKEN)),
-        state.clone(),
-        proxy.shutdown_token(),
-    )
-    .await
-    .unwrap();
+    let Guarded { proxy, url, admin } = guarded(config, Some(ADMIN_TOKEN)).await;
     Rig {
         _tmp: tmp,
         proxy,
-        url: format!("http://{}/mcp", server.local_addr),
-        admin: format!("http://{}", admin.local_addr),
+        url,
+        admin,
         headers,
         token,
         _stop: stop,
@@ -150,13 +114,7 @@ fn general_read_grant(state: &std::path::Path, user: Option<&str>) -> String {
     let grant = tollgate_policy::Grant {
         agent: Some("test-agent".into()),
         user: user.map(str::to_owned),
-        ..tollgate_policy::Grant::root(
-            tollgate_mint::new_grant_id().unwrap(),
-            "general",
-            [tollgate_policy::ActionClass::Read],
-            tollgate_mint::unix_now(),
-            600,
-        )
+        ..root_grant("general", [tollgate_policy::ActionClass::Read])
     };
     tollgate_mint::GrantSigner::load_or_create(state)
         .unwrap()

@@ -51,15 +51,12 @@ taints = ["secret_read"]
         signer
             .sign(&tollgate_policy::Grant {
                 resources: ["host:docs.example.org".parse().unwrap()].into(),
-                ..tollgate_policy::Grant::root(
-                    tollgate_mint::new_grant_id().unwrap(),
+                ..root_grant(
                     "research",
                     [
                         tollgate_policy::ActionClass::Read,
                         tollgate_policy::ActionClass::Egress,
                     ],
-                    tollgate_mint::unix_now(),
-                    600,
                 )
             })
             .unwrap()

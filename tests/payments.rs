@@ -11,11 +11,9 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 use support::*;
-use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
+use tollgate_proxy::{Config, Proxy};
 
 const ISSUER: &str = "https://tollgate.test";
 
@@ -52,41 +50,22 @@ async fn payments() -> Payments {
         agent: Some("support-bot".into()),
         user: Some("ada".into()),
         resources: ["customer:cus_1001".parse().unwrap()].into(),
-        ..tollgate_policy::Grant::root(
-            tollgate_mint::new_grant_id().unwrap(),
+        ..root_grant(
             "support",
             [
                 tollgate_policy::ActionClass::Read,
                 tollgate_policy::ActionClass::Payment,
             ],
-            tollgate_mint::unix_now(),
-            600,
         )
     };
     let grant = signer.sign(&grant).unwrap();
-    let front = config.fronts.http.clone().unwrap();
-    let guard = Arc::new(PolicyGuard::new(&config).unwrap());
-    let proxy = Proxy::start_with(config, guard.clone()).await;
-    let server = proxy.serve_http(&front).await.unwrap();
-    let admin = tollgate_proxy::admin::serve(
-        loopback(),
-        guard,
-        None,
-        state.clone(),
-        proxy.shutdown_token(),
-    )
-    .await
-    .unwrap();
-    let settings = payments_api::Settings::new(
-        &format!("http://{}", admin.local_addr),
-        ISSUER,
-        "https://payments.test",
-    );
+    let Guarded { proxy, url, admin } = guarded(config, None).await;
+    let settings = payments_api::Settings::new(&admin, ISSUER, "https://payments.test");
     tokio::spawn(payments_api::serve(api_listener, settings, stop.clone()));
     Payments {
         _tmp: tmp,
         proxy,
-        url: format!("http://{}/mcp", server.local_addr),
+        url,
         api,
         grant,
         stop,

@@ -89,13 +89,7 @@ lock = "tollgate.lock"
     let grant = {
         let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
         signer
-            .sign(&tollgate_policy::Grant::root(
-                tollgate_mint::new_grant_id().unwrap(),
-                "work",
-                [tollgate_policy::ActionClass::Read],
-                tollgate_mint::unix_now(),
-                600,
-            ))
+            .sign(&root_grant("work", [tollgate_policy::ActionClass::Read]))
             .unwrap()
     };
     let config = Config::load(&config_path).unwrap();

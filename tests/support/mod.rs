@@ -339,3 +339,64 @@ pub fn stdio_fixture_upstream(name: &str) -> String {
         fixture_bin().display()
     )
 }
+
+/// The fixture over HTTP, recording the headers of every request it receives.
+pub async fn recording_fixture(
+    stop: &tokio_util::sync::CancellationToken,
+) -> (std::net::SocketAddr, tollgate_testkit::HeaderLog) {
+    let headers = tollgate_testkit::HeaderLog::default();
+    let state = std::sync::Arc::new(tollgate_testkit::fixture::FixtureState::default());
+    let addr = tollgate_testkit::serve_http_recording(
+        loopback(),
+        move || tollgate_testkit::fixture::Fixture::new("fx".to_owned(), state.clone()),
+        stop.clone(),
+        Some(headers.clone()),
+    )
+    .await
+    .unwrap();
+    (addr, headers)
+}
+
+/// A ten-minute root grant for `purpose` and `actions`, with a fresh id.
+pub fn root_grant<const N: usize>(
+    purpose: &str,
+    actions: [tollgate_policy::ActionClass; N],
+) -> tollgate_policy::Grant {
+    tollgate_policy::Grant::root(
+        tollgate_mint::new_grant_id().unwrap(),
+        purpose,
+        actions,
+        tollgate_mint::unix_now(),
+        600,
+    )
+}
+
+/// A guarding Tollgate started from `config`: its HTTP front and its admin endpoint (with
+/// `admin_token` for the operator's calls).
+pub struct Guarded {
+    pub proxy: Proxy,
+    pub url: String,
+    pub admin: String,
+}
+
+pub async fn guarded(config: tollgate_proxy::Config, admin_token: Option<&str>) -> Guarded {
+    let front = config.fronts.http.clone().unwrap();
+    let state = config.grants.state_dir.clone();
+    let guard = std::sync::Arc::new(tollgate_proxy::guard::PolicyGuard::new(&config).unwrap());
+    let proxy = Proxy::start_with(config, guard.clone()).await;
+    let server = proxy.serve_http(&front).await.unwrap();
+    let admin = tollgate_proxy::admin::serve(
+        loopback(),
+        guard,
+        admin_token.map(tollgate_proxy::config::Secret::new),
+        state,
+        proxy.shutdown_token(),
+    )
+    .await
+    .unwrap();
+    Guarded {
+        proxy,
+        url: format!("http://{}/mcp", server.local_addr),
+        admin: format!("http://{}", admin.local_addr),
+    }
+}

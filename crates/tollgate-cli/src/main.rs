@@ -1,5 +1,6 @@
 //! The `tollgate` binary: run the guard in front of MCP servers, or watch it work in the demo.
 
+mod approvals;
 mod demo;
 mod demo_payments;
 mod grant;
@@ -77,6 +78,11 @@ enum Command {
     /// Record each upstream tool's definition in the lock file (`tollgate.lock`); a tool that
     /// later differs from its pin is hidden and refused.
     Pin(pin::PinArgs),
+    /// List, show, approve and deny the calls a policy holds for a person's approval.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
+    },
     /// List and rotate the per-call signing keys.
     Keys {
         #[command(subcommand)]
@@ -134,6 +140,10 @@ async fn main() -> ExitCode {
         }
         Command::Grant { command } => grant::run(command),
         Command::Keys { command } => keys::run(command),
+        Command::Approvals { command } => {
+            init_logging("warn");
+            approvals::run(command).await
+        }
         Command::Pin(args) => {
             init_logging("warn");
             pin::run(args).await

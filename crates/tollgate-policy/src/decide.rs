@@ -71,6 +71,9 @@ pub struct Decision {
     pub detail: Option<String>,
     /// The labels the session picks up if the call goes ahead (from the catalog).
     pub taints: Vec<String>,
+    /// For a call that needs approval: the groups the gating policies name (`@approvers`);
+    /// empty when any approver may decide.
+    pub approvers: Vec<String>,
 }
 
 impl Decision {
@@ -156,6 +159,7 @@ impl Pack {
             charges: Vec::new(),
             detail: None,
             taints: plan.classification.taints.clone(),
+            approvers: Vec::new(),
         };
         let deny = |mut d: Decision, step: &str, reason: String| {
             d.effect = Effect::Deny;
@@ -305,6 +309,12 @@ impl Pack {
                     decision.reasons = determining.iter().filter_map(reason_of).collect();
                 } else {
                     decision.effect = Effect::NeedsApproval;
+                    decision.approvers = gated
+                        .iter()
+                        .filter_map(|id| self.meta().get(*id).and_then(|m| m.approvers.clone()))
+                        .collect();
+                    decision.approvers.sort();
+                    decision.approvers.dedup();
                     decision.reasons = gated
                         .iter()
                         .map(|id| {

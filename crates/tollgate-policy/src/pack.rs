@@ -93,6 +93,8 @@ pub struct PolicyMeta {
     pub reason: Option<String>,
     /// `@needs_approval`: a permit that only allows once a person approves.
     pub needs_approval: bool,
+    /// `@approvers("finance")`: the group whose members may approve what this policy gates.
+    pub approvers: Option<String>,
 }
 
 /// The policies and entities a call of one tool is judged with, built once per version.
@@ -231,6 +233,10 @@ impl Pack {
                         needs_approval: renamed
                             .annotation("needs_approval")
                             .is_some_and(|v| v != "false"),
+                        approvers: renamed
+                            .annotation("approvers")
+                            .filter(|g| !g.is_empty())
+                            .map(str::to_owned),
                     },
                 );
                 policies.add(renamed).map_err(|e| PackError::DuplicateId {

@@ -40,6 +40,9 @@ pub async fn serve(
     });
     let introspector = operator.clone();
     let rotator = operator.clone();
+    let lister = operator.clone();
+    let shower = operator.clone();
+    let answerer = operator.clone();
     let revoker = operator;
     let app = Router::new()
         .route(
@@ -68,6 +71,31 @@ pub async fn serve(
                 let operator = revoker.clone();
                 async move { operator.revoke(&headers, &body) }
             }),
+        )
+        .route(
+            "/approvals",
+            get(move |headers: http::HeaderMap, uri: http::Uri| {
+                let operator = lister.clone();
+                async move { operator.list_approvals(&headers, &uri) }
+            }),
+        )
+        .route(
+            "/approvals/{id}",
+            get(
+                move |headers: http::HeaderMap,
+                      axum::extract::Path(id): axum::extract::Path<String>| {
+                    let operator = shower.clone();
+                    async move { operator.show_approval(&headers, &id) }
+                },
+            )
+            .post(
+                move |headers: http::HeaderMap,
+                      axum::extract::Path(id): axum::extract::Path<String>,
+                      body: Bytes| {
+                    let operator = answerer.clone();
+                    async move { operator.answer_approval(&headers, &id, &body) }
+                },
+            ),
         )
         .route(
             "/keys/rotate",
@@ -186,6 +214,98 @@ impl Operator {
             }
         };
         json_response(&answer)
+    }
+
+    fn bearer(headers: &http::HeaderMap) -> &str {
+        headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+    }
+
+    /// An approver's token, or (to read, not to answer) the admin token.
+    fn reader_refused(&self, headers: &http::HeaderMap) -> Option<axum::response::Response> {
+        if self.guard.approver(Self::bearer(headers)).is_some() {
+            return None;
+        }
+        self.refused(headers)
+    }
+
+    /// `GET /approvals` (`?pending` for the open ones only), newest first.
+    fn list_approvals(
+        &self,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+    ) -> axum::response::Response {
+        if let Some(refused) = self.reader_refused(headers) {
+            return refused;
+        }
+        let pending = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "pending" || p == "pending=true"));
+        json_response(&json!({"approvals": self.guard.approvals().list(pending)}))
+    }
+
+    fn show_approval(&self, headers: &http::HeaderMap, id: &str) -> axum::response::Response {
+        if let Some(refused) = self.reader_refused(headers) {
+            return refused;
+        }
+        match self.guard.approvals().show(id) {
+            Some(request) => json_response(&json!(request)),
+            None => (http::StatusCode::NOT_FOUND, "no such approval request").into_response(),
+        }
+    }
+
+    /// `POST /approvals/{id}` with `{"decision": "approve" | "deny", "reason": "…"}`, by an
+    /// approver (their own token; the admin token is not a person and cannot answer).
+    fn answer_approval(
+        &self,
+        headers: &http::HeaderMap,
+        id: &str,
+        body: &[u8],
+    ) -> axum::response::Response {
+        let Some(approver) = self.guard.approver(Self::bearer(headers)) else {
+            return (
+                http::StatusCode::UNAUTHORIZED,
+                [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                "an approver's token is required",
+            )
+                .into_response();
+        };
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let approve = match request.get("decision").and_then(Value::as_str) {
+            Some("approve") => true,
+            Some("deny") => false,
+            _ => {
+                return (
+                    http::StatusCode::BAD_REQUEST,
+                    "expected a JSON object with `decision`: \"approve\" or \"deny\" (and an optional `reason`)",
+                )
+                    .into_response();
+            }
+        };
+        let reason = request.get("reason").and_then(Value::as_str).unwrap_or("");
+        match self.guard.approvals().answer(
+            id,
+            &approver,
+            approve,
+            reason,
+            tollgate_mint::unix_now(),
+        ) {
+            Ok(answered) => {
+                tracing::info!(approval = id, approver = %approver.name, approve, "approval answered");
+                json_response(&json!(answered))
+            }
+            Err(e) => {
+                let status = match e {
+                    crate::approvals::AnswerError::Unknown(_) => http::StatusCode::NOT_FOUND,
+                    crate::approvals::AnswerError::NotPending { .. } => http::StatusCode::CONFLICT,
+                    crate::approvals::AnswerError::NotAllowed { .. } => http::StatusCode::FORBIDDEN,
+                };
+                (status, e.to_string()).into_response()
+            }
+        }
     }
 
     /// Rotates every path's signing key now: the published next keys start signing, the

@@ -31,6 +31,25 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The lock file of pinned tool definitions, when tools are pinned.
     pub pins: Option<PathBuf>,
+    pub approvals: ApprovalsConfig,
+}
+
+/// Who may approve calls a policy holds, and how long a request waits.
+#[derive(Debug, Clone)]
+pub struct ApprovalsConfig {
+    pub timeout: Duration,
+    /// Each approver's token (for the admin endpoint) and identity. None: approval requests
+    /// are not opened, and a call that needs approval is denied.
+    pub approvers: Vec<(Secret, crate::approvals::Approver)>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            timeout: crate::approvals::DEFAULT_TIMEOUT,
+            approvers: Vec::new(),
+        }
+    }
 }
 
 /// How per-call credentials are minted.
@@ -328,6 +347,26 @@ struct RawConfig {
     mint: RawMint,
     admin: Option<RawAdmin>,
     pins: Option<RawPins>,
+    #[serde(default)]
+    approvals: RawApprovals,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    approver: Vec<RawApprover>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprover {
+    name: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -560,6 +599,7 @@ impl Config {
             mint: MintConfig::default(),
             admin: None,
             pins: None,
+            approvals: ApprovalsConfig::default(),
             upstreams: vec![UpstreamConfig {
                 name,
                 credential: CredentialConfig::None,
@@ -1049,7 +1089,51 @@ impl RawConfig {
             });
         }
 
+        let approvals = {
+            let mut approvers: Vec<(Secret, crate::approvals::Approver)> = Vec::new();
+            for (i, raw) in self.approvals.approver.into_iter().enumerate() {
+                let key = |field: &str| format!("approvals.approver[{i}].{field}");
+                if raw.name.trim().is_empty() || approvers.iter().any(|(_, a)| a.name == raw.name) {
+                    return Err(ConfigError::invalid(
+                        key("name"),
+                        "a name no other approver has (it is recorded with each answer)",
+                    ));
+                }
+                let token = read_secret(
+                    &key("token_env"),
+                    raw.token_env.as_deref(),
+                    raw.token_file.as_deref(),
+                )?;
+                if approvers.iter().any(|(t, _)| t.expose() == token) {
+                    return Err(ConfigError::invalid(
+                        key("token_env"),
+                        "a token of this approver's own: two approvers share one",
+                    ));
+                }
+                approvers.push((
+                    Secret::new(token),
+                    crate::approvals::Approver {
+                        name: raw.name,
+                        groups: raw.groups,
+                    },
+                ));
+            }
+            ApprovalsConfig {
+                timeout: match self.approvals.timeout_secs {
+                    None => crate::approvals::DEFAULT_TIMEOUT,
+                    Some(secs @ 1..=86_400) => Duration::from_secs(secs),
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            "approvals.timeout_secs",
+                            format!("1 to 86400 seconds, not {other}"),
+                        ));
+                    }
+                },
+                approvers,
+            }
+        };
         Ok(Config {
+            approvals,
             pins: self.pins.map(|p| p.lock),
             fronts: Fronts {
                 stdio: self.front.stdio,

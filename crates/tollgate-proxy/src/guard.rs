@@ -113,6 +113,10 @@ pub struct PolicyGuard {
     rotation: (Option<i64>, i64),
     /// When the schedule was last looked at.
     rotation_checked: std::sync::atomic::AtomicI64,
+    /// Approval requests, and who may answer them (by their admin-endpoint token).
+    approvals: Arc<crate::approvals::Approvals>,
+    approvers: Vec<(crate::config::Secret, crate::approvals::Approver)>,
+    approval_timeout: std::time::Duration,
     /// The lock file of pinned tool definitions and what it holds (reread on reload).
     pins: Option<(std::path::PathBuf, RwLock<Arc<crate::pins::Lock>>)>,
 }
@@ -201,6 +205,9 @@ impl PolicyGuard {
                 config.mint.publish_ahead_secs,
             ),
             rotation_checked: std::sync::atomic::AtomicI64::new(0),
+            approvals: Arc::default(),
+            approvers: config.approvals.approvers.clone(),
+            approval_timeout: config.approvals.timeout,
             pins: match &config.pins {
                 None => None,
                 Some(path) => {
@@ -423,7 +430,8 @@ impl PolicyGuard {
                     record.taint.insert(at, label.clone());
                 }
             }
-        } else {
+        } else if decision.effect == Effect::Deny {
+            // A call held for approval is not a denial (its answer is recorded when it comes).
             record.stats.denials += 1;
         }
     }
@@ -523,6 +531,7 @@ impl PolicyGuard {
         grant: Option<&Grant>,
         decision: &Decision,
         decision_id: &str,
+        approval: Option<&str>,
         now: i64,
     ) -> Result<Carried, NoCredential> {
         let (audience, lifetime_secs, exchanger) = match self.credentials.get(call.upstream) {
@@ -592,7 +601,7 @@ impl PolicyGuard {
                 arguments: &arguments,
                 decision_id,
                 grant_id: grant.map(|g| g.id.as_str()),
-                approval_id: None,
+                approval_id: approval,
                 http: request.as_ref().map(|r| tollgate_mint::access::HttpCall {
                     method: r.method.as_str(),
                     path: &r.path,
@@ -646,6 +655,212 @@ impl PolicyGuard {
             subject: minted,
             pending: PendingCredential(Box::pin(async move { exchanger.exchange(request).await })),
         })
+    }
+
+    /// The verdict on `call`; with `approval`, once that approval was given by its approver.
+    fn judge(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
+        let now = now();
+        if self.ledger.session_revoked(&call.session.to_string()) {
+            return Verdict::Reject("this session has been revoked".to_owned());
+        }
+        let presented = match self.presented(call.session, call.caller, now) {
+            Ok(p) => p,
+            Err(reason) => {
+                info!(session = call.session, tool = call.exposed_name, %reason, "grant refused");
+                return Verdict::Reject(reason);
+            }
+        };
+        let grant = match &presented {
+            Presented::Grant(g) => Some(g.as_ref()),
+            Presented::Anonymous => None,
+        };
+        let Some(facts) = call.facts else {
+            // A routed tool always has facts; without them nothing can be checked.
+            return Verdict::Refuse(refusal(
+                "the tool's definition is not known yet; the call is denied".to_owned(),
+            ));
+        };
+        if self.pin_state(facts) == PinState::Changed {
+            warn!(
+                tool = call.exposed_name,
+                upstream = call.upstream,
+                "the tool's definition differs from its pin; refused"
+            );
+            return Verdict::Refuse(refusal(format!(
+                "denied: the definition of `{}` has changed since it was pinned; it cannot be called until it is reviewed and pinned again (`tollgate pin`)",
+                call.exposed_name
+            )));
+        }
+        let pack = self.current();
+        if !pack.visible(grant, facts, now) {
+            return Verdict::Hide;
+        }
+        // What the agent says of this call: untrusted, recorded with the decision, and only
+        // ever able to narrow (a policy may require it; nothing grants more because of it).
+        let justification: Option<String> = call
+            .meta
+            .get(JUSTIFICATION_KEY)
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
+        let mut decision = self.decide(call, grant, facts, now, justification.as_deref());
+        let history = Self::history_key(call, grant);
+        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
+        let arguments_sha256 = tollgate_mint::jcs::digest(&arguments);
+        if let (Some((id, approver)), Effect::NeedsApproval) = (approval, decision.effect) {
+            // The approval counts only for exactly the call it was asked for, under the same
+            // policy version; a newer pack that denies has denied above.
+            let session = history.to_string();
+            let approved = self.approvals.approved_for(
+                id,
+                (
+                    &session,
+                    grant.map(|g| g.id.as_str()),
+                    call.upstream,
+                    call.tool,
+                    &arguments_sha256,
+                    &decision.version,
+                ),
+            );
+            if approved.as_deref() == Some(approver) {
+                decision.effect = Effect::Allow;
+                decision
+                    .reasons
+                    .push(format!("approved by {approver} ({id})"));
+            } else {
+                decision.effect = Effect::Deny;
+                decision.policies = vec!["tollgate:approval".to_owned()];
+                decision.reasons = vec![format!(
+                    "approval {id} does not match this call or the policy deciding it now"
+                )];
+            }
+        }
+        if let (Some(grant), Effect::Allow) = (grant, decision.effect) {
+            self.charge(grant, &mut decision);
+        }
+        let decision_id = tollgate_mint::new_id("d").unwrap_or_else(|_| "d-unavailable".to_owned());
+        let mut carried = Carried::Nothing;
+        if decision.is_allow() {
+            match self.credential(
+                call,
+                grant,
+                &decision,
+                &decision_id,
+                approval.map(|a| a.0),
+                now,
+            ) {
+                Ok(credential) => carried = credential,
+                Err(NoCredential { detail, shown }) => {
+                    warn!(tool = call.exposed_name, %detail, "no credential could be minted; denied");
+                    decision.effect = Effect::Deny;
+                    decision.policies = vec!["tollgate:mint".to_owned()];
+                    decision.reasons = vec![if shown {
+                        detail
+                    } else {
+                        "a credential for this call could not be made; it is denied".to_owned()
+                    }];
+                }
+            }
+        }
+        let minted = match &carried {
+            Carried::Token(minted)
+            | Carried::Exchange {
+                subject: minted, ..
+            } => Some(minted),
+            Carried::Nothing | Carried::Cached(_) => None,
+        };
+        self.record(history, now, &decision, grant);
+        // A denial is news for the operator; an allowed call is the normal case, logged at
+        // debug level (at info, formatting and writing it cost more than the decision).
+        macro_rules! decision_event {
+            ($level:ident) => {
+                tracing::$level!(
+                    decision_id = %decision_id,
+                    session = call.session,
+                    tool = call.exposed_name,
+                    grant = grant.map_or("anonymous", |g| g.id.as_str()),
+                    decision = decision.effect.as_str(),
+                    policies = ?decision.policies,
+                    version = %decision.version,
+                    justification = ?justification,
+                    // What the audit keeps of a minted credential: never the token.
+                    jti = minted.map(|m| m.jti.as_str()),
+                    kid = minted.map(|m| m.kid.as_str()),
+                    aud = minted.map(|m| m.aud.as_str()),
+                    exp = minted.map(|m| m.exp),
+                    exchanged = matches!(carried, Carried::Exchange { .. } | Carried::Cached(_)),
+                    "decision"
+                )
+            };
+        }
+        if decision.is_allow() {
+            decision_event!(debug);
+        } else {
+            decision_event!(info);
+        }
+        if let Some(detail) = &decision.detail {
+            warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
+        }
+        match decision.effect {
+            Effect::Allow => match carried {
+                Carried::Token(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
+                Carried::Cached(credential) => Verdict::ForwardWith(credential),
+                Carried::Exchange { pending, .. } => Verdict::ForwardAfter(pending),
+                Carried::Nothing => Verdict::Forward,
+            },
+            Effect::Deny => Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text()))),
+            Effect::NeedsApproval if self.approvers.is_empty() => {
+                Verdict::Refuse(refusal(format!(
+                    "needs approval: {}; no approvers are configured on this Tollgate, so the call is denied",
+                    decision.reason_text()
+                )))
+            }
+            Effect::NeedsApproval => {
+                let Ok(id) = tollgate_mint::new_id("ap") else {
+                    return Verdict::Refuse(refusal(
+                        "needs approval, and no approval request could be made; denied".to_owned(),
+                    ));
+                };
+                info!(approval = %id, session = call.session, tool = call.exposed_name, approvers = ?decision.approvers, "approval requested");
+                let timeout = i64::try_from(self.approval_timeout.as_secs()).unwrap_or(300);
+                Verdict::AwaitApproval(self.approvals.open(crate::approvals::Request {
+                    id,
+                    created: now,
+                    expires: now + timeout,
+                    session: history.to_string(),
+                    grant: grant.map(|g| g.id.clone()),
+                    agent: grant.and_then(|g| g.agent.clone()),
+                    user: grant.and_then(|g| g.user.clone()),
+                    upstream: call.upstream.to_owned(),
+                    tool: call.tool.to_owned(),
+                    class: decision.class.to_string(),
+                    resources: decision.resources.iter().map(ToString::to_string).collect(),
+                    arguments,
+                    arguments_sha256,
+                    policy_version: decision.version.clone(),
+                    policies: decision.policies.clone(),
+                    reasons: decision.reasons.clone(),
+                    approvers: decision.approvers.clone(),
+                    justification,
+                    state: crate::approvals::State::Pending,
+                }))
+            }
+        }
+    }
+
+    /// The approver whose admin-endpoint token this is. Compared as digests, so the time
+    /// taken says nothing about a guess.
+    pub fn approver(&self, token: &str) -> Option<crate::approvals::Approver> {
+        use sha2::{Digest, Sha256};
+        let presented = Sha256::digest(token.as_bytes());
+        self.approvers
+            .iter()
+            .find(|(secret, _)| Sha256::digest(secret.expose().as_bytes()) == presented)
+            .map(|(_, approver)| approver.clone())
+    }
+
+    /// The approval requests: what approvers list, show and answer.
+    pub fn approvals(&self) -> &crate::approvals::Approvals {
+        &self.approvals
     }
 
     /// Keeps the signing keys current: rereads a keyring rotated by another process and, once a
@@ -820,123 +1035,11 @@ fn refusal(text: String) -> CallToolResult {
 
 impl Interceptor for PolicyGuard {
     fn before_call(&self, call: &ToolCall<'_>) -> Verdict {
-        let now = now();
-        if self.ledger.session_revoked(&call.session.to_string()) {
-            return Verdict::Reject("this session has been revoked".to_owned());
-        }
-        let presented = match self.presented(call.session, call.caller, now) {
-            Ok(p) => p,
-            Err(reason) => {
-                info!(session = call.session, tool = call.exposed_name, %reason, "grant refused");
-                return Verdict::Reject(reason);
-            }
-        };
-        let grant = match &presented {
-            Presented::Grant(g) => Some(g.as_ref()),
-            Presented::Anonymous => None,
-        };
-        let Some(facts) = call.facts else {
-            // A routed tool always has facts; without them nothing can be checked.
-            return Verdict::Refuse(refusal(
-                "the tool's definition is not known yet; the call is denied".to_owned(),
-            ));
-        };
-        if self.pin_state(facts) == PinState::Changed {
-            warn!(
-                tool = call.exposed_name,
-                upstream = call.upstream,
-                "the tool's definition differs from its pin; refused"
-            );
-            return Verdict::Refuse(refusal(format!(
-                "denied: the definition of `{}` has changed since it was pinned; it cannot be called until it is reviewed and pinned again (`tollgate pin`)",
-                call.exposed_name
-            )));
-        }
-        let pack = self.current();
-        if !pack.visible(grant, facts, now) {
-            return Verdict::Hide;
-        }
-        // What the agent says of this call: untrusted, recorded with the decision, and only
-        // ever able to narrow (a policy may require it; nothing grants more because of it).
-        let justification: Option<String> = call
-            .meta
-            .get(JUSTIFICATION_KEY)
-            .and_then(|v| v.as_str())
-            .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
-        let mut decision = self.decide(call, grant, facts, now, justification.as_deref());
-        if let (Some(grant), Effect::Allow) = (grant, decision.effect) {
-            self.charge(grant, &mut decision);
-        }
-        let decision_id = tollgate_mint::new_id("d").unwrap_or_else(|_| "d-unavailable".to_owned());
-        let mut carried = Carried::Nothing;
-        if decision.is_allow() {
-            match self.credential(call, grant, &decision, &decision_id, now) {
-                Ok(credential) => carried = credential,
-                Err(NoCredential { detail, shown }) => {
-                    warn!(tool = call.exposed_name, %detail, "no credential could be minted; denied");
-                    decision.effect = Effect::Deny;
-                    decision.policies = vec!["tollgate:mint".to_owned()];
-                    decision.reasons = vec![if shown {
-                        detail
-                    } else {
-                        "a credential for this call could not be made; it is denied".to_owned()
-                    }];
-                }
-            }
-        }
-        let minted = match &carried {
-            Carried::Token(minted)
-            | Carried::Exchange {
-                subject: minted, ..
-            } => Some(minted),
-            Carried::Nothing | Carried::Cached(_) => None,
-        };
-        self.record(Self::history_key(call, grant), now, &decision, grant);
-        // A denial is news for the operator; an allowed call is the normal case, logged at
-        // debug level (at info, formatting and writing it cost more than the decision).
-        macro_rules! decision_event {
-            ($level:ident) => {
-                tracing::$level!(
-                    decision_id = %decision_id,
-                    session = call.session,
-                    tool = call.exposed_name,
-                    grant = grant.map_or("anonymous", |g| g.id.as_str()),
-                    decision = decision.effect.as_str(),
-                    policies = ?decision.policies,
-                    version = %decision.version,
-                    justification = ?justification,
-                    // What the audit keeps of a minted credential: never the token.
-                    jti = minted.map(|m| m.jti.as_str()),
-                    kid = minted.map(|m| m.kid.as_str()),
-                    aud = minted.map(|m| m.aud.as_str()),
-                    exp = minted.map(|m| m.exp),
-                    exchanged = matches!(carried, Carried::Exchange { .. } | Carried::Cached(_)),
-                    "decision"
-                )
-            };
-        }
-        if decision.is_allow() {
-            decision_event!(debug);
-        } else {
-            decision_event!(info);
-        }
-        if let Some(detail) = &decision.detail {
-            warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
-        }
-        match decision.effect {
-            Effect::Allow => match carried {
-                Carried::Token(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
-                Carried::Cached(credential) => Verdict::ForwardWith(credential),
-                Carried::Exchange { pending, .. } => Verdict::ForwardAfter(pending),
-                Carried::Nothing => Verdict::Forward,
-            },
-            Effect::Deny => Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text()))),
-            // The approval gate is not built yet: such a call cannot go ahead.
-            Effect::NeedsApproval => Verdict::Refuse(refusal(format!(
-                "needs approval: {}; approvals are not enabled on this Tollgate, so the call is denied",
-                decision.reason_text()
-            ))),
-        }
+        self.judge(call, None)
+    }
+
+    fn resume(&self, call: &ToolCall<'_>, approval: &str, approver: &str) -> Verdict {
+        self.judge(call, Some((approval, approver)))
     }
 
     fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}

@@ -138,6 +138,9 @@ pub enum Verdict {
     /// Forward the call carrying the credential this yields (a token exchange); when it fails
     /// the call is refused with its reason.
     ForwardAfter(PendingCredential),
+    /// Hold the call until a person answers its approval request; approved, the call is
+    /// decided again by [`Interceptor::resume`].
+    AwaitApproval(crate::approvals::Waiting),
     /// Answer the agent with this result and forward nothing.
     Refuse(CallToolResult),
     /// Answer as if the tool did not exist: this session may never call it.
@@ -166,6 +169,10 @@ pub trait Interceptor: Send + Sync + 'static {
     fn before_call(&self, call: &ToolCall<'_>) -> Verdict;
     /// Called once the call has ended, whatever the outcome.
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>);
+    /// Called when approval `approval` of this call was given by `approver`: the verdict now.
+    fn resume(&self, _call: &ToolCall<'_>, _approval: &str, _approver: &str) -> Verdict {
+        Verdict::Refuse(refused("denied: approvals are not handled here"))
+    }
     /// Whether `tools/list` shows `tool` to this caller.
     fn visible(&self, _session: SessionId, _caller: &Caller, _tool: &ToolFacts) -> bool {
         true
@@ -190,8 +197,45 @@ impl Interceptor for AllowAll {
 /// current span. A refusal is the call's whole outcome: it is reported to `after_call` here and
 /// returned as the answer.
 pub(crate) async fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -> Screened {
+    let verdict = match interceptor.before_call(call) {
+        Verdict::AwaitApproval(waiting) => {
+            tracing::Span::current().record("verdict", "await-approval");
+            let id = waiting.id.clone();
+            match waiting.answer().await {
+                crate::approvals::State::Approved { by, .. } => {
+                    match interceptor.resume(call, &id, &by) {
+                        // An approved call is decided once more, never held twice.
+                        Verdict::AwaitApproval(_) => Verdict::Refuse(refused(
+                            "denied: the call still needs approval after it was approved",
+                        )),
+                        other => other,
+                    }
+                }
+                crate::approvals::State::Denied { by, reason, .. } => Verdict::Refuse(refused(
+                    &format!("denied by approver {by}: {reason} (approval {id})"),
+                )),
+                crate::approvals::State::Expired { .. } => Verdict::Refuse(refused(&format!(
+                    "denied: no approval arrived in time (approval {id})"
+                ))),
+                crate::approvals::State::Withdrawn { .. } | crate::approvals::State::Pending => {
+                    Verdict::Refuse(refused(&format!(
+                        "denied: the approval request was withdrawn (approval {id})"
+                    )))
+                }
+            }
+        }
+        other => other,
+    };
+    settle(interceptor, call, verdict).await
+}
+
+fn refused(text: &str) -> CallToolResult {
+    CallToolResult::error(vec![rmcp::model::ContentBlock::text(text.to_owned())])
+}
+
+async fn settle(interceptor: &dyn Interceptor, call: &ToolCall<'_>, verdict: Verdict) -> Screened {
     let span = tracing::Span::current();
-    match interceptor.before_call(call) {
+    match verdict {
         Verdict::ForwardAfter(pending) => match pending.0.await {
             Ok(credential) => {
                 span.record("verdict", "forward");
@@ -200,9 +244,9 @@ pub(crate) async fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -
             Err(reason) => {
                 span.record("verdict", "refuse");
                 tracing::warn!(tool = call.exposed_name, %reason, "no credential could be obtained; denied");
-                let result = CallToolResult::error(vec![rmcp::model::ContentBlock::text(format!(
+                let result = refused(&format!(
                     "denied: a credential for this call could not be obtained ({reason})"
-                ))]);
+                ));
                 interceptor.after_call(call, &Outcome::Completed { is_error: true });
                 Screened::Answer(result)
             }
@@ -232,6 +276,10 @@ pub(crate) async fn screen(interceptor: &dyn Interceptor, call: &ToolCall<'_>) -
         Verdict::Reject(message) => {
             span.record("verdict", "reject");
             Screened::Rejected(message)
+        }
+        Verdict::AwaitApproval(_) => {
+            span.record("verdict", "refuse");
+            Screened::Answer(refused("denied: the call needs approval"))
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod approvals;
 pub mod config;
 mod error;
 pub mod exchange;
