@@ -69,15 +69,20 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         task: "update the project status note".to_owned(),
         agent: Some("demo-agent".to_owned()),
         user: Some("ada".to_owned()),
-        resources: [format!("path:{root}/**")
-            .parse()
-            .map_err(anyhow::Error::msg)?]
+        resources: [
+            format!("path:{root}/**")
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+            "host:docs.example.org"
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+        ]
         .into(),
         tools: ["workspace.*".to_owned()].into(),
         ..tollgate_policy::Grant::root(
             tollgate_mint::new_grant_id()?,
             "maintenance",
-            [ActionClass::Read, ActionClass::Write],
+            [ActionClass::Read, ActionClass::Write, ActionClass::Egress],
             tollgate_mint::unix_now(),
             600,
         )
@@ -118,7 +123,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let url = format!("http://{}{}", server.local_addr, front.path);
     println!("tollgate listening:  {url}");
     println!(
-        "grant {} for \"{}\": read, write on workspace.* in {root}/**, for 10 minutes",
+        "grant {} for \"{}\": read, write on workspace.* in {root}/**, egress to docs.example.org, for 10 minutes",
         grant.id, grant.task,
     );
     println!();
@@ -137,7 +142,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         );
     }
 
-    let steps: [(&str, Value, Expect); 7] = [
+    let steps: [(&str, Value, Expect); 9] = [
         ("workspace.list_files", json!({}), Expect::Allowed),
         (
             "workspace.read_file",
@@ -164,6 +169,17 @@ pub(crate) async fn run() -> anyhow::Result<()> {
             "tickets.open_ticket",
             json!({"title": "Flaky build"}),
             Expect::Unknown,
+        ),
+        // Reading a page from outside taints the session: the write it asks for is held.
+        (
+            "workspace.fetch",
+            json!({"url": "https://docs.example.org/release-notes"}),
+            Expect::Allowed,
+        ),
+        (
+            "workspace.write_file",
+            json!({"path": "status.txt", "content": "API_KEY=..."}),
+            Expect::Denied,
         ),
     ];
     let mut surprises = 0;

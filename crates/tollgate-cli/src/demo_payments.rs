@@ -141,13 +141,21 @@ pub(crate) async fn run() -> anyhow::Result<usize> {
     let api_listener = tokio::net::TcpListener::bind(loopback()).await?;
     let api = format!("http://{}", api_listener.local_addr()?);
     let (tap, crossed) = wiretap(api.clone(), stop.clone()).await?;
-    let config = Config::parse(&payments_api::tollgate_config(&payments_api::Placement {
-        api: &tap,
-        pack: pack.path(),
-        state: state.path(),
-        issuer: ISSUER,
-        audience: AUDIENCE,
-    }))?;
+    // One approver, played by this demo: it approves what it is asked, and says so.
+    let approver_token = tollgate_mint::new_id("approver")?;
+    let approver_file = state.path().join("approver.token");
+    std::fs::write(&approver_file, &approver_token)?;
+    let config = Config::parse(&format!(
+        "{}\n[approvals]\ntimeout_secs = 30\n[[approvals.approver]]\nname = \"demo-approver\"\ntoken_file = \"{}\"\n",
+        payments_api::tollgate_config(&payments_api::Placement {
+            api: &tap,
+            pack: pack.path(),
+            state: state.path(),
+            issuer: ISSUER,
+            audience: AUDIENCE,
+        }),
+        approver_file.display()
+    ))?;
     let signer = tollgate_mint::GrantSigner::load_or_create(state.path())?;
     let grant = tollgate_policy::Grant {
         task: "refund ticket 881".to_owned(),
@@ -255,6 +263,35 @@ pub(crate) async fn run() -> anyhow::Result<usize> {
             }
         }
     }
+    // A refund above 100 is held for a person. The scripted approver answers from the admin
+    // endpoint, as `tollgate approvals approve <id>` would from a second terminal.
+    let admin_url = format!("http://{}", admin.local_addr);
+    let args = json!({"customer_id": "cus_1001", "amount": 250, "reason": "damaged in transit"});
+    println!("agent  → tools/call refund {args}");
+    let approver = tokio::spawn(scripted_approval(admin_url.clone(), approver_token.clone()));
+    let mut request = CallToolRequestParams::new("refund")
+        .with_arguments(args.as_object().cloned().unwrap_or_default());
+    let mut meta = RequestMetaObject::new();
+    meta.0.insert(
+        "tollgate/justification".into(),
+        json!("ticket 902: parcel arrived broken"),
+    );
+    request.meta = Some(meta);
+    let answer = agent.call_tool(request).await;
+    match approver.await {
+        Ok(Ok(line)) => println!("{line}"),
+        Ok(Err(e)) => println!("         (the scripted approver failed: {e})"),
+        Err(e) => println!("         (the scripted approver failed: {e})"),
+    }
+    match answer {
+        Ok(result) if result.is_error != Some(true) => {
+            println!("       ← allowed: {}", super::demo::summary(&result));
+        }
+        other => {
+            surprises += 1;
+            println!("       ← not approved as expected: {other:?}");
+        }
+    }
     agent.cancel().await?;
 
     // The tokens a thief between Tollgate and the API would have, tried by hand.
@@ -328,4 +365,44 @@ pub(crate) async fn run() -> anyhow::Result<usize> {
     stop.cancel();
     let _ = server.task.await;
     Ok(surprises)
+}
+
+/// Plays the approver: waits for the held request, shows what it is for, and approves it.
+async fn scripted_approval(admin: String, token: String) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    for _ in 0..250 {
+        let listed: Value = client
+            .get(format!("{admin}/approvals?pending"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Some(request) = listed
+            .get("approvals")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
+            let id = request
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let text = |k: &str| request.get(k).map(Value::to_string).unwrap_or_default();
+            let answer = client
+                .post(format!("{admin}/approvals/{id}"))
+                .bearer_auth(&token)
+                .json(&json!({"decision": "approve", "reason": "demo mode approves what it is asked"}))
+                .send()
+                .await?;
+            anyhow::ensure!(answer.status().is_success(), "the approval was refused");
+            return Ok(format!(
+                "         held for approval {id}: {} {} on {}; the scripted approver (demo mode) approves it",
+                text("tool"),
+                text("arguments"),
+                text("resources"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("no approval request appeared")
 }
