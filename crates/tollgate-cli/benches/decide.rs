@@ -15,6 +15,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Write},
@@ -23,10 +25,10 @@ use std::{
     time::Instant,
 };
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use tollgate_policy::{
-    ActionClass, CallInput, Effect, Environment, Grant, Hints, Pack, PackSource, SchemaCache,
-    SessionFacts, SessionStats, ToolFacts, Usage,
+    ActionClass, CallInput, Effect, Environment, Grant, Pack, PackSource, SessionFacts,
+    SessionStats, Usage,
 };
 
 const SAMPLES: usize = 100_000;
@@ -219,26 +221,7 @@ fn pack(n: usize, scoped: bool) -> Pack {
 
 fn measure(n: usize, scoped: bool) -> (f64, f64, f64) {
     let pack = pack(n, scoped);
-    let schemas = SchemaCache::default();
-    let schema: Map<String, Value> = json!({
-        "type": "object",
-        "properties": {"path": {"type": "string"}, "head": {"type": "integer"}, "tail": {"type": "integer"}},
-        "required": ["path"],
-        "additionalProperties": false
-    })
-    .as_object()
-    .cloned()
-    .unwrap();
-    let tool = ToolFacts::new(
-        "fs.read_text_file",
-        "fs",
-        Hints {
-            read_only: Some(true),
-            ..Hints::default()
-        },
-        Some("/srv/app".to_owned()),
-        schemas.compile(&schema),
-    );
+    let tool = common::read_text_file();
     let now = 1_795_773_600;
     let grant = Grant {
         id: "g-00000000000000000000aaaa".into(),

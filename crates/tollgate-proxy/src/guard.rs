@@ -7,7 +7,7 @@
 //! checked or a tool with no facts all deny.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
 };
@@ -63,12 +63,61 @@ struct SessionRecord {
     /// The grant this session runs under, once it presented one.
     grant_id: Option<String>,
     stats: SessionStats,
-    /// When its recent calls were made (Unix seconds), for `calls_last_minute`.
-    recent: VecDeque<i64>,
+    /// Its calls per second over the last minute, for `calls_last_minute`.
+    recent: MinuteWindow,
     /// The labels the session picked up from the tools it called (sorted, each once).
     taint: Vec<String>,
     /// For the history of stateless requests (kept per grant): when it may be forgotten.
     forget_after: Option<i64>,
+}
+
+/// Calls counted per second over the last 60 seconds: a fixed 248 bytes however many calls a
+/// session makes.
+#[derive(Debug, Clone)]
+struct MinuteWindow {
+    counts: [u32; 60],
+    /// The second the newest count belongs to.
+    last: i64,
+}
+
+impl Default for MinuteWindow {
+    fn default() -> Self {
+        Self {
+            counts: [0; 60],
+            last: 0,
+        }
+    }
+}
+
+impl MinuteWindow {
+    /// Forgets the seconds that have left the window by `now`.
+    fn advance(&mut self, now: i64) {
+        if now <= self.last {
+            return;
+        }
+        let gone = (now - self.last).min(60);
+        for step in 1..=gone {
+            let slot = usize::try_from((self.last + step).rem_euclid(60)).unwrap_or(0);
+            if let Some(count) = self.counts.get_mut(slot) {
+                *count = 0;
+            }
+        }
+        self.last = now;
+    }
+
+    fn add(&mut self, now: i64) {
+        self.advance(now);
+        let slot = usize::try_from(now.rem_euclid(60)).unwrap_or(0);
+        if let Some(count) = self.counts.get_mut(slot) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// Calls in the 60 seconds up to `now` (the current second included).
+    fn total(&mut self, now: i64) -> u64 {
+        self.advance(now);
+        self.counts.iter().map(|c| u64::from(*c)).sum()
+    }
 }
 
 /// The high bit marks a history key made for stateless requests, apart from session ids.
@@ -394,11 +443,8 @@ impl PolicyGuard {
     fn history(&self, session: SessionId, now: i64) -> (SessionStats, Vec<String>) {
         let mut sessions = self.sessions();
         let record = sessions.entry(session).or_default();
-        while record.recent.front().is_some_and(|t| now - t >= 60) {
-            record.recent.pop_front();
-        }
         let mut stats = record.stats.clone();
-        stats.calls_last_minute = record.recent.len() as u64;
+        stats.calls_last_minute = record.recent.total(now);
         (stats, record.taint.clone())
     }
 
@@ -413,7 +459,7 @@ impl PolicyGuard {
             record.forget_after = Some(grant.map_or(now + 3600, |g| g.exp));
         }
         record.stats.calls += 1;
-        record.recent.push_back(now);
+        record.recent.add(now);
         if decision.is_allow() {
             if let Some(slot) = CLASSES
                 .iter()
@@ -1164,6 +1210,22 @@ mod tests {
 
     const GOOD: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);";
     const SHADOWED: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);\n@id(\"nothing\") forbid (principal, action, resource);";
+
+    #[test]
+    fn the_minute_window_counts_the_last_sixty_seconds() {
+        let mut w = MinuteWindow::default();
+        for t in 1000..1010 {
+            w.add(t);
+            w.add(t);
+        }
+        assert_eq!(w.total(1009), 20);
+        assert_eq!(w.total(1059), 20, "all ten seconds are still inside");
+        assert_eq!(w.total(1064), 10, "the first five seconds left");
+        assert_eq!(w.total(2000), 0, "long idle");
+        w.add(2000);
+        assert_eq!(w.total(2000), 1);
+        assert!(std::mem::size_of::<MinuteWindow>() <= 256);
+    }
 
     #[test]
     fn a_version_that_fails_policy_check_is_rejected_whole_at_start_and_on_reload() {
