@@ -96,3 +96,98 @@ taints = ["secret_read"]
     second.cancel().await.unwrap();
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_session_denied_again_and_again_is_held_until_an_approver_releases_it() {
+    const APPROVER: &str = "approver-token-for-quarantine-tests";
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    reads_pack(
+        &pack,
+        r#"@id("no-add") @reason("adding is not allowed") forbid (principal, action, resource) when { resource.name like "*add" };
+@id("probing") @quarantine @reason("three denials within a minute") forbid (principal, action, resource) when { context.stats.denials_last_minute >= 3 };"#,
+    );
+    std::fs::write(tmp.path().join("approver"), APPROVER).unwrap();
+    let config = Config::parse(&format!(
+        r#"
+[front.http]
+listen = "127.0.0.1:0"
+[policy]
+pack = "{pack}"
+[grants]
+state_dir = "{state}"
+[[approvals.approver]]
+name = "sec"
+token_file = "{approver}"
+{upstream}"#,
+        pack = pack.display(),
+        state = state.display(),
+        approver = tmp.path().join("approver").display(),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap();
+    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&root_grant("work", [tollgate_policy::ActionClass::Read]))
+        .unwrap();
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    for _ in 0..3 {
+        let denied = agent
+            .call_tool(call("add", json!({"a": 1, "b": 2})))
+            .await
+            .unwrap();
+        assert!(
+            text_of(&denied).contains("adding is not allowed"),
+            "{denied:?}"
+        );
+    }
+    // The fourth call would be allowed, but the session has been probing.
+    let held = agent
+        .call_tool(call("echo", json!({"text": "hi"})))
+        .await
+        .unwrap();
+    assert!(text_of(&held).contains("three denials"), "{held:?}");
+    let still = agent
+        .call_tool(call("echo", json!({"text": "hi"})))
+        .await
+        .unwrap();
+    assert!(text_of(&still).contains("held for review"), "{still:?}");
+    // A new session under the same grant does not escape it.
+    let again = agent_with_grant(&g.url, &grant).await;
+    let escaped = again
+        .call_tool(call("echo", json!({"text": "hi"})))
+        .await
+        .unwrap();
+    assert!(text_of(&escaped).contains("held for review"), "{escaped:?}");
+
+    let client = reqwest::Client::new();
+    let listed: serde_json::Value = client
+        .get(format!("{}/quarantine", g.admin))
+        .bearer_auth(APPROVER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let held = listed["quarantined"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{listed}");
+    let session = held[0]["session"].as_str().unwrap().to_owned();
+    let release = |token: &'static str| {
+        client
+            .post(format!("{}/quarantine/{session}/release", g.admin))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(release("a-guess").await.unwrap().status().as_u16(), 401);
+    assert_eq!(release(APPROVER).await.unwrap().status().as_u16(), 200);
+    let free = agent
+        .call_tool(call("echo", json!({"text": "hi"})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&free), "hi", "released: decided again");
+    again.cancel().await.unwrap();
+    agent.cancel().await.unwrap();
+    g.proxy.shutdown().await;
+}

@@ -161,6 +161,8 @@ struct StatsSpec {
     #[serde(default)]
     denials: u64,
     #[serde(default)]
+    denials_last_minute: u64,
+    #[serde(default)]
     by_class: BTreeMap<ActionClass, u64>,
 }
 
@@ -257,6 +259,7 @@ fn run_case(
         calls: case.stats.calls,
         calls_last_minute: case.stats.calls_last_minute,
         denials: case.stats.denials,
+        denials_last_minute: case.stats.denials_last_minute,
         by_class,
     };
     let mut usage = Usage::new();

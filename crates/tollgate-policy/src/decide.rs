@@ -74,6 +74,8 @@ pub struct Decision {
     /// For a call that needs approval: the groups the gating policies name (`@approvers`);
     /// empty when any approver may decide.
     pub approvers: Vec<String>,
+    /// A `@quarantine` forbid denied the call: the session is to be held for review.
+    pub quarantine: bool,
 }
 
 impl Decision {
@@ -120,6 +122,8 @@ pub struct SessionStats {
     pub calls: u64,
     pub calls_last_minute: u64,
     pub denials: u64,
+    /// Denied calls in the minute before this one: a session probing its limits.
+    pub denials_last_minute: u64,
     /// Allowed calls by class, in [`CLASSES`] order.
     pub by_class: [u64; 8],
 }
@@ -160,6 +164,7 @@ impl Pack {
             detail: None,
             taints: plan.classification.taints.clone(),
             approvers: Vec::new(),
+            quarantine: false,
         };
         let deny = |mut d: Decision, step: &str, reason: String| {
             d.effect = Effect::Deny;
@@ -292,6 +297,9 @@ impl Pack {
                 )];
             }
             CedarDecision::Deny => {
+                decision.quarantine = determining
+                    .iter()
+                    .any(|id| self.meta().get(id).is_some_and(|m| m.quarantine));
                 decision.reasons = determining
                     .iter()
                     .map(|id| reason_of(id).unwrap_or_else(|| "denied by policy".to_owned()))
@@ -448,8 +456,10 @@ impl Pack {
                 ])?,
                 "stats" => {
                     let mut stats = vec![
+                        ("calls", long(call.stats.calls)),
                         ("calls_last_minute", long(call.stats.calls_last_minute)),
                         ("denials", long(call.stats.denials)),
+                        ("denials_last_minute", long(call.stats.denials_last_minute)),
                     ];
                     for (class, count) in CLASSES.iter().zip(call.stats.by_class) {
                         stats.push((class.as_str(), long(count)));

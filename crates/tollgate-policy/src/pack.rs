@@ -95,6 +95,8 @@ pub struct PolicyMeta {
     pub needs_approval: bool,
     /// `@approvers("finance")`: the group whose members may approve what this policy gates.
     pub approvers: Option<String>,
+    /// `@quarantine`: a forbid that, when it denies, holds the whole session for review.
+    pub quarantine: bool,
 }
 
 /// The policies and entities a call of one tool is judged with, built once per version.
@@ -232,6 +234,9 @@ impl Pack {
                         reason: renamed.annotation("reason").map(str::to_owned),
                         needs_approval: renamed
                             .annotation("needs_approval")
+                            .is_some_and(|v| v != "false"),
+                        quarantine: renamed
+                            .annotation("quarantine")
                             .is_some_and(|v| v != "false"),
                         approvers: renamed
                             .annotation("approvers")

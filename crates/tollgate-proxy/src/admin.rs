@@ -11,9 +11,11 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{
     Router,
     body::Bytes,
+    extract::{Path, State},
     response::IntoResponse,
     routing::{get, post},
 };
+use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -31,99 +33,102 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     let base = format!("http://{local_addr}");
-    let jwks_guard = guard.clone();
-    let list_guard = guard.clone();
     let operator = Arc::new(Operator {
-        guard: guard.clone(),
+        guard,
         token,
         state_dir,
+        base,
     });
-    let introspector = operator.clone();
-    let rotator = operator.clone();
-    let lister = operator.clone();
-    let shower = operator.clone();
-    let answerer = operator.clone();
-    let revoker = operator;
     let app = Router::new()
-        .route(
-            "/revocations",
-            get(move || {
-                let guard = list_guard.clone();
-                async move {
-                    match guard.revocation_list() {
-                        Some(list) => ([(http::header::CONTENT_TYPE, "application/jwt")], list)
-                            .into_response(),
-                        None => http::StatusCode::NOT_FOUND.into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/introspect",
-            post(move |headers: http::HeaderMap, body: Bytes| {
-                let operator = introspector.clone();
-                async move { operator.introspect(&headers, &body) }
-            }),
-        )
-        .route(
-            "/revoke",
-            post(move |headers: http::HeaderMap, body: Bytes| {
-                let operator = revoker.clone();
-                async move { operator.revoke(&headers, &body) }
-            }),
-        )
-        .route(
-            "/approvals",
-            get(move |headers: http::HeaderMap, uri: http::Uri| {
-                let operator = lister.clone();
-                async move { operator.list_approvals(&headers, &uri) }
-            }),
-        )
-        .route(
-            "/approvals/{id}",
-            get(
-                move |headers: http::HeaderMap,
-                      axum::extract::Path(id): axum::extract::Path<String>| {
-                    let operator = shower.clone();
-                    async move { operator.show_approval(&headers, &id) }
-                },
-            )
-            .post(
-                move |headers: http::HeaderMap,
-                      axum::extract::Path(id): axum::extract::Path<String>,
-                      body: Bytes| {
-                    let operator = answerer.clone();
-                    async move { operator.answer_approval(&headers, &id, &body) }
-                },
-            ),
-        )
-        .route(
-            "/keys/rotate",
-            post(move |headers: http::HeaderMap| {
-                let operator = rotator.clone();
-                async move { operator.rotate(&headers) }
-            }),
-        )
-        .route(
-            "/.well-known/jwks.json",
-            get(move || {
-                let guard = jwks_guard.clone();
-                async move { json_response(&guard.jwks()) }
-            }),
-        )
+        .route("/revocations", get(revocations))
+        .route("/introspect", post(introspect))
+        .route("/revoke", post(revoke))
+        .route("/approvals", get(list_approvals))
+        .route("/approvals/{id}", get(show_approval).post(answer_approval))
+        .route("/quarantine", get(quarantined))
+        .route("/quarantine/{session}/release", post(release))
+        .route("/keys/rotate", post(rotate))
+        .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/.well-known/oauth-authorization-server",
-            get(move || {
-                let metadata = metadata(&guard, &base);
-                async move { json_response(&metadata) }
-            }),
-        );
+            get(server_metadata),
+        )
+        .with_state(operator);
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
     });
     Ok(HttpServer { local_addr, task })
+}
+
+type Op = State<Arc<Operator>>;
+
+async fn revocations(State(op): Op) -> axum::response::Response {
+    match op.guard.revocation_list() {
+        Some(list) => ([(http::header::CONTENT_TYPE, "application/jwt")], list).into_response(),
+        None => http::StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn introspect(State(op): Op, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    op.introspect(&headers, &body)
+}
+
+async fn revoke(State(op): Op, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    op.revoke(&headers, &body)
+}
+
+async fn list_approvals(
+    State(op): Op,
+    headers: HeaderMap,
+    uri: http::Uri,
+) -> axum::response::Response {
+    op.list_approvals(&headers, &uri)
+}
+
+async fn show_approval(
+    State(op): Op,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> axum::response::Response {
+    op.show_approval(&headers, &id)
+}
+
+async fn answer_approval(
+    State(op): Op,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> axum::response::Response {
+    op.answer_approval(&headers, &id, &body)
+}
+
+async fn quarantined(State(op): Op, headers: HeaderMap) -> axum::response::Response {
+    match op.reader_refused(&headers) {
+        Some(refused) => refused,
+        None => json_response(&json!({"quarantined": op.guard.quarantined()})),
+    }
+}
+
+async fn release(
+    State(op): Op,
+    headers: HeaderMap,
+    Path(session): Path<String>,
+) -> axum::response::Response {
+    op.release(&headers, &session)
+}
+
+async fn rotate(State(op): Op, headers: HeaderMap) -> axum::response::Response {
+    op.rotate(&headers)
+}
+
+async fn jwks(State(op): Op) -> axum::response::Response {
+    json_response(&op.guard.jwks())
+}
+
+async fn server_metadata(State(op): Op) -> axum::response::Response {
+    json_response(&metadata(&op.guard, &op.base))
 }
 
 fn metadata(guard: &PolicyGuard, base: &str) -> Value {
@@ -158,6 +163,8 @@ struct Operator {
     guard: Arc<PolicyGuard>,
     token: Option<Secret>,
     state_dir: std::path::PathBuf,
+    /// This endpoint's own URL, for the metadata.
+    base: String,
 }
 
 impl Operator {
@@ -305,6 +312,24 @@ impl Operator {
                 };
                 (status, e.to_string()).into_response()
             }
+        }
+    }
+
+    /// `POST /quarantine/{session}/release`, by an approver: the session is decided again.
+    fn release(&self, headers: &http::HeaderMap, session: &str) -> axum::response::Response {
+        let Some(approver) = self.guard.approver(Self::bearer(headers)) else {
+            return (
+                http::StatusCode::UNAUTHORIZED,
+                [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                "an approver's token is required",
+            )
+                .into_response();
+        };
+        if self.guard.release(session) {
+            tracing::info!(session, approver = %approver.name, "session released from quarantine");
+            json_response(&json!({"released": session, "by": approver.name}))
+        } else {
+            (http::StatusCode::NOT_FOUND, "that session is not held").into_response()
         }
     }
 

@@ -65,10 +65,25 @@ struct SessionRecord {
     stats: SessionStats,
     /// Its calls per second over the last minute, for `calls_last_minute`.
     recent: MinuteWindow,
+    /// Its denied calls over the last minute, for `denials_last_minute`.
+    denied_recent: MinuteWindow,
+    /// Held for review since a `@quarantine` policy denied one of its calls.
+    quarantined: Option<Quarantine>,
     /// The labels the session picked up from the tools it called (sorted, each once).
     taint: Vec<String>,
     /// For the history of stateless requests (kept per grant): when it may be forgotten.
     forget_after: Option<i64>,
+}
+
+/// Why and since when a session is held for review.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Quarantine {
+    /// The history key (the session, or for stateless requests the grant's).
+    pub session: String,
+    pub grant: Option<String>,
+    pub since: i64,
+    pub policies: Vec<String>,
+    pub reason: String,
 }
 
 /// Calls counted per second over the last 60 seconds: a fixed 248 bytes however many calls a
@@ -162,6 +177,8 @@ pub struct PolicyGuard {
     rotation: (Option<i64>, i64),
     /// When the schedule was last looked at.
     rotation_checked: std::sync::atomic::AtomicI64,
+    /// Grants whose session was quarantined: a new session under them is held too.
+    held_grants: Mutex<HashMap<String, Quarantine>>,
     /// Approval requests, and who may answer them (by their admin-endpoint token).
     approvals: Arc<crate::approvals::Approvals>,
     approvers: Vec<(crate::config::Secret, crate::approvals::Approver)>,
@@ -255,6 +272,7 @@ impl PolicyGuard {
             ),
             rotation_checked: std::sync::atomic::AtomicI64::new(0),
             approvals: Arc::default(),
+            held_grants: Mutex::new(HashMap::new()),
             approvers: config.approvals.approvers.clone(),
             approval_timeout: config.approvals.timeout,
             pins: match &config.pins {
@@ -445,6 +463,7 @@ impl PolicyGuard {
         let record = sessions.entry(session).or_default();
         let mut stats = record.stats.clone();
         stats.calls_last_minute = record.recent.total(now);
+        stats.denials_last_minute = record.denied_recent.total(now);
         (stats, record.taint.clone())
     }
 
@@ -479,6 +498,25 @@ impl PolicyGuard {
         } else if decision.effect == Effect::Deny {
             // A call held for approval is not a denial (its answer is recorded when it comes).
             record.stats.denials += 1;
+            record.denied_recent.add(now);
+            if decision.quarantine && record.quarantined.is_none() {
+                warn!(session, policies = ?decision.policies, "session quarantined for review");
+                let held = Quarantine {
+                    session: session.to_string(),
+                    grant: grant.map(|g| g.id.clone()),
+                    since: now,
+                    policies: decision.policies.clone(),
+                    reason: decision.reason_text(),
+                };
+                // A new session under the same grant must not escape it.
+                if let Some(grant) = grant {
+                    self.held_grants
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(grant.id.clone(), held.clone());
+                }
+                record.quarantined = Some(held);
+            }
         }
     }
 
@@ -726,6 +764,26 @@ impl PolicyGuard {
                 "the tool's definition is not known yet; the call is denied".to_owned(),
             ));
         };
+        let history = Self::history_key(call, grant);
+        let held = self
+            .sessions()
+            .get(&history)
+            .and_then(|r| r.quarantined.clone())
+            .or_else(|| {
+                grant.and_then(|g| {
+                    self.held_grants
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(&g.id)
+                        .cloned()
+                })
+            });
+        if let Some(held) = held {
+            return Verdict::Refuse(refusal(format!(
+                "denied: this session is held for review ({}); an approver can release it",
+                held.reason
+            )));
+        }
         if self.pin_state(facts) == PinState::Changed {
             warn!(
                 tool = call.exposed_name,
@@ -749,7 +807,6 @@ impl PolicyGuard {
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
         let mut decision = self.decide(call, grant, facts, now, justification.as_deref());
-        let history = Self::history_key(call, grant);
         let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
         let arguments_sha256 = tollgate_mint::jcs::digest(&arguments);
         if let (Some((id, approver)), Effect::NeedsApproval) = (approval, decision.effect) {
@@ -902,6 +959,49 @@ impl PolicyGuard {
             .iter()
             .find(|(secret, _)| Sha256::digest(secret.expose().as_bytes()) == presented)
             .map(|(_, approver)| approver.clone())
+    }
+
+    /// The sessions held for review.
+    pub fn quarantined(&self) -> Vec<Quarantine> {
+        let mut held: Vec<Quarantine> = self
+            .held_grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for q in self
+            .sessions()
+            .values()
+            .filter_map(|r| r.quarantined.clone())
+        {
+            if !held.iter().any(|h| h.session == q.session) {
+                held.push(q);
+            }
+        }
+        held.sort_by_key(|q| q.since);
+        held
+    }
+
+    /// Releases a session held for review (`session` as [`Quarantine::session`] names it):
+    /// its recent denials are forgotten and its calls are decided again. False when it is
+    /// not held.
+    pub fn release(&self, session: &str) -> bool {
+        let mut released = false;
+        if let Ok(key) = session.parse::<SessionId>()
+            && let Some(record) = self.sessions().get_mut(&key)
+            && record.quarantined.take().is_some()
+        {
+            record.denied_recent = MinuteWindow::default();
+            released = true;
+        }
+        let mut grants = self
+            .held_grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = grants.len();
+        grants.retain(|_, held| held.session != session);
+        released || grants.len() != before
     }
 
     /// The approval requests: what approvers list, show and answer.
