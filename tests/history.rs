@@ -13,7 +13,7 @@ mod support;
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
 
@@ -126,12 +126,7 @@ token_file = "{approver}"
         upstream = stdio_fixture_upstream("fx"),
     ))
     .unwrap();
-    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
-        .unwrap()
-        .sign(&root_grant("work", [tollgate_policy::ActionClass::Read]))
-        .unwrap();
-    let g = guarded(config, None).await;
-    let agent = agent_with_grant(&g.url, &grant).await;
+    let (g, grant, agent) = reader_session(config, &state).await;
     for _ in 0..3 {
         let denied = agent
             .call_tool(call("add", json!({"a": 1, "b": 2})))
@@ -190,4 +185,91 @@ token_file = "{approver}"
     again.cancel().await.unwrap();
     agent.cancel().await.unwrap();
     g.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn session_limits_hold_at_their_boundaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    reads_pack(&pack, "");
+    let manifest = std::fs::read_to_string(pack.join("pack.toml")).unwrap();
+    std::fs::write(
+        pack.join("pack.toml"),
+        format!(
+            r#"{manifest}
+[[limit]]
+id = "echoes"
+tool = "echo"
+calls = 2
+
+[[limit]]
+id = "add-total"
+tool = "add"
+sum = {{ argument = "a", max = 10 }}
+reason = "the session may add at most 10 in all"
+
+[[limit]]
+id = "whoami-rate"
+tool = "whoami"
+rate = {{ calls = 2, per_secs = 3600 }}
+"#
+        ),
+    )
+    .unwrap();
+    let config = Config::parse(&format!(
+        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n{}",
+        pack.display(),
+        state.display(),
+        stdio_fixture_upstream("fx"),
+    ))
+    .unwrap();
+    let (g, _grant, agent) = reader_session(config, &state).await;
+    let run = |name: &'static str, args: Value| {
+        let agent = &agent;
+        async move { agent.call_tool(call(name, args)).await.unwrap() }
+    };
+    for _ in 0..2 {
+        assert_ne!(run("echo", json!({"text": "x"})).await.is_error, Some(true));
+    }
+    let third = run("echo", json!({"text": "x"})).await;
+    assert!(
+        text_of(&third).contains("at most 2 calls per session"),
+        "{third:?}"
+    );
+
+    for a in [4, 6] {
+        let ok = run("add", json!({"a": a, "b": 0})).await;
+        assert_eq!(text_of(&ok), a.to_string(), "{ok:?}");
+    }
+    let over = run("add", json!({"a": 1, "b": 0})).await;
+    assert!(text_of(&over).contains("at most 10 in all"), "{over:?}");
+    let zero = run("add", json!({"a": 0, "b": 5})).await;
+    assert_eq!(
+        text_of(&zero),
+        "5",
+        "a refused call was not charged: {zero:?}"
+    );
+
+    for _ in 0..2 {
+        assert_ne!(run("whoami", json!({})).await.is_error, Some(true));
+    }
+    let fast = run("whoami", json!({})).await;
+    assert!(
+        text_of(&fast).contains("at most 2 calls per 3600 s"),
+        "{fast:?}"
+    );
+    agent.cancel().await.unwrap();
+    g.proxy.shutdown().await;
+}
+
+/// A guarded Tollgate from `config` and a 2025-11-25 session under a fresh `work` read grant
+/// signed in `state`.
+async fn reader_session(config: Config, state: &std::path::Path) -> (Guarded, String, Agent0) {
+    let grant = tollgate_mint::GrantSigner::load_or_create(state)
+        .unwrap()
+        .sign(&root_grant("work", [tollgate_policy::ActionClass::Read]))
+        .unwrap();
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    (g, grant, agent)
 }

@@ -12,6 +12,7 @@ pub mod grant;
 pub mod pack;
 pub mod pattern;
 pub mod resource;
+pub mod session_limit;
 pub mod tool;
 
 pub use args::{ArgumentError, SchemaCache};
@@ -26,4 +27,5 @@ pub use grant::{
 pub use pack::{DEFAULT_SCHEMA, Pack, PackError, PackSource, PolicyMeta};
 pub use pattern::{ResourcePattern, glob_match};
 pub use resource::{BindError, Resource, ResourceKind, bind};
+pub use session_limit::{LimitUse, SessionLimit};
 pub use tool::ToolFacts;

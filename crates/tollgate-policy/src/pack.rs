@@ -62,6 +62,9 @@ struct Manifest {
     trust_annotations: bool,
     #[serde(default, rename = "tool")]
     tools: Vec<EntryConfig>,
+    /// Limits on every session, whatever its grant.
+    #[serde(default, rename = "limit")]
+    limits: Vec<crate::session_limit::SessionLimit>,
 }
 
 /// Why a pack version cannot be used. The old version keeps serving.
@@ -135,6 +138,7 @@ pub struct Pack {
     meta: BTreeMap<String, PolicyMeta>,
     catalog: Catalog,
     purposes: BTreeSet<String>,
+    limits: Vec<crate::session_limit::SessionLimit>,
     actions: Vec<Entity>,
     /// Each class's action and the groups it is in.
     action_lineage: BTreeMap<ActionClass, HashSet<EntityUid>>,
@@ -193,6 +197,15 @@ impl Pack {
             return Err(PackError::Manifest(
                 "`purposes` must name at least one purpose".to_owned(),
             ));
+        }
+        for (i, limit) in manifest.limits.iter().enumerate() {
+            limit.validate().map_err(PackError::Manifest)?;
+            if manifest.limits.iter().take(i).any(|l| l.id == limit.id) {
+                return Err(PackError::Manifest(format!(
+                    "limit `{}` is defined twice",
+                    limit.id
+                )));
+            }
         }
         let mut tools = manifest.tools;
         tools.extend(source.extra_tools.iter().cloned());
@@ -306,6 +319,7 @@ impl Pack {
             meta,
             catalog,
             purposes: manifest.purposes,
+            limits: manifest.limits,
             actions,
             action_lineage,
             warnings,
@@ -340,6 +354,11 @@ impl Pack {
 
     pub fn purposes(&self) -> &BTreeSet<String> {
         &self.purposes
+    }
+
+    /// The `[[limit]]`s every session is held to.
+    pub fn session_limits(&self) -> &[crate::session_limit::SessionLimit] {
+        &self.limits
     }
 
     /// The validator's warnings (policies that are always false, for instance).

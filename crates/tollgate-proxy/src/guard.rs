@@ -69,6 +69,8 @@ struct SessionRecord {
     denied_recent: MinuteWindow,
     /// Held for review since a `@quarantine` policy denied one of its calls.
     quarantined: Option<Quarantine>,
+    /// Its use of the pack's session limits, by limit id.
+    limits: HashMap<String, tollgate_policy::LimitUse>,
     /// The labels the session picked up from the tools it called (sorted, each once).
     taint: Vec<String>,
     /// For the history of stateless requests (kept per grant): when it may be forgotten.
@@ -546,6 +548,53 @@ impl PolicyGuard {
         }
     }
 
+    /// Charges an allowed call to the session limits of `pack` that apply to it, atomically
+    /// with the check; on a refusal, `decision` becomes a denial and nothing is charged. What
+    /// each limit stood at before, to give back.
+    fn charge_session(
+        &self,
+        history: SessionId,
+        pack: &Pack,
+        call: &ToolCall<'_>,
+        decision: &mut Decision,
+    ) -> Option<Vec<(String, tollgate_policy::LimitUse)>> {
+        let applying: Vec<&tollgate_policy::SessionLimit> = pack
+            .session_limits()
+            .iter()
+            .filter(|l| l.applies(call.exposed_name, decision.class))
+            .collect();
+        if applying.is_empty() {
+            return None;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut sessions = self.sessions();
+        let record = sessions.entry(history).or_default();
+        let before: Vec<(String, tollgate_policy::LimitUse)> = applying
+            .iter()
+            .map(|l| {
+                (
+                    l.id.clone(),
+                    record.limits.get(&l.id).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut next = before.clone();
+        for (limit, (_, used)) in applying.iter().zip(next.iter_mut()) {
+            if let Err(reason) = limit.charge(used, call.arguments, now) {
+                decision.effect = Effect::Deny;
+                decision.policies = vec![format!("tollgate:limit:{}", limit.id)];
+                decision.reasons = vec![reason];
+                return None;
+            }
+        }
+        for (id, used) in next {
+            record.limits.insert(id, used);
+        }
+        Some(before)
+    }
+
     fn decide(
         &self,
         call: &ToolCall<'_>,
@@ -837,8 +886,23 @@ impl PolicyGuard {
                 )];
             }
         }
+        // The pack's session limits first, then the grant's; a call the grant then refuses
+        // gives back what it took from the session's.
+        let taken = if decision.is_allow() {
+            self.charge_session(history, &pack, call, &mut decision)
+        } else {
+            None
+        };
         if let (Some(grant), Effect::Allow) = (grant, decision.effect) {
             self.charge(grant, &mut decision);
+            if !decision.is_allow()
+                && let Some(taken) = taken
+                && let Some(record) = self.sessions().get_mut(&history)
+            {
+                for (id, before) in taken {
+                    record.limits.insert(id, before);
+                }
+            }
         }
         let decision_id = tollgate_mint::new_id("d").unwrap_or_else(|_| "d-unavailable".to_owned());
         let mut carried = Carried::Nothing;
