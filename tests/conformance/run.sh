@@ -7,7 +7,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=${TOLLGATE_TARGET_DIR:-$root/target/debug}
+bin=${TOLLGATE_TARGET_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}
 peers=$root/tests/peers/node_modules
 node_dir=$peers/node/bin
 [ -x "$node_dir/node" ] || { echo "node 22 missing: npm install --prefix tests/peers" >&2; exit 1; }

@@ -14,7 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _tollgate() -> str:
-    path = os.environ.get("TOLLGATE_BIN") or str(ROOT / "target" / "debug" / "tollgate")
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    path = os.environ.get("TOLLGATE_BIN") or str(target / "debug" / "tollgate")
     if not pathlib.Path(path).exists():
         pytest.fail(f"tollgate binary not found at {path}: build it first (cargo build)")
     return path
