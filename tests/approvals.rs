@@ -41,7 +41,7 @@ async fn gate() -> Gate {
     );
     std::fs::write(
         pack.join("pack.toml"),
-        "purposes = [\"work\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n[[tool]]\ntool = \"add\"\nclass = \"write\"\n",
+        "purposes = [\"work\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n[[tool]]\ntool = \"add\"\nclass = \"write\"\nredact = [\"b\"]\n",
     )
     .unwrap();
     for (name, token) in [("ada", ADA), ("bob", BOB), ("admin", ADMIN)] {
@@ -160,7 +160,12 @@ async fn an_approved_call_goes_ahead_and_its_token_names_the_approval() {
     // What the approver sees is what will happen.
     assert_eq!(request["tool"], "add");
     assert_eq!(request["upstream"], "fx");
-    assert_eq!(request["arguments"], json!({"a": 1, "b": 2}));
+    assert_eq!(
+        request["arguments"],
+        json!({"a": 1, "b": "[redacted]"}),
+        "what the catalog marks is hidden from the reviewer"
+    );
+    assert!(request["arguments_sha256"].as_str().is_some());
     assert_eq!(request["approvers"], json!(["finance"]));
     assert_eq!(request["user"], "carol");
     assert_eq!(request["state"], "pending");

@@ -123,6 +123,10 @@ pub struct EntryConfig {
     /// mail, issues), `secret_read` for credential stores.
     #[serde(default)]
     pub taints: Vec<String>,
+    /// Arguments whose values a person reviewing the call never sees (card numbers, message
+    /// bodies): shown as `[redacted]` to approvers.
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 /// Why a catalog cannot be used.
@@ -151,6 +155,7 @@ struct Entry {
     risk: Risk,
     resources: Vec<(String, ResourceKind)>,
     taints: Vec<String>,
+    redact: Vec<String>,
 }
 
 /// What the catalog says of one tool.
@@ -163,6 +168,8 @@ pub struct Classification {
     pub resources: Vec<(String, ResourceKind)>,
     /// The labels a call of this tool gives its session, sorted.
     pub taints: Vec<String>,
+    /// The arguments reviewers see redacted, sorted.
+    pub redact: Vec<String>,
 }
 
 /// Where a classification came from.
@@ -224,6 +231,7 @@ impl Catalog {
                 });
             }
             checked.push(Entry {
+                redact: entry.redact,
                 taints: entry.taints,
                 risk: entry.risk.unwrap_or_else(|| entry.class.default_risk()),
                 pattern: entry.tool,
@@ -256,8 +264,10 @@ impl Catalog {
             let mut risk = first.risk;
             let mut resources: Vec<(String, ResourceKind)> = Vec::new();
             let mut taints: Vec<String> = Vec::new();
+            let mut redact: Vec<String> = Vec::new();
             for entry in &matching {
                 taints.extend(entry.taints.iter().cloned());
+                redact.extend(entry.redact.iter().cloned());
                 class = class.max(entry.class);
                 risk = risk.max(entry.risk);
                 for binding in &entry.resources {
@@ -284,6 +294,11 @@ impl Catalog {
                     taints.dedup();
                     taints
                 },
+                redact: {
+                    redact.sort();
+                    redact.dedup();
+                    redact
+                },
             };
         }
         match hints.implied_class().filter(|_| self.trust_annotations) {
@@ -293,6 +308,7 @@ impl Catalog {
                 source: Source::Annotations,
                 resources: Vec::new(),
                 taints: Vec::new(),
+                redact: Vec::new(),
             },
             None => Classification {
                 class: ActionClass::MOST_RESTRICTED,
@@ -300,6 +316,7 @@ impl Catalog {
                 source: Source::Unknown,
                 resources: Vec::new(),
                 taints: Vec::new(),
+                redact: Vec::new(),
             },
         }
     }
@@ -316,6 +333,7 @@ mod tests {
             risk: None,
             resources: BTreeMap::new(),
             taints: Vec::new(),
+            redact: Vec::new(),
         }
     }
 

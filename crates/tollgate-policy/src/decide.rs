@@ -76,6 +76,38 @@ pub struct Decision {
     pub approvers: Vec<String>,
     /// A `@quarantine` forbid denied the call: the session is to be held for review.
     pub quarantine: bool,
+    /// The arguments a reviewer sees redacted (from the catalog).
+    pub redact: Vec<String>,
+}
+
+impl Decision {
+    /// `arguments` as a person reviewing the call may see them: the catalog's redacted
+    /// arguments replaced, wherever they are nested.
+    pub fn redacted(&self, arguments: &Value) -> Value {
+        fn walk(value: &Value, names: &[String]) -> Value {
+            match value {
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .map(|(k, v)| {
+                            let shown = if names.contains(k) {
+                                Value::String("[redacted]".to_owned())
+                            } else {
+                                walk(v, names)
+                            };
+                            (k.clone(), shown)
+                        })
+                        .collect(),
+                ),
+                Value::Array(items) => Value::Array(items.iter().map(|v| walk(v, names)).collect()),
+                other => other.clone(),
+            }
+        }
+        if self.redact.is_empty() {
+            arguments.clone()
+        } else {
+            walk(arguments, &self.redact)
+        }
+    }
 }
 
 impl Decision {
@@ -165,6 +197,7 @@ impl Pack {
             taints: plan.classification.taints.clone(),
             approvers: Vec::new(),
             quarantine: false,
+            redact: plan.classification.redact.clone(),
         };
         let deny = |mut d: Decision, step: &str, reason: String| {
             d.effect = Effect::Deny;

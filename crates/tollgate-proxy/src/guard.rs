@@ -1001,7 +1001,7 @@ impl PolicyGuard {
                     tool: call.tool.to_owned(),
                     class: decision.class.to_string(),
                     resources: decision.resources.iter().map(ToString::to_string).collect(),
-                    arguments,
+                    arguments: decision.redacted(&arguments),
                     arguments_sha256,
                     policy_version: decision.version.clone(),
                     policies: decision.policies.clone(),
