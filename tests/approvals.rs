@@ -166,6 +166,12 @@ async fn an_approved_call_goes_ahead_and_its_token_names_the_approval() {
         "what the catalog marks is hidden from the reviewer"
     );
     assert!(request["arguments_sha256"].as_str().is_some());
+    // And what the call's credential will be good for.
+    let details = &request["credential"]["authorization_details"][0];
+    assert_eq!(request["credential"]["aud"], "https://fx.test");
+    assert_eq!(details["tool"], "add");
+    assert_eq!(details["action"], "write");
+    assert_eq!(details["arguments_sha256"], request["arguments_sha256"]);
     assert_eq!(request["approvers"], json!(["finance"]));
     assert_eq!(request["user"], "carol");
     assert_eq!(request["state"], "pending");
@@ -208,6 +214,10 @@ async fn an_approved_call_goes_ahead_and_its_token_names_the_approval() {
     )
     .unwrap();
     assert_eq!(claims["authorization_details"][0]["approval_id"], id);
+    assert_eq!(
+        claims["authorization_details"][0]["arguments_sha256"], request["arguments_sha256"],
+        "the approver saw what the token is for"
+    );
     // Answered once only.
     assert_eq!(g.answer(ADA, &id, "approve", "").await.0, 409);
     g.proxy.shutdown().await;

@@ -77,6 +77,9 @@ pub struct Request {
     pub approvers: Vec<String>,
     /// The agent's own words for the call (untrusted; shown apart from the facts).
     pub justification: Option<String>,
+    /// What the call's credential will say it is good for (its `authorization_details`,
+    /// less the decision and approval ids), when the upstream takes one.
+    pub credential: Option<Value>,
     #[serde(flatten)]
     pub state: State,
 }

@@ -989,6 +989,8 @@ impl PolicyGuard {
                 };
                 info!(approval = %id, session = call.session, tool = call.exposed_name, approvers = ?decision.approvers, "approval requested");
                 let timeout = i64::try_from(self.approval_timeout.as_secs()).unwrap_or(300);
+                let credential =
+                    self.credential_preview(call, &decision, &arguments, &arguments_sha256);
                 Verdict::AwaitApproval(self.approvals.open(crate::approvals::Request {
                     id,
                     created: now,
@@ -1008,10 +1010,48 @@ impl PolicyGuard {
                     reasons: decision.reasons.clone(),
                     approvers: decision.approvers.clone(),
                     justification,
+                    credential,
                     state: crate::approvals::State::Pending,
                 }))
             }
         }
+    }
+
+    /// What the credential of `call` will name, for the approver to see: its audience and the
+    /// one `authorization_details` entry (for an HTTP API tool, the exact request). `None` when
+    /// the upstream takes no credential.
+    fn credential_preview(
+        &self,
+        call: &ToolCall<'_>,
+        decision: &Decision,
+        arguments: &serde_json::Value,
+        arguments_sha256: &str,
+    ) -> Option<serde_json::Value> {
+        let audience = match self.credentials.get(call.upstream)? {
+            CredentialConfig::Mint { audience, .. } => audience.clone(),
+            CredentialConfig::Exchange(exchange) => exchange.audience.clone(),
+            CredentialConfig::None | CredentialConfig::Secret { .. } => return None,
+        };
+        let mut details = serde_json::json!({
+            "type": tollgate_mint::access::DETAILS_TYPE,
+            "tool": call.tool,
+            "action": decision.class.as_str(),
+            "resources": decision.resources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "arguments_sha256": arguments_sha256,
+        });
+        if let (Some(spec), Some(object)) = (self.apis.get(call.upstream), arguments.as_object())
+            && let Some(tool) = spec.tool(call.tool)
+            && let Ok(request) = crate::api::plan(spec, tool, object)
+            && let Some(fields) = details.as_object_mut()
+        {
+            fields.insert("method".into(), request.method.as_str().into());
+            fields.insert("path".into(), request.path.into());
+            fields.insert(
+                "body_sha256".into(),
+                tollgate_mint::access::body_digest(&request.body).into(),
+            );
+        }
+        Some(serde_json::json!({"aud": audience, "authorization_details": [details]}))
     }
 
     /// The approver whose admin-endpoint token this is. Compared as digests, so the time
