@@ -864,3 +864,41 @@ fn the_keys_commands_list_the_ring_and_rotate_it() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ES256"));
 }
+
+#[tokio::test]
+async fn an_upstream_that_echoes_its_credential_never_shows_it_to_the_agent() {
+    let rig = rig("ES256").await;
+    // The fixture's `headers` tool answers with the request headers it received, bearer
+    // included: on the fast path (a 2025-11-25 session) and on rmcp's (a 2026-07-28 agent).
+    let legacy = agent_with_grant(&rig.url, &rig.token).await;
+    let seen = text_of(
+        &legacy
+            .call_tool(call("fx.headers", json!({})))
+            .await
+            .unwrap(),
+    );
+    let token = bearer_of_last_call(&rig);
+    assert!(
+        !seen.contains(&token),
+        "the fast path leaked the token: {seen}"
+    );
+    let echoed: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(echoed["authorization"], "Bearer [redacted]", "{seen}");
+    legacy.cancel().await.unwrap();
+
+    let modern = agent_modern_with(&rig.url, TestAgent::new("m"), Some(&rig.token)).await;
+    let seen = text_of(
+        &modern
+            .call_tool(call("fx.headers", json!({})))
+            .await
+            .unwrap(),
+    );
+    let token = bearer_of_last_call(&rig);
+    assert!(
+        !seen.contains(&token),
+        "rmcp's path leaked the token: {seen}"
+    );
+    assert!(seen.contains("[redacted]"), "{seen}");
+    modern.cancel().await.unwrap();
+    rig.proxy.shutdown().await;
+}

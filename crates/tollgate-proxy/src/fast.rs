@@ -464,6 +464,8 @@ impl FastPath {
             Lane::Http(lane) => (lane.next_call(), None),
         };
         let upstream_token = format!("{RAW_PREFIX}{n}");
+        // What the answer must not echo back to the agent.
+        let echo = crate::scrub::for_call(&[], credential.as_ref()).into_owned();
         // A stdio upstream finds the credential in `_meta`; an HTTP one in its header.
         let (meta_credential, bearer) = match &job.lane {
             Lane::Stdio(_) => (credential, None),
@@ -554,7 +556,7 @@ impl FastPath {
         };
         tokio::select! {
             answer = answer => match answer {
-                Ok(line) => Some(self.answer(job, &call, &line)),
+                Ok(line) => Some(self.answer(job, &call, &crate::scrub::bytes(line, &echo))),
                 Err(error) => failed(error),
             },
             () = tokio::time::sleep(timeout) => {

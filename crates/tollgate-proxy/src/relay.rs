@@ -261,7 +261,7 @@ impl AgentSession {
             let mut upstream_params = CallToolRequestParams::new(route.name.clone());
             upstream_params.arguments = params.arguments.clone();
             upstream_params.meta = forwardable_meta(&context.meta);
-            if let Some(credential) = credential {
+            if let Some(credential) = &credential {
                 upstream_params
                     .meta
                     .get_or_insert_with(RequestMetaObject::new)
@@ -295,7 +295,8 @@ impl AgentSession {
             };
             self.hub.interceptor.after_call(&call, &outcome);
             span.record("latency_us", started.elapsed().as_micros() as u64);
-            let scrub = &upstream.config.scrub;
+            let scrub = crate::scrub::for_call(&upstream.config.scrub, credential.as_ref());
+            let scrub = scrub.as_ref();
             answer
                 .map(|answer| match answer {
                     CallToolResponse::Complete(result) => {

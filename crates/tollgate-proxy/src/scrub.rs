@@ -42,6 +42,23 @@ pub(crate) fn bytes(line: Vec<u8>, secrets: &[Secret]) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// The secrets to remove from one call's answer: the upstream's injected ones and, when the
+/// call carried one, its own credential (an upstream that echoes its `Authorization` header
+/// must not hand the token to the agent).
+pub(crate) fn for_call<'a>(
+    upstream: &'a [Secret],
+    credential: Option<&crate::intercept::Credential>,
+) -> std::borrow::Cow<'a, [Secret]> {
+    match credential {
+        None => std::borrow::Cow::Borrowed(upstream),
+        Some(credential) => {
+            let mut all = upstream.to_vec();
+            all.push(Secret::new(credential.expose()));
+            std::borrow::Cow::Owned(all)
+        }
+    }
+}
+
 /// `value` with every echo of `secrets` replaced, through its JSON form.
 pub(crate) fn value<T: Serialize + DeserializeOwned>(value: T, secrets: &[Secret]) -> T {
     if secrets.is_empty() {
