@@ -23,7 +23,7 @@ const ISSUER: &str = "https://tollgate.test";
 const ADMIN_TOKEN: &str = "admin-token-for-tests-only";
 
 struct Rig {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     proxy: Proxy,
     url: String,
     admin: String,
@@ -66,8 +66,11 @@ credential = {{ mode = "mint", audience = "https://fx.test", lifetime_secs = 30 
 name = "st"
 command = "{fixture}"
 args = ["stdio", "st"]
+env = {{ {meta_env} = "{meta_log}" }}
 credential = {{ mode = "mint", audience = "https://st.test" }}
 "#,
+        meta_env = tollgate_testkit::fixture::META_LOG_ENV,
+        meta_log = tmp.path().join("meta.log").display(),
         pack = pack.display(),
         state = state.display(),
         fixture = fixture_bin().display(),
@@ -75,7 +78,7 @@ credential = {{ mode = "mint", audience = "https://st.test" }}
     .unwrap();
     let Guarded { proxy, url, admin } = guarded(config, Some(ADMIN_TOKEN)).await;
     Rig {
-        _tmp: tmp,
+        tmp,
         proxy,
         url,
         admin,
@@ -225,9 +228,15 @@ async fn a_stdio_upstream_finds_its_token_in_meta_and_an_agent_cannot_plant_one(
         json!("forged-by-the-agent"),
     );
     request.meta = Some(planted);
-    let seen: Value =
-        serde_json::from_str(&text_of(&agent.call_tool(request).await.unwrap())).unwrap();
+    let answer = text_of(&agent.call_tool(request).await.unwrap());
+    // What the tool received (its answer echoes it, scrubbed, to the agent).
+    let log = std::fs::read_to_string(rig.tmp.path().join("meta.log")).unwrap();
+    let seen: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
     let token = seen["io.tollgate/credential"].as_str().unwrap();
+    assert!(
+        !answer.contains(token),
+        "the agent never sees the token: {answer}"
+    );
     assert_ne!(token, "forged-by-the-agent");
     v.verify(token, now(), &Presented::tool("meta", &json!({})))
         .unwrap();

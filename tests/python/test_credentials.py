@@ -1,7 +1,8 @@
 """Per-call credentials checked by an independent JOSE library: the Python `mcp` SDK calls a
-tool through Tollgate, the tool (the fixture's `meta`, which returns the `_meta` it received)
-hands back the token it was given, and PyJWT verifies it against the JWKS Tollgate's admin
-endpoint publishes."""
+tool through Tollgate, the tool (the fixture's `meta`) records the `_meta` it received in a
+file beside the test (its answer echoes it too, but Tollgate scrubs the token from what the
+agent sees), and PyJWT verifies the token against the JWKS Tollgate's admin endpoint
+publishes."""
 
 import base64
 import hashlib
@@ -38,6 +39,7 @@ async def test_a_minted_token_verifies_with_pyjwt_against_the_published_jwks(
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     admin_port = free_port()
+    meta_log = tmp_path / "meta.log"
     config = f"""
 [front.http]
 listen = "127.0.0.1:{{port}}"
@@ -62,6 +64,7 @@ class = "read"
 name = "fx"
 command = "{fixture}"
 args = ["stdio", "fx"]
+env = {{ TOLLGATE_FIXTURE_META_LOG = "{meta_log}" }}
 credential = {{ mode = "mint", audience = "https://fx.test", lifetime_secs = 45 }}
 """
     with serve_http(tollgate, config, tmp_path, node_bin_dir) as (_, url):
@@ -69,9 +72,11 @@ credential = {{ mode = "mint", audience = "https://fx.test", lifetime_secs = 45 
             async with streamable_http_client(url, http_client=client) as (read, write):
                 async with ClientSession(read, write) as session:
                     await session.initialize()
-                    seen = json.loads(text(await session.call_tool("meta", {})))
+                    answer = text(await session.call_tool("meta", {}))
+        seen = json.loads(meta_log.read_text().splitlines()[-1])
         token = seen["io.tollgate/credential"]
         assert token != grant
+        assert token not in answer and "[redacted]" in answer, "the agent never sees the token"
 
         jwks_client = jwt.PyJWKClient(f"http://127.0.0.1:{admin_port}/.well-known/jwks.json")
         key = jwks_client.get_signing_key_from_jwt(token)

@@ -137,6 +137,16 @@ impl MinuteWindow {
     }
 }
 
+/// What stands for one call before it is decided.
+struct Standing {
+    now: i64,
+    stats: SessionStats,
+    taint: Vec<String>,
+    /// The session (or its grant) is held for review.
+    held: Option<Quarantine>,
+    pin: PinState,
+}
+
 /// The high bit marks a history key made for stateless requests, apart from session ids.
 const STATELESS_KEY: u64 = 1 << 63;
 /// Stateless histories kept before the expired ones are swept.
@@ -460,13 +470,41 @@ impl PolicyGuard {
     }
 
     /// The history's statistics and taint labels as of now.
-    fn history(&self, session: SessionId, now: i64) -> (SessionStats, Vec<String>) {
-        let mut sessions = self.sessions();
-        let record = sessions.entry(session).or_default();
-        let mut stats = record.stats.clone();
-        stats.calls_last_minute = record.recent.total(now);
-        stats.denials_last_minute = record.denied_recent.total(now);
-        (stats, record.taint.clone())
+    /// What stands for a call of `facts` at `now` before it is decided, read under one lock:
+    /// the history's statistics and taints, whether it (or its grant) is held for review, and
+    /// the tool's pin.
+    fn standing(
+        &self,
+        key: SessionId,
+        grant: Option<&Grant>,
+        facts: &ToolFacts,
+        now: i64,
+    ) -> Standing {
+        let (stats, taint, mut held) = {
+            let mut sessions = self.sessions();
+            let record = sessions.entry(key).or_default();
+            let mut stats = record.stats.clone();
+            stats.calls_last_minute = record.recent.total(now);
+            stats.denials_last_minute = record.denied_recent.total(now);
+            (stats, record.taint.clone(), record.quarantined.clone())
+        };
+        if held.is_none()
+            && let Some(grant) = grant
+        {
+            held = self
+                .held_grants
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&grant.id)
+                .cloned();
+        }
+        Standing {
+            now,
+            stats,
+            taint,
+            held,
+            pin: self.pin_state(facts),
+        }
     }
 
     fn record(&self, session: SessionId, now: i64, decision: &Decision, grant: Option<&Grant>) {
@@ -597,14 +635,13 @@ impl PolicyGuard {
 
     fn decide(
         &self,
+        pack: &Pack,
         call: &ToolCall<'_>,
         grant: Option<&Grant>,
         facts: &ToolFacts,
-        now: i64,
         justification: Option<&str>,
+        standing: &Standing,
     ) -> Decision {
-        let pack = self.current();
-        let (stats, taint) = self.history(Self::history_key(call, grant), now);
         let session = SessionFacts {
             id: call.session.to_string(),
             transport: call.caller.transport.to_owned(),
@@ -635,12 +672,12 @@ impl PolicyGuard {
             tool: facts,
             arguments: call.arguments,
             justification,
-            now,
+            now: standing.now,
             env: &self.env,
-            stats: &stats,
+            stats: &standing.stats,
             usage: &usage,
-            taint: &taint,
-            pinned: self.pin_state(facts) == PinState::Pinned,
+            taint: &standing.taint,
+            pinned: standing.pin == PinState::Pinned,
         })
     }
 
@@ -814,26 +851,14 @@ impl PolicyGuard {
             ));
         };
         let history = Self::history_key(call, grant);
-        let held = self
-            .sessions()
-            .get(&history)
-            .and_then(|r| r.quarantined.clone())
-            .or_else(|| {
-                grant.and_then(|g| {
-                    self.held_grants
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .get(&g.id)
-                        .cloned()
-                })
-            });
-        if let Some(held) = held {
+        let standing = self.standing(history, grant, facts, now);
+        if let Some(held) = &standing.held {
             return Verdict::Refuse(refusal(format!(
                 "denied: this session is held for review ({}); an approver can release it",
                 held.reason
             )));
         }
-        if self.pin_state(facts) == PinState::Changed {
+        if standing.pin == PinState::Changed {
             warn!(
                 tool = call.exposed_name,
                 upstream = call.upstream,
@@ -855,10 +880,19 @@ impl PolicyGuard {
             .get(JUSTIFICATION_KEY)
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
-        let mut decision = self.decide(call, grant, facts, now, justification.as_deref());
-        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
-        let arguments_sha256 = tollgate_mint::jcs::digest(&arguments);
+        let mut decision = self.decide(
+            &pack,
+            call,
+            grant,
+            facts,
+            justification.as_deref(),
+            &standing,
+        );
+        // The call's arguments as one value and their digest: what an approval is bound to,
+        // made only when an approval is asked for or presented.
+        let arguments = || serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
         if let (Some((id, approver)), Effect::NeedsApproval) = (approval, decision.effect) {
+            let arguments_sha256 = tollgate_mint::jcs::digest(&arguments());
             // The approval counts only for exactly the call it was asked for, under the same
             // policy version; a newer pack that denies has denied above.
             let session = history.to_string();
@@ -989,6 +1023,8 @@ impl PolicyGuard {
                 };
                 info!(approval = %id, session = call.session, tool = call.exposed_name, approvers = ?decision.approvers, "approval requested");
                 let timeout = i64::try_from(self.approval_timeout.as_secs()).unwrap_or(300);
+                let arguments = arguments();
+                let arguments_sha256 = tollgate_mint::jcs::digest(&arguments);
                 let credential =
                     self.credential_preview(call, &decision, &arguments, &arguments_sha256);
                 Verdict::AwaitApproval(self.approvals.open(crate::approvals::Request {

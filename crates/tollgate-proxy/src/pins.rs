@@ -60,10 +60,10 @@ pub enum PinState {
     Changed,
 }
 
-/// The lock file's pins, by upstream and tool name.
+/// The lock file's pins, by upstream, then tool name (looked up on every call, so by `&str`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lock {
-    pins: BTreeMap<(String, String), Pin>,
+    pins: BTreeMap<String, BTreeMap<String, Pin>>,
 }
 
 /// Why a lock file cannot be used.
@@ -99,34 +99,40 @@ impl Lock {
         if file.version != 1 {
             return Err(format!("version {} (this Tollgate reads 1)", file.version));
         }
-        let mut pins = BTreeMap::new();
+        let mut lock = Self::default();
         for pin in file.tool {
             if !pin.digest.starts_with("sha256:") {
                 return Err(format!("the digest of `{}` is not `sha256:…`", pin.name));
             }
-            let key = (pin.upstream.clone(), pin.name.clone());
-            if pins.insert(key, pin).is_some() {
+            if lock.insert(pin).is_some() {
                 return Err("a tool is pinned twice".to_owned());
             }
         }
-        Ok(Self { pins })
+        Ok(lock)
+    }
+
+    fn insert(&mut self, pin: Pin) -> Option<Pin> {
+        self.pins
+            .entry(pin.upstream.clone())
+            .or_default()
+            .insert(pin.name.clone(), pin)
     }
 
     pub fn from_pins(pins: impl IntoIterator<Item = Pin>) -> Self {
-        Self {
-            pins: pins
-                .into_iter()
-                .map(|p| ((p.upstream.clone(), p.name.clone()), p))
-                .collect(),
+        let mut lock = Self::default();
+        for pin in pins {
+            lock.insert(pin);
         }
+        lock
     }
 
+    /// Every pin, by upstream and tool name.
     pub fn pins(&self) -> impl Iterator<Item = &Pin> {
-        self.pins.values()
+        self.pins.values().flat_map(BTreeMap::values)
     }
 
     pub fn get(&self, upstream: &str, name: &str) -> Option<&Pin> {
-        self.pins.get(&(upstream.to_owned(), name.to_owned()))
+        self.pins.get(upstream)?.get(name)
     }
 
     /// How the tool `name` of `upstream`, whose definition has `digest`, stands.
@@ -143,7 +149,7 @@ impl Lock {
         let mut out = String::from(
             "# Pinned tool definitions, written by `tollgate pin`: review changes to this file like\n# code. A tool whose definition no longer matches its digest is hidden and refused.\nversion = 1\n",
         );
-        for pin in self.pins.values() {
+        for pin in self.pins() {
             let table = toml::to_string(pin).unwrap_or_default();
             out.push_str("\n[[tool]]\n");
             out.push_str(&table);

@@ -30,6 +30,10 @@ use serde_json::{Value, json};
 
 use crate::from_json;
 
+/// When set, the fixture appends the `_meta` of every call it receives to this file, one JSON
+/// object per line.
+pub const META_LOG_ENV: &str = "TOLLGATE_FIXTURE_META_LOG";
+
 /// A 1×1 red PNG.
 pub const RED_PIXEL_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
 /// A 44-byte silent WAV header.
@@ -529,12 +533,24 @@ impl ServerHandler for Fixture {
         params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        let meta = serde_json::to_value(&ctx.meta).ok();
+        // What reached the tool, for a test to read beside the answer: an echo of a credential
+        // in the answer itself is scrubbed before the agent sees it.
+        if let (Ok(path), Some(meta)) = (std::env::var(META_LOG_ENV), &meta) {
+            use std::io::Write;
+            if let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(file, "{meta}");
+            }
+        }
         *self
             .state
             .last_meta
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            serde_json::to_value(&ctx.meta).ok();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = meta;
         let mut params = params;
         let prefix = self.state.prefix();
         if let Some(name) = params.name.strip_prefix(prefix.as_str()) {
