@@ -84,17 +84,28 @@ pub struct Request {
     pub state: State,
 }
 
+/// What an approval is bound to: exactly one call, under one policy version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding<'a> {
+    pub session: &'a str,
+    pub grant: Option<&'a str>,
+    pub upstream: &'a str,
+    pub tool: &'a str,
+    pub arguments_sha256: &'a str,
+    pub policy_version: &'a str,
+}
+
 impl Request {
     /// The binding an approval of this request is good for.
-    fn binding(&self) -> (&str, Option<&str>, &str, &str, &str, &str) {
-        (
-            &self.session,
-            self.grant.as_deref(),
-            &self.upstream,
-            &self.tool,
-            &self.arguments_sha256,
-            &self.policy_version,
-        )
+    fn binding(&self) -> Binding<'_> {
+        Binding {
+            session: &self.session,
+            grant: self.grant.as_deref(),
+            upstream: &self.upstream,
+            tool: &self.tool,
+            arguments_sha256: &self.arguments_sha256,
+            policy_version: &self.policy_version,
+        }
     }
 }
 
@@ -235,15 +246,11 @@ impl Approvals {
     }
 
     /// Whether request `id` was approved for exactly this binding.
-    pub fn approved_for(
-        &self,
-        id: &str,
-        binding: (&str, Option<&str>, &str, &str, &str, &str),
-    ) -> Option<String> {
+    pub fn approved_for(&self, id: &str, binding: &Binding<'_>) -> Option<String> {
         let entries = self.entries();
         let entry = entries.get(id)?;
         match &entry.request.state {
-            State::Approved { by, .. } if entry.request.binding() == binding => Some(by.clone()),
+            State::Approved { by, .. } if entry.request.binding() == *binding => Some(by.clone()),
             _ => None,
         }
     }

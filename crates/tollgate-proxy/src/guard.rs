@@ -898,14 +898,14 @@ impl PolicyGuard {
             let session = history.to_string();
             let approved = self.approvals.approved_for(
                 id,
-                (
-                    &session,
-                    grant.map(|g| g.id.as_str()),
-                    call.upstream,
-                    call.tool,
-                    &arguments_sha256,
-                    &decision.version,
-                ),
+                &crate::approvals::Binding {
+                    session: &session,
+                    grant: grant.map(|g| g.id.as_str()),
+                    upstream: call.upstream,
+                    tool: call.tool,
+                    arguments_sha256: &arguments_sha256,
+                    policy_version: &decision.version,
+                },
             );
             if approved.as_deref() == Some(approver) {
                 decision.effect = Effect::Allow;
