@@ -98,9 +98,9 @@ pub struct ApiTool {
 /// An API upstream: its base URL, its static headers and its tools.
 #[derive(Debug, Clone)]
 pub struct ApiSpec {
-    /// Scheme, host and port, and any path prefix, without a trailing `/`.
-    pub base: String,
-    /// The path prefix of `base` (empty or starting with `/`).
+    /// Scheme, host and port, as the URL parser normalized them.
+    pub origin: String,
+    /// The base URL's path (empty or starting with `/`), as the URL parser normalized it.
     prefix: String,
     pub headers: std::collections::BTreeMap<String, Secret>,
     pub tools: Vec<ApiTool>,
@@ -180,7 +180,7 @@ impl ApiSpec {
             ));
         }
         let prefix = url.path().trim_end_matches('/').to_owned();
-        let base = base.trim_end_matches('/').to_owned();
+        let origin = url.origin().ascii_serialization();
         let mut out = Vec::with_capacity(tools.len());
         for (i, raw) in tools.into_iter().enumerate() {
             let key = |field: &str| key(&format!("tool[{i}].{field}"));
@@ -336,7 +336,7 @@ impl ApiSpec {
             Some(n) => n,
         };
         Ok(Self {
-            base,
+            origin,
             prefix,
             headers,
             tools: out,
@@ -536,12 +536,7 @@ impl ApiServer {
             Ok(request) => request,
             Err(why) => return Self::failure(why),
         };
-        let origin_end = self.spec.base.len() - self.spec.prefix.len();
-        let url = format!(
-            "{}{}",
-            self.spec.base.get(..origin_end).unwrap_or_default(),
-            request.path
-        );
+        let url = format!("{}{}", self.spec.origin, request.path);
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -559,7 +554,7 @@ impl ApiServer {
         if let Some(token) = credential {
             builder = builder.bearer_auth(token);
         }
-        if !request.body.is_empty() || tool.body != Body::None {
+        if tool.body != Body::None {
             builder = builder
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(request.body);
@@ -715,6 +710,7 @@ mod tests {
         let args =
             json!({"customer_id": "cus 42/x", "amount": 40, "reason": "late", "idempotency": "k1"});
         let request = plan(&spec, tool, args.as_object().unwrap()).unwrap();
+        assert_eq!(spec.origin, "http://127.0.0.1:9");
         assert_eq!(request.method, Method::Post);
         assert_eq!(
             request.path,
@@ -730,6 +726,30 @@ mod tests {
             plan(&spec, tool, reordered.as_object().unwrap()).unwrap(),
             request
         );
+    }
+
+    #[test]
+    fn the_request_url_is_built_from_the_normalized_base() {
+        let raw: Vec<RawApiTool> = serde_json::from_value(json!([{"name": "get", "method": "GET",
+            "path": "/c/{id}", "input_schema": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}}]))
+        .unwrap();
+        // A base whose path the URL parser rewrites (a space, a `..`), longer than it was.
+        let spec = ApiSpec::from_raw(
+            "http://API.example:80/v 1/x/../api",
+            Default::default(),
+            raw,
+            None,
+            &|f| f.to_owned(),
+        )
+        .unwrap();
+        let request = plan(
+            &spec,
+            spec.tool("get").unwrap(),
+            json!({"id": "7"}).as_object().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(spec.origin, "http://api.example");
+        assert_eq!(request.path, "/v%201/api/c/7");
     }
 
     #[test]
