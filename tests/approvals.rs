@@ -52,13 +52,7 @@ async fn gate() -> Gate {
     let dir = tmp.path().display();
     let config = Config::parse(&format!(
         r#"
-[front.http]
-listen = "127.0.0.1:0"
-[policy]
-pack = "{pack}"
-[grants]
-state_dir = "{state}"
-[approvals]
+{head}[approvals]
 timeout_secs = 4
 [[approvals.approver]]
 name = "ada"
@@ -73,8 +67,7 @@ name = "fx"
 url = "http://{addr}/mcp"
 credential = {{ mode = "mint", audience = "https://fx.test" }}
 "#,
-        pack = pack.display(),
-        state = state.display(),
+        head = guarded_toml(&pack, &state),
     ))
     .unwrap();
     let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();

@@ -49,13 +49,7 @@ async fn rig(algorithm: &str) -> Rig {
     let (addr, headers) = recording_fixture(&stop).await;
     let config = Config::parse(&format!(
         r#"
-[front.http]
-listen = "127.0.0.1:0"
-[policy]
-pack = "{pack}"
-[grants]
-state_dir = "{state}"
-[mint]
+{head}[mint]
 issuer = "{ISSUER}"
 algorithm = "{algorithm}"
 [[upstream]]
@@ -71,8 +65,7 @@ credential = {{ mode = "mint", audience = "https://st.test" }}
 "#,
         meta_env = tollgate_testkit::fixture::META_LOG_ENV,
         meta_log = tmp.path().join("meta.log").display(),
-        pack = pack.display(),
-        state = state.display(),
+        head = guarded_toml(&pack, &state),
         fixture = fixture_bin().display(),
     ))
     .unwrap();

@@ -110,18 +110,11 @@ async fn a_session_denied_again_and_again_is_held_until_an_approver_releases_it(
     std::fs::write(tmp.path().join("approver"), APPROVER).unwrap();
     let config = Config::parse(&format!(
         r#"
-[front.http]
-listen = "127.0.0.1:0"
-[policy]
-pack = "{pack}"
-[grants]
-state_dir = "{state}"
-[[approvals.approver]]
+{head}[[approvals.approver]]
 name = "sec"
 token_file = "{approver}"
 {upstream}"#,
-        pack = pack.display(),
-        state = state.display(),
+        head = guarded_toml(&pack, &state),
         approver = tmp.path().join("approver").display(),
         upstream = stdio_fixture_upstream("fx"),
     ))
@@ -217,9 +210,8 @@ rate = {{ calls = 2, per_secs = 3600 }}
     )
     .unwrap();
     let config = Config::parse(&format!(
-        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n{}",
-        pack.display(),
-        state.display(),
+        "{}{}",
+        guarded_toml(&pack, &state),
         stdio_fixture_upstream("fx"),
     ))
     .unwrap();

@@ -400,3 +400,13 @@ pub async fn guarded(config: tollgate_proxy::Config, admin_token: Option<&str>) 
         admin: format!("http://{}", admin.local_addr),
     }
 }
+
+/// The start of a guarded config: an HTTP front on a free loopback port, the pack in `pack`
+/// and the state folder `state`. The test appends its own tables.
+pub fn guarded_toml(pack: &std::path::Path, state: &std::path::Path) -> String {
+    format!(
+        "[front.http]\nlisten = \"127.0.0.1:0\"\n[policy]\npack = \"{}\"\n[grants]\nstate_dir = \"{}\"\n",
+        pack.display(),
+        state.display()
+    )
+}
