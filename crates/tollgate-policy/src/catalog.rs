@@ -50,6 +50,26 @@ impl ActionClass {
     }
 }
 
+impl std::str::FromStr for ActionClass {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [
+            Self::Read,
+            Self::Write,
+            Self::Egress,
+            Self::Execute,
+            Self::Payment,
+            Self::Approve,
+            Self::Revoke,
+            Self::Admin,
+        ]
+        .into_iter()
+        .find(|class| class.as_str() == s)
+        .ok_or(())
+    }
+}
+
 impl std::fmt::Display for ActionClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

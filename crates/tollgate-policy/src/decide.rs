@@ -76,6 +76,9 @@ pub struct Decision {
     pub approvers: Vec<String>,
     /// A `@quarantine` forbid denied the call: the session is to be held for review.
     pub quarantine: bool,
+    /// For a call that needs approval: every gating policy says `@in_band`, so the user at
+    /// the agent may approve it too (where configuration allows it for the call's class).
+    pub in_band: bool,
     /// The arguments a reviewer sees redacted (from the catalog).
     pub redact: Vec<String>,
 }
@@ -197,6 +200,7 @@ impl Pack {
             taints: plan.classification.taints.clone(),
             approvers: Vec::new(),
             quarantine: false,
+            in_band: false,
             redact: plan.classification.redact.clone(),
         };
         let deny = |mut d: Decision, step: &str, reason: String| {
@@ -350,6 +354,11 @@ impl Pack {
                     decision.reasons = determining.iter().filter_map(reason_of).collect();
                 } else {
                     decision.effect = Effect::NeedsApproval;
+                    // One gate that wants a named approver keeps the call out of the agent's
+                    // hands.
+                    decision.in_band = gated
+                        .iter()
+                        .all(|id| self.meta().get(*id).is_some_and(|m| m.in_band));
                     decision.approvers = gated
                         .iter()
                         .filter_map(|id| self.meta().get(*id).and_then(|m| m.approvers.clone()))
@@ -673,6 +682,37 @@ mod tests {
             decide(&pack, &b, &SessionStats::default()).effect,
             Effect::Allow
         );
+    }
+
+    #[test]
+    fn the_user_at_the_agent_may_approve_only_when_every_gate_says_so() {
+        let open = pack(
+            r#"
+            @id("gate") @needs_approval @in_band permit (principal, action, resource);
+            "#,
+        );
+        let d = decide(&open, &tool("a"), &SessionStats::default());
+        assert_eq!((d.effect, d.in_band), (Effect::NeedsApproval, true));
+        let mixed = pack(
+            r#"
+            @id("gate") @needs_approval @in_band permit (principal, action, resource);
+            @id("finance") @needs_approval @approvers("finance") permit (principal, action, resource == Tool::"b");
+            "#,
+        );
+        let a = decide(&mixed, &tool("a"), &SessionStats::default());
+        assert!(a.in_band, "only the in-band gate holds `a`");
+        let b = decide(&mixed, &tool("b"), &SessionStats::default());
+        assert_eq!(
+            (b.effect, b.in_band, b.approvers.as_slice()),
+            (
+                Effect::NeedsApproval,
+                false,
+                ["finance".to_owned()].as_slice()
+            ),
+            "a gate naming approvers keeps the call out of the agent's hands"
+        );
+        let plain = pack(r#"@id("all") permit (principal, action, resource);"#);
+        assert!(!decide(&plain, &tool("a"), &SessionStats::default()).in_band);
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct PolicyMeta {
     pub approvers: Option<String>,
     /// `@quarantine`: a forbid that, when it denies, holds the whole session for review.
     pub quarantine: bool,
+    /// `@in_band`: the user at the agent may approve what this policy gates (MCP
+    /// elicitation), besides the approvers out of band.
+    pub in_band: bool,
 }
 
 /// The policies and entities a call of one tool is judged with, built once per version.
@@ -251,6 +254,7 @@ impl Pack {
                         quarantine: renamed
                             .annotation("quarantine")
                             .is_some_and(|v| v != "false"),
+                        in_band: renamed.annotation("in_band").is_some_and(|v| v != "false"),
                         approvers: renamed
                             .annotation("approvers")
                             .filter(|g| !g.is_empty())
