@@ -287,7 +287,7 @@ permit (principal, action == Action::"write", resource) when { context.grant.pre
     assert_eq!(gated.is_error, Some(true));
     assert_eq!(
         result_text(&gated),
-        "needs approval: adding needs a second pair of eyes; no approvers are configured on this Tollgate, so the call is denied"
+        "needs approval: adding needs a second pair of eyes; no approvers are configured on this Tollgate and policy does not let the user at the agent approve it, so the call is denied"
     );
     agent.cancel().await.unwrap();
     scene.stop().await;

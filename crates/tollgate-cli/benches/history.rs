@@ -105,6 +105,7 @@ root = "/srv/app"
         meta: &meta,
         caller: &caller,
         facts: Some(&facts),
+        can_ask: false,
     };
     let decide = |session: u64| {
         let started = Instant::now();

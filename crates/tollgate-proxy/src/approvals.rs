@@ -19,6 +19,8 @@ use tokio::sync::watch;
 
 /// Default time an approval request waits for a person.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often a waiting call tells an agent that asked for progress that it still waits.
+pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Decided requests kept for `list`/`show` after they end.
 const KEEP_DECIDED: usize = 256;
 
@@ -82,6 +84,36 @@ pub struct Request {
     pub credential: Option<Value>,
     #[serde(flatten)]
     pub state: State,
+}
+
+impl Request {
+    /// The request as the user at the agent reads it: the facts of the call, then the agent's
+    /// own words marked as such.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut text = format!(
+            "Tollgate is holding a call until you approve it.\n\nTool: {} on upstream {} ({} call)\n",
+            self.tool, self.upstream, self.class
+        );
+        if !self.resources.is_empty() {
+            let _ = writeln!(text, "Resources: {}", self.resources.join(", "));
+        }
+        let _ = writeln!(text, "Arguments: {}", self.arguments);
+        if let Some(credential) = &self.credential {
+            let _ = writeln!(text, "Credential for this one call: {credential}");
+        }
+        let _ = writeln!(text, "Why it is held: {}", self.reasons.join("; "));
+        if let Some(words) = &self.justification {
+            let _ = writeln!(text, "The agent says (not checked): {words}");
+        }
+        let _ = write!(
+            text,
+            "\nApproval {} expires in {} s. Approve only if this is what you want done.",
+            self.id,
+            (self.expires - self.created).max(0)
+        );
+        text
+    }
 }
 
 /// What an approval is bound to: exactly one call, under one policy version.
@@ -149,8 +181,15 @@ impl Approvals {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a request; the receiver sees its answer.
-    pub fn open(self: &Arc<Self>, request: Request) -> Waiting {
+    /// Opens a request; the receiver sees its answer. `in_band`: the user at the agent may
+    /// answer it too; `out_of_band`: approvers can answer it through the admin endpoint.
+    pub fn open(
+        self: &Arc<Self>,
+        request: Request,
+        in_band: Option<InBand>,
+        out_of_band: bool,
+        progress_every: Duration,
+    ) -> Waiting {
         let (answered, receiver) = watch::channel(State::Pending);
         let id = request.id.clone();
         let expires = request.expires;
@@ -170,7 +209,9 @@ impl Approvals {
             id,
             expires,
             receiver,
-            done: false,
+            in_band,
+            out_of_band,
+            progress_every,
         }
     }
 
@@ -236,6 +277,34 @@ impl Approvals {
         Ok(entry.request.clone())
     }
 
+    /// The user at the agent answers request `id` (where policy lets them, which the caller
+    /// has checked): no approver group applies.
+    fn answer_at_agent(&self, id: &str, who: &str, approve: bool, reason: &str) {
+        let now = tollgate_mint::unix_now();
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(id) else {
+            return;
+        };
+        if entry.request.state != State::Pending {
+            return;
+        }
+        entry.request.state = if now >= entry.request.expires {
+            State::Expired { at: now }
+        } else if approve {
+            State::Approved {
+                by: who.to_owned(),
+                at: now,
+            }
+        } else {
+            State::Denied {
+                by: who.to_owned(),
+                at: now,
+                reason: reason.chars().take(500).collect(),
+            }
+        };
+        let _ = entry.answered.send(entry.request.state.clone());
+    }
+
     fn end(&self, id: &str, state: State) {
         if let Some(entry) = self.entries().get_mut(id)
             && entry.request.state == State::Pending
@@ -256,20 +325,36 @@ impl Approvals {
     }
 }
 
-/// A call waiting for its answer. Dropped before it ends (the agent gave up), it withdraws the
-/// request.
+/// How the user at the agent is asked to approve a call, and the name their answer is
+/// recorded under.
+#[derive(Debug, Clone)]
+pub struct InBand {
+    /// What the user reads: what will happen, from Tollgate's facts, not the agent's words.
+    pub message: String,
+    /// The approver an in-band answer is recorded as (`<user> (at the agent)`).
+    pub who: String,
+}
+
+/// A call waiting for its answer. Dropped before it ends, it withdraws the request (the agent
+/// gave up), or marks it expired if its time had run out.
 #[derive(Debug)]
 pub struct Waiting {
     approvals: Arc<Approvals>,
     pub id: String,
     expires: i64,
     receiver: watch::Receiver<State>,
-    done: bool,
+    /// The user at the agent may answer, asked like this.
+    pub in_band: Option<InBand>,
+    /// Approvers can answer through the admin endpoint.
+    pub out_of_band: bool,
+    /// How often the agent hears that the call still waits, when it asked for progress.
+    pub progress_every: Duration,
 }
 
 impl Waiting {
-    /// Waits for the answer or the expiry.
-    pub async fn answer(mut self) -> State {
+    /// Waits for the answer or the expiry. Cancel-safe: the request stays pending when this is
+    /// dropped early, and is withdrawn only with the `Waiting`.
+    pub async fn answered(&mut self) -> State {
         let now = tollgate_mint::unix_now();
         let left = Duration::from_secs(u64::try_from(self.expires - now).unwrap_or(0));
         let answered = tokio::time::timeout(
@@ -277,7 +362,6 @@ impl Waiting {
             self.receiver.wait_for(|state| *state != State::Pending),
         )
         .await;
-        self.done = true;
         match answered {
             Ok(Ok(state)) => state.clone(),
             Ok(Err(_)) | Err(_) => {
@@ -285,21 +369,42 @@ impl Waiting {
                     at: tollgate_mint::unix_now(),
                 };
                 self.approvals.end(&self.id, state.clone());
-                state
+                // Another answer may have won the race.
+                self.approvals
+                    .show(&self.id)
+                    .map_or(state, |request| request.state)
             }
         }
+    }
+
+    /// Waits for the answer or the expiry.
+    pub async fn answer(mut self) -> State {
+        self.answered().await
+    }
+
+    /// Records the answer of the user at the agent: approved only by an explicit approval,
+    /// denied with `reason` otherwise. Nothing happens unless the call may be approved in band.
+    pub fn answer_at_agent(&self, approve: bool, reason: &str) {
+        if let Some(in_band) = &self.in_band {
+            self.approvals
+                .answer_at_agent(&self.id, &in_band.who, approve, reason);
+        }
+    }
+
+    /// Seconds left before the request expires.
+    pub fn seconds_left(&self) -> i64 {
+        (self.expires - tollgate_mint::unix_now()).max(0)
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if !self.done {
-            self.approvals.end(
-                &self.id,
-                State::Withdrawn {
-                    at: tollgate_mint::unix_now(),
-                },
-            );
-        }
+        let now = tollgate_mint::unix_now();
+        let state = if now >= self.expires {
+            State::Expired { at: now }
+        } else {
+            State::Withdrawn { at: now }
+        };
+        self.approvals.end(&self.id, state);
     }
 }

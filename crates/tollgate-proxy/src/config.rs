@@ -38,16 +38,31 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ApprovalsConfig {
     pub timeout: Duration,
-    /// Each approver's token (for the admin endpoint) and identity. None: approval requests
-    /// are not opened, and a call that needs approval is denied.
+    /// Each approver's token (for the admin endpoint) and identity. None: only the user at
+    /// the agent can approve, where policy lets them; other held calls are denied.
     pub approvers: Vec<(Secret, crate::approvals::Approver)>,
+    /// Whether the user at the agent may be asked at all (MCP elicitation, or an input request
+    /// for a 2026-07-28 agent) where an `@in_band` policy lets them approve.
+    pub in_band: bool,
+    /// Classes never approved in band, whatever a policy says.
+    pub never_in_band: Vec<tollgate_policy::ActionClass>,
+    /// How often a waiting call reports progress to an agent that asked for progress.
+    pub progress_every: Duration,
 }
 
 impl Default for ApprovalsConfig {
     fn default() -> Self {
+        use tollgate_policy::ActionClass;
         Self {
             timeout: crate::approvals::DEFAULT_TIMEOUT,
             approvers: Vec::new(),
+            in_band: true,
+            never_in_band: vec![
+                ActionClass::Approve,
+                ActionClass::Revoke,
+                ActionClass::Admin,
+            ],
+            progress_every: crate::approvals::DEFAULT_PROGRESS_EVERY,
         }
     }
 }
@@ -355,6 +370,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawApprovals {
     timeout_secs: Option<u64>,
+    in_band: Option<bool>,
+    never_in_band: Option<Vec<String>>,
+    progress_every_ms: Option<u64>,
     #[serde(default)]
     approver: Vec<RawApprover>,
 }
@@ -1130,6 +1148,34 @@ impl RawConfig {
                     }
                 },
                 approvers,
+                in_band: self.approvals.in_band.unwrap_or(true),
+                never_in_band: match self.approvals.never_in_band {
+                    None => ApprovalsConfig::default().never_in_band,
+                    Some(names) => {
+                        let mut classes = Vec::with_capacity(names.len());
+                        for (i, name) in names.iter().enumerate() {
+                            classes.push(name.parse().map_err(|_| {
+                                ConfigError::invalid(
+                                    format!("approvals.never_in_band[{i}]"),
+                                    format!(
+                                        "an action class (read, write, approve, revoke, admin, payment, egress, execute), not `{name}`"
+                                    ),
+                                )
+                            })?);
+                        }
+                        classes
+                    }
+                },
+                progress_every: match self.approvals.progress_every_ms {
+                    None => crate::approvals::DEFAULT_PROGRESS_EVERY,
+                    Some(ms @ 50..=600_000) => Duration::from_millis(ms),
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            "approvals.progress_every_ms",
+                            format!("50 to 600000 milliseconds, not {other}"),
+                        ));
+                    }
+                },
             }
         };
         Ok(Config {

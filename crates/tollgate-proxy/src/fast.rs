@@ -404,6 +404,17 @@ impl FastPath {
     /// The line the agent receives, or none when the agent cancelled the call.
     async fn call(&self, job: &Job) -> Option<Vec<u8>> {
         let span = tracing::Span::current();
+        let agent_progress = job.meta.get_progress_token();
+        // Where what the upstream (or the approval gate) sends about this call goes.
+        let agent_route = CallRoute {
+            session: self.session,
+            agent: job.agent.clone(),
+            agent_request: RequestId::from(job.request_id.clone()),
+            agent_progress: agent_progress.clone(),
+            capabilities: job.agent.peer_info().map(|i| i.capabilities.clone()),
+            input: None,
+            direct: job.direct.clone(),
+        };
         let call = ToolCall {
             session: self.session,
             upstream: &job.upstream.name,
@@ -413,42 +424,57 @@ impl FastPath {
             meta: &job.meta,
             caller: &job.caller,
             facts: Some(&job.facts),
+            can_ask: crate::intercept::can_ask(agent_route.capabilities.as_ref()),
         };
-        let credential = match crate::intercept::screen(self.hub.interceptor.as_ref(), &call).await
-        {
-            Screened::Forward(credential) => credential,
-            Screened::Answer(result) => {
-                let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());
-                return Some(
-                    format!(
-                        r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#,
-                        job.agent_id.get()
-                    )
-                    .into_bytes(),
-                );
-            }
-            Screened::Unknown => {
-                let error = ProxyError::UnknownTool {
-                    name: job.exposed.clone(),
+        let link = crate::intercept::AgentLink {
+            route: &agent_route,
+            raw: Some(&job.out),
+            cancel: &job.cancel,
+            modern: false,
+        };
+        let credential =
+            match crate::intercept::screen(self.hub.interceptor.as_ref(), &call, &link).await {
+                Screened::Forward(credential) => credential,
+                Screened::Cancelled => return None,
+                // The fast path serves 2025-11-25 agents only, which are asked during the call.
+                Screened::Park(_) => {
+                    return Some(error_line(
+                        &job.agent_id,
+                        i64::from(rmcp::model::ErrorCode::INTERNAL_ERROR.0),
+                        "the call was held in a way this path cannot serve; it is denied",
+                    ));
                 }
-                .into_mcp();
-                return Some(error_line(
-                    &job.agent_id,
-                    i64::from(error.code.0),
-                    &error.message,
-                ));
-            }
-            Screened::Rejected(reason) => {
-                let error = ProxyError::GrantRefused { reason }.into_mcp();
-                return Some(error_line(
-                    &job.agent_id,
-                    i64::from(error.code.0),
-                    &error.message,
-                ));
-            }
-        };
+                Screened::Answer(result) => {
+                    let result = serde_json::to_string(&result).unwrap_or_else(|_| "{}".to_owned());
+                    return Some(
+                        format!(
+                            r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#,
+                            job.agent_id.get()
+                        )
+                        .into_bytes(),
+                    );
+                }
+                Screened::Unknown => {
+                    let error = ProxyError::UnknownTool {
+                        name: job.exposed.clone(),
+                    }
+                    .into_mcp();
+                    return Some(error_line(
+                        &job.agent_id,
+                        i64::from(error.code.0),
+                        &error.message,
+                    ));
+                }
+                Screened::Rejected(reason) => {
+                    let error = ProxyError::GrantRefused { reason }.into_mcp();
+                    return Some(error_line(
+                        &job.agent_id,
+                        i64::from(error.code.0),
+                        &error.message,
+                    ));
+                }
+            };
 
-        let agent_progress = job.meta.get_progress_token();
         let agent_token = agent_progress
             .as_ref()
             .and_then(|t| serde_json::value::to_raw_value(t).ok());
@@ -481,15 +507,7 @@ impl FastPath {
         // Server→client requests the upstream sends meanwhile find this session through the
         // same in-flight table as rmcp-path calls.
         let _tracked = job.upstream.track(
-            CallRoute {
-                session: self.session,
-                agent: job.agent.clone(),
-                agent_request: RequestId::from(job.request_id.clone()),
-                agent_progress,
-                capabilities: job.agent.peer_info().map(|i| i.capabilities.clone()),
-                input: None,
-                direct: job.direct.clone(),
-            },
+            agent_route.clone(),
             rmcp::model::ProgressToken(NumberOrString::String(upstream_token.clone().into())),
         );
 

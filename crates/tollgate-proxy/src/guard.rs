@@ -193,8 +193,7 @@ pub struct PolicyGuard {
     held_grants: Mutex<HashMap<String, Quarantine>>,
     /// Approval requests, and who may answer them (by their admin-endpoint token).
     approvals: Arc<crate::approvals::Approvals>,
-    approvers: Vec<(crate::config::Secret, crate::approvals::Approver)>,
-    approval_timeout: std::time::Duration,
+    approval: crate::config::ApprovalsConfig,
     /// The lock file of pinned tool definitions and what it holds (reread on reload).
     pins: Option<(std::path::PathBuf, RwLock<Arc<crate::pins::Lock>>)>,
 }
@@ -285,8 +284,7 @@ impl PolicyGuard {
             rotation_checked: std::sync::atomic::AtomicI64::new(0),
             approvals: Arc::default(),
             held_grants: Mutex::new(HashMap::new()),
-            approvers: config.approvals.approvers.clone(),
-            approval_timeout: config.approvals.timeout,
+            approval: config.approvals.clone(),
             pins: match &config.pins {
                 None => None,
                 Some(path) => {
@@ -1009,48 +1007,93 @@ impl PolicyGuard {
                 Carried::Nothing => Verdict::Forward,
             },
             Effect::Deny => Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text()))),
-            Effect::NeedsApproval if self.approvers.is_empty() => {
-                Verdict::Refuse(refusal(format!(
-                    "needs approval: {}; no approvers are configured on this Tollgate, so the call is denied",
-                    decision.reason_text()
-                )))
-            }
-            Effect::NeedsApproval => {
-                let Ok(id) = tollgate_mint::new_id("ap") else {
-                    return Verdict::Refuse(refusal(
-                        "needs approval, and no approval request could be made; denied".to_owned(),
-                    ));
-                };
-                info!(approval = %id, session = call.session, tool = call.exposed_name, approvers = ?decision.approvers, "approval requested");
-                let timeout = i64::try_from(self.approval_timeout.as_secs()).unwrap_or(300);
-                let arguments = arguments();
-                let arguments_sha256 = tollgate_mint::jcs::digest(&arguments);
-                let credential =
-                    self.credential_preview(call, &decision, &arguments, &arguments_sha256);
-                Verdict::AwaitApproval(self.approvals.open(crate::approvals::Request {
-                    id,
-                    created: now,
-                    expires: now + timeout,
-                    session: history.to_string(),
-                    grant: grant.map(|g| g.id.clone()),
-                    agent: grant.and_then(|g| g.agent.clone()),
-                    user: grant.and_then(|g| g.user.clone()),
-                    upstream: call.upstream.to_owned(),
-                    tool: call.tool.to_owned(),
-                    class: decision.class.to_string(),
-                    resources: decision.resources.iter().map(ToString::to_string).collect(),
-                    arguments: decision.redacted(&arguments),
-                    arguments_sha256,
-                    policy_version: decision.version.clone(),
-                    policies: decision.policies.clone(),
-                    reasons: decision.reasons.clone(),
-                    approvers: decision.approvers.clone(),
-                    justification,
-                    credential,
-                    state: crate::approvals::State::Pending,
-                }))
-            }
+            Effect::NeedsApproval => self.hold(call, history, grant, &decision, justification, now),
         }
+    }
+
+    /// A call a policy holds for approval: the request approvers and the user at the agent see,
+    /// or a denial when nobody who may approve it can be reached.
+    fn hold(
+        &self,
+        call: &ToolCall<'_>,
+        history: u64,
+        grant: Option<&Grant>,
+        decision: &Decision,
+        justification: Option<String>,
+        now: i64,
+    ) -> Verdict {
+        let settings = &self.approval;
+        // The user at the agent may answer only where every gating policy says so, the
+        // configuration allows it for this class, and the agent can be asked.
+        let at_agent = if !decision.in_band {
+            Err("policy does not let the user at the agent approve it".to_owned())
+        } else if !settings.in_band {
+            Err("approval at the agent is turned off here".to_owned())
+        } else if settings.never_in_band.contains(&decision.class) {
+            Err(format!(
+                "`{}` calls are never approved at the agent",
+                decision.class
+            ))
+        } else if !call.can_ask {
+            Err(
+                "the agent did not declare elicitation, so the user at it cannot be asked"
+                    .to_owned(),
+            )
+        } else {
+            Ok(())
+        };
+        let out_of_band = !settings.approvers.is_empty();
+        if let (Err(why), false) = (&at_agent, out_of_band) {
+            return Verdict::Refuse(refusal(format!(
+                "needs approval: {}; no approvers are configured on this Tollgate and {why}, so the call is denied",
+                decision.reason_text()
+            )));
+        }
+        let Ok(id) = tollgate_mint::new_id("ap") else {
+            return Verdict::Refuse(refusal(
+                "needs approval, and no approval request could be made; denied".to_owned(),
+            ));
+        };
+        info!(approval = %id, session = call.session, tool = call.exposed_name, approvers = ?decision.approvers, in_band = at_agent.is_ok(), "approval requested");
+        let timeout = i64::try_from(settings.timeout.as_secs()).unwrap_or(300);
+        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
+        let arguments_sha256 = tollgate_mint::jcs::digest(&arguments);
+        let credential = self.credential_preview(call, decision, &arguments, &arguments_sha256);
+        let request = crate::approvals::Request {
+            id,
+            created: now,
+            expires: now + timeout,
+            session: history.to_string(),
+            grant: grant.map(|g| g.id.clone()),
+            agent: grant.and_then(|g| g.agent.clone()),
+            user: grant.and_then(|g| g.user.clone()),
+            upstream: call.upstream.to_owned(),
+            tool: call.tool.to_owned(),
+            class: decision.class.to_string(),
+            resources: decision.resources.iter().map(ToString::to_string).collect(),
+            arguments: decision.redacted(&arguments),
+            arguments_sha256,
+            policy_version: decision.version.clone(),
+            policies: decision.policies.clone(),
+            reasons: decision.reasons.clone(),
+            approvers: decision.approvers.clone(),
+            justification,
+            credential,
+            state: crate::approvals::State::Pending,
+        };
+        let in_band = at_agent.is_ok().then(|| crate::approvals::InBand {
+            message: request.summary(),
+            who: format!(
+                "{} (at the agent)",
+                grant.and_then(|g| g.user.as_deref()).unwrap_or("the user")
+            ),
+        });
+        Verdict::AwaitApproval(self.approvals.open(
+            request,
+            in_band,
+            out_of_band,
+            settings.progress_every,
+        ))
     }
 
     /// What the credential of `call` will name, for the approver to see: its audience and the
@@ -1095,7 +1138,8 @@ impl PolicyGuard {
     pub fn approver(&self, token: &str) -> Option<crate::approvals::Approver> {
         use sha2::{Digest, Sha256};
         let presented = Sha256::digest(token.as_bytes());
-        self.approvers
+        self.approval
+            .approvers
             .iter()
             .find(|(secret, _)| Sha256::digest(secret.expose().as_bytes()) == presented)
             .map(|(_, approver)| approver.clone())

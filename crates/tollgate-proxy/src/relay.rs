@@ -232,6 +232,14 @@ impl AgentSession {
         let caller = self.caller(&context);
         async move {
             let started = Instant::now();
+            let modern = is_modern(context.protocol_version().as_ref());
+            let agent_route = self.route(&context);
+            let link = crate::intercept::AgentLink {
+                route: &agent_route,
+                raw: None,
+                cancel: &context.ct,
+                modern,
+            };
             let call = ToolCall {
                 session: self.id,
                 upstream: &upstream.name,
@@ -241,22 +249,54 @@ impl AgentSession {
                 meta: &context.meta,
                 caller: &caller,
                 facts: merged.facts.get(params.name.as_ref()).map(AsRef::as_ref),
+                can_ask: crate::intercept::can_ask(agent_route.capabilities.as_ref()),
             };
             let span = tracing::Span::current();
-            let credential =
-                match crate::intercept::screen(self.hub.interceptor.as_ref(), &call).await {
-                    Screened::Forward(credential) => credential,
-                    Screened::Answer(result) => return Ok(CallToolResponse::Complete(result)),
-                    Screened::Unknown => {
-                        return Err(ProxyError::UnknownTool {
-                            name: params.name.to_string(),
-                        }
-                        .into_mcp());
+            // A 2026-07-28 agent's retry may answer the approval question of a held call.
+            let parked = if modern {
+                self.hub
+                    .suspended
+                    .take_approval(
+                        self.binding(&context),
+                        params.name.as_ref(),
+                        params.request_state.as_deref(),
+                        params.input_responses.as_ref(),
+                    )
+                    .map_err(ProxyError::into_mcp)?
+            } else {
+                None
+            };
+            let answers_approval = parked.is_some();
+            let interceptor = self.hub.interceptor.as_ref();
+            let screened = match parked {
+                Some((waiting, answer)) => {
+                    crate::intercept::screen_answered(interceptor, &call, waiting, answer, &link)
+                        .await
+                }
+                None => crate::intercept::screen(interceptor, &call, &link).await,
+            };
+            let credential = match screened {
+                Screened::Forward(credential) => credential,
+                Screened::Answer(result) => return Ok(CallToolResponse::Complete(result)),
+                Screened::Park(waiting) => {
+                    return self
+                        .hub
+                        .suspended
+                        .park_approval(self.binding(&context), params.name.as_ref(), waiting)
+                        .map(CallToolResponse::InputRequired)
+                        .map_err(ProxyError::into_mcp);
+                }
+                Screened::Cancelled => return Err(ProxyError::Cancelled.into_mcp()),
+                Screened::Unknown => {
+                    return Err(ProxyError::UnknownTool {
+                        name: params.name.to_string(),
                     }
-                    Screened::Rejected(reason) => {
-                        return Err(ProxyError::GrantRefused { reason }.into_mcp());
-                    }
-                };
+                    .into_mcp());
+                }
+                Screened::Rejected(reason) => {
+                    return Err(ProxyError::GrantRefused { reason }.into_mcp());
+                }
+            };
 
             let mut upstream_params = CallToolRequestParams::new(route.name.clone());
             upstream_params.arguments = params.arguments.clone();
@@ -272,8 +312,11 @@ impl AgentSession {
                         serde_json::Value::String(credential.expose().to_owned()),
                     );
             }
-            upstream_params.input_responses = params.input_responses.clone();
-            upstream_params.request_state = params.request_state.clone();
+            // The answer to Tollgate's own question is Tollgate's; the upstream never sees it.
+            if !answers_approval {
+                upstream_params.input_responses = params.input_responses.clone();
+                upstream_params.request_state = params.request_state.clone();
+            }
 
             let answer = self
                 .call_upstream(&upstream, upstream_params, &context)

@@ -81,10 +81,28 @@ struct Suspended {
     running: Running,
 }
 
+/// Prefix of the `requestState` of a call held for approval by the user at the agent.
+const APPROVAL_PREFIX: &str = "tollgate:ap:";
+
+/// A held call taken back by the retry that answers its question, with that answer.
+pub(crate) type AnsweredApproval = (
+    crate::approvals::Waiting,
+    Result<rmcp::model::ElicitResult, McpError>,
+);
+
+/// A call held for approval whose question went to a 2026-07-28 agent as an input request.
+#[derive(Debug)]
+struct Parked {
+    binding: Binding,
+    tool: String,
+    waiting: crate::approvals::Waiting,
+}
+
 /// Calls waiting for an agent's retry.
 #[derive(Debug, Default)]
 pub(crate) struct SuspendedCalls {
     calls: Mutex<HashMap<String, Suspended>>,
+    approvals: Mutex<HashMap<String, Parked>>,
 }
 
 fn fresh_key() -> String {
@@ -156,6 +174,87 @@ impl SuspendedCalls {
             Some(requests),
             Some(format!("{STATE_PREFIX}{key}")),
         ))
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Parked>> {
+        self.approvals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps a call held for approval until the agent's retry answers its question, and
+    /// returns the question as an input request. Unanswered, the request expires with its own
+    /// expiry (approvers out of band may still answer meanwhile).
+    pub(crate) fn park_approval(
+        self: &Arc<Self>,
+        binding: Binding,
+        tool: &str,
+        waiting: crate::approvals::Waiting,
+    ) -> Result<InputRequiredResult, ProxyError> {
+        let Some(in_band) = &waiting.in_band else {
+            return Err(ProxyError::Cancelled);
+        };
+        let question = crate::intercept::approval_question(&in_band.message);
+        let left = Duration::from_secs(u64::try_from(waiting.seconds_left()).unwrap_or(0));
+        let key = fresh_key();
+        self.parked().insert(
+            key.clone(),
+            Parked {
+                binding,
+                tool: tool.to_owned(),
+                waiting,
+            },
+        );
+        let calls = Arc::downgrade(self);
+        let expiring = key.clone();
+        tokio::spawn(async move {
+            // A second past the request's expiry, so that dropping it marks it expired.
+            tokio::time::sleep(left + Duration::from_secs(1)).await;
+            if let Some(calls) = calls.upgrade() {
+                calls.parked().remove(&expiring);
+            }
+        });
+        let mut requests = InputRequests::new();
+        requests.insert(
+            crate::intercept::APPROVAL_INPUT_KEY.to_owned(),
+            InputRequest::Elicitation(question),
+        );
+        Ok(InputRequiredResult::new(
+            Some(requests),
+            Some(format!("{APPROVAL_PREFIX}{key}")),
+        ))
+    }
+
+    /// The held call a retry's `state` names, with the agent's answer to its question; none
+    /// when `state` is not an approval's. A state is good once, for its own session and tool.
+    pub(crate) fn take_approval(
+        &self,
+        binding: Binding,
+        tool: &str,
+        state: Option<&str>,
+        responses: Option<&InputResponses>,
+    ) -> Result<Option<AnsweredApproval>, ProxyError> {
+        let Some(key) = state.and_then(|s| s.strip_prefix(APPROVAL_PREFIX)) else {
+            return Ok(None);
+        };
+        let parked = {
+            let mut parked = self.parked();
+            match parked.get(key) {
+                Some(p) if p.binding == binding && p.tool == tool => parked.remove(key),
+                _ => None,
+            }
+        }
+        .ok_or(ProxyError::UnknownInputState)?;
+        let answer = match responses.and_then(|r| r.get(crate::intercept::APPROVAL_INPUT_KEY)) {
+            None => Err(McpError::invalid_params(
+                "the agent gave no answer to the approval question",
+                None,
+            )),
+            Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
+                McpError::invalid_params(format!("the agent's answer is malformed: {e}"), None)
+            }),
+        };
+        Ok(Some((parked.waiting, answer)))
     }
 
     /// Delivers the agent's answer to the call `state` names and hands the call back.

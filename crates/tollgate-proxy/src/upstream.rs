@@ -37,7 +37,7 @@ use crate::{
     session::SessionId,
 };
 
-pub(crate) use handler::{UpstreamHandler, answer_server_request, deliver_log};
+pub(crate) use handler::{UpstreamHandler, answer_server_request, ask_agent, deliver_log};
 
 /// The fast path's way to an upstream.
 #[derive(Debug, Clone)]

@@ -106,6 +106,19 @@ async fn relay(
     }
 }
 
+/// Sends a server→client request to the agent of `route`, on the response stream of its
+/// fast-path HTTP call or through rmcp, and waits for the answer.
+pub(crate) async fn ask_agent(
+    route: &CallRoute,
+    request: ServerRequest,
+    cancel: &CancellationToken,
+) -> Result<ClientResult, McpError> {
+    match &route.direct {
+        Some(direct) => direct.ask(request, cancel).await,
+        None => relay(route, request, cancel).await,
+    }
+}
+
 /// Sends a server→client request from `upstream` to the agent whose call caused it: through
 /// rmcp, through the response stream of a fast-path HTTP call, or, for an agent that takes
 /// input requests instead, through the call that is waiting on it. The agent must have
@@ -133,11 +146,8 @@ pub(crate) async fn answer_server_request(
             _ => McpError::method_not_found::<rmcp::model::ListRootsRequestMethod>(),
         });
     }
-    if let Some(direct) = &route.direct {
-        return direct.ask(request, cancel).await;
-    }
     let Some(input) = &route.input else {
-        return relay(&route, request, cancel).await;
+        return ask_agent(&route, request, cancel).await;
     };
     let (answer, answered) = tokio::sync::oneshot::channel();
     input
