@@ -1,6 +1,8 @@
 //! Session history in decisions, end to end under the embedded default pack: a session that
 //! read untrusted content has its next egress held for approval, a session that read a secret
-//! may not send anything out, and the same egress call in a clean session is allowed.
+//! may not send anything out, and the same egress call in a clean session is allowed. Denials
+//! in a row quarantine a session; bursts and a new kind of action late in a session are
+//! signals policies act on; session limits hold at their boundaries.
 
 #![allow(
     clippy::unwrap_used,
@@ -150,15 +152,7 @@ token_file = "{approver}"
     assert!(text_of(&escaped).contains("held for review"), "{escaped:?}");
 
     let client = reqwest::Client::new();
-    let listed: serde_json::Value = client
-        .get(format!("{}/quarantine", g.admin))
-        .bearer_auth(APPROVER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = admin_get(&g.admin, "/quarantine", APPROVER).await;
     let held = listed["quarantined"].as_array().unwrap();
     assert_eq!(held.len(), 1, "{listed}");
     let session = held[0]["session"].as_str().unwrap().to_owned();
@@ -256,6 +250,76 @@ rate = {{ calls = 2, per_secs = 3600 }}
 
 /// A guarded Tollgate from `config` and a 2025-11-25 session under a fresh `work` read grant
 /// signed in `state`.
+#[tokio::test]
+async fn bursts_and_a_new_kind_of_action_late_in_a_session_reach_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    reads_pack(
+        &pack,
+        r#"@id("writes") permit (principal, action == Action::"write", resource) when { context.grant.present };
+@id("burst") @reason("a burst far above this session's own rate") forbid (principal, action, resource) when { context.stats.calls_last_10s >= 6 && context.stats.calls_last_10s * 6 > 5 * context.stats.per_minute };
+@id("new-kind-late") @reason("a new kind of action late in the session") forbid (principal, action, resource) when { context.stats.first_of_class && context.stats.calls >= 3 };"#,
+    );
+    let manifest = std::fs::read_to_string(pack.join("pack.toml")).unwrap();
+    std::fs::write(
+        pack.join("pack.toml"),
+        format!("{manifest}[[tool]]\ntool = \"add\"\nclass = \"write\"\n"),
+    )
+    .unwrap();
+    let config = Config::parse(&format!(
+        "{head}{upstream}",
+        head = guarded_toml(&pack, &state),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap();
+    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&root_grant(
+            "work",
+            [
+                tollgate_policy::ActionClass::Read,
+                tollgate_policy::ActionClass::Write,
+            ],
+        ))
+        .unwrap();
+    let g = guarded(config, None).await;
+    let echo = || call("echo", json!({"text": "hi"}));
+    let add = || call("add", json!({"a": 1, "b": 2}));
+
+    // Six calls within ten seconds from a session whose whole life is those ten seconds are
+    // its own rate; the seventh is a burst.
+    let busy = agent_with_grant(&g.url, &grant).await;
+    for n in 0..6 {
+        let answer = busy.call_tool(echo()).await.unwrap();
+        assert_eq!(text_of(&answer), "hi", "call {n}: {answer:?}");
+    }
+    let burst = busy.call_tool(echo()).await.unwrap();
+    assert!(text_of(&burst).contains("a burst far above"), "{burst:?}");
+    busy.cancel().await.unwrap();
+
+    // Reads, then a first write after three calls: a new kind of action late.
+    let late = agent_with_grant(&g.url, &grant).await;
+    for _ in 0..3 {
+        late.call_tool(echo()).await.unwrap();
+    }
+    let refused = late.call_tool(add()).await.unwrap();
+    assert!(
+        text_of(&refused).contains("a new kind of action late"),
+        "{refused:?}"
+    );
+    late.cancel().await.unwrap();
+
+    // The same write first thing in a fresh session is ordinary, and so is a later one.
+    let early = agent_with_grant(&g.url, &grant).await;
+    assert_eq!(text_of(&early.call_tool(add()).await.unwrap()), "3");
+    for _ in 0..2 {
+        early.call_tool(echo()).await.unwrap();
+    }
+    assert_eq!(text_of(&early.call_tool(add()).await.unwrap()), "3");
+    early.cancel().await.unwrap();
+    g.proxy.shutdown().await;
+}
+
 async fn reader_session(config: Config, state: &std::path::Path) -> (Guarded, String, Agent0) {
     let grant = tollgate_mint::GrantSigner::load_or_create(state)
         .unwrap()

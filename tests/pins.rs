@@ -1,6 +1,7 @@
 //! Pinned tool definitions end to end: `tollgate pin` records the fixture's tools; a tool the
 //! upstream redefines at run time (new description and schema, then `list_changed`) is hidden
-//! and its calls refused, while the rest keep working; a policy can require a pin.
+//! and its calls refused, while the rest keep working; a policy can require a pin; where the
+//! configuration says so, a call of a changed tool waits for an approver instead.
 
 #![allow(
     clippy::unwrap_used,
@@ -23,6 +24,17 @@ fn pin(config: &std::path::Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .unwrap()
+}
+
+/// Runs `tollgate pin` and insists it succeeded: what it printed.
+fn pinned(config: &std::path::Path) -> String {
+    let out = pin(config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -54,13 +66,7 @@ lock = "tollgate.lock"
     .unwrap();
 
     // Pin, then check: nothing changed.
-    let pinned = pin(&config_path, &[]);
-    assert!(
-        pinned.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pinned.stderr)
-    );
-    let out = String::from_utf8_lossy(&pinned.stdout);
+    let out = pinned(&config_path);
     assert!(out.contains("+ fx/echo"), "{out}");
     let lock_path = tmp.path().join("tollgate.lock");
     let lock = std::fs::read_to_string(&lock_path).unwrap();
@@ -143,6 +149,104 @@ lock = "tollgate.lock"
     assert_ne!(who.is_error, Some(true), "{who:?}");
     agent.cancel().await.unwrap();
     proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn where_configured_a_call_of_a_changed_tool_waits_for_an_approver_instead() {
+    const APPROVER: &str = "approver-token-for-pin-tests";
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    reads_pack(&pack, "");
+    std::fs::write(tmp.path().join("approver"), APPROVER).unwrap();
+    let config_path = tmp.path().join("tollgate.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "{head}[pins]\nlock = \"tollgate.lock\"\non_change = \"approve\"\n[[approvals.approver]]\nname = \"sec\"\ntoken_file = \"{approver}\"\n{upstream}",
+            head = guarded_toml(&pack, &state),
+            approver = tmp.path().join("approver").display(),
+            upstream = stdio_fixture_upstream("fx"),
+        ),
+    )
+    .unwrap();
+    pinned(&config_path);
+    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&root_grant("work", [tollgate_policy::ActionClass::Read]))
+        .unwrap();
+    let g = guarded(Config::load(&config_path).unwrap(), None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    agent.call_tool(call("redefine", json!({}))).await.unwrap();
+    let mut hidden = false;
+    for _ in 0..100 {
+        if !agent
+            .list_all_tools()
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.name == "echo")
+        {
+            hidden = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        hidden,
+        "a changed tool stays hidden: its new description never reaches the model"
+    );
+
+    let (url, grant2) = (g.url.clone(), grant.clone());
+    let waiting = tokio::spawn(async move {
+        let agent = agent_with_grant(&url, &grant2).await;
+        let result = agent
+            .call_tool(call("echo", json!({"text": "vouched for"})))
+            .await
+            .unwrap();
+        agent.cancel().await.unwrap();
+        result
+    });
+    let client = reqwest::Client::new();
+    let mut request = serde_json::Value::Null;
+    for _ in 0..200 {
+        let listed = admin_get(&g.admin, "/approvals?pending", APPROVER).await;
+        if let Some(first) = listed["approvals"].as_array().and_then(|a| a.first()) {
+            request = first.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(request["tool"], "echo", "{request}");
+    assert!(
+        request["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("changed since it was pinned"),
+        "{request}"
+    );
+    assert!(
+        request["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tollgate:pin-changed")),
+        "{request}"
+    );
+    let id = request["id"].as_str().unwrap();
+    let answer = client
+        .post(format!("{}/approvals/{id}", g.admin))
+        .bearer_auth(APPROVER)
+        .json(&json!({"decision": "approve", "reason": "reviewed the new schema"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let done = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text_of(&done), "vouched for", "{done:?}");
+    agent.cancel().await.unwrap();
+    g.proxy.shutdown().await;
 }
 
 #[test]

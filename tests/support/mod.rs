@@ -410,3 +410,17 @@ pub fn guarded_toml(pack: &std::path::Path, state: &std::path::Path) -> String {
         state.display()
     )
 }
+
+/// `GET <admin><path>` with `token` as the bearer: the JSON answer.
+#[allow(dead_code)]
+pub async fn admin_get(admin: &str, path: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{admin}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -163,6 +163,10 @@ struct StatsSpec {
     #[serde(default)]
     denials_last_minute: u64,
     #[serde(default)]
+    calls_last_10s: u64,
+    #[serde(default)]
+    per_minute: u64,
+    #[serde(default)]
     by_class: BTreeMap<ActionClass, u64>,
 }
 
@@ -260,6 +264,8 @@ fn run_case(
         calls_last_minute: case.stats.calls_last_minute,
         denials: case.stats.denials,
         denials_last_minute: case.stats.denials_last_minute,
+        calls_last_10s: case.stats.calls_last_10s,
+        per_minute: case.stats.per_minute,
         by_class,
     };
     let mut usage = Usage::new();

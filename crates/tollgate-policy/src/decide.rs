@@ -159,6 +159,10 @@ pub struct SessionStats {
     pub denials: u64,
     /// Denied calls in the minute before this one: a session probing its limits.
     pub denials_last_minute: u64,
+    /// Calls in the ten seconds before this one: with `per_minute`, a burst.
+    pub calls_last_10s: u64,
+    /// The session's own average rate: calls per minute over its life (at least a minute).
+    pub per_minute: u64,
     /// Allowed calls by class, in [`CLASSES`] order.
     pub by_class: [u64; 8],
 }
@@ -502,6 +506,18 @@ impl Pack {
                         ("calls_last_minute", long(call.stats.calls_last_minute)),
                         ("denials", long(call.stats.denials)),
                         ("denials_last_minute", long(call.stats.denials_last_minute)),
+                        ("calls_last_10s", long(call.stats.calls_last_10s)),
+                        ("per_minute", long(call.stats.per_minute)),
+                        (
+                            "first_of_class",
+                            RestrictedExpression::new_bool(
+                                CLASSES
+                                    .iter()
+                                    .position(|c| *c == plan.classification.class)
+                                    .and_then(|i| call.stats.by_class.get(i))
+                                    .is_none_or(|n| *n == 0),
+                            ),
+                        ),
                     ];
                     for (class, count) in CLASSES.iter().zip(call.stats.by_class) {
                         stats.push((class.as_str(), long(count)));

@@ -31,7 +31,22 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The lock file of pinned tool definitions, when tools are pinned.
     pub pins: Option<PathBuf>,
+    /// What a call of a tool whose definition left its pin gets.
+    pub pin_changed: PinChanged,
     pub approvals: ApprovalsConfig,
+}
+
+/// What happens to calls of a tool whose definition differs from its pin. Either way the tool
+/// is hidden from `tools/list`, so its new description never reaches the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinChanged {
+    /// Refused until the tool is pinned again.
+    #[default]
+    Refuse,
+    /// Each call waits for an approver out of band (never the user at the agent), who sees
+    /// that the definition changed; the pack still decides as well.
+    Approve,
 }
 
 /// Who may approve calls a policy holds, and how long a request waits.
@@ -392,6 +407,8 @@ struct RawApprover {
 struct RawPins {
     /// The lock file `tollgate pin` writes, relative to the config file.
     lock: PathBuf,
+    #[serde(default)]
+    on_change: PinChanged,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -617,6 +634,7 @@ impl Config {
             mint: MintConfig::default(),
             admin: None,
             pins: None,
+            pin_changed: PinChanged::default(),
             approvals: ApprovalsConfig::default(),
             upstreams: vec![UpstreamConfig {
                 name,
@@ -1180,6 +1198,7 @@ impl RawConfig {
         };
         Ok(Config {
             approvals,
+            pin_changed: self.pins.as_ref().map(|p| p.on_change).unwrap_or_default(),
             pins: self.pins.map(|p| p.lock),
             fronts: Fronts {
                 stdio: self.front.stdio,

@@ -75,6 +75,8 @@ struct SessionRecord {
     taint: Vec<String>,
     /// For the history of stateless requests (kept per grant): when it may be forgotten.
     forget_after: Option<i64>,
+    /// When its first call came, for its average rate.
+    started: Option<i64>,
 }
 
 /// Why and since when a session is held for review.
@@ -134,6 +136,17 @@ impl MinuteWindow {
     fn total(&mut self, now: i64) -> u64 {
         self.advance(now);
         self.counts.iter().map(|c| u64::from(*c)).sum()
+    }
+
+    /// Calls in the `seconds` (at most 60) up to `now`, the current second included.
+    fn last(&mut self, now: i64, seconds: i64) -> u64 {
+        self.advance(now);
+        (0..seconds.clamp(0, 60))
+            .filter_map(|back| {
+                let slot = usize::try_from((now - back).rem_euclid(60)).ok()?;
+                self.counts.get(slot).map(|c| u64::from(*c))
+            })
+            .sum()
     }
 }
 
@@ -196,6 +209,7 @@ pub struct PolicyGuard {
     approval: crate::config::ApprovalsConfig,
     /// The lock file of pinned tool definitions and what it holds (reread on reload).
     pins: Option<(std::path::PathBuf, RwLock<Arc<crate::pins::Lock>>)>,
+    pin_changed: crate::config::PinChanged,
 }
 
 impl std::fmt::Debug for PolicyGuard {
@@ -205,6 +219,9 @@ impl std::fmt::Debug for PolicyGuard {
             .finish_non_exhaustive()
     }
 }
+
+/// The step named in a decision held because the tool's definition left its pin.
+const PIN_CHANGED: &str = "tollgate:pin-changed";
 
 fn now() -> i64 {
     tollgate_mint::unix_now()
@@ -285,6 +302,7 @@ impl PolicyGuard {
             approvals: Arc::default(),
             held_grants: Mutex::new(HashMap::new()),
             approval: config.approvals.clone(),
+            pin_changed: config.pin_changed,
             pins: match &config.pins {
                 None => None,
                 Some(path) => {
@@ -483,7 +501,10 @@ impl PolicyGuard {
             let record = sessions.entry(key).or_default();
             let mut stats = record.stats.clone();
             stats.calls_last_minute = record.recent.total(now);
+            stats.calls_last_10s = record.recent.last(now, 10);
             stats.denials_last_minute = record.denied_recent.total(now);
+            let age = now - *record.started.get_or_insert(now);
+            stats.per_minute = stats.calls * 60 / u64::try_from(age.max(60)).unwrap_or(60);
             (stats, record.taint.clone(), record.quarantined.clone())
         };
         if held.is_none()
@@ -856,7 +877,8 @@ impl PolicyGuard {
                 held.reason
             )));
         }
-        if standing.pin == PinState::Changed {
+        let pin_changed = standing.pin == PinState::Changed;
+        if pin_changed && self.pin_changed == crate::config::PinChanged::Refuse {
             warn!(
                 tool = call.exposed_name,
                 upstream = call.upstream,
@@ -886,6 +908,20 @@ impl PolicyGuard {
             justification.as_deref(),
             &standing,
         );
+        // A tool that left its pin, where configuration lets an approver vouch for it: what the
+        // pack would allow now waits for a person out of band.
+        if pin_changed && decision.effect != Effect::Deny {
+            decision.effect = Effect::NeedsApproval;
+            decision.in_band = false;
+            decision.policies.push(PIN_CHANGED.to_owned());
+            decision.reasons.insert(
+                0,
+                format!(
+                    "the definition of `{}` has changed since it was pinned (review it before approving)",
+                    call.exposed_name
+                ),
+            );
+        }
         // The call's arguments as one value and their digest: what an approval is bound to,
         // made only when an approval is asked for or presented.
         let arguments = || serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
@@ -1509,6 +1545,18 @@ mod tests {
         w.add(2000);
         assert_eq!(w.total(2000), 1);
         assert!(std::mem::size_of::<MinuteWindow>() <= 256);
+    }
+
+    #[test]
+    fn the_last_ten_seconds_are_a_part_of_the_window() {
+        let mut w = MinuteWindow::default();
+        for t in 1000..1030 {
+            w.add(t);
+        }
+        assert_eq!(w.last(1029, 10), 10, "1020..=1029");
+        assert_eq!(w.last(1035, 10), 4, "1026..=1029, nothing since");
+        assert_eq!(w.total(1035), 30);
+        assert_eq!(w.last(1100, 10), 0, "long idle");
     }
 
     #[test]
