@@ -5,8 +5,12 @@
 use std::net::SocketAddr;
 
 use rmcp::{
-    ServiceExt,
-    model::{CallToolRequestParams, CallToolResult},
+    ClientHandler, ErrorData, RoleClient, ServiceExt,
+    model::{
+        CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
+        ElicitRequestParams, ElicitResult, ElicitationAction, Implementation,
+    },
+    service::RequestContext,
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
@@ -36,6 +40,41 @@ pub(crate) fn summary(result: &CallToolResult) -> String {
         format!("tool error: {text}")
     } else {
         text
+    }
+}
+
+/// The person at the demo's agent, played by the demo: shown Tollgate's approval question, it
+/// says no, and says that it is scripted.
+#[derive(Debug, Clone, Default)]
+struct ScriptedUser {
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ClientHandler for ScriptedUser {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::builder().enable_elicitation().build(),
+            Implementation::new("tollgate-demo-agent", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let ElicitRequestParams::FormElicitationParams { message, .. } = &params {
+            println!("       ⇢ tollgate asks the user at the agent:");
+            for line in message.lines().filter(|l| !l.is_empty()) {
+                println!("           {line}");
+            }
+        }
+        println!(
+            "       ⇠ the user (scripted by this demo) declines: they never asked for that write"
+        );
+        Ok(ElicitResult::new(ElicitationAction::Decline))
     }
 }
 
@@ -131,7 +170,9 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token),
     );
-    let agent = ().serve(transport).await?;
+    let user = ScriptedUser::default();
+    let asked = user.asked.clone();
+    let agent = user.serve(transport).await?;
     let tools = agent.list_all_tools().await?;
     println!("agent  → tools/list   (only what this grant could ever call is shown)");
     for tool in &tools {
@@ -170,7 +211,8 @@ pub(crate) async fn run() -> anyhow::Result<()> {
             json!({"title": "Flaky build"}),
             Expect::Unknown,
         ),
-        // Reading a page from outside taints the session: the write it asks for is held.
+        // Reading a page from outside taints the session: the write it asks for is held, and
+        // the user at the agent is asked.
         (
             "workspace.fetch",
             json!({"url": "https://docs.example.org/release-notes"}),
@@ -201,6 +243,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         }
     }
     agent.cancel().await?;
+    if asked.load(std::sync::atomic::Ordering::Relaxed) != 1 {
+        surprises += 1;
+        println!("         (expected the user at the agent to be asked once)");
+    }
 
     println!();
     println!("a second agent connects with no grant:");
