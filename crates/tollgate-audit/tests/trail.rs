@@ -1,0 +1,358 @@
+//! The trail as written and as checked: a clean trail verifies; an edited, deleted, reordered
+//! or cut record is found at its record number; a rewritten chain fails its checkpoint; a
+//! restart after a crash continues the chain; rotation keeps it; a trail that cannot be
+//! written refuses what is appended.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tollgate_audit::{
+    Audit, CheckpointSigner, CheckpointVerifier, Durability, Report, Settings, line_hash,
+    verify_files,
+};
+
+/// A keyed hash standing in for Tollgate's signature in these tests (the proxy uses its
+/// Ed25519 key): only the holder of `key` can make it.
+struct TestKey(&'static str);
+
+impl TestKey {
+    fn mac(&self, message: &[u8]) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.0.as_bytes());
+        hasher.update(message);
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl CheckpointSigner for TestKey {
+    fn kid(&self) -> String {
+        "test".into()
+    }
+    fn sign(&self, message: &[u8]) -> String {
+        self.mac(message)
+    }
+}
+
+impl CheckpointVerifier for TestKey {
+    fn kid(&self) -> String {
+        "test".into()
+    }
+    fn verify(&self, message: &[u8], signature: &str) -> bool {
+        self.mac(message) == signature
+    }
+}
+
+fn record(n: u64) -> Map<String, Value> {
+    json!({"kind": "decision", "tool": "add", "n": n})
+        .as_object()
+        .cloned()
+        .unwrap()
+}
+
+fn settings(dir: &std::path::Path) -> Settings {
+    Settings {
+        checkpoint_every: 4,
+        ..Settings::new(dir.to_owned())
+    }
+}
+
+/// A closed trail of `n` records in a fresh folder.
+async fn trail(n: u64) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    for i in 0..n {
+        audit.append(record(i)).durable().await.unwrap();
+    }
+    audit.close();
+    (tmp, dir)
+}
+
+fn check(dir: &PathBuf) -> Report {
+    verify_files(std::slice::from_ref(dir), &TestKey("k"), false).unwrap()
+}
+
+fn only_file(dir: &PathBuf) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.into_iter().next().unwrap()
+}
+
+fn lines(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The line holding record `seq`.
+fn index_of(lines: &[String], seq: u64) -> usize {
+    lines
+        .iter()
+        .position(|l| serde_json::from_str::<Value>(l).unwrap()["seq"] == seq)
+        .unwrap()
+}
+
+fn write_lines(path: &PathBuf, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[tokio::test]
+async fn a_clean_trail_verifies_with_its_checkpoints() {
+    let (_tmp, dir) = trail(10).await;
+    let report = check(&dir);
+    assert!(report.ok(), "{:?}", report.problems);
+    // The opening record, ten, a checkpoint after every four, and the closing one.
+    assert_eq!(report.records, 1 + 10 + 2 + 1);
+    assert_eq!(report.checkpoints, 3);
+    let lines = lines(&only_file(&dir));
+    let first: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (first["seq"].clone(), first["prev"].clone()),
+        (json!(0), json!("genesis"))
+    );
+    let second: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["prev"], line_hash(lines[0].as_bytes()));
+    // Another key does not vouch for it.
+    let forged = verify_files(&[dir], &TestKey("other"), false).unwrap();
+    assert_eq!(forged.problems.len(), 3, "{:?}", forged.problems);
+}
+
+#[tokio::test]
+async fn an_edited_record_is_found_at_its_number() {
+    let (_tmp, dir) = trail(10).await;
+    let file = only_file(&dir);
+    let mut all = lines(&file);
+    let at = index_of(&all, 7);
+    let edited = all[at].replace(r#""tool":"add""#, r#""tool":"transfer""#);
+    assert_ne!(edited, all[at]);
+    all[at] = edited;
+    write_lines(&file, &all);
+    let report = check(&dir);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].record, Some(7));
+    assert!(report.problems[0].what.contains("altered"));
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_found_at_its_number() {
+    let (_tmp, dir) = trail(10).await;
+    let file = only_file(&dir);
+    let mut all = lines(&file);
+    all.remove(index_of(&all, 5));
+    write_lines(&file, &all);
+    let report = check(&dir);
+    assert_eq!(report.problems[0].record, Some(5), "{:?}", report.problems);
+    assert!(report.problems[0].what.contains("missing"));
+}
+
+#[tokio::test]
+async fn reordered_records_are_found_at_their_numbers() {
+    let (_tmp, dir) = trail(10).await;
+    let file = only_file(&dir);
+    let mut all = lines(&file);
+    let at = index_of(&all, 5);
+    all.swap(at, at + 1);
+    write_lines(&file, &all);
+    let report = check(&dir);
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.record == Some(5) && p.what.contains("out of order")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn a_cut_tail_is_found_whether_mid_record_or_whole_records() {
+    let (_tmp, dir) = trail(10).await;
+    let file = only_file(&dir);
+    let bytes = std::fs::read(&file).unwrap();
+    // Mid-record.
+    std::fs::write(&file, &bytes[..bytes.len() - 20]).unwrap();
+    let report = check(&dir);
+    let last = report
+        .problems
+        .iter()
+        .find(|p| p.what.contains("truncated"));
+    assert!(last.is_some(), "{:?}", report.problems);
+    assert_eq!(last.unwrap().record, Some(report.last.unwrap() + 1));
+    // Whole records, closing checkpoint included.
+    let mut all = lines(&file);
+    all.truncate(all.len() - 3);
+    write_lines(&file, &all);
+    let report = check(&dir);
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0]
+            .what
+            .contains("without a closing checkpoint")
+    );
+    assert_eq!(report.problems[0].record, report.last);
+    // A file still being written may end so.
+    assert!(verify_files(&[dir], &TestKey("k"), true).unwrap().ok());
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_fails_its_checkpoints() {
+    let (_tmp, dir) = trail(10).await;
+    let file = only_file(&dir);
+    let mut all = lines(&file);
+    // Edit record 2 and recompute every link after it, as someone without the key would.
+    let at = index_of(&all, 2);
+    let edited = all[at].replace(r#""tool":"add""#, r#""tool":"transfer""#);
+    assert_ne!(edited, all[at]);
+    all[at] = edited;
+    for i in at + 1..all.len() {
+        let mut value: Value = serde_json::from_str(&all[i]).unwrap();
+        value["prev"] = json!(line_hash(all[i - 1].as_bytes()));
+        all[i] = serde_json::to_string(&value).unwrap();
+    }
+    write_lines(&file, &all);
+    let report = check(&dir);
+    assert!(!report.ok());
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.what.contains("signature does not verify")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn a_restart_after_a_crash_continues_the_chain_and_says_so() {
+    let (_tmp, dir) = trail(3).await;
+    // As if killed: the closing checkpoint never made it.
+    let file = only_file(&dir);
+    let mut all = lines(&file);
+    all.pop();
+    write_lines(&file, &all);
+    let audit = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    let seq = audit.append(record(99)).durable().await.unwrap();
+    audit.close();
+    let report = check(&dir);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.files, 2);
+    assert!(
+        report.notices.iter().any(|n| n.contains("started again")),
+        "{:?}",
+        report.notices
+    );
+    assert_eq!(report.last, Some(seq + 1), "the closing checkpoint follows");
+    // Cutting the old file now breaks the link the new one carries.
+    let mut cut = lines(&file);
+    cut.pop();
+    write_lines(&file, &cut);
+    let report = check(&dir);
+    assert!(!report.ok());
+}
+
+#[tokio::test]
+async fn rotation_keeps_one_chain_across_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(
+        Settings {
+            rotate_bytes: 600,
+            ..settings(&dir)
+        },
+        Arc::new(TestKey("k")),
+    )
+    .unwrap();
+    for i in 0..40 {
+        audit.append(record(i)).durable().await.unwrap();
+    }
+    audit.close();
+    let report = check(&dir);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert!(report.files > 3, "{}", report.files);
+    // A file taken out of the middle shows.
+    let middle = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .nth(1)
+        .unwrap();
+    std::fs::remove_file(middle).unwrap();
+    assert!(!check(&dir).ok());
+}
+
+#[tokio::test]
+async fn batched_durability_acknowledges_and_still_chains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Arc::new(
+        Audit::open(
+            Settings {
+                durability: Durability::Within(Duration::from_millis(50)),
+                ..settings(&dir)
+            },
+            Arc::new(TestKey("k")),
+        )
+        .unwrap(),
+    );
+    let tickets: Vec<_> = (0..200).map(|i| audit.append(record(i))).collect();
+    let mut seqs = Vec::new();
+    for ticket in tickets {
+        seqs.push(ticket.durable().await.unwrap());
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in the order appended"
+    );
+    audit.close();
+    assert!(check(&dir).ok());
+}
+
+#[tokio::test]
+async fn a_trail_that_cannot_be_written_refuses_what_is_appended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(
+        Settings {
+            rotate_bytes: 300,
+            ..settings(&dir)
+        },
+        Arc::new(TestKey("k")),
+    )
+    .unwrap();
+    audit.append(record(0)).durable().await.unwrap();
+    // The folder disappears: the next file cannot be made.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut refused = None;
+    for i in 1..20 {
+        if let Err(e) = audit.append(record(i)).durable().await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let error = refused.expect("a write fails once the folder is gone");
+    assert!(error.to_string().contains("cannot be written"), "{error}");
+    assert!(audit.failure().is_some());
+    assert!(
+        audit.append(record(99)).durable().await.is_err(),
+        "and stays failed"
+    );
+}
