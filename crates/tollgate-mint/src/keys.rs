@@ -18,8 +18,11 @@ use crate::{
     token::{self, TokenError},
 };
 
-const PRIVATE: &str = "grant-signing.key";
-const PUBLIC: &str = "grant-signing.pub";
+/// The grant-signing key's name in the state folder.
+const GRANT_KEY: &str = "grant-signing";
+/// The key that signs the audit trail's checkpoints: apart from the grant key, so that the
+/// running guard never holds what can issue grants.
+pub const AUDIT_KEY: &str = "audit-signing";
 
 /// Signs grants. Holds the private key; never printed.
 pub struct GrantSigner {
@@ -62,7 +65,13 @@ fn kid_of(key: &VerifyingKey) -> String {
 impl GrantSigner {
     /// Loads the key from `state_dir`, making the folder and the key on first use.
     pub fn load_or_create(state_dir: &Path) -> Result<Self, MintError> {
-        let private = state_dir.join(PRIVATE);
+        Self::load_or_create_named(state_dir, GRANT_KEY)
+    }
+
+    /// Loads the Ed25519 key `<name>.key` (public half `<name>.pub`) from `state_dir`, making
+    /// it on first use.
+    pub fn load_or_create_named(state_dir: &Path, name: &str) -> Result<Self, MintError> {
+        let private = state_dir.join(format!("{name}.key"));
         if !private.exists() {
             create_dir_private(state_dir)?;
             let mut seed = [0u8; 32];
@@ -70,7 +79,7 @@ impl GrantSigner {
             let key = SigningKey::from_bytes(&seed);
             write_new(&private, URL_SAFE_NO_PAD.encode(seed).as_bytes(), 0o600)?;
             write_new(
-                &state_dir.join(PUBLIC),
+                &state_dir.join(format!("{name}.pub")),
                 URL_SAFE_NO_PAD
                     .encode(key.verifying_key().to_bytes())
                     .as_bytes(),
@@ -97,6 +106,17 @@ impl GrantSigner {
         ))
     }
 
+    /// The key's id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// An Ed25519 signature over `message`, base64url: what the audit trail's checkpoints
+    /// carry.
+    pub fn sign_bytes(&self, message: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(self.key.sign(message).to_bytes())
+    }
+
     pub fn verifier(&self) -> GrantVerifier {
         let key = self.key.verifying_key();
         GrantVerifier {
@@ -109,7 +129,12 @@ impl GrantSigner {
 impl GrantVerifier {
     /// Loads the public key from `state_dir`.
     pub fn load(state_dir: &Path) -> Result<Self, MintError> {
-        let public = state_dir.join(PUBLIC);
+        Self::load_named(state_dir, GRANT_KEY)
+    }
+
+    /// Loads the public key `<name>.pub` from `state_dir`.
+    pub fn load_named(state_dir: &Path, name: &str) -> Result<Self, MintError> {
+        let public = state_dir.join(format!("{name}.pub"));
         if !public.exists() {
             return Err(MintError::NoKey {
                 path: state_dir.to_owned(),
@@ -124,6 +149,23 @@ impl GrantVerifier {
             kid: kid_of(&key),
             key,
         })
+    }
+
+    /// The key's id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Whether `signature` (base64url) is this key's over `message`.
+    pub fn verify_bytes(&self, message: &[u8], signature: &str) -> bool {
+        URL_SAFE_NO_PAD
+            .decode(signature)
+            .ok()
+            .and_then(|bytes| ed25519_dalek::Signature::from_slice(&bytes).ok())
+            .is_some_and(|sig| {
+                use ed25519_dalek::Verifier;
+                self.key.verify(message, &sig).is_ok()
+            })
     }
 
     /// The grant a token carries, if the signature, the claims and the time all hold.

@@ -15,7 +15,7 @@ pub mod verify;
 pub use access::{AccessKeys, Algorithm, CallCredential, Minted, TrustPath};
 pub use err::MintError;
 pub use keyring::{KeyEntry, KeyState, Rotated};
-pub use keys::{GrantSigner, GrantVerifier};
+pub use keys::{AUDIT_KEY, GrantSigner, GrantVerifier};
 pub use ledger::{Issued, Ledger};
 pub use revocation::{RevocationList, revoke};
 pub use token::{TokenError, new_grant_id, new_id};
