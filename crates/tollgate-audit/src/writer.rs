@@ -5,7 +5,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock, mpsc},
+    sync::{Arc, Condvar, Mutex, OnceLock, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -21,8 +21,9 @@ pub enum Durability {
     /// A record is acknowledged once the batch holding it is synced (`fdatasync`): a crash of
     /// the machine loses no acknowledged record. Records queued together share one sync.
     Synced,
-    /// A record is acknowledged once written to the file (a killed process loses nothing); the
-    /// file is synced at least this often, which bounds what a machine crash may lose.
+    /// A record is acknowledged as soon as it is queued; the writer writes what is queued at
+    /// once and syncs at least this often, which bounds what a crash (of the process or the
+    /// machine) may lose.
     Within(Duration),
 }
 
@@ -78,22 +79,82 @@ pub struct Ticket(TicketInner);
 #[derive(Debug)]
 enum TicketInner {
     Waiting(oneshot::Receiver<Result<u64, AuditError>>),
+    /// Acknowledged when queued (`Durability::Within`).
+    Queued,
     Failed(AuditError),
 }
 
 impl Ticket {
-    /// Waits until the record is durable.
-    pub async fn durable(self) -> Result<u64, AuditError> {
+    /// A ticket answered by `answer` (for what waits on tickets, and its tests).
+    pub fn from_receiver(answer: oneshot::Receiver<Result<u64, AuditError>>) -> Self {
+        Self(TicketInner::Waiting(answer))
+    }
+
+    /// Waits until the record is as durable as configured: its sequence number once the writer
+    /// wrote (and synced) it; none when the durability acknowledges records as they are queued.
+    pub async fn durable(self) -> Result<Option<u64>, AuditError> {
         match self.0 {
-            TicketInner::Waiting(receiver) => receiver.await.unwrap_or(Err(AuditError::Closed)),
+            TicketInner::Waiting(receiver) => {
+                receiver.await.unwrap_or(Err(AuditError::Closed)).map(Some)
+            }
+            TicketInner::Queued => Ok(None),
             TicketInner::Failed(e) => Err(e),
         }
     }
 }
 
+/// What callers hand the writer. The writer is woken only when it must be: for a record
+/// someone waits on, when it sleeps with nothing to do, or when much has piled up; otherwise it
+/// collects for a short window, so that under load one wake-up and one write serve many calls.
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    /// The writer sleeps with nothing queued: the next record wakes it.
+    idle: bool,
+    /// No more jobs are taken.
+    closed: bool,
+}
+
+/// Queued jobs past which the writer is woken whatever the durability.
+const WAKE_AT: usize = 256;
+/// How long the writer collects records it need not write at once (`Durability::Within`).
+const GATHER: Duration = Duration::from_millis(2);
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `job`; false once the trail is closed.
+    fn push(&self, job: Job, urgent: bool) -> bool {
+        let mut queue = self.queue();
+        if queue.closed {
+            return false;
+        }
+        if matches!(job, Job::Close(_)) {
+            queue.closed = true;
+        }
+        queue.jobs.push(job);
+        let wake = urgent || queue.idle || queue.jobs.len() >= WAKE_AT;
+        drop(queue);
+        if wake {
+            self.wake.notify_one();
+        }
+        true
+    }
+}
+
 /// The audit trail of one Tollgate.
 pub struct Audit {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    durability: Durability,
+    shared: Arc<Shared>,
     failed: Arc<OnceLock<AuditError>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
@@ -113,6 +174,7 @@ impl Audit {
     /// complete record found there (or starts it).
     pub fn open(settings: Settings, signer: Arc<dyn CheckpointSigner>) -> Result<Self, AuditError> {
         let dir = settings.dir.clone();
+        let durability = settings.durability;
         let fail = |reason: String| AuditError::Failed {
             dir: dir.display().to_string(),
             reason,
@@ -137,17 +199,21 @@ impl Audit {
         opening.insert("kind".into(), Value::from("open"));
         opening.insert("previous_closed".into(), Value::from(previous_closed));
         state.begin_file(opening).map_err(fail)?;
-        let (sender, receiver) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
         let failed = Arc::new(OnceLock::new());
         let thread = {
-            let failed = failed.clone();
+            let (failed, shared) = (failed.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("tollgate-audit".into())
-                .spawn(move || state.run(&receiver, &failed))
+                .spawn(move || state.run(&shared, &failed))
                 .map_err(|e| fail(format!("cannot start the writer: {e}")))?
         };
         Ok(Self {
-            sender: Mutex::new(Some(sender)),
+            durability,
+            shared,
             failed,
             thread: Mutex::new(Some(thread)),
             dir,
@@ -165,15 +231,16 @@ impl Audit {
         if let Some(e) = self.failed.get() {
             return Ticket(TicketInner::Failed(e.clone()));
         }
-        let (ack, receiver) = oneshot::channel();
-        let sent = self
-            .sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|s| s.send(Job::Record(record, Some(ack))).is_ok());
-        if sent {
-            Ticket(TicketInner::Waiting(receiver))
+        let (ack, ticket) = match self.durability {
+            Durability::Synced => {
+                let (ack, receiver) = oneshot::channel();
+                (Some(ack), TicketInner::Waiting(receiver))
+            }
+            Durability::Within(_) => (None, TicketInner::Queued),
+        };
+        let urgent = ack.is_some();
+        if self.shared.push(Job::Record(record, ack), urgent) {
+            Ticket(ticket)
         } else {
             Ticket(TicketInner::Failed(AuditError::Closed))
         }
@@ -181,16 +248,9 @@ impl Audit {
 
     /// Writes a closing checkpoint, syncs and stops the writer. Later appends fail.
     pub fn close(&self) {
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(sender) = sender {
-            let (ack, done) = mpsc::channel();
-            if sender.send(Job::Close(ack)).is_ok() {
-                let _ = done.recv();
-            }
+        let (ack, done) = mpsc::channel();
+        if self.shared.push(Job::Close(ack), true) {
+            let _ = done.recv();
         }
         let thread = self
             .thread
@@ -237,30 +297,49 @@ fn unix_ms() -> u64 {
 }
 
 impl State {
-    fn run(mut self, jobs: &mpsc::Receiver<Job>, failed: &OnceLock<AuditError>) {
-        let tick = match self.settings.durability {
-            Durability::Within(d) => d.min(self.settings.checkpoint_after),
-            Durability::Synced => self.settings.checkpoint_after,
-        }
-        .max(Duration::from_millis(1));
+    fn run(mut self, shared: &Shared, failed: &OnceLock<AuditError>) {
+        let within = match self.settings.durability {
+            Durability::Within(d) => Some(d),
+            Durability::Synced => None,
+        };
         loop {
-            let first = match jobs.recv_timeout(tick) {
-                Ok(job) => Some(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = self.finish();
+            let batch = {
+                let mut queue = shared.queue();
+                if queue.jobs.is_empty() {
+                    // Nothing to do until a record comes, the file is due a sync, or a
+                    // checkpoint is due.
+                    let idle_for = match within {
+                        Some(d) if self.unsynced => d,
+                        _ => self.settings.checkpoint_after,
+                    }
+                    .max(Duration::from_millis(1));
+                    queue.idle = true;
+                    queue = shared
+                        .wake
+                        .wait_timeout(queue, idle_for)
+                        .map(|(q, _)| q)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                    queue.idle = false;
+                }
+                let waiting_on = queue.jobs.iter().any(|j| match j {
+                    Job::Record(_, ack) => ack.is_some(),
+                    Job::Close(_) => true,
+                });
+                if let (Some(d), false, false) = (within, queue.jobs.is_empty(), waiting_on) {
+                    // Nobody waits on these: collect a little longer, within the bound.
+                    drop(queue);
+                    std::thread::sleep(GATHER.min(d / 4));
+                    queue = shared.queue();
+                }
+                let take = queue.jobs.len().min(MAX_BATCH);
+                queue.jobs.drain(..take).collect::<Vec<Job>>()
+            };
+            if let Some(e) = failed.get() {
+                let closing = batch.iter().any(|j| matches!(j, Job::Close(_)));
+                refuse_all(batch, e);
+                if closing {
                     return;
                 }
-            };
-            let mut batch: Vec<Job> = first.into_iter().collect();
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            if let Some(e) = failed.get() {
-                refuse_all(batch, e);
                 continue;
             }
             match self.write_batch(batch) {

@@ -106,6 +106,7 @@ root = "/srv/app"
         caller: &caller,
         facts: Some(&facts),
         can_ask: false,
+        number: session,
     };
     let decide = |session: u64| {
         let started = Instant::now();

@@ -267,12 +267,12 @@ async fn compare(
     direct: &Client,
     floor: &Client,
     through: &Client,
-    decided: &[&Client],
+    guarding: &[(&'static str, &Client)],
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for concurrency in [1, CONCURRENCY] {
         let mut clients = vec![direct, floor, through];
-        clients.extend(decided);
+        clients.extend(guarding.iter().map(|(_, c)| *c));
         let mut figures = measure_all(&clients, concurrency).await.into_iter();
         let (direct, floor, through) = (
             figures.next().unwrap(),
@@ -285,8 +285,11 @@ async fn compare(
             direct,
             floor: Some(floor),
             through,
-            decided: figures.next(),
-            guarded: figures.next(),
+            guarding: guarding
+                .iter()
+                .map(|(label, _)| *label)
+                .zip(figures)
+                .collect(),
         });
     }
     rows
@@ -295,7 +298,7 @@ async fn compare(
 /// A pack that allows the fixture's `echo` to a grant holding `read`, with the kinds of rules
 /// every pack has (rate, denials, secrets), a grant for it, and a config that (with `mint`)
 /// mints a token for each allowed call: the folder and the `tollgate` arguments to run with.
-fn policy_setup(fixture: &str, mint: bool) -> (tempfile::TempDir, Vec<String>) {
+fn policy_setup(fixture: &str, mint: bool, audit: &str) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let pack = dir.path().join("pack");
     std::fs::create_dir_all(&pack).unwrap();
@@ -338,7 +341,7 @@ fn policy_setup(fixture: &str, mint: bool) -> (tempfile::TempDir, Vec<String>) {
     std::fs::write(
         &config,
         format!(
-            "[front]\nstdio = true\n[policy]\npack = \"{pack}\"\n[grants]\nstate_dir = \"{state}\"\n[[upstream]]\nname = \"bench\"\ncommand = \"{fixture}\"\nargs = [\"--fixture-stdio\"]\ncredential = {credential}\n",
+            "[front]\nstdio = true\n[policy]\npack = \"{pack}\"\n[grants]\nstate_dir = \"{state}\"\n[audit]\n{audit}\n[[upstream]]\nname = \"bench\"\ncommand = \"{fixture}\"\nargs = [\"--fixture-stdio\"]\ncredential = {credential}\n",
             pack = pack.display(),
             state = state.display(),
         ),
@@ -361,10 +364,8 @@ struct Row {
     /// A bare byte-forwarding hop in the same place as Tollgate.
     floor: Option<Figures>,
     through: Figures,
-    /// Tollgate deciding every call with a grant and a policy pack.
-    decided: Option<Figures>,
-    /// Tollgate guarding every call: deciding, and minting a token for each.
-    guarded: Option<Figures>,
+    /// Tollgate deciding every call with a grant and a policy pack, in the ways measured.
+    guarding: Vec<(&'static str, Figures)>,
 }
 
 async fn bench() {
@@ -383,14 +384,37 @@ async fn bench() {
             &["run", "--allow-all", "--", fixture, "--fixture-stdio"],
         )
         .await;
-        let (_deciding_dir, decided_args) = policy_setup(fixture, false);
-        let decided_args: Vec<&str> = decided_args.iter().map(String::as_str).collect();
-        let decided = stdio_client(&tollgate, &decided_args).await;
-        let (_guarding_dir, guarded_args) = policy_setup(fixture, true);
-        let guarded_args: Vec<&str> = guarded_args.iter().map(String::as_str).collect();
-        let guarded = stdio_client(&tollgate, &guarded_args).await;
-        rows.extend(compare("stdio", &direct, &floor, &through, &[&decided, &guarded]).await);
-        for client in [direct, floor, through, decided, guarded] {
+        // Deciding; deciding and minting; and both with the audit trail, at the default
+        // durability (each decision synced before its call goes ahead) and batched.
+        let setups = [
+            ("deciding every call", false, "enabled = false"),
+            (
+                "guarding every call (decide + mint)",
+                true,
+                "enabled = false",
+            ),
+            ("guarding + audit, synced (default)", true, ""),
+            (
+                "guarding + audit, synced within 20 ms",
+                true,
+                "sync_within_ms = 20",
+            ),
+        ];
+        let mut dirs = Vec::new();
+        let mut guarding = Vec::new();
+        for (label, mint, audit) in setups {
+            let (dir, args) = policy_setup(fixture, mint, audit);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            guarding.push((label, stdio_client(&tollgate, &args).await));
+            dirs.push(dir);
+        }
+        let labelled: Vec<(&'static str, &Client)> =
+            guarding.iter().map(|(label, c)| (*label, c)).collect();
+        rows.extend(compare("stdio", &direct, &floor, &through, &labelled).await);
+        for client in [direct, floor, through]
+            .into_iter()
+            .chain(guarding.into_iter().map(|(_, c)| c))
+        {
             client.cancel().await.unwrap();
         }
     }
@@ -513,11 +537,7 @@ fn print_rows(rows: &[Row]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        for (what, figures) in [
-            ("deciding every call", &r.decided),
-            ("guarding every call (decide + mint)", &r.guarded),
-        ] {
-            let Some(f) = figures else { continue };
+        for (what, f) in &r.guarding {
             println!(
                 "  ({} × {}: tollgate {what}: p50 {:.0} µs ({:.2}× direct, {:.2}× bare hop, {:.2}× relaying), p99 {:.0} µs, {:.0} calls/s ({:.2}× direct))",
                 r.transport,

@@ -101,7 +101,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 
     // The person starting the task issues a grant for it before the agent reads anything:
     // reads and writes in the workspace's docs, the workspace's tools only, for ten minutes.
-    let state = tempfile::tempdir()?;
+    // Kept after the demo: it holds the audit trail, for `tollgate audit verify`.
+    let state = tempfile::Builder::new()
+        .prefix("tollgate-demo-")
+        .tempdir()?;
     let root = workspace_dir.path().display().to_string();
     let signer = tollgate_mint::GrantSigner::load_or_create(state.path())?;
     let grant = tollgate_policy::Grant {
@@ -285,6 +288,33 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         grant.id
     );
     surprises += crate::demo_payments::run().await?;
+
+    // Every decision above is in the audit trail: check it the way a reviewer would.
+    let state = state.keep();
+    let trail = state.join("audit");
+    let verifier =
+        tollgate_proxy::audit::TrailVerifier::load(&state).map_err(anyhow::Error::msg)?;
+    let report = tollgate_audit::verify_files(std::slice::from_ref(&trail), &verifier, false)?;
+    println!();
+    println!(
+        "audit trail: {} records ({} decisions and outcomes of the workspace session, {} signed checkpoints): {}",
+        report.records,
+        report.records.saturating_sub(report.checkpoints + 1),
+        report.checkpoints,
+        if report.ok() { "intact" } else { "BROKEN" }
+    );
+    for problem in &report.problems {
+        println!("         {problem}");
+    }
+    println!(
+        "kept in {}; check it again with\n  tollgate audit verify {} --state {}",
+        trail.display(),
+        trail.display(),
+        state.display()
+    );
+    if !report.ok() {
+        surprises += 1;
+    }
     if surprises > 0 {
         anyhow::bail!("{surprises} demo step(s) did not go as expected");
     }

@@ -1,6 +1,7 @@
 //! The `tollgate` binary: run the guard in front of MCP servers, or watch it work in the demo.
 
 mod approvals;
+mod audit;
 mod demo;
 mod demo_payments;
 mod grant;
@@ -83,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: approvals::ApprovalsCommand,
     },
+    /// Check the audit trail of decisions.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// List and rotate the per-call signing keys.
     Keys {
         #[command(subcommand)]
@@ -140,6 +146,7 @@ async fn main() -> ExitCode {
         }
         Command::Grant { command } => grant::run(command),
         Command::Keys { command } => keys::run(command),
+        Command::Audit { command } => audit::run(command),
         Command::Approvals { command } => {
             init_logging("warn");
             approvals::run(command).await

@@ -34,6 +34,50 @@ pub struct Config {
     /// What a call of a tool whose definition left its pin gets.
     pub pin_changed: PinChanged,
     pub approvals: ApprovalsConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit trail of the guard's decisions.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Off only when the configuration says so by name.
+    pub enabled: bool,
+    /// The trail's folder; by default `audit` in the state folder.
+    pub dir: Option<PathBuf>,
+    pub durability: tollgate_audit::Durability,
+    pub rotate_bytes: u64,
+    pub rotate_after: Duration,
+    pub checkpoint_every: u64,
+    pub checkpoint_after: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        let defaults = tollgate_audit::Settings::new(PathBuf::new());
+        Self {
+            enabled: true,
+            dir: None,
+            durability: defaults.durability,
+            rotate_bytes: defaults.rotate_bytes,
+            rotate_after: defaults.rotate_after,
+            checkpoint_every: defaults.checkpoint_every,
+            checkpoint_after: defaults.checkpoint_after,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Where the trail goes, given the state folder.
+    pub fn settings(&self, state_dir: &std::path::Path) -> tollgate_audit::Settings {
+        tollgate_audit::Settings {
+            dir: self.dir.clone().unwrap_or_else(|| state_dir.join("audit")),
+            durability: self.durability,
+            rotate_bytes: self.rotate_bytes,
+            rotate_after: self.rotate_after,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_after: self.checkpoint_after,
+        }
+    }
 }
 
 /// What happens to calls of a tool whose definition differs from its pin. Either way the tool
@@ -379,6 +423,22 @@ struct RawConfig {
     pins: Option<RawPins>,
     #[serde(default)]
     approvals: RawApprovals,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    enabled: Option<bool>,
+    dir: Option<PathBuf>,
+    /// Records are acknowledged once written and synced at most this often; absent: each
+    /// decision is synced before its call goes ahead.
+    sync_within_ms: Option<u64>,
+    rotate_bytes: Option<u64>,
+    rotate_secs: Option<u64>,
+    checkpoint_every: Option<u64>,
+    checkpoint_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -636,6 +696,7 @@ impl Config {
             pins: None,
             pin_changed: PinChanged::default(),
             approvals: ApprovalsConfig::default(),
+            audit: AuditConfig::default(),
             upstreams: vec![UpstreamConfig {
                 name,
                 credential: CredentialConfig::None,
@@ -1196,7 +1257,54 @@ impl RawConfig {
                 },
             }
         };
+        let audit = {
+            let raw = &self.audit;
+            let defaults = AuditConfig::default();
+            let within = |key: &str,
+                          value: Option<u64>,
+                          range: std::ops::RangeInclusive<u64>,
+                          unit: &str| match value {
+                None => Ok(None),
+                Some(v) if range.contains(&v) => Ok(Some(v)),
+                Some(v) => Err(ConfigError::invalid(
+                    format!("audit.{key}"),
+                    format!("{} to {} {unit}, not {v}", range.start(), range.end()),
+                )),
+            };
+            AuditConfig {
+                enabled: raw.enabled.unwrap_or(true),
+                dir: raw.dir.clone(),
+                durability: match within(
+                    "sync_within_ms",
+                    raw.sync_within_ms,
+                    1..=10_000,
+                    "milliseconds",
+                )? {
+                    None => tollgate_audit::Durability::Synced,
+                    Some(ms) => tollgate_audit::Durability::Within(Duration::from_millis(ms)),
+                },
+                rotate_bytes: within("rotate_bytes", raw.rotate_bytes, 4096..=(1 << 40), "bytes")?
+                    .unwrap_or(defaults.rotate_bytes),
+                rotate_after: within("rotate_secs", raw.rotate_secs, 60..=31_536_000, "seconds")?
+                    .map_or(defaults.rotate_after, Duration::from_secs),
+                checkpoint_every: within(
+                    "checkpoint_every",
+                    raw.checkpoint_every,
+                    1..=1_000_000,
+                    "records",
+                )?
+                .unwrap_or(defaults.checkpoint_every),
+                checkpoint_after: within(
+                    "checkpoint_secs",
+                    raw.checkpoint_secs,
+                    1..=86_400,
+                    "seconds",
+                )?
+                .map_or(defaults.checkpoint_after, Duration::from_secs),
+            }
+        };
         Ok(Config {
+            audit,
             approvals,
             pin_changed: self.pins.as_ref().map(|p| p.on_change).unwrap_or_default(),
             pins: self.pins.map(|p| p.lock),

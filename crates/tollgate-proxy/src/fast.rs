@@ -425,6 +425,7 @@ impl FastPath {
             caller: &job.caller,
             facts: Some(&job.facts),
             can_ask: crate::intercept::can_ask(agent_route.capabilities.as_ref()),
+            number: crate::intercept::next_call_number(),
         };
         let link = crate::intercept::AgentLink {
             route: &agent_route,

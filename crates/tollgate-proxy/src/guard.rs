@@ -56,6 +56,8 @@ pub enum GuardError {
     Exchange(String),
     #[error(transparent)]
     Pins(#[from] crate::pins::LockError),
+    #[error("{0}")]
+    Audit(String),
 }
 
 #[derive(Debug, Default)]
@@ -210,6 +212,11 @@ pub struct PolicyGuard {
     /// The lock file of pinned tool definitions and what it holds (reread on reload).
     pins: Option<(std::path::PathBuf, RwLock<Arc<crate::pins::Lock>>)>,
     pin_changed: crate::config::PinChanged,
+    /// The audit trail, unless turned off by name.
+    audit: Option<Arc<tollgate_audit::Audit>>,
+    /// Forwarded calls by number: their decision id and when they were decided, for the
+    /// outcome record.
+    in_flight: Mutex<HashMap<u64, (String, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for PolicyGuard {
@@ -218,6 +225,42 @@ impl std::fmt::Debug for PolicyGuard {
             .field("version", &self.version())
             .finish_non_exhaustive()
     }
+}
+
+/// Forwarded calls remembered for their outcome record before old ones are swept.
+const IN_FLIGHT_LIMIT: usize = 65_536;
+
+/// What a decision's audit record is made of.
+#[derive(Clone, Copy)]
+struct Recorded<'a> {
+    call: &'a ToolCall<'a>,
+    history: u64,
+    grant: Option<&'a Grant>,
+    decision: &'a Decision,
+    decision_id: &'a str,
+    justification: Option<&'a str>,
+    minted: Option<&'a tollgate_mint::Minted>,
+}
+
+/// `verdict`, forwarded only once its decision's record is as durable as configured.
+fn durable_first(ticket: tollgate_audit::Ticket, verdict: Verdict) -> Verdict {
+    let then: PendingCredential = match verdict {
+        Verdict::Forward => PendingCredential(Box::pin(async { Ok(None) })),
+        Verdict::ForwardWith(credential) => {
+            PendingCredential(Box::pin(async move { Ok(Some(credential)) }))
+        }
+        Verdict::ForwardAfter(pending) => pending,
+        other => return other,
+    };
+    Verdict::ForwardAfter(PendingCredential(Box::pin(async move {
+        if let Err(e) = ticket.durable().await {
+            tracing::error!(error = %e, "a decision could not be recorded; its call is refused");
+            return Err(
+                "Tollgate could not record this decision, so the call does not go ahead".to_owned(),
+            );
+        }
+        then.0.await
+    })))
 }
 
 /// The step named in a decision held because the tool's definition left its pin.
@@ -303,6 +346,9 @@ impl PolicyGuard {
             held_grants: Mutex::new(HashMap::new()),
             approval: config.approvals.clone(),
             pin_changed: config.pin_changed,
+            audit: crate::audit::open(&config.audit, &config.grants.state_dir)
+                .map_err(GuardError::Audit)?,
+            in_flight: Mutex::new(HashMap::new()),
             pins: match &config.pins {
                 None => None,
                 Some(path) => {
@@ -842,13 +888,27 @@ impl PolicyGuard {
         };
         Ok(Carried::Exchange {
             subject: minted,
-            pending: PendingCredential(Box::pin(async move { exchanger.exchange(request).await })),
+            pending: PendingCredential(Box::pin(async move {
+                exchanger
+                    .exchange(request)
+                    .await
+                    .map(Some)
+                    .map_err(|reason| {
+                        format!("a credential for this call could not be obtained ({reason})")
+                    })
+            })),
         })
     }
 
     /// The verdict on `call`; with `approval`, once that approval was given by its approver.
     fn judge(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
         let now = now();
+        if let Some(failure) = self.audit.as_ref().and_then(|a| a.failure()) {
+            tracing::error!(%failure, tool = call.exposed_name, "refused: decisions cannot be recorded");
+            return Verdict::Refuse(refusal(
+                "denied: Tollgate cannot record its decisions right now, so no call goes ahead; the operator has been told why".to_owned(),
+            ));
+        }
         if self.ledger.session_revoked(&call.session.to_string()) {
             return Verdict::Reject("this session has been revoked".to_owned());
         }
@@ -891,6 +951,22 @@ impl PolicyGuard {
         }
         let pack = self.current();
         if !pack.visible(grant, facts, now) {
+            // Calling what one cannot even see is worth a record: it is how probing looks.
+            if let Some(audit) = &self.audit {
+                drop(audit.append(crate::audit::record([
+                    ("kind", "decision".into()),
+                    ("session", history.to_string().into()),
+                    ("grant", grant.map(|g| g.id.clone()).into()),
+                    ("upstream", call.upstream.into()),
+                    ("tool", call.tool.into()),
+                    ("decision", "hide".into()),
+                    ("version", pack.version().into()),
+                    (
+                        "reasons",
+                        serde_json::json!(["no policy could ever allow this tool to this session"]),
+                    ),
+                ])));
+            }
             return Verdict::Hide;
         }
         // What the agent says of this call: untrusted, recorded with the decision, and only
@@ -1035,29 +1111,128 @@ impl PolicyGuard {
         if let Some(detail) = &decision.detail {
             warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
         }
+        let recorded = Recorded {
+            call,
+            history,
+            grant,
+            decision: &decision,
+            decision_id: &decision_id,
+            justification: justification.as_deref(),
+            minted,
+        };
         match decision.effect {
-            Effect::Allow => match carried {
-                Carried::Token(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
-                Carried::Cached(credential) => Verdict::ForwardWith(credential),
-                Carried::Exchange { pending, .. } => Verdict::ForwardAfter(pending),
-                Carried::Nothing => Verdict::Forward,
-            },
-            Effect::Deny => Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text()))),
-            Effect::NeedsApproval => self.hold(call, history, grant, &decision, justification, now),
+            Effect::Allow => {
+                let ticket = self.audit_decision(&recorded, approval.map(|a| a.0), None);
+                let verdict = match carried {
+                    Carried::Token(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
+                    Carried::Cached(credential) => Verdict::ForwardWith(credential),
+                    Carried::Exchange { pending, .. } => Verdict::ForwardAfter(pending),
+                    Carried::Nothing => Verdict::Forward,
+                };
+                match ticket {
+                    Some(ticket) => {
+                        self.track(call.number, &decision_id);
+                        durable_first(ticket, verdict)
+                    }
+                    None => verdict,
+                }
+            }
+            Effect::Deny => {
+                drop(self.audit_decision(&recorded, None, None));
+                Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text())))
+            }
+            Effect::NeedsApproval => self.hold(&recorded, now),
         }
+    }
+
+    /// Appends the record of a decision to the trail: who, what, what it touches, the
+    /// arguments' digest and redacted arguments, the decision and what determined it, the
+    /// approval, what the credential says (never the token).
+    fn audit_decision(
+        &self,
+        recorded: &Recorded<'_>,
+        approval: Option<&str>,
+        unanswerable: Option<&str>,
+    ) -> Option<tollgate_audit::Ticket> {
+        let audit = self.audit.as_ref()?;
+        let Recorded {
+            call,
+            history,
+            grant,
+            decision,
+            decision_id,
+            justification,
+            minted,
+        } = *recorded;
+        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
+        let strings = |items: &[String]| serde_json::json!(items);
+        let record = crate::audit::record([
+            ("kind", "decision".into()),
+            ("decision_id", decision_id.into()),
+            ("session", history.to_string().into()),
+            ("agent", grant.and_then(|g| g.agent.clone()).into()),
+            ("user", grant.and_then(|g| g.user.clone()).into()),
+            ("grant", grant.map(|g| g.id.clone()).into()),
+            ("upstream", call.upstream.into()),
+            ("tool", call.tool.into()),
+            ("class", decision.class.as_str().into()),
+            (
+                "resources",
+                serde_json::json!(
+                    decision
+                        .resources
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            (
+                "arguments_sha256",
+                tollgate_mint::jcs::digest(&arguments).into(),
+            ),
+            (
+                "arguments",
+                crate::audit::kept_arguments(decision.redacted(&arguments)),
+            ),
+            ("decision", decision.effect.as_str().into()),
+            ("policies", strings(&decision.policies)),
+            ("reasons", strings(&decision.reasons)),
+            ("version", decision.version.clone().into()),
+            ("approval_id", approval.into()),
+            ("unanswerable", unanswerable.into()),
+            ("justification", justification.into()),
+            ("jti", minted.map(|m| m.jti.clone()).into()),
+            ("kid", minted.map(|m| m.kid.clone()).into()),
+            ("aud", minted.map(|m| m.aud.clone()).into()),
+            ("exp", minted.map(|m| m.exp).into()),
+        ]);
+        Some(audit.append(record))
+    }
+
+    /// Remembers a forwarded call's decision for its outcome record.
+    fn track(&self, number: u64, decision_id: &str) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Calls whose end never came (a connection gone mid-call) are forgotten after an hour.
+        if in_flight.len() >= IN_FLIGHT_LIMIT {
+            in_flight.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(3600));
+        }
+        in_flight.insert(number, (decision_id.to_owned(), std::time::Instant::now()));
     }
 
     /// A call a policy holds for approval: the request approvers and the user at the agent see,
     /// or a denial when nobody who may approve it can be reached.
-    fn hold(
-        &self,
-        call: &ToolCall<'_>,
-        history: u64,
-        grant: Option<&Grant>,
-        decision: &Decision,
-        justification: Option<String>,
-        now: i64,
-    ) -> Verdict {
+    fn hold(&self, recorded: &Recorded<'_>, now: i64) -> Verdict {
+        let Recorded {
+            call,
+            history,
+            grant,
+            decision,
+            justification,
+            ..
+        } = *recorded;
         let settings = &self.approval;
         // The user at the agent may answer only where every gating policy says so, the
         // configuration allows it for this class, and the agent can be asked.
@@ -1080,6 +1255,7 @@ impl PolicyGuard {
         };
         let out_of_band = !settings.approvers.is_empty();
         if let (Err(why), false) = (&at_agent, out_of_band) {
+            drop(self.audit_decision(recorded, None, Some(why)));
             return Verdict::Refuse(refusal(format!(
                 "needs approval: {}; no approvers are configured on this Tollgate and {why}, so the call is denied",
                 decision.reason_text()
@@ -1113,10 +1289,11 @@ impl PolicyGuard {
             policies: decision.policies.clone(),
             reasons: decision.reasons.clone(),
             approvers: decision.approvers.clone(),
-            justification,
+            justification: justification.map(str::to_owned),
             credential,
             state: crate::approvals::State::Pending,
         };
+        drop(self.audit_decision(recorded, Some(&request.id), None));
         let in_band = at_agent.is_ok().then(|| crate::approvals::InBand {
             message: request.summary(),
             who: format!(
@@ -1408,7 +1585,51 @@ impl Interceptor for PolicyGuard {
         self.judge(call, Some((approval, approver)))
     }
 
-    fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}
+    fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let Some((decision_id, decided)) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&call.number)
+        else {
+            return;
+        };
+        let (result, error) = match outcome {
+            Outcome::Completed { is_error: false } => ("ok", None),
+            Outcome::Completed { is_error: true } => ("tool_error", None),
+            Outcome::Pending => ("pending", None),
+            Outcome::Failed(e) => (
+                "failed",
+                Some(e.to_string().chars().take(300).collect::<String>()),
+            ),
+        };
+        drop(
+            audit.append(crate::audit::record([
+                ("kind", "outcome".into()),
+                ("decision_id", decision_id.into()),
+                ("session", call.session.to_string().into()),
+                ("upstream", call.upstream.into()),
+                ("tool", call.tool.into()),
+                ("outcome", result.into()),
+                ("error", error.into()),
+                (
+                    "latency_us",
+                    u64::try_from(decided.elapsed().as_micros())
+                        .unwrap_or(u64::MAX)
+                        .into(),
+                ),
+            ])),
+        );
+    }
+
+    fn shutdown(&self) {
+        if let Some(audit) = &self.audit {
+            audit.close();
+        }
+    }
 
     fn visible(&self, session: SessionId, caller: &Caller, tool: &ToolFacts) -> bool {
         if self.pin_state(tool) == PinState::Changed {
@@ -1545,6 +1766,55 @@ mod tests {
         w.add(2000);
         assert_eq!(w.total(2000), 1);
         assert!(std::mem::size_of::<MinuteWindow>() <= 256);
+    }
+
+    #[tokio::test]
+    async fn an_allowed_call_goes_ahead_only_once_its_decision_is_recorded() {
+        let forwarded = |verdict: Verdict| match verdict {
+            Verdict::ForwardAfter(pending) => pending,
+            other => panic!("{other:?}"),
+        };
+        // Not yet durable: the call waits.
+        let (record, ticket) = tokio::sync::oneshot::channel();
+        let mut pending = forwarded(durable_first(
+            tollgate_audit::Ticket::from_receiver(ticket),
+            Verdict::ForwardWith(Credential::new("t")),
+        ));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut pending.0)
+                .await
+                .is_err(),
+            "forwarded before its record was written"
+        );
+        record.send(Ok(7)).unwrap();
+        let credential = pending.0.await.unwrap().unwrap();
+        assert_eq!(credential.expose(), "t");
+        // Never written: refused.
+        let (record, ticket) = tokio::sync::oneshot::channel();
+        let pending = forwarded(durable_first(
+            tollgate_audit::Ticket::from_receiver(ticket),
+            Verdict::Forward,
+        ));
+        record
+            .send(Err(tollgate_audit::AuditError::Failed {
+                dir: "d".into(),
+                reason: "disk full".into(),
+            }))
+            .unwrap();
+        let refused = pending.0.await.unwrap_err();
+        assert!(refused.contains("could not record"), "{refused}");
+        assert!(
+            !refused.contains("disk full"),
+            "the agent is not told the operator's detail"
+        );
+        // Refusals are not held.
+        assert!(matches!(
+            durable_first(
+                tollgate_audit::Ticket::from_receiver(tokio::sync::oneshot::channel().1),
+                Verdict::Hide
+            ),
+            Verdict::Hide
+        ));
     }
 
     #[test]

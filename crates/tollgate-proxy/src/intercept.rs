@@ -94,6 +94,15 @@ pub struct ToolCall<'a> {
     /// The user at the agent can be asked during the call: the agent declared form
     /// elicitation (in its capabilities, or in the request's `_meta` for 2026-07-28).
     pub can_ask: bool,
+    /// This call's number in this process (from [`next_call_number`]): what ties its outcome to
+    /// its decision.
+    pub number: u64,
+}
+
+/// A number no other call of this process has.
+pub fn next_call_number() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether `capabilities` let the user at the agent be asked with a form.
@@ -128,9 +137,13 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// A credential still being obtained.
+/// What must happen before a call is forwarded (its decision made durable in the audit
+/// trail, a token exchanged): it yields the credential the call carries, if any, or the reason
+/// the call is refused.
 pub struct PendingCredential(
-    pub std::pin::Pin<Box<dyn std::future::Future<Output = Result<Credential, String>> + Send>>,
+    pub  std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Credential>, String>> + Send>,
+    >,
 );
 
 impl std::fmt::Debug for PendingCredential {
@@ -146,8 +159,8 @@ pub enum Verdict {
     Forward,
     /// Forward the call carrying this credential.
     ForwardWith(Credential),
-    /// Forward the call carrying the credential this yields (a token exchange); when it fails
-    /// the call is refused with its reason.
+    /// Forward the call once this is done, carrying the credential it yields (the decision
+    /// recorded, a token exchanged); when it fails the call is refused with its reason.
     ForwardAfter(PendingCredential),
     /// Hold the call until a person answers its approval request; approved, the call is
     /// decided again by [`Interceptor::resume`].
@@ -190,6 +203,8 @@ pub trait Interceptor: Send + Sync + 'static {
     }
     /// The session has ended; forget what was kept for it.
     fn session_ended(&self, _session: SessionId) {}
+    /// Tollgate is stopping: finish what must be finished (the audit trail's closing record).
+    fn shutdown(&self) {}
 }
 
 /// Forwards everything. The relay's behaviour until a decision engine is configured.
@@ -446,14 +461,12 @@ async fn settle(interceptor: &dyn Interceptor, call: &ToolCall<'_>, verdict: Ver
         Verdict::ForwardAfter(pending) => match pending.0.await {
             Ok(credential) => {
                 span.record("verdict", "forward");
-                Screened::Forward(Some(credential))
+                Screened::Forward(credential)
             }
             Err(reason) => {
                 span.record("verdict", "refuse");
-                tracing::warn!(tool = call.exposed_name, %reason, "no credential could be obtained; denied");
-                let result = refused(&format!(
-                    "denied: a credential for this call could not be obtained ({reason})"
-                ));
+                tracing::warn!(tool = call.exposed_name, %reason, "the call could not be made ready; denied");
+                let result = refused(&format!("denied: {reason}"));
                 interceptor.after_call(call, &Outcome::Completed { is_error: true });
                 Screened::Answer(result)
             }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod api;
 pub mod approvals;
+pub mod audit;
 pub mod config;
 mod error;
 pub mod exchange;
@@ -205,5 +206,6 @@ impl Proxy {
         for task in self.supervisors {
             let _ = task.await;
         }
+        self.hub.interceptor.shutdown();
     }
 }

@@ -250,6 +250,7 @@ impl AgentSession {
                 caller: &caller,
                 facts: merged.facts.get(params.name.as_ref()).map(AsRef::as_ref),
                 can_ask: crate::intercept::can_ask(agent_route.capabilities.as_ref()),
+                number: crate::intercept::next_call_number(),
             };
             let span = tracing::Span::current();
             // A 2026-07-28 agent's retry may answer the approval question of a held call.

@@ -1,0 +1,88 @@
+//! The guard's audit trail: what each decision and each forwarded call's outcome leave in the
+//! hash-chained trail, with its checkpoints signed by the state folder's audit key (never the
+//! grant key). A record carries digests, ids and redacted arguments: never a token, a grant
+//! or a value the catalog marks `redact`.
+
+use std::{path::Path, sync::Arc};
+
+use serde_json::{Map, Value, json};
+use tollgate_audit::{Audit, CheckpointSigner, CheckpointVerifier};
+use tollgate_mint::{GrantSigner, GrantVerifier};
+
+use crate::config::AuditConfig;
+
+/// Arguments bigger than this (as JSON) are left out of a record; their digest stays.
+const MAX_ARGUMENTS: usize = 8 * 1024;
+
+struct TrailSigner(GrantSigner);
+
+impl CheckpointSigner for TrailSigner {
+    fn kid(&self) -> String {
+        self.0.kid().to_owned()
+    }
+
+    fn sign(&self, message: &[u8]) -> String {
+        self.0.sign_bytes(message)
+    }
+}
+
+/// Checks a trail's checkpoints with the public half of a state folder's audit key.
+#[derive(Debug)]
+pub struct TrailVerifier(GrantVerifier);
+
+impl TrailVerifier {
+    pub fn load(state_dir: &Path) -> Result<Self, String> {
+        GrantVerifier::load_named(state_dir, tollgate_mint::AUDIT_KEY)
+            .map(Self)
+            .map_err(|e| {
+                format!(
+                    "no audit key in {} ({e}): give the state folder of the Tollgate that wrote the trail",
+                    state_dir.display()
+                )
+            })
+    }
+}
+
+impl CheckpointVerifier for TrailVerifier {
+    fn kid(&self) -> String {
+        self.0.kid().to_owned()
+    }
+
+    fn verify(&self, message: &[u8], signature: &str) -> bool {
+        self.0.verify_bytes(message, signature)
+    }
+}
+
+/// Opens the trail `config` asks for; none when it is turned off by name.
+pub(crate) fn open(config: &AuditConfig, state_dir: &Path) -> Result<Option<Arc<Audit>>, String> {
+    if !config.enabled {
+        tracing::warn!("the audit trail is off: decisions are only logged");
+        return Ok(None);
+    }
+    let signer = GrantSigner::load_or_create_named(state_dir, tollgate_mint::AUDIT_KEY)
+        .map_err(|e| format!("the audit key cannot be loaded: {e}"))?;
+    let settings = config.settings(state_dir);
+    let dir = settings.dir.clone();
+    let audit = Audit::open(settings, Arc::new(TrailSigner(signer))).map_err(|e| e.to_string())?;
+    tracing::info!(dir = %dir.display(), "audit trail open");
+    Ok(Some(Arc::new(audit)))
+}
+
+/// `arguments` as a record keeps them: whole when small, else only their size.
+pub(crate) fn kept_arguments(redacted: Value) -> Value {
+    let size = serde_json::to_vec(&redacted).map_or(0, |b| b.len());
+    if size <= MAX_ARGUMENTS {
+        redacted
+    } else {
+        json!({ "[not kept]": format!("{size} bytes") })
+    }
+}
+
+/// A record from `pairs`, leaving out what is absent.
+pub(crate) fn record(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> Map<String, Value> {
+    pairs
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}

@@ -1,0 +1,363 @@
+//! The audit trail end to end: every decision and every forwarded call's outcome is in a
+//! trail `tollgate audit verify` accepts, with what the credential says but never the token,
+//! and the arguments the catalog marks hidden; an edit is found at its record; a trail that
+//! cannot be written stops Tollgate from starting, or refuses calls once it fails; and a
+//! Tollgate killed during a burst of calls leaves every forwarded call's decision behind.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use serde_json::{Value, json};
+use support::*;
+use tollgate_proxy::Config;
+
+fn records(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn verify(dir: &Path, state: &Path, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(tollgate_bin())
+        .args(["audit", "verify", dir.to_str().unwrap(), "--state"])
+        .arg(state)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A pack where reads are allowed, `add` is a write allowed only for small numbers, `pid` is
+/// an admin call no grant here carries (so it is hidden), and `echo`'s `text` is hidden from
+/// reviewers.
+fn pack(dir: &Path) {
+    reads_pack(
+        dir,
+        r#"@id("small-writes") permit (principal, action == Action::"write", resource) when { context.grant.present };
+@id("no-big-sums") @reason("sums above 10 are not allowed here") forbid (principal, action == Action::"write", resource) when { context.args has a && context.args.a > 10 };"#,
+    );
+    std::fs::write(
+        dir.join("pack.toml"),
+        "purposes = [\"work\"]\n[[tool]]\ntool = \"echo\"\nclass = \"read\"\nredact = [\"text\"]\n[[tool]]\ntool = \"add\"\nclass = \"write\"\n[[tool]]\ntool = \"pid\"\nclass = \"admin\"\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n",
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack_dir, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    pack(&pack_dir);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, headers) = recording_fixture(&stop).await;
+    let config = Config::parse(&format!(
+        "{head}[[upstream]]\nname = \"fx\"\nurl = \"http://{addr}/mcp\"\ncredential = {{ mode = \"mint\", audience = \"https://fx.test\" }}\n",
+        head = guarded_toml(&pack_dir, &state),
+    ))
+    .unwrap();
+    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&tollgate_policy::Grant {
+            agent: Some("auditor-agent".into()),
+            ..root_grant(
+                "work",
+                [
+                    tollgate_policy::ActionClass::Read,
+                    tollgate_policy::ActionClass::Write,
+                ],
+            )
+        })
+        .unwrap();
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    let said = agent
+        .call_tool(call("echo", json!({"text": "the launch code is 0000"})))
+        .await
+        .unwrap();
+    assert_eq!(text_of(&said), "the launch code is 0000");
+    let refused = agent
+        .call_tool(call("add", json!({"a": 100, "b": 2})))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let hidden = agent.call_tool(call("pid", json!({}))).await;
+    assert!(hidden.is_err(), "{hidden:?}");
+    agent.cancel().await.unwrap();
+    g.proxy.shutdown().await;
+
+    let dir = state.join("audit");
+    let all = records(&dir);
+    let decisions: Vec<&Value> = all.iter().filter(|r| r["kind"] == "decision").collect();
+    assert_eq!(decisions.len(), 3, "{all:#?}");
+    let allowed = decisions.iter().find(|r| r["tool"] == "echo").unwrap();
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["agent"], "auditor-agent");
+    assert_eq!(allowed["upstream"], "fx");
+    assert_eq!(allowed["class"], "read");
+    assert_eq!(allowed["arguments"], json!({"text": "[redacted]"}));
+    assert!(allowed["arguments_sha256"].as_str().is_some());
+    assert_eq!(allowed["aud"], "https://fx.test");
+    assert!(allowed["jti"].as_str().is_some() && allowed["exp"].as_i64().is_some());
+    let denied = decisions.iter().find(|r| r["tool"] == "add").unwrap();
+    assert_eq!(
+        (denied["decision"].clone(), denied["policies"].clone()),
+        (json!("deny"), json!(["no-big-sums"]))
+    );
+    let probed = decisions.iter().find(|r| r["tool"] == "pid").unwrap();
+    assert_eq!(
+        probed["decision"], "hide",
+        "calling a hidden tool is recorded"
+    );
+    // The allowed call's outcome, tied to its decision.
+    let outcome = all.iter().find(|r| r["kind"] == "outcome").unwrap();
+    assert_eq!(outcome["decision_id"], allowed["decision_id"]);
+    assert_eq!(outcome["outcome"], "ok");
+    assert!(outcome["latency_us"].as_u64().is_some());
+    // Decided before forwarded: the decision record comes first.
+    let position = |r: &Value| all.iter().position(|x| x == r).unwrap();
+    assert!(position(allowed) < position(outcome));
+    // Never the token, never the hidden value.
+    let token = headers
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|h| {
+            h.get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .unwrap();
+    let raw: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!raw.contains(token.trim_start_matches("Bearer ")));
+    assert!(!raw.contains("launch code"));
+    assert!(!raw.contains(&grant), "nor the grant");
+
+    // Closed cleanly: it verifies.
+    let (ok, out) = verify(&dir, &state, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("the trail is intact"), "{out}");
+    // An edited decision is found at its record.
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let seq = denied["seq"].as_u64().unwrap();
+    std::fs::write(
+        &file,
+        text.replace(r#""decision":"deny""#, r#""decision":"allow""#),
+    )
+    .unwrap();
+    let (ok, out) = verify(&dir, &state, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("record {seq}: altered")), "{out}");
+    // Another state folder's key does not vouch for it.
+    let other = tmp.path().join("other");
+    tollgate_mint::GrantSigner::load_or_create_named(&other, tollgate_mint::AUDIT_KEY).unwrap();
+    std::fs::write(&file, text).unwrap();
+    let (ok, out) = verify(&dir, &other, &[]);
+    assert!(!ok && out.contains("signature does not verify"), "{out}");
+}
+
+#[tokio::test]
+async fn a_trail_that_cannot_be_written_stops_tollgate_or_refuses_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack_dir, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    pack(&pack_dir);
+    // Where the folder should be, a file: Tollgate does not start, and says why.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(tmp.path().join("blocked"), "").unwrap();
+    let head = guarded_toml(&pack_dir, &state);
+    let upstream = stdio_fixture_upstream("fx");
+    let blocked = Config::parse(&format!(
+        "{head}[audit]\ndir = \"{}\"\n{upstream}",
+        tmp.path().join("blocked").display()
+    ))
+    .unwrap();
+    let err = tollgate_proxy::guard::PolicyGuard::new(&blocked).unwrap_err();
+    assert!(err.to_string().contains("cannot be written"), "{err}");
+
+    // Running, the trail's folder goes away: the next file cannot be made, and from then on
+    // calls are refused.
+    let dir = tmp.path().join("trail");
+    let config = Config::parse(&format!(
+        "{head}[audit]\ndir = \"{}\"\nrotate_bytes = 4096\n{upstream}",
+        dir.display()
+    ))
+    .unwrap();
+    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&root_grant("work", [tollgate_policy::ActionClass::Read]))
+        .unwrap();
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    let first = agent.call_tool(call("whoami", json!({}))).await.unwrap();
+    assert_ne!(first.is_error, Some(true), "{first:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut refused = None;
+    for _ in 0..100 {
+        let answer = agent.call_tool(call("whoami", json!({}))).await.unwrap();
+        if answer.is_error == Some(true) {
+            refused = Some(text_of(&answer));
+            break;
+        }
+    }
+    let refused = refused.expect("calls are refused once the trail fails");
+    assert!(
+        refused.contains("record") && !refused.contains(&dir.display().to_string()),
+        "the agent reads that decisions cannot be recorded, not where: {refused}"
+    );
+    let after = agent.call_tool(call("whoami", json!({}))).await.unwrap();
+    assert!(
+        text_of(&after).contains("cannot record its decisions"),
+        "{after:?}"
+    );
+    agent.cancel().await.unwrap();
+    g.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tollgate_killed_mid_burst_leaves_every_forwarded_calls_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack_dir, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    pack(&pack_dir);
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let received = tmp.path().join("received.log");
+    let config = tmp.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[front.http]\nlisten = \"127.0.0.1:{port}\"\n[policy]\npack = \"{pack}\"\n[grants]\nstate_dir = \"{state}\"\n[[upstream]]\nname = \"fx\"\ncommand = \"{fixture}\"\nargs = [\"stdio\", \"fx\"]\nenv = {{ {meta_env} = \"{received}\" }}\ncredential = {{ mode = \"mint\", audience = \"https://fx.test\" }}\n",
+            pack = pack_dir.display(),
+            state = state.display(),
+            fixture = fixture_bin().display(),
+            meta_env = tollgate_testkit::fixture::META_LOG_ENV,
+            received = received.display(),
+        ),
+    )
+    .unwrap();
+    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&root_grant("work", [tollgate_policy::ActionClass::Read]))
+        .unwrap();
+    let mut tollgate = tokio::process::Command::new(tollgate_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "tollgate did not start listening");
+    // Eight agents call as fast as they can until Tollgate dies under them.
+    let mut burst = Vec::new();
+    for n in 0..8 {
+        let (url, grant) = (url.clone(), grant.clone());
+        burst.push(tokio::spawn(async move {
+            let agent = agent_with_grant(&url, &grant).await;
+            for i in 0.. {
+                let text = format!("agent {n} call {i}");
+                if agent
+                    .call_tool(call("echo", json!({ "text": text })))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    // Until the upstream has seen a good number of calls.
+    for _ in 0..400 {
+        let seen = std::fs::read_to_string(&received).map_or(0, |t| t.lines().count());
+        if seen >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tollgate.start_kill().unwrap(); // SIGKILL
+    tollgate.wait().await.unwrap();
+    for agent in burst {
+        agent.abort();
+    }
+
+    // Every call the upstream received carried a credential whose decision is in the trail.
+    let trail: std::collections::HashSet<String> = records(&state.join("audit"))
+        .iter()
+        .filter(|r| r["kind"] == "decision")
+        .filter_map(|r| r["jti"].as_str().map(str::to_owned))
+        .collect();
+    use base64::Engine;
+    let forwarded: Vec<String> = std::fs::read_to_string(&received)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let meta: Value = serde_json::from_str(line).ok()?;
+            let token = meta["io.tollgate/credential"].as_str()?.to_owned();
+            let claims: Value = serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(token.split('.').nth(1)?)
+                    .ok()?,
+            )
+            .ok()?;
+            claims["jti"].as_str().map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        forwarded.len() >= 100,
+        "the burst reached the upstream: {}",
+        forwarded.len()
+    );
+    let missing: Vec<&String> = forwarded.iter().filter(|j| !trail.contains(*j)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} forwarded calls have no decision record",
+        missing.len()
+    );
+    // The trail is intact up to where it was cut: it only lacks its closing checkpoint.
+    let (ok, out) = verify(&state.join("audit"), &state, &[]);
+    assert!(!ok && out.contains("without a closing checkpoint"), "{out}");
+    let (ok, out) = verify(&state.join("audit"), &state, &["--open"]);
+    assert!(ok, "{out}");
+}
