@@ -2,7 +2,8 @@
 //! trail `tollgate audit verify` accepts, with what the credential says but never the token,
 //! and the arguments the catalog marks hidden; an edit is found at its record; a trail that
 //! cannot be written stops Tollgate from starting, or refuses calls once it fails; and a
-//! Tollgate killed during a burst of calls leaves every forwarded call's decision behind.
+//! Tollgate killed during a burst of calls leaves every forwarded call's decision behind. The
+//! admin endpoint's `/metrics` counts the same decisions.
 
 #![allow(
     clippy::unwrap_used,
@@ -33,6 +34,19 @@ fn records(dir: &Path) -> Vec<Value> {
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A Prometheus text exposition as `series → value`, failing on any line that is not a
+/// comment or a sample.
+fn prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {l}"));
+            (series.to_owned(), value)
         })
         .collect()
 }
@@ -73,9 +87,11 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     pack(&pack_dir);
     let stop = tokio_util::sync::CancellationToken::new();
     let (addr, headers) = recording_fixture(&stop).await;
+    let shipped = tmp.path().join("shipped");
     let config = Config::parse(&format!(
-        "{head}[[upstream]]\nname = \"fx\"\nurl = \"http://{addr}/mcp\"\ncredential = {{ mode = \"mint\", audience = \"https://fx.test\" }}\n",
+        "{head}[audit]\ncopy_dir = \"{shipped}\"\n[[upstream]]\nname = \"fx\"\nurl = \"http://{addr}/mcp\"\ncredential = {{ mode = \"mint\", audience = \"https://fx.test\" }}\n",
         head = guarded_toml(&pack_dir, &state),
+        shipped = shipped.display(),
     ))
     .unwrap();
     let grant = tollgate_mint::GrantSigner::load_or_create(&state)
@@ -106,6 +122,44 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     let hidden = agent.call_tool(call("pid", json!({}))).await;
     assert!(hidden.is_err(), "{hidden:?}");
     agent.cancel().await.unwrap();
+
+    // The same calls, counted on the admin endpoint's `/metrics`.
+    let text = reqwest::get(format!("{}/metrics", g.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = prometheus(&text);
+    for (line, want) in [
+        (
+            r#"tollgate_decisions_total{decision="allow",upstream="fx",tool="echo"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_decisions_total{decision="deny",upstream="fx",tool="add"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_decisions_total{decision="hide",upstream="fx",tool="pid"}"#,
+            1.0,
+        ),
+        ("tollgate_decision_seconds_count", 3.0),
+        ("tollgate_call_seconds_count", 1.0),
+        ("tollgate_approvals_pending", 0.0),
+        ("tollgate_audit_failed", 0.0),
+    ] {
+        assert_eq!(metrics.get(line), Some(&want), "{line} in\n{text}");
+    }
+    assert!(metrics["tollgate_audit_records_total"] >= 4.0, "{text}");
+    assert!(
+        metrics["tollgate_audit_write_seconds_count"] >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metrics[r#"tollgate_decision_seconds_bucket{le="+Inf"}"#], 3.0,
+        "cumulative buckets end at the count"
+    );
     g.proxy.shutdown().await;
 
     let dir = state.join("audit");
@@ -156,6 +210,28 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     assert!(!raw.contains(token.trim_start_matches("Bearer ")));
     assert!(!raw.contains("launch code"));
     assert!(!raw.contains(&grant), "nor the grant");
+
+    // The copy for log shippers holds the same lines, in a file per day.
+    let copied: String = std::fs::read_dir(&shipped)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            assert!(
+                path.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("tollgate-audit-20"),
+                "{path:?}"
+            );
+            std::fs::read_to_string(path).unwrap()
+        })
+        .collect();
+    assert_eq!(copied, raw, "the copy is the trail, line for line");
+    // Not on stdout when stdout is the MCP stream.
+    let refused = Config::parse("[front]\nstdio = true\n[audit]\ncopy = \"stdout\"\n[[upstream]]\nname = \"x\"\ncommand = \"x\"\n")
+        .unwrap_err();
+    assert!(refused.to_string().contains("audit.copy"), "{refused}");
 
     // Closed cleanly: it verifies.
     let (ok, out) = verify(&dir, &state, &[]);

@@ -11,9 +11,10 @@
 //! continues from the last complete record it finds.
 
 mod chain;
+pub mod histogram;
 mod verify;
 mod writer;
 
 pub use chain::{CheckpointSigner, CheckpointVerifier, GENESIS, checkpoint_message, line_hash};
 pub use verify::{Problem, Report, verify_files};
-pub use writer::{Audit, AuditError, Durability, Settings, Ticket};
+pub use writer::{Audit, AuditError, Copy, Durability, Settings, Ticket, WriterStats};

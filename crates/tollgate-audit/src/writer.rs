@@ -40,6 +40,18 @@ pub struct Settings {
     pub checkpoint_every: u64,
     /// …or this long after the last one, whichever comes first.
     pub checkpoint_after: Duration,
+    /// Where a copy of every line goes for log shippers, if anywhere. The trail's own files
+    /// stay the record: a copy that cannot be written is logged and skipped.
+    pub copy: Option<Copy>,
+}
+
+/// A copy of the trail for log shippers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Copy {
+    /// Standard output (never where the MCP stream is).
+    Stdout,
+    /// `tollgate-audit-YYYY-MM-DD.jsonl` in this folder, a file per UTC day.
+    Daily(PathBuf),
 }
 
 impl Settings {
@@ -50,6 +62,7 @@ impl Settings {
             rotate_bytes: 64 << 20,
             rotate_after: Duration::from_secs(24 * 3600),
             checkpoint_every: 1000,
+            copy: None,
             checkpoint_after: Duration::from_secs(60),
         }
     }
@@ -151,9 +164,18 @@ impl Shared {
     }
 }
 
+/// What the writer has done, for metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// How long each batch took to write (and sync, when it was synced).
+    pub batch: crate::histogram::Histogram,
+    pub records: std::sync::atomic::AtomicU64,
+}
+
 /// The audit trail of one Tollgate.
 pub struct Audit {
     durability: Durability,
+    stats: Arc<WriterStats>,
     shared: Arc<Shared>,
     failed: Arc<OnceLock<AuditError>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -204,20 +226,27 @@ impl Audit {
             wake: Condvar::new(),
         });
         let failed = Arc::new(OnceLock::new());
+        let stats = Arc::new(WriterStats::default());
         let thread = {
-            let (failed, shared) = (failed.clone(), shared.clone());
+            let (failed, shared, stats) = (failed.clone(), shared.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("tollgate-audit".into())
-                .spawn(move || state.run(&shared, &failed))
+                .spawn(move || state.run(&shared, &failed, &stats))
                 .map_err(|e| fail(format!("cannot start the writer: {e}")))?
         };
         Ok(Self {
             durability,
+            stats,
             shared,
             failed,
             thread: Mutex::new(Some(thread)),
             dir,
         })
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// Why the trail can no longer be written, once it cannot.
@@ -297,7 +326,7 @@ fn unix_ms() -> u64 {
 }
 
 impl State {
-    fn run(mut self, shared: &Shared, failed: &OnceLock<AuditError>) {
+    fn run(mut self, shared: &Shared, failed: &OnceLock<AuditError>, stats: &WriterStats) {
         let within = match self.settings.durability {
             Durability::Within(d) => Some(d),
             Durability::Synced => None,
@@ -342,7 +371,19 @@ impl State {
                 }
                 continue;
             }
-            match self.write_batch(batch) {
+            let records = batch
+                .iter()
+                .filter(|j| matches!(j, Job::Record(..)))
+                .count() as u64;
+            let started = Instant::now();
+            let written = self.write_batch(batch);
+            if records > 0 {
+                stats.batch.observe(started.elapsed());
+                stats
+                    .records
+                    .fetch_add(records, std::sync::atomic::Ordering::Relaxed);
+            }
+            match written {
                 Ok(Some(closed)) => {
                     let _ = closed.send(());
                     return;
@@ -472,7 +513,31 @@ impl State {
             .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
         self.bytes += bytes.len() as u64;
         self.unsynced = true;
+        self.copy(bytes);
         Ok(())
+    }
+
+    /// Writes `bytes` to the copy for log shippers, if there is one.
+    fn copy(&mut self, bytes: &[u8]) {
+        let written = match &self.settings.copy {
+            None => return,
+            Some(Copy::Stdout) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes).and_then(|()| out.flush())
+            }
+            Some(Copy::Daily(dir)) => {
+                let path = dir.join(format!(
+                    "tollgate-audit-{}.jsonl",
+                    utc_date(unix_ms() / 1000)
+                ));
+                fs::create_dir_all(dir)
+                    .and_then(|()| OpenOptions::new().create(true).append(true).open(&path))
+                    .and_then(|mut f| f.write_all(bytes))
+            }
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "the audit trail's copy could not be written; the trail itself was");
+        }
     }
 
     fn sync(&mut self) -> Result<(), String> {
@@ -524,6 +589,21 @@ impl State {
         self.file = None;
         Ok(())
     }
+}
+
+/// `YYYY-MM-DD` of a Unix time, in UTC.
+fn utc_date(unix_secs: u64) -> String {
+    // Days to civil date (H. Hinnant's algorithm), for days since 1970-01-01.
+    let z = i64::try_from(unix_secs / 86_400).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }
 
 fn refuse_all(batch: Vec<Job>, error: &AuditError) {
@@ -599,4 +679,15 @@ fn last_record(dir: &Path) -> Result<(u64, String, bool), String> {
         && record.get("closing").and_then(Value::as_bool) == Some(true)
         && complete.len() + 1 == tail.len();
     Ok((seq + 1, line_hash(line), closed))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn days_are_named_in_utc() {
+        assert_eq!(super::utc_date(0), "1970-01-01");
+        assert_eq!(super::utc_date(951_782_400), "2000-02-29");
+        assert_eq!(super::utc_date(1_796_083_200), "2026-12-01");
+        assert_eq!(super::utc_date(1_796_083_199), "2026-11-30");
+    }
 }

@@ -3,7 +3,8 @@
 //! RFC 8414-style metadata naming each path's issuer, and the signed revocation list at
 //! `/revocations`. For operators, with the admin token: RFC 7662 introspection at
 //! `/introspect`, revocation of a token, a session or a grant at `/revoke`, and rotation of
-//! the signing keys at `/keys/rotate`.
+//! the signing keys at `/keys/rotate`. For monitoring, Prometheus metrics at `/metrics`
+//! (counts and latencies, names of upstreams and tools: nothing secret).
 //! Nothing here accepts an agent's request or shows a secret.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -49,6 +50,7 @@ pub async fn serve(
         .route("/quarantine/{session}/release", post(release))
         .route("/keys/rotate", post(rotate))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/metrics", get(metrics))
         .route(
             "/.well-known/oauth-authorization-server",
             get(server_metadata),
@@ -121,6 +123,17 @@ async fn release(
 
 async fn rotate(State(op): Op, headers: HeaderMap) -> axum::response::Response {
     op.rotate(&headers)
+}
+
+async fn metrics(State(op): Op) -> axum::response::Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        op.guard.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn jwks(State(op): Op) -> axum::response::Response {

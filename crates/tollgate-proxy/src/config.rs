@@ -49,6 +49,8 @@ pub struct AuditConfig {
     pub rotate_after: Duration,
     pub checkpoint_every: u64,
     pub checkpoint_after: Duration,
+    /// A copy of every record for log shippers.
+    pub copy: Option<tollgate_audit::Copy>,
 }
 
 impl Default for AuditConfig {
@@ -62,6 +64,7 @@ impl Default for AuditConfig {
             rotate_after: defaults.rotate_after,
             checkpoint_every: defaults.checkpoint_every,
             checkpoint_after: defaults.checkpoint_after,
+            copy: None,
         }
     }
 }
@@ -76,6 +79,7 @@ impl AuditConfig {
             rotate_after: self.rotate_after,
             checkpoint_every: self.checkpoint_every,
             checkpoint_after: self.checkpoint_after,
+            copy: self.copy.clone(),
         }
     }
 }
@@ -439,6 +443,10 @@ struct RawAudit {
     rotate_secs: Option<u64>,
     checkpoint_every: Option<u64>,
     checkpoint_secs: Option<u64>,
+    /// `"stdout"`: a copy of every record on standard output, for log shippers.
+    copy: Option<String>,
+    /// A copy of every record in a file per UTC day in this folder.
+    copy_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1301,6 +1309,29 @@ impl RawConfig {
                     "seconds",
                 )?
                 .map_or(defaults.checkpoint_after, Duration::from_secs),
+                copy: match (raw.copy.as_deref(), &raw.copy_dir) {
+                    (None, None) => None,
+                    (Some("stdout"), None) if self.front.stdio => {
+                        return Err(ConfigError::invalid(
+                            "audit.copy",
+                            "another place than stdout: the stdio front speaks MCP there",
+                        ));
+                    }
+                    (Some("stdout"), None) => Some(tollgate_audit::Copy::Stdout),
+                    (None, Some(dir)) => Some(tollgate_audit::Copy::Daily(dir.clone())),
+                    (Some(other), None) => {
+                        return Err(ConfigError::invalid(
+                            "audit.copy",
+                            format!("\"stdout\" (or `copy_dir` for files), not `{other}`"),
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::invalid(
+                            "audit.copy",
+                            "one copy: `copy = \"stdout\"` or `copy_dir`, not both",
+                        ));
+                    }
+                },
             }
         };
         Ok(Config {

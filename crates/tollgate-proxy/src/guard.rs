@@ -215,8 +215,9 @@ pub struct PolicyGuard {
     /// The audit trail, unless turned off by name.
     audit: Option<Arc<tollgate_audit::Audit>>,
     /// Forwarded calls by number: their decision id and when they were decided, for the
-    /// outcome record.
+    /// outcome record and the call's latency.
     in_flight: Mutex<HashMap<u64, (String, std::time::Instant)>>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for PolicyGuard {
@@ -349,6 +350,7 @@ impl PolicyGuard {
             audit: crate::audit::open(&config.audit, &config.grants.state_dir)
                 .map_err(GuardError::Audit)?,
             in_flight: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::Metrics::default(),
             pins: match &config.pins {
                 None => None,
                 Some(path) => {
@@ -1129,11 +1131,9 @@ impl PolicyGuard {
                     Carried::Exchange { pending, .. } => Verdict::ForwardAfter(pending),
                     Carried::Nothing => Verdict::Forward,
                 };
+                self.track(call.number, &decision_id);
                 match ticket {
-                    Some(ticket) => {
-                        self.track(call.number, &decision_id);
-                        durable_first(ticket, verdict)
-                    }
+                    Some(ticket) => durable_first(ticket, verdict),
                     None => verdict,
                 }
             }
@@ -1401,6 +1401,39 @@ impl PolicyGuard {
         released || grants.len() != before
     }
 
+    /// The verdict on `call`, counted and timed for `/metrics`.
+    fn measured(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
+        let started = std::time::Instant::now();
+        let verdict = self.judge(call, approval);
+        self.metrics.decision_latency.observe(started.elapsed());
+        let effect = match &verdict {
+            Verdict::Forward | Verdict::ForwardWith(_) | Verdict::ForwardAfter(_) => "allow",
+            Verdict::AwaitApproval(_) => "needs_approval",
+            Verdict::Refuse(_) => "deny",
+            Verdict::Hide => "hide",
+            Verdict::Reject(_) => "reject",
+        };
+        self.metrics.decided(effect, call.upstream, call.tool);
+        verdict
+    }
+
+    /// What `/metrics` shows, as of now.
+    pub fn metrics_text(&self) -> String {
+        let gauges = crate::metrics::Gauges {
+            approvals_pending: self.approvals.list(true).len(),
+            sessions: self.sessions().len(),
+            audit: self.audit.as_ref().map(|audit| {
+                let stats = audit.stats();
+                (
+                    stats.records.load(std::sync::atomic::Ordering::Relaxed),
+                    stats.batch.snapshot(),
+                    audit.failure().is_some(),
+                )
+            }),
+        };
+        self.metrics.render(&gauges)
+    }
+
     /// The approval requests: what approvers list, show and answer.
     pub fn approvals(&self) -> &crate::approvals::Approvals {
         &self.approvals
@@ -1578,23 +1611,24 @@ fn refusal(text: String) -> CallToolResult {
 
 impl Interceptor for PolicyGuard {
     fn before_call(&self, call: &ToolCall<'_>) -> Verdict {
-        self.judge(call, None)
+        self.measured(call, None)
     }
 
     fn resume(&self, call: &ToolCall<'_>, approval: &str, approver: &str) -> Verdict {
-        self.judge(call, Some((approval, approver)))
+        self.measured(call, Some((approval, approver)))
     }
 
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>) {
-        let Some(audit) = &self.audit else {
-            return;
-        };
         let Some((decision_id, decided)) = self
             .in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&call.number)
         else {
+            return;
+        };
+        self.metrics.call_latency.observe(decided.elapsed());
+        let Some(audit) = &self.audit else {
             return;
         };
         let (result, error) = match outcome {

@@ -14,6 +14,7 @@ pub mod front;
 pub mod guard;
 mod hub;
 pub mod intercept;
+pub mod metrics;
 pub mod names;
 pub mod pack_files;
 pub mod pins;

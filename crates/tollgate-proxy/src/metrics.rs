@@ -1,0 +1,104 @@
+//! What the guard counts, in the Prometheus text format the admin endpoint serves at
+//! `/metrics`: decisions by effect, upstream and tool; how long decisions and forwarded calls
+//! take; approvals pending; sessions the guard remembers; and the audit trail's writes,
+//! latency and failure.
+
+use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
+
+use tollgate_audit::histogram::{Histogram, Snapshot};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    decisions: Mutex<BTreeMap<(&'static str, String, String), u64>>,
+    pub decision_latency: Histogram,
+    pub call_latency: Histogram,
+}
+
+/// Values read at scrape time from elsewhere.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub approvals_pending: usize,
+    pub sessions: usize,
+    /// The trail's records written, its batch latency, and whether it failed; none when off.
+    pub audit: Option<(u64, Snapshot, bool)>,
+}
+
+impl Metrics {
+    pub fn decided(&self, effect: &'static str, upstream: &str, tool: &str) {
+        *self
+            .decisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((effect, upstream.to_owned(), tool.to_owned()))
+            .or_default() += 1;
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP tollgate_decisions_total Tool calls decided, by effect, upstream and tool.\n# TYPE tollgate_decisions_total counter\n");
+        for ((effect, upstream, tool), n) in self
+            .decisions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "tollgate_decisions_total{{decision=\"{effect}\",upstream=\"{}\",tool=\"{}\"}} {n}",
+                label(upstream),
+                label(tool)
+            );
+        }
+        histogram(
+            &mut out,
+            "tollgate_decision_seconds",
+            "Time to decide a tool call.",
+            &self.decision_latency.snapshot(),
+        );
+        histogram(
+            &mut out,
+            "tollgate_call_seconds",
+            "Time from the decision to the end of a forwarded call (upstream latency included).",
+            &self.call_latency.snapshot(),
+        );
+        let _ = write!(
+            out,
+            "# HELP tollgate_approvals_pending Approval requests waiting for an answer.\n# TYPE tollgate_approvals_pending gauge\ntollgate_approvals_pending {}\n# HELP tollgate_sessions Sessions (and stateless grants) the guard keeps history for.\n# TYPE tollgate_sessions gauge\ntollgate_sessions {}\n",
+            gauges.approvals_pending, gauges.sessions
+        );
+        if let Some((records, batches, failed)) = &gauges.audit {
+            let _ = write!(
+                out,
+                "# HELP tollgate_audit_records_total Records written to the audit trail.\n# TYPE tollgate_audit_records_total counter\ntollgate_audit_records_total {records}\n# HELP tollgate_audit_failed 1 once the audit trail cannot be written (every call is then refused).\n# TYPE tollgate_audit_failed gauge\ntollgate_audit_failed {}\n",
+                u8::from(*failed)
+            );
+            histogram(
+                &mut out,
+                "tollgate_audit_write_seconds",
+                "Time to write (and sync) one batch of audit records.",
+                batches,
+            );
+        }
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, snapshot: &Snapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, count) in &snapshot.cumulative {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+        snapshot.count, snapshot.sum_seconds, snapshot.count
+    );
+}
