@@ -64,6 +64,93 @@ fn write_pack(dir: &Path, policies: &str, cases: Option<&str>) {
 }
 
 #[test]
+fn policy_explain_shows_every_policy_that_could_apply_and_what_decided() {
+    let pack = packs_dir().join("default");
+    let cases = pack.join("tests/default.toml");
+    let out = tollgate(&[
+        "policy",
+        "explain",
+        pack.to_str().unwrap(),
+        cases.to_str().unwrap(),
+        "after a secret was read, nothing is sent out",
+    ]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("decision: deny"), "{shown}");
+    assert!(
+        shown.contains("determined by: no-egress-after-secret-read"),
+        "{shown}"
+    );
+    let line = |id: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with("  ") && l.split_whitespace().any(|w| w == id))
+            .unwrap_or_else(|| panic!("{id} not listed: {shown}"))
+            .to_owned()
+    };
+    // The permit held, and the forbid that held won.
+    assert!(
+        line("egress-to-granted-hosts").starts_with("  + permit"),
+        "{shown}"
+    );
+    assert!(
+        !line("egress-to-granted-hosts").contains("determining"),
+        "{shown}"
+    );
+    assert!(
+        line("no-egress-after-secret-read").contains("holds, determining"),
+        "{shown}"
+    );
+    assert!(line("call-rate").contains("does not hold"), "{shown}");
+    // Reads' policies cannot apply to an egress call and are not listed.
+    assert!(!shown.contains("read-within-grant"), "{shown}");
+
+    let json = tollgate(&[
+        "policy",
+        "explain",
+        pack.to_str().unwrap(),
+        cases.to_str().unwrap(),
+        "a read inside the grant is allowed",
+        "--format",
+        "json",
+    ]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["decision"], "allow");
+    assert_eq!(
+        value["determining"],
+        serde_json::json!(["read-within-grant"])
+    );
+    let considered = value["considered"].as_array().unwrap();
+    let read = considered
+        .iter()
+        .find(|p| p["id"] == "read-within-grant")
+        .unwrap();
+    assert_eq!(
+        (read["outcome"].clone(), read["determining"].clone()),
+        (serde_json::json!("satisfied"), serde_json::json!(true))
+    );
+    assert!(
+        considered
+            .iter()
+            .all(|p| p["outcome"] == "satisfied" || p["outcome"] == "not_satisfied")
+    );
+
+    let missing = tollgate(&[
+        "policy",
+        "explain",
+        pack.to_str().unwrap(),
+        cases.to_str().unwrap(),
+        "no such case",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("no case named"),
+        "{}",
+        text(&missing)
+    );
+}
+
+#[test]
 fn policy_check_names_what_is_wrong_and_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [

@@ -181,6 +181,41 @@ pub struct CaseResult {
 /// Runs every case of one file against `pack`. A file that cannot be read as cases is an
 /// error, not a pass.
 pub fn run_file(pack: &Pack, text: &str) -> Result<Vec<CaseResult>, String> {
+    let (file, tools, default_now) = read_file(text)?;
+    let mut results = Vec::new();
+    for case in &file.cases {
+        let failure = run_case(pack, &file, &tools, case, default_now).err();
+        results.push(CaseResult {
+            name: case.name.clone(),
+            failure,
+        });
+    }
+    Ok(results)
+}
+
+/// The decision on case `name` of a cases file, with how each policy that could apply went:
+/// what `tollgate policy explain` prints.
+pub fn explain_case(
+    pack: &Pack,
+    text: &str,
+    name: &str,
+) -> Result<crate::decide::Explanation, String> {
+    let (file, tools, default_now) = read_file(text)?;
+    let case = file.cases.iter().find(|c| c.name == name).ok_or_else(|| {
+        format!(
+            "no case named {name:?}; the file has: {}",
+            file.cases
+                .iter()
+                .map(|c| format!("{:?}", c.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    with_input(&file, &tools, case, default_now, |call| pack.explain(call))
+}
+
+/// A parsed cases file, its tools compiled, and its default time.
+fn read_file(text: &str) -> Result<(CaseFile, BTreeMap<String, ToolFacts>, i64), String> {
     let file: CaseFile = toml::from_str(text).map_err(|e| e.to_string())?;
     let default_now = match &file.now {
         Some(t) => parse_time(t)?,
@@ -207,15 +242,7 @@ pub fn run_file(pack: &Pack, text: &str) -> Result<Vec<CaseResult>, String> {
         );
         tools.insert(spec.name.clone(), facts);
     }
-    let mut results = Vec::new();
-    for case in &file.cases {
-        let failure = run_case(pack, &file, &tools, case, default_now).err();
-        results.push(CaseResult {
-            name: case.name.clone(),
-            failure,
-        });
-    }
-    Ok(results)
+    Ok((file, tools, default_now))
 }
 
 fn run_case(
@@ -225,6 +252,47 @@ fn run_case(
     case: &CaseSpec,
     default_now: i64,
 ) -> Result<(), String> {
+    let decision = with_input(file, tools, case, default_now, |call| pack.decide(call))?;
+    let mut problems = Vec::new();
+    if decision.effect != case.expect {
+        problems.push(format!(
+            "expected {}, got {} ({})",
+            case.expect.as_str(),
+            decision.effect.as_str(),
+            decision.reason_text()
+        ));
+    }
+    if let Some(expected) = &case.policies
+        && *expected != decision.policies
+    {
+        problems.push(format!(
+            "expected determining policies {expected:?}, got {:?}",
+            decision.policies
+        ));
+    }
+    if let Some(needle) = &case.reason_contains
+        && !decision.reason_text().contains(needle.as_str())
+    {
+        problems.push(format!(
+            "expected a reason containing {needle:?}, got {:?}",
+            decision.reason_text()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Builds the call `case` describes and hands it to `judge`.
+fn with_input<T>(
+    file: &CaseFile,
+    tools: &BTreeMap<String, ToolFacts>,
+    case: &CaseSpec,
+    default_now: i64,
+    judge: impl FnOnce(&CallInput<'_>) -> T,
+) -> Result<T, String> {
     let now = match &case.now {
         Some(t) => parse_time(t)?,
         None => default_now,
@@ -275,7 +343,7 @@ fn run_case(
             .ok_or_else(|| format!("usage key `{key}`: expected `<grant id>/<limit key>`"))?;
         usage.insert((scope.to_owned(), key.to_owned()), *amount);
     }
-    let decision = pack.decide(&CallInput {
+    Ok(judge(&CallInput {
         session: &session,
         grant: grant.as_ref(),
         tool,
@@ -287,37 +355,7 @@ fn run_case(
         usage: &usage,
         taint: &case.taint,
         pinned: case.pinned,
-    });
-    let mut problems = Vec::new();
-    if decision.effect != case.expect {
-        problems.push(format!(
-            "expected {}, got {} ({})",
-            case.expect.as_str(),
-            decision.effect.as_str(),
-            decision.reason_text()
-        ));
-    }
-    if let Some(expected) = &case.policies
-        && *expected != decision.policies
-    {
-        problems.push(format!(
-            "expected determining policies {expected:?}, got {:?}",
-            decision.policies
-        ));
-    }
-    if let Some(needle) = &case.reason_contains
-        && !decision.reason_text().contains(needle.as_str())
-    {
-        problems.push(format!(
-            "expected a reason containing {needle:?}, got {:?}",
-            decision.reason_text()
-        ));
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
+    }))
 }
 
 fn make_grant(name: &str, spec: &GrantSpec, now: i64) -> Grant {

@@ -51,6 +51,44 @@ pub mod step {
     pub const EVALUATION: &str = "tollgate:evaluation-error";
 }
 
+/// How one policy went for a call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
+pub enum PolicyOutcome {
+    /// Its scope and conditions hold for this call.
+    Satisfied,
+    NotSatisfied,
+    /// It failed to evaluate (which denies the call).
+    Errored(String),
+    /// The call could not be put to Cedar at all.
+    NotEvaluated(String),
+}
+
+/// One policy in an explanation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyVerdict {
+    pub id: String,
+    pub file: String,
+    pub permit: bool,
+    pub needs_approval: bool,
+    pub reason: Option<String>,
+    /// It is among the policies that determined the decision.
+    pub determining: bool,
+    #[serde(flatten)]
+    pub outcome: PolicyOutcome,
+}
+
+/// A decision with every policy that could apply to the call and how each went.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub class: ActionClass,
+    /// The policies whose scope can match this tool and action, by id.
+    pub considered: Vec<PolicyVerdict>,
+    /// How many policies of the pack cannot apply to this tool and action at all.
+    pub out_of_scope: usize,
+}
+
 /// A decision and what determined it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -265,9 +303,14 @@ impl Pack {
         plan.may_allow
     }
 
-    fn judge(&self, plan: &ToolPlan, call: &CallInput<'_>, mut decision: Decision) -> Decision {
-        let request = self
-            .context(plan, call, &decision.resources)
+    /// The Cedar request and entities for `call`, with `resources` bound.
+    fn request(
+        &self,
+        plan: &ToolPlan,
+        call: &CallInput<'_>,
+        resources: &[Resource],
+    ) -> Result<(Request, Arc<Entities>), String> {
+        self.context(plan, call, resources)
             .and_then(|context| {
                 Request::new(
                     session_uid(call),
@@ -281,8 +324,65 @@ impl Pack {
             .and_then(|request| {
                 self.entities(plan, call)
                     .map(|entities| (request, entities))
+            })
+    }
+
+    /// The decision on `call` and how each policy that could apply to it went: for a reviewer,
+    /// never on the hot path (each policy is evaluated on its own).
+    pub fn explain(&self, call: &CallInput<'_>) -> Explanation {
+        let decision = self.decide(call);
+        let plan = self.plan(call.tool);
+        let mut considered = Vec::new();
+        let evaluated = self.request(&plan, call, &decision.resources);
+        for policy in plan.slice.policies() {
+            let id = policy.id().to_string();
+            let permit = policy.effect() == cedar_policy::Effect::Permit;
+            let outcome = match &evaluated {
+                Err(detail) => PolicyOutcome::NotEvaluated(detail.clone()),
+                Ok((request, entities)) => {
+                    match cedar_policy::PolicySet::from_policies([policy.clone()]) {
+                        Err(e) => PolicyOutcome::NotEvaluated(one_line(&e)),
+                        Ok(single) => {
+                            let response =
+                                Authorizer::new().is_authorized(request, &single, entities);
+                            let errors: Vec<String> = response
+                                .diagnostics()
+                                .errors()
+                                .map(|e| one_line(e))
+                                .collect();
+                            if !errors.is_empty() {
+                                PolicyOutcome::Errored(errors.join("; "))
+                            } else if response.diagnostics().reason().next().is_some() {
+                                PolicyOutcome::Satisfied
+                            } else {
+                                PolicyOutcome::NotSatisfied
+                            }
+                        }
+                    }
+                }
+            };
+            let meta = self.meta().get(&id);
+            considered.push(PolicyVerdict {
+                determining: decision.policies.contains(&id),
+                permit,
+                reason: meta.and_then(|m| m.reason.clone()),
+                needs_approval: meta.is_some_and(|m| m.needs_approval),
+                file: meta.map(|m| m.file.clone()).unwrap_or_default(),
+                id,
+                outcome,
             });
-        let (request, entities) = match request {
+        }
+        considered.sort_by(|a, b| a.id.cmp(&b.id));
+        Explanation {
+            out_of_scope: self.meta().len().saturating_sub(considered.len()),
+            class: plan.classification.class,
+            decision,
+            considered,
+        }
+    }
+
+    fn judge(&self, plan: &ToolPlan, call: &CallInput<'_>, mut decision: Decision) -> Decision {
+        let (request, entities) = match self.request(plan, call, &decision.resources) {
             Ok(parts) => parts,
             Err(detail) => {
                 decision.detail = Some(detail);

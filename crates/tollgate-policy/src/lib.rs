@@ -20,7 +20,10 @@ pub use catalog::{
     ActionClass, Catalog, CatalogError, Classification, EntryConfig, Hints, Risk, Source,
 };
 pub use clock::{LocalTime, UtcOffset};
-pub use decide::{CallInput, Decision, Effect, Environment, SessionFacts, SessionStats};
+pub use decide::{
+    CallInput, Decision, Effect, Environment, Explanation, PolicyOutcome, PolicyVerdict,
+    SessionFacts, SessionStats,
+};
 pub use grant::{
     Charge, Constraint, Grant, GrantDenial, Limit, LimitKind, NarrowRequest, Rule, Usage,
 };
