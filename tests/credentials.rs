@@ -867,6 +867,14 @@ fn the_keys_commands_list_the_ring_and_rotate_it() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ES256"));
 }
 
+/// The token of the last call the upstream received is nowhere in `seen`, and the answer says
+/// something was redacted.
+fn assert_scrubbed(rig: &Rig, seen: &str, path: &str) {
+    let token = bearer_of_last_call(rig);
+    assert!(!seen.contains(&token), "{path} leaked the token: {seen}");
+    assert!(seen.contains("[redacted]"), "{path}: {seen}");
+}
+
 #[tokio::test]
 async fn an_upstream_that_echoes_its_credential_never_shows_it_to_the_agent() {
     let rig = rig("ES256").await;
@@ -879,11 +887,7 @@ async fn an_upstream_that_echoes_its_credential_never_shows_it_to_the_agent() {
             .await
             .unwrap(),
     );
-    let token = bearer_of_last_call(&rig);
-    assert!(
-        !seen.contains(&token),
-        "the fast path leaked the token: {seen}"
-    );
+    assert_scrubbed(&rig, &seen, "the fast path");
     let echoed: Value = serde_json::from_str(&seen).unwrap();
     assert_eq!(echoed["authorization"], "Bearer [redacted]", "{seen}");
     legacy.cancel().await.unwrap();
@@ -895,12 +899,7 @@ async fn an_upstream_that_echoes_its_credential_never_shows_it_to_the_agent() {
             .await
             .unwrap(),
     );
-    let token = bearer_of_last_call(&rig);
-    assert!(
-        !seen.contains(&token),
-        "rmcp's path leaked the token: {seen}"
-    );
-    assert!(seen.contains("[redacted]"), "{seen}");
+    assert_scrubbed(&rig, &seen, "rmcp's path");
     modern.cancel().await.unwrap();
     rig.proxy.shutdown().await;
 }

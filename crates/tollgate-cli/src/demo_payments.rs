@@ -329,7 +329,7 @@ pub(crate) async fn run() -> anyhow::Result<usize> {
             tool: "refund",
             class: ActionClass::Payment,
             resources: &[],
-            arguments: &Value::Null,
+            arguments_sha256: &tollgate_mint::jcs::digest(&Value::Null),
             decision_id: "d-elsewhere",
             grant_id: None,
             approval_id: None,

@@ -342,8 +342,9 @@ pub struct CallCredential<'a> {
     pub class: ActionClass,
     /// The bound resources, as `kind:value`.
     pub resources: &'a [String],
-    /// The arguments, as the upstream receives them.
-    pub arguments: &'a Value,
+    /// The RFC 8785 digest of the arguments as the upstream receives them
+    /// ([`crate::jcs::digest`]), made once by the caller, who needs it for more than the token.
+    pub arguments_sha256: &'a str,
     pub decision_id: &'a str,
     pub grant_id: Option<&'a str>,
     pub approval_id: Option<&'a str>,
@@ -493,7 +494,6 @@ impl AccessKeys {
             path.as_str()
         );
         let scope = format!("tools:{}", call.class.as_str());
-        let digest = crate::jcs::digest(call.arguments);
         let claims = Claims {
             iss: &issuer,
             sub: call.subject,
@@ -518,7 +518,7 @@ impl AccessKeys {
                 tool: call.tool,
                 action: call.class.as_str(),
                 resources: call.resources,
-                arguments_sha256: &digest,
+                arguments_sha256: call.arguments_sha256,
                 decision_id: call.decision_id,
                 grant_id: call.grant_id,
                 approval_id: call.approval_id,

@@ -25,6 +25,9 @@ fn call<'a>(
     arguments: &'a Value,
     resources: &'a [String],
 ) -> CallCredential<'a> {
+    // Leaked: a test's handful of digests, so the credential can borrow one.
+    let arguments_sha256: &'a str =
+        Box::leak(tollgate_mint::jcs::digest(arguments).into_boxed_str());
     CallCredential {
         issuer_base: "https://tollgate.example/",
         subject: "ada",
@@ -34,7 +37,7 @@ fn call<'a>(
         tool: "payments.refund",
         class,
         resources,
-        arguments,
+        arguments_sha256,
         decision_id: "d-1",
         grant_id: Some("g-00000000000000000000aaaa"),
         approval_id: None,

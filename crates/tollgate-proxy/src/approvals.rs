@@ -227,6 +227,14 @@ impl Approvals {
         out
     }
 
+    /// How many requests wait for an answer.
+    pub fn pending(&self) -> usize {
+        self.entries()
+            .values()
+            .filter(|e| e.request.state == State::Pending)
+            .count()
+    }
+
     pub fn show(&self, id: &str) -> Option<Request> {
         self.entries().get(id).map(|e| e.request.clone())
     }

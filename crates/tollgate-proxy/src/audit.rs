@@ -70,7 +70,19 @@ pub(crate) fn open(config: &AuditConfig, state_dir: &Path) -> Result<Option<Arc<
 
 /// `arguments` as a record keeps them: whole when small, else only their size.
 pub(crate) fn kept_arguments(redacted: Value) -> Value {
-    let size = serde_json::to_vec(&redacted).map_or(0, |b| b.len());
+    /// Counts what would be written, keeping none of it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let size = serde_json::to_writer(&mut count, &redacted).map_or(usize::MAX, |()| count.0);
     if size <= MAX_ARGUMENTS {
         redacted
     } else {

@@ -228,6 +228,42 @@ impl std::fmt::Debug for PolicyGuard {
     }
 }
 
+/// A call's arguments as one JSON value and their RFC 8785 digest, each made at most once per
+/// decision: the credential, an approval and the audit record all need them.
+struct CallArguments<'a> {
+    raw: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    value: std::cell::OnceCell<serde_json::Value>,
+    digest: std::cell::OnceCell<String>,
+}
+
+impl<'a> CallArguments<'a> {
+    fn new(raw: Option<&'a serde_json::Map<String, serde_json::Value>>) -> Self {
+        Self {
+            raw,
+            value: std::cell::OnceCell::new(),
+            digest: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn value(&self) -> &serde_json::Value {
+        self.value
+            .get_or_init(|| serde_json::Value::Object(self.raw.cloned().unwrap_or_default()))
+    }
+
+    fn object(&self) -> &serde_json::Map<String, serde_json::Value> {
+        static EMPTY: std::sync::OnceLock<serde_json::Map<String, serde_json::Value>> =
+            std::sync::OnceLock::new();
+        self.value()
+            .as_object()
+            .unwrap_or_else(|| EMPTY.get_or_init(serde_json::Map::new))
+    }
+
+    fn digest(&self) -> &str {
+        self.digest
+            .get_or_init(|| tollgate_mint::jcs::digest(self.value()))
+    }
+}
+
 /// Forwarded calls remembered for their outcome record before old ones are swept.
 const IN_FLIGHT_LIMIT: usize = 65_536;
 
@@ -235,6 +271,7 @@ const IN_FLIGHT_LIMIT: usize = 65_536;
 #[derive(Clone, Copy)]
 struct Recorded<'a> {
     call: &'a ToolCall<'a>,
+    arguments: &'a CallArguments<'a>,
     history: u64,
     grant: Option<&'a Grant>,
     decision: &'a Decision,
@@ -762,6 +799,7 @@ impl PolicyGuard {
 impl PolicyGuard {
     /// The credential an allowed call carries to its upstream, if the upstream takes one.
     /// `Err` when one is needed and cannot be made: the call is then denied.
+    #[allow(clippy::too_many_arguments)]
     fn credential(
         &self,
         call: &ToolCall<'_>,
@@ -769,6 +807,7 @@ impl PolicyGuard {
         decision: &Decision,
         decision_id: &str,
         approval: Option<&str>,
+        arguments: &CallArguments<'_>,
         now: i64,
     ) -> Result<Carried, NoCredential> {
         let (audience, lifetime_secs, exchanger) = match self.credentials.get(call.upstream) {
@@ -811,18 +850,19 @@ impl PolicyGuard {
             warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
         }
         let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
-        let arguments = call.arguments.cloned().unwrap_or_default();
         // A call Tollgate makes over HTTP itself: the token names that exact request.
         let request = match self.apis.get(call.upstream) {
             Some(spec) => {
                 let tool = spec.tool(call.tool).ok_or_else(|| {
                     NoCredential::hidden(format!("`{}` is not one of this API's tools", call.tool))
                 })?;
-                Some(crate::api::plan(spec, tool, &arguments).map_err(NoCredential::shown)?)
+                Some(
+                    crate::api::plan(spec, tool, arguments.object())
+                        .map_err(NoCredential::shown)?,
+                )
             }
             None => None,
         };
-        let arguments = serde_json::Value::Object(arguments);
         let agent = grant.and_then(|g| g.agent.as_deref()).unwrap_or("agent");
         let session = call.session.to_string();
         let minted = minter
@@ -835,7 +875,7 @@ impl PolicyGuard {
                 tool: call.tool,
                 class: decision.class,
                 resources: &resources,
-                arguments: &arguments,
+                arguments_sha256: arguments.digest(),
                 decision_id,
                 grant_id: grant.map(|g| g.id.as_str()),
                 approval_id: approval,
@@ -1000,11 +1040,10 @@ impl PolicyGuard {
                 ),
             );
         }
-        // The call's arguments as one value and their digest: what an approval is bound to,
-        // made only when an approval is asked for or presented.
-        let arguments = || serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
+        // The call's arguments as one value and their digest: what an approval is bound to and
+        // a credential and the audit record name, made once and only when needed.
+        let arguments = CallArguments::new(call.arguments);
         if let (Some((id, approver)), Effect::NeedsApproval) = (approval, decision.effect) {
-            let arguments_sha256 = tollgate_mint::jcs::digest(&arguments());
             // The approval counts only for exactly the call it was asked for, under the same
             // policy version; a newer pack that denies has denied above.
             let session = history.to_string();
@@ -1015,7 +1054,7 @@ impl PolicyGuard {
                     grant: grant.map(|g| g.id.as_str()),
                     upstream: call.upstream,
                     tool: call.tool,
-                    arguments_sha256: &arguments_sha256,
+                    arguments_sha256: arguments.digest(),
                     policy_version: &decision.version,
                 },
             );
@@ -1059,6 +1098,7 @@ impl PolicyGuard {
                 &decision,
                 &decision_id,
                 approval.map(|a| a.0),
+                &arguments,
                 now,
             ) {
                 Ok(credential) => carried = credential,
@@ -1115,6 +1155,7 @@ impl PolicyGuard {
         }
         let recorded = Recorded {
             call,
+            arguments: &arguments,
             history,
             grant,
             decision: &decision,
@@ -1157,6 +1198,7 @@ impl PolicyGuard {
         let audit = self.audit.as_ref()?;
         let Recorded {
             call,
+            arguments,
             history,
             grant,
             decision,
@@ -1164,7 +1206,6 @@ impl PolicyGuard {
             justification,
             minted,
         } = *recorded;
-        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
         let strings = |items: &[String]| serde_json::json!(items);
         let record = crate::audit::record([
             ("kind", "decision".into()),
@@ -1186,13 +1227,10 @@ impl PolicyGuard {
                         .collect::<Vec<_>>()
                 ),
             ),
-            (
-                "arguments_sha256",
-                tollgate_mint::jcs::digest(&arguments).into(),
-            ),
+            ("arguments_sha256", arguments.digest().into()),
             (
                 "arguments",
-                crate::audit::kept_arguments(decision.redacted(&arguments)),
+                crate::audit::kept_arguments(decision.redacted(arguments.value())),
             ),
             ("decision", decision.effect.as_str().into()),
             ("policies", strings(&decision.policies)),
@@ -1227,6 +1265,7 @@ impl PolicyGuard {
     fn hold(&self, recorded: &Recorded<'_>, now: i64) -> Verdict {
         let Recorded {
             call,
+            arguments,
             history,
             grant,
             decision,
@@ -1268,9 +1307,8 @@ impl PolicyGuard {
         };
         info!(approval = %id, session = call.session, tool = call.exposed_name, approvers = ?decision.approvers, in_band = at_agent.is_ok(), "approval requested");
         let timeout = i64::try_from(settings.timeout.as_secs()).unwrap_or(300);
-        let arguments = serde_json::Value::Object(call.arguments.cloned().unwrap_or_default());
-        let arguments_sha256 = tollgate_mint::jcs::digest(&arguments);
-        let credential = self.credential_preview(call, decision, &arguments, &arguments_sha256);
+        let credential =
+            self.credential_preview(call, decision, arguments.value(), arguments.digest());
         let request = crate::approvals::Request {
             id,
             created: now,
@@ -1283,8 +1321,8 @@ impl PolicyGuard {
             tool: call.tool.to_owned(),
             class: decision.class.to_string(),
             resources: decision.resources.iter().map(ToString::to_string).collect(),
-            arguments: decision.redacted(&arguments),
-            arguments_sha256,
+            arguments: decision.redacted(arguments.value()),
+            arguments_sha256: arguments.digest().to_owned(),
             policy_version: decision.version.clone(),
             policies: decision.policies.clone(),
             reasons: decision.reasons.clone(),
@@ -1406,12 +1444,13 @@ impl PolicyGuard {
         let started = std::time::Instant::now();
         let verdict = self.judge(call, approval);
         self.metrics.decision_latency.observe(started.elapsed());
+        // Indexes into `metrics::EFFECTS`.
         let effect = match &verdict {
-            Verdict::Forward | Verdict::ForwardWith(_) | Verdict::ForwardAfter(_) => "allow",
-            Verdict::AwaitApproval(_) => "needs_approval",
-            Verdict::Refuse(_) => "deny",
-            Verdict::Hide => "hide",
-            Verdict::Reject(_) => "reject",
+            Verdict::Forward | Verdict::ForwardWith(_) | Verdict::ForwardAfter(_) => 0,
+            Verdict::Refuse(_) => 1,
+            Verdict::AwaitApproval(_) => 2,
+            Verdict::Hide => 3,
+            Verdict::Reject(_) => 4,
         };
         self.metrics.decided(effect, call.upstream, call.tool);
         verdict
@@ -1420,7 +1459,7 @@ impl PolicyGuard {
     /// What `/metrics` shows, as of now.
     pub fn metrics_text(&self) -> String {
         let gauges = crate::metrics::Gauges {
-            approvals_pending: self.approvals.list(true).len(),
+            approvals_pending: self.approvals.pending(),
             sessions: self.sessions().len(),
             audit: self.audit.as_ref().map(|audit| {
                 let stats = audit.stats();

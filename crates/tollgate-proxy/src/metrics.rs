@@ -3,13 +3,18 @@
 //! take; approvals pending; sessions the guard remembers; and the audit trail's writes,
 //! latency and failure.
 
-use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
+use std::{collections::HashMap, fmt::Write, sync::Mutex};
 
 use tollgate_audit::histogram::{Histogram, Snapshot};
 
+/// The effects counted, in the order `Metrics::decided` takes them.
+pub const EFFECTS: [&str; 5] = ["allow", "deny", "needs_approval", "hide", "reject"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
-    decisions: Mutex<BTreeMap<(&'static str, String, String), u64>>,
+    /// Per upstream, per tool: counts by effect (in `EFFECTS` order). Looked up by borrowed
+    /// names, so a call only allocates the first time its tool is seen.
+    decisions: Mutex<HashMap<String, HashMap<String, [u64; EFFECTS.len()]>>>,
     pub decision_latency: Histogram,
     pub call_latency: Histogram,
 }
@@ -24,30 +29,50 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    pub fn decided(&self, effect: &'static str, upstream: &str, tool: &str) {
-        *self
+    /// Counts a decision; `effect` indexes `EFFECTS`.
+    pub fn decided(&self, effect: usize, upstream: &str, tool: &str) {
+        let mut decisions = self
             .decisions
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((effect, upstream.to_owned(), tool.to_owned()))
-            .or_default() += 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !decisions.contains_key(upstream) {
+            decisions.insert(upstream.to_owned(), HashMap::new());
+        }
+        let Some(tools) = decisions.get_mut(upstream) else {
+            return;
+        };
+        if !tools.contains_key(tool) {
+            tools.insert(tool.to_owned(), [0; EFFECTS.len()]);
+        }
+        if let Some(count) = tools.get_mut(tool).and_then(|c| c.get_mut(effect)) {
+            *count += 1;
+        }
     }
 
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         out.push_str("# HELP tollgate_decisions_total Tool calls decided, by effect, upstream and tool.\n# TYPE tollgate_decisions_total counter\n");
-        for ((effect, upstream, tool), n) in self
+        let mut rows: Vec<(String, String, [u64; EFFECTS.len()])> = self
             .decisions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-        {
-            let _ = writeln!(
-                out,
-                "tollgate_decisions_total{{decision=\"{effect}\",upstream=\"{}\",tool=\"{}\"}} {n}",
-                label(upstream),
-                label(tool)
-            );
+            .flat_map(|(upstream, tools)| {
+                tools
+                    .iter()
+                    .map(|(tool, counts)| (upstream.clone(), tool.clone(), *counts))
+            })
+            .collect();
+        rows.sort();
+        for (upstream, tool, counts) in rows {
+            for (effect, n) in EFFECTS.iter().zip(counts).filter(|(_, n)| *n > 0) {
+                let _ = writeln!(
+                    out,
+                    "tollgate_decisions_total{{decision=\"{effect}\",upstream=\"{}\",tool=\"{}\"}} {n}",
+                    label(&upstream),
+                    label(&tool)
+                );
+            }
         }
         histogram(
             &mut out,

@@ -105,6 +105,13 @@ pub(crate) struct SuspendedCalls {
     approvals: Mutex<HashMap<String, Parked>>,
 }
 
+/// What the agent is sent: the one input request under `name`, and the state to retry with.
+fn input_required(name: &str, request: InputRequest, state: String) -> InputRequiredResult {
+    let mut requests = InputRequests::new();
+    requests.insert(name.to_owned(), request);
+    InputRequiredResult::new(Some(requests), Some(state))
+}
+
 fn fresh_key() -> String {
     // std's RandomState is seeded from the OS per process and varies per instance.
     let a = std::collections::hash_map::RandomState::new()
@@ -168,11 +175,10 @@ impl SuspendedCalls {
                 expired.running.stop();
             }
         });
-        let mut requests = InputRequests::new();
-        requests.insert(INPUT_KEY.to_owned(), request);
-        Ok(InputRequiredResult::new(
-            Some(requests),
-            Some(format!("{STATE_PREFIX}{key}")),
+        Ok(input_required(
+            INPUT_KEY,
+            request,
+            format!("{STATE_PREFIX}{key}"),
         ))
     }
 
@@ -214,14 +220,10 @@ impl SuspendedCalls {
                 calls.parked().remove(&expiring);
             }
         });
-        let mut requests = InputRequests::new();
-        requests.insert(
-            crate::intercept::APPROVAL_INPUT_KEY.to_owned(),
+        Ok(input_required(
+            crate::intercept::APPROVAL_INPUT_KEY,
             InputRequest::Elicitation(question),
-        );
-        Ok(InputRequiredResult::new(
-            Some(requests),
-            Some(format!("{APPROVAL_PREFIX}{key}")),
+            format!("{APPROVAL_PREFIX}{key}"),
         ))
     }
 
