@@ -16,5 +16,5 @@ mod verify;
 mod writer;
 
 pub use chain::{CheckpointSigner, CheckpointVerifier, GENESIS, checkpoint_message, line_hash};
-pub use verify::{Problem, Report, verify_files};
-pub use writer::{Audit, AuditError, Copy, Durability, Settings, Ticket, WriterStats};
+pub use verify::{Problem, Report, trail_paths, verify_files};
+pub use writer::{Audit, AuditError, Copy, Definition, Durability, Settings, Ticket, WriterStats};

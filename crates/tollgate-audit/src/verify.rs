@@ -57,6 +57,20 @@ struct Line<'a> {
     value: Option<Value>,
 }
 
+/// The files `paths` name, in order: a file stands for itself, a folder for its
+/// `audit-*.jsonl` files in order.
+pub fn trail_paths(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            files.extend(crate::writer::trail_files(path)?);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
 /// Checks `files` as one trail, in the order given (a folder stands for its `audit-*.jsonl`
 /// files in order). `open`: the last file is still being written, so its records after the
 /// last checkpoint are not yet covered by a signature and that is not a fault.
@@ -65,14 +79,7 @@ pub fn verify_files(
     verifier: &dyn CheckpointVerifier,
     open: bool,
 ) -> std::io::Result<Report> {
-    let mut paths = Vec::new();
-    for path in files {
-        if path.is_dir() {
-            paths.extend(crate::writer::trail_files(path)?);
-        } else {
-            paths.push(path.clone());
-        }
-    }
+    let paths = trail_paths(files)?;
     let mut report = Report {
         files: paths.len(),
         ..Report::default()

@@ -81,8 +81,37 @@ enum Job {
     Record(
         Map<String, Value>,
         Option<oneshot::Sender<Result<u64, AuditError>>>,
+        Vec<Definition>,
     ),
     Close(mpsc::Sender<()>),
+}
+
+/// A record that later records name (a tool's definition, a grant), which each file holds
+/// once, before the first record that names it, so that every file can be read on its own:
+/// its key, and what builds it (run on the writer thread, only when it is written).
+pub struct Definition {
+    key: String,
+    make: Box<dyn FnOnce() -> Map<String, Value> + Send>,
+}
+
+impl Definition {
+    pub fn new(
+        key: impl Into<String>,
+        make: impl FnOnce() -> Map<String, Value> + Send + 'static,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            make: Box::new(make),
+        }
+    }
+}
+
+impl std::fmt::Debug for Definition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Definition")
+            .field("key", &self.key)
+            .finish()
+    }
 }
 
 /// The acknowledgement of one record: its sequence number once it is as durable as configured.
@@ -216,6 +245,7 @@ impl Audit {
             last_checkpoint: Instant::now(),
             last_sync: Instant::now(),
             unsynced: false,
+            defined: std::collections::HashSet::new(),
         };
         let mut opening = Map::new();
         opening.insert("kind".into(), Value::from("open"));
@@ -257,6 +287,12 @@ impl Audit {
     /// Queues `record` (its `seq` and `prev` are the trail's); the ticket says when it is
     /// durable.
     pub fn append(&self, record: Map<String, Value>) -> Ticket {
+        self.append_after(Vec::new(), record)
+    }
+
+    /// Like [`Audit::append`], with the definitions `record` names written before it in the
+    /// same file, each unless that file already holds it.
+    pub fn append_after(&self, definitions: Vec<Definition>, record: Map<String, Value>) -> Ticket {
         if let Some(e) = self.failed.get() {
             return Ticket(TicketInner::Failed(e.clone()));
         }
@@ -268,7 +304,10 @@ impl Audit {
             Durability::Within(_) => (None, TicketInner::Queued),
         };
         let urgent = ack.is_some();
-        if self.shared.push(Job::Record(record, ack), urgent) {
+        if self
+            .shared
+            .push(Job::Record(record, ack, definitions), urgent)
+        {
             Ticket(ticket)
         } else {
             Ticket(TicketInner::Failed(AuditError::Closed))
@@ -314,6 +353,8 @@ struct State {
     last_checkpoint: Instant,
     last_sync: Instant,
     unsynced: bool,
+    /// The keys of the `Once` records the current file holds.
+    defined: std::collections::HashSet<String>,
 }
 
 /// Records written in one go at most.
@@ -351,7 +392,7 @@ impl State {
                     queue.idle = false;
                 }
                 let waiting_on = queue.jobs.iter().any(|j| match j {
-                    Job::Record(_, ack) => ack.is_some(),
+                    Job::Record(_, ack, _) => ack.is_some(),
                     Job::Close(_) => true,
                 });
                 if let (Some(d), false, false) = (within, queue.jobs.is_empty(), waiting_on) {
@@ -422,7 +463,13 @@ impl State {
         let mut closing = None;
         for job in batch {
             match job {
-                Job::Record(record, ack) => {
+                Job::Record(record, ack, definitions) => {
+                    for definition in definitions {
+                        if self.defined.insert(definition.key) {
+                            self.encode((definition.make)(), &mut buffer);
+                            self.since_checkpoint += 1;
+                        }
+                    }
                     let seq = self.encode(record, &mut buffer);
                     acks.push(ack.map(|a| (a, seq)));
                     self.since_checkpoint += 1;
@@ -566,6 +613,7 @@ impl State {
         self.path = path;
         self.bytes = 0;
         self.opened = Instant::now();
+        self.defined.clear();
         let mut buffer = Vec::new();
         self.encode(first, &mut buffer);
         self.write(&buffer)?;
@@ -609,10 +657,10 @@ fn utc_date(unix_secs: u64) -> String {
 fn refuse_all(batch: Vec<Job>, error: &AuditError) {
     for job in batch {
         match job {
-            Job::Record(_, Some(ack)) => {
+            Job::Record(_, Some(ack), _) => {
                 let _ = ack.send(Err(error.clone()));
             }
-            Job::Record(_, None) => {}
+            Job::Record(_, None, _) => {}
             Job::Close(ack) => {
                 let _ = ack.send(());
             }

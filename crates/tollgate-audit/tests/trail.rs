@@ -15,8 +15,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tollgate_audit::{
-    Audit, CheckpointSigner, CheckpointVerifier, Durability, Report, Settings, line_hash,
-    verify_files,
+    Audit, CheckpointSigner, CheckpointVerifier, Definition, Durability, Report, Settings,
+    line_hash, verify_files,
 };
 
 /// A keyed hash standing in for Tollgate's signature in these tests (the proxy uses its
@@ -297,6 +297,62 @@ async fn rotation_keeps_one_chain_across_files() {
         .unwrap();
     std::fs::remove_file(middle).unwrap();
     assert!(!check(&dir).ok());
+}
+
+#[tokio::test]
+async fn a_definition_is_written_once_per_file_before_what_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(
+        Settings {
+            rotate_bytes: 600,
+            ..settings(&dir)
+        },
+        Arc::new(TestKey("k")),
+    )
+    .unwrap();
+    for i in 0..40 {
+        let definition = Definition::new("tool:add", || {
+            json!({"kind": "tool", "key": "tool:add"})
+                .as_object()
+                .cloned()
+                .unwrap()
+        });
+        audit
+            .append_after(vec![definition], record(i))
+            .durable()
+            .await
+            .unwrap();
+    }
+    audit.close();
+    assert!(check(&dir).ok());
+    let files: std::collections::BTreeSet<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() > 3, "{files:?}");
+    for file in &files {
+        let kinds: Vec<String> = lines(file)
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let tools = kinds.iter().filter(|k| *k == "tool").count();
+        let first_decision = kinds.iter().position(|k| k == "decision");
+        match first_decision {
+            // Each file can be read alone: the definition comes before the first record that
+            // names it, and only once.
+            Some(first) => {
+                assert_eq!(tools, 1, "{file:?}: {kinds:?}");
+                assert!(kinds[..first].contains(&"tool".to_owned()), "{kinds:?}");
+            }
+            None => assert_eq!(tools, 0, "{file:?}: {kinds:?}"),
+        }
+    }
 }
 
 #[tokio::test]

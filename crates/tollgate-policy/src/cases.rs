@@ -32,11 +32,12 @@ use serde_json::{Map, Value};
 
 use crate::{
     args::SchemaCache,
-    catalog::{ActionClass, Hints},
+    catalog::ActionClass,
     decide::{CallInput, Effect, Environment, SessionFacts, SessionStats},
     grant::{Constraint, Grant, Limit, Usage},
     pack::{CLASSES, Pack},
     pattern::ResourcePattern,
+    recorded::ToolRecord,
     tool::ToolFacts,
 };
 
@@ -229,17 +230,16 @@ fn read_file(text: &str) -> Result<(CaseFile, BTreeMap<String, ToolFacts>, i64),
             open.insert("type".to_owned(), Value::String("object".to_owned()));
             open
         });
-        let facts = ToolFacts::new(
-            spec.name.clone(),
-            spec.upstream.clone(),
-            Hints {
-                read_only: spec.read_only,
-                destructive: spec.destructive,
-                open_world: spec.open_world,
-            },
-            spec.root.clone(),
-            schemas.compile(&schema),
-        );
+        let facts = ToolRecord {
+            name: spec.name.clone(),
+            upstream: spec.upstream.clone(),
+            root: spec.root.clone(),
+            read_only: spec.read_only,
+            destructive: spec.destructive,
+            open_world: spec.open_world,
+            input_schema: schema,
+        }
+        .facts(&schemas);
         tools.insert(spec.name.clone(), facts);
     }
     Ok((file, tools, default_now))

@@ -38,6 +38,15 @@ impl UtcOffset {
     pub fn minutes(self) -> i32 {
         self.minutes
     }
+
+    /// The offset of `minutes` east of UTC, within the ±14 hours civil time uses.
+    pub fn from_minutes(minutes: i32) -> Result<Self, String> {
+        if (-14 * 60..=14 * 60).contains(&minutes) {
+            Ok(Self { minutes })
+        } else {
+            Err(format!("an offset within ±14 hours, not {minutes} minutes"))
+        }
+    }
 }
 
 impl fmt::Display for UtcOffset {

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod grant;
 pub mod pack;
 pub mod pattern;
+pub mod recorded;
 pub mod resource;
 pub mod session_limit;
 pub mod tool;

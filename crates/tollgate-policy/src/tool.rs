@@ -21,6 +21,8 @@ pub struct ToolFacts {
     plan_key: String,
     /// The tool's name at its upstream and the digest of its definition, for pinning.
     definition: Option<(String, String)>,
+    /// The record of this definition the audit trail keeps, and its key.
+    entry: Option<crate::recorded::ToolEntry>,
 }
 
 impl ToolFacts {
@@ -47,6 +49,7 @@ impl ToolFacts {
             schema,
             plan_key,
             definition: None,
+            entry: None,
         }
     }
 
@@ -60,6 +63,20 @@ impl ToolFacts {
     ) -> Self {
         self.definition = Some((original.into(), digest.into()));
         self
+    }
+
+    /// Keeps the record of this definition (with `input_schema`, the one compiled) that audit
+    /// trails hold, so that decisions naming it can be replayed.
+    #[must_use]
+    pub fn with_entry(mut self, input_schema: &Map<String, Value>) -> Self {
+        let entry = crate::recorded::ToolRecord::of(&self, input_schema).entry();
+        self.entry = Some(Arc::new(entry));
+        self
+    }
+
+    /// The trail's record of this definition and its key, when kept.
+    pub fn entry(&self) -> Option<&crate::recorded::ToolEntry> {
+        self.entry.as_ref()
     }
 
     /// The tool's name at its upstream and its definition's digest, when known.

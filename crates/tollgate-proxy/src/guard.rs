@@ -16,7 +16,7 @@ use rmcp::model::{CallToolResult, ContentBlock};
 use tollgate_mint::{GrantVerifier, RevocationList, TokenError};
 use tollgate_policy::{
     CallInput, Decision, Effect, Environment, Grant, Pack, SessionFacts, SessionStats, ToolFacts,
-    Usage, pack::CLASSES,
+    Usage, pack::CLASSES, recorded::InputRecord,
 };
 use tracing::{info, warn};
 
@@ -278,6 +278,9 @@ struct Recorded<'a> {
     decision_id: &'a str,
     justification: Option<&'a str>,
     minted: Option<&'a tollgate_mint::Minted>,
+    /// What the engine was handed, for replay; none without a trail.
+    input: Option<&'a InputRecord>,
+    facts: &'a ToolFacts,
 }
 
 /// `verdict`, forwarded only once its decision's record is as durable as configured.
@@ -745,7 +748,7 @@ impl PolicyGuard {
         facts: &ToolFacts,
         justification: Option<&str>,
         standing: &Standing,
-    ) -> Decision {
+    ) -> (Decision, Option<InputRecord>) {
         let session = SessionFacts {
             id: call.session.to_string(),
             transport: call.caller.transport.to_owned(),
@@ -770,7 +773,7 @@ impl PolicyGuard {
             }
             _ => Usage::new(),
         };
-        pack.decide(&CallInput {
+        let input = CallInput {
             session: &session,
             grant,
             tool: facts,
@@ -782,7 +785,14 @@ impl PolicyGuard {
             usage: &usage,
             taint: &standing.taint,
             pinned: standing.pin == PinState::Pinned,
-        })
+        };
+        let decision = pack.decide(&input);
+        // What replay needs to decide this call again, kept only where there is a trail.
+        let recorded = match (&self.audit, facts.entry()) {
+            (Some(_), Some(entry)) => Some(InputRecord::of(&input, entry.0.clone(), &decision)),
+            _ => None,
+        };
+        (decision, recorded)
     }
 
     /// How `facts`' tool stands against the lock file; `Unpinned` without one.
@@ -1018,7 +1028,7 @@ impl PolicyGuard {
             .get(JUSTIFICATION_KEY)
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
-        let mut decision = self.decide(
+        let (mut decision, input) = self.decide(
             &pack,
             call,
             grant,
@@ -1162,6 +1172,8 @@ impl PolicyGuard {
             decision_id: &decision_id,
             justification: justification.as_deref(),
             minted,
+            input: input.as_ref(),
+            facts,
         };
         match decision.effect {
             Effect::Allow => {
@@ -1205,8 +1217,35 @@ impl PolicyGuard {
             decision_id,
             justification,
             minted,
+            input,
+            facts,
         } = *recorded;
         let strings = |items: &[String]| serde_json::json!(items);
+        // The definitions the decision names go first, once per trail file.
+        let mut definitions = Vec::with_capacity(2);
+        if let Some(entry) = facts.entry() {
+            let entry = entry.clone();
+            definitions.push(tollgate_audit::Definition::new(
+                entry.0.clone(),
+                move || entry.1.clone(),
+            ));
+        }
+        if let Some(grant) = grant {
+            let claims = grant.clone();
+            definitions.push(tollgate_audit::Definition::new(
+                tollgate_policy::recorded::grant_key(grant),
+                move || tollgate_policy::recorded::grant_entry(&claims),
+            ));
+        }
+        let shown = decision.redacted(arguments.value());
+        let kept = crate::audit::kept_arguments(shown);
+        let input = input.map(|input| {
+            let whole = (decision.redact.is_empty() || kept == *arguments.value())
+                && !crate::audit::is_not_kept(&kept);
+            let mut input = input.clone();
+            input.complete = whole;
+            serde_json::to_value(input).unwrap_or(serde_json::Value::Null)
+        });
         let record = crate::audit::record([
             ("kind", "decision".into()),
             ("decision_id", decision_id.into()),
@@ -1228,10 +1267,7 @@ impl PolicyGuard {
                 ),
             ),
             ("arguments_sha256", arguments.digest().into()),
-            (
-                "arguments",
-                crate::audit::kept_arguments(decision.redacted(arguments.value())),
-            ),
+            ("arguments", kept),
             ("decision", decision.effect.as_str().into()),
             ("policies", strings(&decision.policies)),
             ("reasons", strings(&decision.reasons)),
@@ -1243,8 +1279,9 @@ impl PolicyGuard {
             ("kid", minted.map(|m| m.kid.clone()).into()),
             ("aud", minted.map(|m| m.aud.clone()).into()),
             ("exp", minted.map(|m| m.exp).into()),
+            ("input", input.into()),
         ]);
-        Some(audit.append(record))
+        Some(audit.append_after(definitions, record))
     }
 
     /// Remembers a forwarded call's decision for its outcome record.

@@ -128,7 +128,8 @@ impl Hub {
                     .with_definition(
                         route.name.clone(),
                         crate::pins::definition_digest(&route.name, tool),
-                    ),
+                    )
+                    .with_entry(&tool.input_schema),
                 ),
             );
         }

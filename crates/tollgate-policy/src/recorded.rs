@@ -1,0 +1,734 @@
+//! Decisions as the audit trail keeps them, and their replay under another policy pack.
+//!
+//! The engine is a pure function of its input, so a decision record that carries that input
+//! can be decided again, exactly, by a candidate pack. The trail holds three kinds of records
+//! for this:
+//!
+//! - `tool`: one tool's definition as the engine saw it (names, annotations, root, input
+//!   schema), written once per trail file before the first decision that names it;
+//! - `grant`: a grant's claims (never its signature), written the same way;
+//! - `decision`: the decision, with an `input` that names the two above and holds the rest
+//!   (the time, environment, session statistics, usage, taint and pin state) and the engine's
+//!   own answer before approvals, limits and credentials had their say.
+//!
+//! The arguments are the ones the record keeps: those the catalog marks `redact` are
+//! `"[redacted]"` there, so a call that carried them is replayed with the placeholder and is
+//! marked inexact, never passed off as exact.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    args::SchemaCache,
+    catalog::{ActionClass, Hints},
+    clock::UtcOffset,
+    decide::{CallInput, Decision, Effect, Environment, Explanation, SessionFacts, SessionStats},
+    grant::{Grant, Usage},
+    pack::{CLASSES, Pack},
+    tool::ToolFacts,
+};
+
+/// The `kind` of a tool definition record.
+pub const TOOL_KIND: &str = "tool";
+/// The `kind` of a grant record.
+pub const GRANT_KIND: &str = "grant";
+/// The `kind` of a decision record.
+pub const DECISION_KIND: &str = "decision";
+
+/// One tool's definition as the engine saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRecord {
+    /// The exposed name.
+    pub name: String,
+    pub upstream: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destructive: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<bool>,
+    pub input_schema: Map<String, Value>,
+}
+
+impl ToolRecord {
+    pub fn of(facts: &ToolFacts, input_schema: &Map<String, Value>) -> Self {
+        let hints = facts.hints();
+        Self {
+            name: facts.name().to_owned(),
+            upstream: facts.upstream().to_owned(),
+            root: facts.root().map(str::to_owned),
+            read_only: hints.read_only,
+            destructive: hints.destructive,
+            open_world: hints.open_world,
+            input_schema: input_schema.clone(),
+        }
+    }
+
+    /// The facts this record describes, its schema compiled through `schemas`.
+    pub fn facts(&self, schemas: &SchemaCache) -> ToolFacts {
+        ToolFacts::new(
+            self.name.clone(),
+            self.upstream.clone(),
+            Hints {
+                read_only: self.read_only,
+                destructive: self.destructive,
+                open_world: self.open_world,
+            },
+            self.root.clone(),
+            schemas.compile(&self.input_schema),
+        )
+    }
+
+    /// The record as the trail writes it, and the key decisions name it by: `tool:` and the
+    /// SHA-256 of its JSON.
+    pub fn entry(&self) -> (String, Map<String, Value>) {
+        let mut record = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        let digest = Sha256::digest(Value::Object(record.clone()).to_string().as_bytes());
+        let key = format!("tool:{}", hex(&digest));
+        record.insert("kind".into(), Value::from(TOOL_KIND));
+        record.insert("key".into(), Value::from(key.clone()));
+        (key, record)
+    }
+}
+
+/// The key a grant's record is named by.
+pub fn grant_key(grant: &Grant) -> String {
+    format!("grant:{}", grant.id)
+}
+
+/// A grant's record: its claims, which are not a credential (the signature is not kept).
+pub fn grant_entry(grant: &Grant) -> Map<String, Value> {
+    let mut record = Map::new();
+    record.insert("kind".into(), Value::from(GRANT_KIND));
+    record.insert("key".into(), Value::from(grant_key(grant)));
+    record.insert(
+        "claims".into(),
+        serde_json::to_value(grant).unwrap_or(Value::Null),
+    );
+    record
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// What the session had done before a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsRecord {
+    pub calls: u64,
+    pub calls_last_minute: u64,
+    pub denials: u64,
+    pub denials_last_minute: u64,
+    pub calls_last_10s: u64,
+    pub per_minute: u64,
+    /// Allowed calls by class; classes with none are left out.
+    pub by_class: BTreeMap<ActionClass, u64>,
+}
+
+impl From<&SessionStats> for StatsRecord {
+    fn from(stats: &SessionStats) -> Self {
+        Self {
+            calls: stats.calls,
+            calls_last_minute: stats.calls_last_minute,
+            denials: stats.denials,
+            denials_last_minute: stats.denials_last_minute,
+            calls_last_10s: stats.calls_last_10s,
+            per_minute: stats.per_minute,
+            by_class: CLASSES
+                .iter()
+                .zip(stats.by_class)
+                .filter(|(_, n)| *n > 0)
+                .map(|(c, n)| (*c, n))
+                .collect(),
+        }
+    }
+}
+
+impl From<&StatsRecord> for SessionStats {
+    fn from(record: &StatsRecord) -> Self {
+        let mut by_class = [0u64; 8];
+        for (slot, class) in by_class.iter_mut().zip(CLASSES) {
+            *slot = record.by_class.get(&class).copied().unwrap_or(0);
+        }
+        Self {
+            calls: record.calls,
+            calls_last_minute: record.calls_last_minute,
+            denials: record.denials,
+            denials_last_minute: record.denials_last_minute,
+            calls_last_10s: record.calls_last_10s,
+            per_minute: record.per_minute,
+            by_class,
+        }
+    }
+}
+
+/// One grant limit's use before a call: `(grant id, limit key, amount)`.
+pub type UsedRecord = (String, String, f64);
+
+/// The input of one decision, less what the decision record holds itself (the session, the
+/// arguments and the justification).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRecord {
+    /// The key of the tool's record.
+    pub tool: String,
+    /// The key of the grant's record; none for an anonymous session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    pub transport: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// Unix seconds.
+    pub now: i64,
+    pub env: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub utc_offset_minutes: i32,
+    pub stats: StatsRecord,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<UsedRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taint: Vec<String>,
+    pub pinned: bool,
+    /// False when the record does not keep every argument as it was (some were redacted, or
+    /// they were too large to keep): a replay of it is not exact.
+    pub complete: bool,
+    /// What the engine decided, before an approval, a limit or a credential changed it.
+    pub decided: Effect,
+    pub policies: Vec<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+impl InputRecord {
+    /// The input of `call`, whose tool is recorded under `tool`, and what the engine made of it.
+    pub fn of(call: &CallInput<'_>, tool: String, decision: &Decision) -> Self {
+        Self {
+            tool,
+            grant: call.grant.map(grant_key),
+            transport: call.session.transport.clone(),
+            address: call.session.address.clone(),
+            now: call.now,
+            env: call.env.label.clone(),
+            utc_offset_minutes: call.env.offset.minutes(),
+            stats: call.stats.into(),
+            usage: call
+                .usage
+                .iter()
+                .map(|((scope, key), amount)| (scope.clone(), key.clone(), *amount))
+                .collect(),
+            taint: call.taint.to_vec(),
+            pinned: call.pinned,
+            complete: true,
+            decided: decision.effect,
+            policies: decision.policies.clone(),
+        }
+    }
+}
+
+/// A recorded decision made whole again: everything a [`CallInput`] borrows.
+#[derive(Debug)]
+pub struct Recalled<'r> {
+    pub input: InputRecord,
+    pub tool: &'r ToolFacts,
+    pub grant: Option<&'r Grant>,
+    session: SessionFacts,
+    arguments: Option<Map<String, Value>>,
+    justification: Option<String>,
+    env: Environment,
+    stats: SessionStats,
+    usage: Usage,
+}
+
+impl Recalled<'_> {
+    /// The call as the engine was handed it.
+    pub fn call(&self) -> CallInput<'_> {
+        CallInput {
+            session: &self.session,
+            grant: self.grant,
+            tool: self.tool,
+            arguments: self.arguments.as_ref(),
+            justification: self.justification.as_deref(),
+            now: self.input.now,
+            env: &self.env,
+            stats: &self.stats,
+            usage: &self.usage,
+            taint: &self.input.taint,
+            pinned: self.input.pinned,
+        }
+    }
+
+    pub fn arguments(&self) -> Option<&Map<String, Value>> {
+        self.arguments.as_ref()
+    }
+}
+
+/// The tool definitions and grants read so far from a trail, which its decisions name.
+#[derive(Debug, Default)]
+pub struct Library {
+    schemas: SchemaCache,
+    tools: HashMap<String, ToolFacts>,
+    grants: HashMap<String, Grant>,
+}
+
+impl Library {
+    /// Learns `record` if it is a tool or a grant; true if it was.
+    pub fn learn(&mut self, kind: &str, record: &Map<String, Value>) -> Result<bool, String> {
+        let key = || {
+            record
+                .get("key")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("a `{kind}` record without a `key`"))
+        };
+        match kind {
+            TOOL_KIND => {
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.tools.entry(key()?) {
+                    let mut fields = record.clone();
+                    for meta in ["kind", "key", "seq", "prev", "time"] {
+                        fields.remove(meta);
+                    }
+                    let tool: ToolRecord = serde_json::from_value(Value::Object(fields))
+                        .map_err(|e| format!("tool record {}: {e}", slot.key()))?;
+                    slot.insert(tool.facts(&self.schemas));
+                }
+                Ok(true)
+            }
+            GRANT_KIND => {
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.grants.entry(key()?) {
+                    let claims = record
+                        .get("claims")
+                        .cloned()
+                        .ok_or_else(|| format!("grant record {} without `claims`", slot.key()))?;
+                    let grant: Grant = serde_json::from_value(claims)
+                        .map_err(|e| format!("grant record {}: {e}", slot.key()))?;
+                    slot.insert(grant);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The decision record `record` as a call to decide again, or why it cannot be.
+    pub fn recall(&self, record: DecisionRecord) -> Result<Recalled<'_>, Skip> {
+        let input = record.input.ok_or(Skip::NoInput)?;
+        let tool = self.tools.get(&input.tool).ok_or(Skip::NoTool)?;
+        let grant = match &input.grant {
+            None => None,
+            Some(key) => Some(self.grants.get(key).ok_or(Skip::NoGrant)?),
+        };
+        let offset = UtcOffset::from_minutes(input.utc_offset_minutes)
+            .map_err(|e| Skip::Unreadable(format!("its `utc_offset_minutes`: {e}")))?;
+        let usage = input
+            .usage
+            .iter()
+            .map(|(scope, key, amount)| ((scope.clone(), key.clone()), *amount))
+            .collect();
+        Ok(Recalled {
+            session: SessionFacts {
+                id: record.session.unwrap_or_default(),
+                transport: input.transport.clone(),
+                address: input.address.clone(),
+            },
+            env: Environment {
+                label: input.env.clone(),
+                offset,
+            },
+            stats: (&input.stats).into(),
+            usage,
+            arguments: record.arguments,
+            justification: record.justification,
+            tool,
+            grant,
+            input,
+        })
+    }
+}
+
+/// What replay reads of a decision record; the rest of the line is skipped unread.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DecisionRecord {
+    pub kind: String,
+    pub seq: Option<u64>,
+    pub decision_id: Option<String>,
+    pub session: Option<String>,
+    /// Unix milliseconds.
+    pub time: Option<u64>,
+    /// The pack version that decided.
+    pub version: Option<String>,
+    pub arguments: Option<Map<String, Value>>,
+    pub justification: Option<String>,
+    pub reasons: Vec<String>,
+    pub input: Option<InputRecord>,
+}
+
+/// Why a decision record is not replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Recorded without its input: a refusal the engine did not make (a hidden tool), or a
+    /// trail written before inputs were kept.
+    NoInput,
+    /// Its tool's definition is in an earlier file than those given.
+    NoTool,
+    /// Its grant is in an earlier file than those given.
+    NoGrant,
+    Unreadable(String),
+}
+
+impl Skip {
+    pub fn label(&self) -> String {
+        match self {
+            Self::NoInput => {
+                "recorded without a decision input (a hidden tool, or an older trail)".into()
+            }
+            Self::NoTool => {
+                "its tool's definition is not in the files given (add the earlier files)".into()
+            }
+            Self::NoGrant => "its grant is not in the files given (add the earlier files)".into(),
+            Self::Unreadable(why) => format!("unreadable: {why}"),
+        }
+    }
+}
+
+/// One decision as recorded or as decided again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Side {
+    pub decision: Effect,
+    pub policies: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// A recorded call whose decision changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
+    /// As the record keeps them.
+    pub arguments: Value,
+    /// False when the replay used placeholders for arguments the record does not keep.
+    pub exact: bool,
+    pub before: Side,
+    pub after: Side,
+}
+
+/// Calls of one tool whose decision changes the same way, for the same policies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub from: Effect,
+    pub to: Effect,
+    pub tool: String,
+    /// The policies that determined the recorded decision.
+    pub before: Vec<String>,
+    /// The policies that determine it now.
+    pub after: Vec<String>,
+    pub count: u64,
+    /// How many of them were replayed with placeholders.
+    pub inexact: u64,
+    pub examples: Vec<Example>,
+}
+
+/// Examples kept per group of changes.
+const EXAMPLES: usize = 3;
+
+/// What a replay found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The candidate pack's version.
+    pub policies: String,
+    /// Decision records read.
+    pub decisions: u64,
+    pub replayed: u64,
+    pub unchanged: u64,
+    pub changed: u64,
+    /// Replayed with placeholders for arguments the record does not keep.
+    pub inexact: u64,
+    /// Decision records not replayed, by why.
+    pub skipped: BTreeMap<String, u64>,
+    /// Lines that are not records at all (a torn last line after a crash, say).
+    pub unreadable_lines: u64,
+    /// `allow → deny` and the like, with counts.
+    pub transitions: BTreeMap<String, u64>,
+    /// Largest first.
+    pub changes: Vec<Change>,
+    /// Decisions of the same pack version that came out differently: their input was not
+    /// kept whole. Should be zero for complete records.
+    pub same_version_differences: u64,
+}
+
+/// What groups changes: from, to, the tool, the policies before and now.
+type ChangeKey = (Effect, Effect, String, Vec<String>, Vec<String>);
+
+/// Decides recorded calls again under one pack and collects what changes.
+#[derive(Debug)]
+pub struct Replay<'p> {
+    pack: &'p Pack,
+    library: Library,
+    summary: Summary,
+    changes: BTreeMap<ChangeKey, Change>,
+}
+
+impl<'p> Replay<'p> {
+    pub fn new(pack: &'p Pack) -> Self {
+        Self {
+            pack,
+            library: Library::default(),
+            summary: Summary {
+                policies: pack.version().to_owned(),
+                decisions: 0,
+                replayed: 0,
+                unchanged: 0,
+                changed: 0,
+                inexact: 0,
+                skipped: BTreeMap::new(),
+                unreadable_lines: 0,
+                transitions: BTreeMap::new(),
+                changes: Vec::new(),
+                same_version_differences: 0,
+            },
+            changes: BTreeMap::new(),
+        }
+    }
+
+    /// Reads one line of a trail.
+    pub fn line(&mut self, line: &str) {
+        if line.trim().is_empty() {
+            return;
+        }
+        let Ok(record) = serde_json::from_str::<DecisionRecord>(line) else {
+            self.summary.unreadable_lines += 1;
+            return;
+        };
+        if record.kind == DECISION_KIND {
+            self.decision(record);
+            return;
+        }
+        // A definition (rare): read whole.
+        match serde_json::from_str::<Map<String, Value>>(line) {
+            Ok(whole) => {
+                if let Err(why) = self.library.learn(&record.kind, &whole) {
+                    *self.summary.skipped.entry(why).or_default() += 1;
+                }
+            }
+            Err(_) => self.summary.unreadable_lines += 1,
+        }
+    }
+
+    /// Decides one decision record again.
+    pub fn decision(&mut self, mut record: DecisionRecord) {
+        self.summary.decisions += 1;
+        let (seq, time) = (record.seq, record.time);
+        let decision_id = record.decision_id.take();
+        let version = record.version.take();
+        let recorded_reasons = std::mem::take(&mut record.reasons);
+        let recalled = match self.library.recall(record) {
+            Ok(recalled) => recalled,
+            Err(skip) => {
+                *self.summary.skipped.entry(skip.label()).or_default() += 1;
+                return;
+            }
+        };
+        let decision = self.pack.decide(&recalled.call());
+        let summary = &mut self.summary;
+        summary.replayed += 1;
+        let exact = recalled.input.complete;
+        if !exact {
+            summary.inexact += 1;
+        }
+        let before = &recalled.input;
+        if decision.effect == before.decided && decision.policies == before.policies {
+            summary.unchanged += 1;
+            return;
+        }
+        if version.as_deref() == Some(self.pack.version()) {
+            summary.same_version_differences += 1;
+        }
+        if decision.effect == before.decided {
+            // The same outcome for other reasons: not a flip.
+            summary.unchanged += 1;
+            return;
+        }
+        summary.changed += 1;
+        *summary
+            .transitions
+            .entry(format!(
+                "{} → {}",
+                before.decided.as_str(),
+                decision.effect.as_str()
+            ))
+            .or_default() += 1;
+        let key = (
+            before.decided,
+            decision.effect,
+            recalled.tool.name().to_owned(),
+            before.policies.clone(),
+            decision.policies.clone(),
+        );
+        let change = self.changes.entry(key).or_insert_with(|| Change {
+            from: before.decided,
+            to: decision.effect,
+            tool: recalled.tool.name().to_owned(),
+            before: before.policies.clone(),
+            after: decision.policies.clone(),
+            count: 0,
+            inexact: 0,
+            examples: Vec::new(),
+        });
+        change.count += 1;
+        if !exact {
+            change.inexact += 1;
+        }
+        if change.examples.len() < EXAMPLES {
+            change.examples.push(Example {
+                seq,
+                decision_id,
+                session: Some(recalled.session.id.clone()),
+                time,
+                arguments: recalled
+                    .arguments()
+                    .map_or(Value::Null, |a| Value::Object(a.clone())),
+                exact,
+                before: Side {
+                    decision: before.decided,
+                    policies: before.policies.clone(),
+                    reasons: recorded_reasons,
+                },
+                after: Side {
+                    decision: decision.effect,
+                    policies: decision.policies,
+                    reasons: decision.reasons,
+                },
+            });
+        }
+    }
+
+    pub fn finish(self) -> Summary {
+        let mut summary = self.summary;
+        let mut changes: Vec<Change> = self.changes.into_values().collect();
+        changes.sort_by_key(|c| std::cmp::Reverse(c.count));
+        summary.changes = changes;
+        summary
+    }
+}
+
+/// Finds the decision `wanted` (its `decision_id`, or its `seq`) in `lines` and explains it
+/// under `pack`, with the recorded decision beside it.
+pub fn explain_recorded<'a>(
+    pack: &Pack,
+    lines: impl IntoIterator<Item = &'a str>,
+    wanted: &str,
+) -> Result<(Map<String, Value>, Explanation), String> {
+    let mut library = Library::default();
+    for line in lines {
+        let Ok(record) = serde_json::from_str::<Map<String, Value>>(line) else {
+            continue;
+        };
+        let kind = record.get("kind").and_then(Value::as_str).unwrap_or("");
+        if kind != DECISION_KIND {
+            library.learn(kind, &record)?;
+            continue;
+        }
+        let matches = record.get("decision_id").and_then(Value::as_str) == Some(wanted)
+            || record
+                .get("seq")
+                .and_then(Value::as_u64)
+                .is_some_and(|seq| seq.to_string() == wanted);
+        if !matches {
+            continue;
+        }
+        let typed: DecisionRecord = serde_json::from_value(Value::Object(record.clone()))
+            .map_err(|e| format!("decision {wanted} cannot be read: {e}"))?;
+        let recalled = library
+            .recall(typed)
+            .map_err(|skip| format!("decision {wanted} cannot be explained: {}", skip.label()))?;
+        let explanation = pack.explain(&recalled.call());
+        return Ok((record, explanation));
+    }
+    Err(format!("no decision {wanted} in the trail given"))
+}
+
+/// Keeps a [`ToolFacts`]' record beside it: built once per definition, named by its key.
+pub type ToolEntry = Arc<(String, Map<String, Value>)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_round_trip() {
+        let stats = SessionStats {
+            calls: 7,
+            calls_last_minute: 3,
+            denials: 1,
+            denials_last_minute: 1,
+            calls_last_10s: 2,
+            per_minute: 4,
+            by_class: [5, 0, 1, 0, 0, 0, 0, 0],
+        };
+        let record = StatsRecord::from(&stats);
+        let text = serde_json::to_string(&record).unwrap_or_default();
+        assert!(
+            text.contains(r#""by_class":{"read":5,"egress":1}"#),
+            "{text}"
+        );
+        let back: StatsRecord = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(SessionStats::from(&back), stats);
+    }
+
+    #[test]
+    fn a_tool_record_keys_its_content() {
+        let mut schema = Map::new();
+        schema.insert("type".into(), Value::from("object"));
+        let facts = ToolFacts::new(
+            "fs.read",
+            "fs",
+            Hints::default(),
+            Some("/srv".into()),
+            SchemaCache::default().compile(&schema),
+        );
+        let (key, record) = ToolRecord::of(&facts, &schema).entry();
+        let (again, _) = ToolRecord::of(&facts, &schema).entry();
+        assert_eq!(key, again);
+        let mut library = Library::default();
+        assert_eq!(library.learn(TOOL_KIND, &record), Ok(true));
+        assert_eq!(
+            library.tools.get(&key).map(ToolFacts::root),
+            Some(Some("/srv"))
+        );
+        let other = ToolFacts::new(
+            "fs.read",
+            "fs",
+            Hints::default(),
+            Some("/elsewhere".into()),
+            SchemaCache::default().compile(&schema),
+        );
+        assert_ne!(ToolRecord::of(&other, &schema).entry().0, key);
+    }
+}
