@@ -262,6 +262,198 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     assert!(!ok && out.contains("signature does not verify"), "{out}");
 }
 
+/// `pack`, with the bound on sums at `limit`.
+fn pack_with_limit(dir: &Path, limit: u32) {
+    pack(dir);
+    std::fs::write(
+        dir.join("rules.cedar"),
+        std::fs::read_to_string(dir.join("rules.cedar"))
+            .unwrap()
+            .replace("context.args.a > 10", &format!("context.args.a > {limit}")),
+    )
+    .unwrap();
+}
+
+fn replay(trail: &Path, pack: &Path, extra: &[&str]) -> (std::process::Output, Value) {
+    let out = std::process::Command::new(tollgate_bin())
+        .args(["policy", "replay", "--audit"])
+        .arg(trail)
+        .arg("--policies")
+        .arg(pack)
+        .args(["--format", "json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let summary = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out, summary)
+}
+
+#[tokio::test]
+async fn a_recorded_session_replayed_under_another_pack_shows_exactly_its_flips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, state) = (tmp.path().join("live"), tmp.path().join("state"));
+    pack(&live);
+    let config = Config::parse(&format!(
+        "{head}{upstream}",
+        head = guarded_toml(&live, &state),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap();
+    let grant = read_write_grant(&state);
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    // Allowed: 1, 5, 9 and 10; denied: 11 and 100. And a read with a hidden argument.
+    for a in [1, 5, 9, 10, 11, 100] {
+        let result = agent
+            .call_tool(call("add", json!({"a": a, "b": 1})))
+            .await
+            .unwrap();
+        assert_eq!(result.is_error == Some(true), a > 10, "{a}: {result:?}");
+    }
+    agent
+        .call_tool(call("echo", json!({"text": "kept from reviewers"})))
+        .await
+        .unwrap();
+    agent.cancel().await.unwrap();
+    g.proxy.shutdown().await;
+    let trail = state.join("audit");
+
+    // Under the very pack that decided them, nothing changes: the replay is exact.
+    let (out, same) = replay(&trail, &live, &["--fail-on-change"]);
+    assert!(out.status.success(), "{same:#}");
+    assert_eq!(
+        (
+            same["decisions"].clone(),
+            same["replayed"].clone(),
+            same["changed"].clone()
+        ),
+        (json!(7), json!(7), json!(0)),
+        "{same:#}"
+    );
+    assert_eq!(same["same_version_differences"], 0, "{same:#}");
+    // The read's hidden argument is not in the trail: its replay says it is inexact.
+    assert_eq!(same["inexact"], 1, "{same:#}");
+
+    // Tightened to sums above 4: exactly the calls with 5, 9 and 10 flip to deny.
+    let tight = tmp.path().join("tight");
+    pack_with_limit(&tight, 4);
+    let (out, flipped) = replay(&trail, &tight, &["--fail-on-change"]);
+    assert_eq!(out.status.code(), Some(3), "a change fails the gate");
+    assert_eq!(flipped["changed"], 3, "{flipped:#}");
+    assert_eq!(flipped["transitions"], json!({"allow → deny": 3}));
+    let changes = flipped["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{flipped:#}");
+    let change = &changes[0];
+    assert_eq!(
+        (
+            change["tool"].clone(),
+            change["before"].clone(),
+            change["after"].clone(),
+            change["count"].clone(),
+            change["inexact"].clone(),
+        ),
+        (
+            json!("add"),
+            json!(["small-writes"]),
+            json!(["no-big-sums"]),
+            json!(3),
+            json!(0)
+        ),
+        "{flipped:#}"
+    );
+    let examples: Vec<i64> = change["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["arguments"]["a"].as_i64().unwrap())
+        .collect();
+    assert_eq!(examples, [5, 9, 10]);
+    assert_eq!(
+        change["examples"][0]["after"]["reasons"],
+        json!(["sums above 10 are not allowed here"])
+    );
+
+    // Loosened to sums above 50: only 11 flips back to allow; 100 stays denied.
+    let loose = tmp.path().join("loose");
+    pack_with_limit(&loose, 50);
+    let (_, loosened) = replay(&trail, &loose, &[]);
+    assert_eq!(
+        loosened["transitions"],
+        json!({"deny → allow": 1}),
+        "{loosened:#}"
+    );
+    assert_eq!(
+        loosened["changes"][0]["examples"][0]["arguments"],
+        json!({"a": 11, "b": 1})
+    );
+
+    // The text report says the same to a person.
+    let text = std::process::Command::new(tollgate_bin())
+        .args(["policy", "replay", "--audit"])
+        .arg(&trail)
+        .arg("--policies")
+        .arg(&tight)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("changed:   3 (allow → deny: 3)"), "{text}");
+    assert!(text.contains("allow → deny  add  3 call(s)"), "{text}");
+
+    // One recorded decision explained under the tightened pack.
+    let nine = records(&trail)
+        .into_iter()
+        .find(|r| r["kind"] == "decision" && r["arguments"]["a"] == 9)
+        .unwrap();
+    let explained = std::process::Command::new(tollgate_bin())
+        .args(["policy", "explain"])
+        .arg(&tight)
+        .arg("--audit")
+        .arg(&trail)
+        .args(["--decision", nine["decision_id"].as_str().unwrap()])
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    let explained: Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(explained["recorded"]["decision"], "allow");
+    assert_eq!(
+        (
+            explained["decision"].clone(),
+            explained["determining"].clone()
+        ),
+        (json!("deny"), json!(["no-big-sums"]))
+    );
+    // By record number too.
+    let by_seq = std::process::Command::new(tollgate_bin())
+        .args(["policy", "explain"])
+        .arg(&live)
+        .arg("--audit")
+        .arg(&trail)
+        .args(["--decision", &nine["seq"].to_string()])
+        .output()
+        .unwrap();
+    let by_seq = String::from_utf8_lossy(&by_seq.stdout);
+    assert!(
+        by_seq.contains("recorded: allow by small-writes"),
+        "{by_seq}"
+    );
+    assert!(by_seq.contains("decision: allow"), "{by_seq}");
+
+    // A trail file taken alone still replays: each holds the definitions it names.
+    assert!(
+        std::fs::read_to_string(
+            std::fs::read_dir(&trail)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path()
+        )
+        .unwrap()
+        .contains(r#""kind":"grant""#)
+    );
+}
+
 #[tokio::test]
 async fn a_trail_that_cannot_be_written_stops_tollgate_or_refuses_calls() {
     let tmp = tempfile::tempdir().unwrap();

@@ -272,16 +272,7 @@ async fn bursts_and_a_new_kind_of_action_late_in_a_session_reach_policies() {
         upstream = stdio_fixture_upstream("fx"),
     ))
     .unwrap();
-    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
-        .unwrap()
-        .sign(&root_grant(
-            "work",
-            [
-                tollgate_policy::ActionClass::Read,
-                tollgate_policy::ActionClass::Write,
-            ],
-        ))
-        .unwrap();
+    let grant = read_write_grant(&state);
     let g = guarded(config, None).await;
     let echo = || call("echo", json!({"text": "hi"}));
     let add = || call("add", json!({"a": 1, "b": 2}));

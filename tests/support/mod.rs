@@ -332,6 +332,20 @@ pub fn reads_pack(dir: &std::path::Path, extra: &str) {
     .unwrap();
 }
 
+/// A `work` grant for reads and writes, signed with the grant key in `state`.
+pub fn read_write_grant(state: &std::path::Path) -> String {
+    tollgate_mint::GrantSigner::load_or_create(state)
+        .unwrap()
+        .sign(&root_grant(
+            "work",
+            [
+                tollgate_policy::ActionClass::Read,
+                tollgate_policy::ActionClass::Write,
+            ],
+        ))
+        .unwrap()
+}
+
 /// The config table of an upstream `name` that is the fixture server over stdio.
 pub fn stdio_fixture_upstream(name: &str) -> String {
     format!(

@@ -19,9 +19,7 @@ use std::{sync::Arc, time::Instant};
 
 use rmcp::model::RequestMetaObject;
 use serde_json::json;
-use tollgate_policy::{ActionClass, Grant};
 use tollgate_proxy::{
-    Caller, Config,
     guard::PolicyGuard,
     intercept::{Interceptor, ToolCall, Verdict},
 };
@@ -42,53 +40,12 @@ fn main() {
     // rules, with a rate limit no benchmark reaches), and a catalog entry that makes the
     // benchmarked read taint the session.
     let pack = dir.path().join("pack");
-    std::fs::create_dir_all(&pack).unwrap();
-    std::fs::write(pack.join("pack.toml"), "purposes = [\"maintenance\"]\n").unwrap();
-    std::fs::write(
-        pack.join("rules.cedar"),
-        r#"
-@id("read-within-grant") permit (principal, action == Action::"read", resource) when { context.grant.present };
-@id("no-egress-after-secret-read") forbid (principal, action == Action::"egress", resource) when { context.taint.contains("secret_read") };
-@id("no-write-after-untrusted") forbid (principal, action == Action::"write", resource) when { context.taint.contains("untrusted_content") };
-@id("call-rate") forbid (principal, action, resource) when { context.stats.calls_last_minute >= 100000000 };
-@id("denials") forbid (principal, action, resource) when { context.stats.denials >= 50 };
-"#,
-    )
-    .unwrap();
-    let config = Config::parse(&format!(
-        r#"
-[front]
-stdio = true
-[policy]
-pack = "{}"
-[grants]
-state_dir = "{}"
-[[policy.tool]]
-tool = "fs.read_text_file"
-class = "read"
-resources = {{ path = "path" }}
-taints = ["untrusted_content"]
-[[upstream]]
-name = "fs"
-command = "true"
-root = "/srv/app"
-"#,
-        pack.display(),
-        state.display()
-    ))
-    .unwrap();
-    let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
-    let grant = Grant {
-        resources: ["path:/srv/app/**".parse().unwrap()].into(),
-        ..Grant::root(
-            tollgate_mint::new_grant_id().unwrap(),
-            "maintenance",
-            [ActionClass::Read],
-            tollgate_mint::unix_now(),
-            3600,
-        )
-    };
-    let caller = Caller::stdio(Some(signer.sign(&grant).unwrap()));
+    common::history_pack(
+        &pack,
+        r#"@id("denials") forbid (principal, action, resource) when { context.stats.denials >= 50 };"#,
+    );
+    let config = common::fs_config(&pack, &state, "", "taints = [\"untrusted_content\"]");
+    let caller = common::reader(&state, "path:/srv/app/**");
     let guard = Arc::new(PolicyGuard::new(&config).unwrap());
     let facts = common::read_text_file();
     let arguments = json!({"path": "docs/README.md", "head": 20})

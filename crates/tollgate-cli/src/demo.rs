@@ -295,11 +295,24 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let verifier =
         tollgate_proxy::audit::TrailVerifier::load(&state).map_err(anyhow::Error::msg)?;
     let report = tollgate_audit::verify_files(std::slice::from_ref(&trail), &verifier, false)?;
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for file in tollgate_audit::trail_paths(std::slice::from_ref(&trail))? {
+        for line in std::fs::read_to_string(&file)?.lines() {
+            let kind = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|r| r.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "unreadable".to_owned());
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    let count = |kind: &str| kinds.get(kind).copied().unwrap_or(0);
     println!();
     println!(
-        "audit trail: {} records ({} decisions and outcomes of the workspace session, {} signed checkpoints): {}",
+        "audit trail: {} records ({} decisions and {} outcomes of the workspace session, {} tool and grant definitions, {} signed checkpoints): {}",
         report.records,
-        report.records.saturating_sub(report.checkpoints + 1),
+        count("decision"),
+        count("outcome"),
+        count("tool") + count("grant"),
         report.checkpoints,
         if report.ok() { "intact" } else { "BROKEN" }
     );

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Subcommand;
-use tollgate_policy::{Pack, cases, check::Severity};
+use serde_json::{Map, Value};
+use tollgate_policy::{Pack, cases, check::Severity, recorded};
 use tollgate_proxy::pack_files;
 
 #[derive(Debug, Subcommand)]
@@ -20,18 +21,53 @@ pub(crate) enum PolicyCommand {
         /// The pack's folder.
         dir: PathBuf,
     },
-    /// Explain one call, written as a case in a cases file: the decision, what determined it,
-    /// and every policy that could apply to the tool and action with whether it held.
+    /// Explain one call under a pack: the decision, what determined it, and every policy
+    /// that could apply to the tool and action with whether it held. The call is a case in a
+    /// cases file (`CASES NAME`), or a decision recorded in an audit trail (`--audit FILE…
+    /// --decision ID`).
     Explain {
         /// The pack's folder.
         dir: PathBuf,
         /// A cases file (the format of `DIR/tests/*.toml`) holding the call.
-        cases: PathBuf,
+        #[arg(required_unless_present = "audit", requires = "name")]
+        cases: Option<PathBuf>,
         /// The case's `name`.
-        name: String,
+        name: Option<String>,
+        /// The audit trail's files in order, or its folder.
+        #[arg(long, num_args = 1.., value_name = "FILE|DIR", conflicts_with = "cases", requires = "decision")]
+        audit: Vec<PathBuf>,
+        /// The recorded decision: its `decision_id` or its record number (`seq`).
+        #[arg(long, value_name = "ID")]
+        decision: Option<String>,
+        /// A `tollgate.toml` whose `[[policy.tool]]` catalog entries join the pack's, as they
+        /// do when Tollgate runs with it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// `text`, or `json` for tools.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
+    },
+    /// Decide every call recorded in an audit trail again under a candidate pack, and show
+    /// what would change: calls that would flip between allow, deny and approval, grouped by
+    /// tool and by the policies that decided them before and now, with counts and examples.
+    Replay {
+        /// The audit trail's files in order, or its folder.
+        #[arg(long, required = true, num_args = 1.., value_name = "FILE|DIR")]
+        audit: Vec<PathBuf>,
+        /// The candidate pack's folder; without it, the pack `--config` names (or the embedded
+        /// default).
+        #[arg(long, value_name = "DIR", required_unless_present = "config")]
+        policies: Option<PathBuf>,
+        /// A `tollgate.toml` whose `[[policy.tool]]` catalog entries join the pack's, as they
+        /// do when Tollgate runs with it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// `text`, or `json` for tools.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+        /// Exit with status 3 when any decision changes: a gate for a policy change in CI.
+        #[arg(long)]
+        fail_on_change: bool,
     },
 }
 
@@ -43,21 +79,103 @@ pub(crate) fn run(command: PolicyCommand) -> anyhow::Result<()> {
             dir,
             cases,
             name,
+            audit,
+            decision,
+            config,
             format,
-        } => explain(&dir, &cases, &name, &format),
+        } => {
+            let pack = compile_with(Some(&dir), config.as_deref())?;
+            match (cases, name, decision) {
+                (Some(file), Some(name), _) => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                    let explained = cases::explain_case(&pack, &text, &name)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    explain(&format!("case: {name}"), None, &explained, &format)
+                }
+                (_, _, Some(wanted)) => {
+                    let text = read_trail(&audit)?;
+                    let (record, explained) =
+                        recorded::explain_recorded(&pack, text.lines(), &wanted)
+                            .map_err(anyhow::Error::msg)?;
+                    explain(
+                        &format!("recorded decision: {wanted}"),
+                        Some(&record),
+                        &explained,
+                        &format,
+                    )
+                }
+                _ => bail!(
+                    "name a case (CASES NAME) or a recorded decision (--audit … --decision ID)"
+                ),
+            }
+        }
+        PolicyCommand::Replay {
+            audit,
+            policies,
+            config,
+            format,
+            fail_on_change,
+        } => {
+            let pack = compile_with(policies.as_deref(), config.as_deref())?;
+            replay(&audit, &pack, &format, fail_on_change)
+        }
     }
 }
 
-fn explain(dir: &Path, file: &Path, name: &str, format: &str) -> anyhow::Result<()> {
-    let pack = compile(dir)?;
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let explained = cases::explain_case(&pack, &text, name)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+/// The text of a trail's files, in order.
+fn read_trail(paths: &[PathBuf]) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for file in tollgate_audit::trail_paths(paths)? {
+        text.push_str(
+            &std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?,
+        );
+    }
+    Ok(text)
+}
+
+/// How a decision record read: what was recorded, for showing beside what the pack says now.
+fn recorded_line(record: &Map<String, Value>) -> String {
+    let text = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or("?");
+    let policies = record
+        .get("policies")
+        .and_then(Value::as_array)
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    format!(
+        "recorded: {} by {policies} under {} (tool {}, session {}, record {}, at {})",
+        text("decision"),
+        text("version"),
+        text("tool"),
+        text("session"),
+        record
+            .get("seq")
+            .and_then(Value::as_u64)
+            .unwrap_or_default(),
+        record.get("time").and_then(Value::as_i64).map_or_else(
+            || "?".to_owned(),
+            |ms| tollgate_policy::clock::utc_text(ms / 1000)
+        ),
+    )
+}
+
+fn explain(
+    title: &str,
+    record: Option<&Map<String, Value>>,
+    explained: &tollgate_policy::Explanation,
+    format: &str,
+) -> anyhow::Result<()> {
     let decision = &explained.decision;
     if format == "json" {
         let value = serde_json::json!({
-            "case": name,
+            "call": title,
+            "recorded": record,
             "version": decision.version,
             "class": explained.class,
             "decision": decision.effect,
@@ -69,7 +187,20 @@ fn explain(dir: &Path, file: &Path, name: &str, format: &str) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("case: {name}");
+    println!("{title}");
+    if let Some(record) = record {
+        println!("{}", recorded_line(record));
+        if record
+            .get("input")
+            .and_then(|i| i.get("complete"))
+            .and_then(Value::as_bool)
+            == Some(false)
+        {
+            println!(
+                "  (the trail does not keep every argument of this call: redacted ones are decided as \"[redacted]\")"
+            );
+        }
+    }
     println!(
         "decision: {} ({}), under {}",
         decision.effect.as_str(),
@@ -131,6 +262,25 @@ fn explain(dir: &Path, file: &Path, name: &str, format: &str) -> anyhow::Result<
 fn compile(dir: &Path) -> anyhow::Result<Pack> {
     let source = pack_files::read_pack(dir)?;
     Pack::compile(&source).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
+}
+
+/// The pack in `dir` (else the one `config` names, else the embedded default), with the
+/// catalog entries of `config`.
+fn compile_with(dir: Option<&Path>, config: Option<&Path>) -> anyhow::Result<Pack> {
+    let config = config
+        .map(tollgate_proxy::Config::load)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = dir.or_else(|| config.as_ref().and_then(|c| c.policy.pack.as_deref()));
+    let source = match dir {
+        Some(dir) => pack_files::read_pack(dir)?,
+        None => pack_files::embedded_default(),
+    };
+    let tools = config
+        .as_ref()
+        .map_or(&[][..], |c| c.policy.tools.as_slice());
+    let source = pack_files::with_tools(source, tools);
+    Pack::compile(&source).map_err(|e| anyhow::anyhow!("{}: {e}", source.name))
 }
 
 fn check(dir: &Path) -> anyhow::Result<()> {
@@ -197,5 +347,149 @@ fn test(dir: &Path) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{} case(s) failed", failed.len())
+    }
+}
+
+/// Replays the trail in `paths` under the pack in `dir`.
+fn replay(
+    paths: &[PathBuf],
+    pack: &Pack,
+    format: &str,
+    fail_on_change: bool,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+
+    let files = tollgate_audit::trail_paths(paths)?;
+    if files.is_empty() {
+        bail!("no audit trail files in {paths:?}");
+    }
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    // A progress line on a terminal, for trails that take a while.
+    let progress = std::io::stderr().is_terminal() && total > 8 << 20;
+    let mut replay = recorded::Replay::new(pack);
+    let (mut read, mut shown) = (0u64, std::time::Instant::now());
+    let mut line = String::new();
+    for file in &files {
+        let mut reader = std::io::BufReader::new(
+            std::fs::File::open(file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?,
+        );
+        loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            replay.line(&line);
+            if progress && shown.elapsed() >= std::time::Duration::from_millis(200) {
+                shown = std::time::Instant::now();
+                eprint!(
+                    "\rreplaying {}: {:>3}%",
+                    file.display(),
+                    read * 100 / total.max(1)
+                );
+            }
+        }
+    }
+    if progress {
+        eprintln!("\rreplayed {} file(s): 100%{:20}", files.len(), "");
+    }
+    let summary = replay.finish();
+    if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_replay(&summary);
+    }
+    if fail_on_change && summary.changed > 0 {
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+fn print_replay(summary: &recorded::Summary) {
+    println!(
+        "replayed {} of {} recorded decision(s) under {}",
+        summary.replayed, summary.decisions, summary.policies
+    );
+    println!("  unchanged: {}", summary.unchanged);
+    let transitions = summary
+        .transitions
+        .iter()
+        .map(|(t, n)| format!("{t}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "  changed:   {}{}",
+        summary.changed,
+        if transitions.is_empty() {
+            String::new()
+        } else {
+            format!(" ({transitions})")
+        }
+    );
+    if summary.inexact > 0 {
+        println!(
+            "  inexact:   {} replayed with \"[redacted]\" for arguments the trail does not keep",
+            summary.inexact
+        );
+    }
+    if summary.same_version_differences > 0 {
+        println!(
+            "  note: {} decision(s) came out differently under the very version that made them: their arguments were not kept whole",
+            summary.same_version_differences
+        );
+    }
+    let skipped: u64 = summary.skipped.values().sum();
+    if skipped > 0 {
+        println!("  not replayed: {skipped}");
+        for (why, n) in &summary.skipped {
+            println!("    {n:>6}  {why}");
+        }
+    }
+    if summary.unreadable_lines > 0 {
+        println!(
+            "  {} line(s) are not records (a torn last line?)",
+            summary.unreadable_lines
+        );
+    }
+    for change in &summary.changes {
+        println!(
+            "\n{} → {}  {}  {} call(s){}",
+            change.from.as_str(),
+            change.to.as_str(),
+            change.tool,
+            change.count,
+            if change.inexact > 0 {
+                format!(", {} inexact", change.inexact)
+            } else {
+                String::new()
+            }
+        );
+        println!("  decided before by: {}", change.before.join(", "));
+        println!("  decided now by:    {}", change.after.join(", "));
+        for example in &change.examples {
+            println!(
+                "    record {} session {} at {}{}: {}",
+                example
+                    .seq
+                    .map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                example.session.as_deref().unwrap_or("?"),
+                example.time.map_or_else(
+                    || "?".to_owned(),
+                    |ms| tollgate_policy::clock::utc_text(i64::try_from(ms / 1000).unwrap_or(0))
+                ),
+                if example.exact { "" } else { " (inexact)" },
+                example.arguments
+            );
+            if !example.after.reasons.is_empty() {
+                println!("      now: {}", example.after.reasons.join("; "));
+            }
+        }
     }
 }

@@ -1,4 +1,9 @@
-//! What the benchmarks share: the tool they decide on.
+//! What the benchmarks share: the tool they decide on, and the guard they decide it with.
+
+// Each benchmark uses part of this module.
+#![allow(dead_code)]
+
+use std::path::Path;
 
 use serde_json::{Map, Value, json};
 use tollgate_policy::{Hints, SchemaCache, ToolFacts};
@@ -25,4 +30,71 @@ pub fn read_text_file() -> ToolFacts {
         Some("/srv/app".to_owned()),
         SchemaCache::default().compile(&schema),
     )
+    .with_entry(&schema)
+}
+
+/// A guard configuration over stdio for `fs.read_text_file` (a read whose `path` is a
+/// resource), the pack in `pack` and the state in `state`; `audit` and `tool` are TOML added to
+/// the `[audit]` table and the catalog entry.
+pub fn fs_config(pack: &Path, state: &Path, audit: &str, tool: &str) -> tollgate_proxy::Config {
+    tollgate_proxy::Config::parse(&format!(
+        r#"
+[front]
+stdio = true
+[policy]
+pack = "{}"
+[grants]
+state_dir = "{}"
+[audit]
+{audit}
+[[policy.tool]]
+tool = "fs.read_text_file"
+class = "read"
+resources = {{ path = "path" }}
+{tool}
+[[upstream]]
+name = "fs"
+command = "true"
+root = "/srv/app"
+"#,
+        pack.display(),
+        state.display()
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A stdio caller presenting a `maintenance` grant for reads of `resource`, signed with the
+/// grant key in `state`.
+pub fn reader(state: &Path, resource: &str) -> tollgate_proxy::Caller {
+    let signer =
+        tollgate_mint::GrantSigner::load_or_create(state).unwrap_or_else(|e| panic!("{e}"));
+    let grant = tollgate_policy::Grant {
+        resources: [resource.parse().unwrap_or_else(|e| panic!("{e:?}"))].into(),
+        ..tollgate_policy::Grant::root(
+            tollgate_mint::new_grant_id().unwrap_or_else(|e| panic!("{e}")),
+            "maintenance",
+            [tollgate_policy::ActionClass::Read],
+            tollgate_mint::unix_now(),
+            3600,
+        )
+    };
+    tollgate_proxy::Caller::stdio(Some(signer.sign(&grant).unwrap_or_else(|e| panic!("{e}"))))
+}
+
+/// Rules shaped like the default pack's that read the session's taints and statistics (with a
+/// rate limit no benchmark reaches); each benchmark adds its own.
+pub const HISTORY_RULES: &str = r#"
+@id("read-within-grant") permit (principal, action == Action::"read", resource) when { context.grant.present };
+@id("no-egress-after-secret-read") forbid (principal, action == Action::"egress", resource) when { context.taint.contains("secret_read") };
+@id("no-write-after-untrusted") forbid (principal, action == Action::"write", resource) when { context.taint.contains("untrusted_content") };
+@id("call-rate") forbid (principal, action, resource) when { context.stats.calls_last_minute >= 100000000 };
+"#;
+
+/// A `maintenance` pack in `dir` of [`HISTORY_RULES`] and `extra`.
+pub fn history_pack(dir: &Path, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("pack.toml"), "purposes = [\"maintenance\"]\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("rules.cedar"), format!("{HISTORY_RULES}{extra}\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
