@@ -454,6 +454,106 @@ async fn a_recorded_session_replayed_under_another_pack_shows_exactly_its_flips(
     );
 }
 
+/// The fixture guarded by the pack in `live`, with the one in `shadow` beside it.
+fn shadowed_config(live: &Path, shadow: &Path, state: &Path) -> Config {
+    Config::parse(&format!(
+        "{head}{upstream}",
+        head = guarded_toml(live, state).replace(
+            "[grants]",
+            &format!("shadow = \"{}\"\n[grants]", shadow.display())
+        ),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_shadow_pack_decides_beside_the_live_one_and_enforces_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, shadow, state) = (
+        tmp.path().join("live"),
+        tmp.path().join("shadow"),
+        tmp.path().join("state"),
+    );
+    pack(&live);
+    // The candidate refuses sums above 4 where the live pack refuses those above 10.
+    pack_with_limit(&shadow, 4);
+    let config = shadowed_config(&live, &shadow, &state);
+    let grant = read_write_grant(&state);
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    // The live pack decides: 2 and 7 go through although the shadow would refuse 7.
+    for (a, sum) in [(2, "3"), (7, "8")] {
+        let result = agent
+            .call_tool(call("add", json!({"a": a, "b": 1})))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&result), sum, "{result:?}");
+    }
+    let refused = agent
+        .call_tool(call("add", json!({"a": 70, "b": 1})))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    agent.cancel().await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", g.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = prometheus(&text);
+    for (line, want) in [
+        (
+            r#"tollgate_shadow_decisions_total{live="allow",shadow="allow"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_shadow_decisions_total{live="allow",shadow="deny"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_shadow_decisions_total{live="deny",shadow="deny"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_shadow_differences_total{upstream="fx",tool="add"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(metrics.get(line), Some(&want), "{line} in\n{text}");
+    }
+    g.proxy.shutdown().await;
+
+    // The one difference is in the trail, on its decision; the others carry no shadow.
+    let decisions: Vec<Value> = records(&state.join("audit"))
+        .into_iter()
+        .filter(|r| r["kind"] == "decision")
+        .collect();
+    assert_eq!(decisions.len(), 3);
+    let shadowed: Vec<&Value> = decisions
+        .iter()
+        .filter(|r| r.get("shadow").is_some())
+        .collect();
+    assert_eq!(shadowed.len(), 1, "{decisions:#?}");
+    let seven = shadowed[0];
+    assert_eq!(seven["arguments"]["a"], 7);
+    assert_eq!(seven["decision"], "allow", "the live decision stands");
+    assert_eq!(seven["shadow"]["decision"], "deny");
+    assert_eq!(seven["shadow"]["policies"], json!(["no-big-sums"]));
+    assert_ne!(seven["shadow"]["version"], seven["version"]);
+
+    // A shadow pack that does not compile stops Tollgate before it serves, like the live one.
+    std::fs::write(
+        shadow.join("rules.cedar"),
+        "permit (principal, action resource);",
+    )
+    .unwrap();
+    let config = shadowed_config(&live, &shadow, &state);
+    let refused = tollgate_proxy::guard::PolicyGuard::new(&config);
+    assert!(refused.is_err());
+}
+
 #[tokio::test]
 async fn a_trail_that_cannot_be_written_stops_tollgate_or_refuses_calls() {
     let tmp = tempfile::tempdir().unwrap();

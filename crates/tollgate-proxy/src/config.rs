@@ -224,6 +224,9 @@ pub struct PolicyConfig {
     pub tools: Vec<tollgate_policy::EntryConfig>,
     /// Reload the pack when its files change (SIGHUP always reloads).
     pub watch: bool,
+    /// A candidate pack decided beside the live one on every call: where it differs, the
+    /// audit trail and the metrics say so; nothing it decides is enforced.
+    pub shadow: Option<PathBuf>,
 }
 
 /// Whether policy decides at all.
@@ -255,6 +258,7 @@ impl Default for PolicyConfig {
             time_zone: tollgate_policy::UtcOffset::UTC,
             tools: Vec::new(),
             watch: true,
+            shadow: None,
         }
     }
 }
@@ -542,6 +546,7 @@ struct RawPolicy {
     #[serde(default)]
     tool: Vec<tollgate_policy::EntryConfig>,
     watch: Option<bool>,
+    shadow: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -662,6 +667,12 @@ impl Config {
             && pack.is_relative()
         {
             config.policy.pack = Some(dir.join(pack));
+        }
+        // And the shadow pack.
+        if let (Some(dir), Some(shadow)) = (path.parent(), &config.policy.shadow)
+            && shadow.is_relative()
+        {
+            config.policy.shadow = Some(dir.join(shadow));
         }
         // So is the lock file of pinned tools.
         if let (Some(dir), Some(lock)) = (path.parent(), &config.pins)
@@ -1459,6 +1470,7 @@ impl RawPolicy {
             time_zone,
             tools: self.tool,
             watch: self.watch.unwrap_or(defaults.watch),
+            shadow: self.shadow,
         })
     }
 }

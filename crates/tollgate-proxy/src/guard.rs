@@ -179,6 +179,8 @@ enum Presented {
 /// Decides every tool call by grant and policy.
 pub struct PolicyGuard {
     pack: RwLock<Arc<Pack>>,
+    /// A candidate pack decided beside the live one, never enforced, and its folder.
+    shadow: Option<(PathBuf, RwLock<Arc<Pack>>)>,
     /// Where the pack is read from on reload; the embedded default when none.
     pack_dir: Option<PathBuf>,
     extra_tools: Vec<tollgate_policy::EntryConfig>,
@@ -281,6 +283,8 @@ struct Recorded<'a> {
     /// What the engine was handed, for replay; none without a trail.
     input: Option<&'a InputRecord>,
     facts: &'a ToolFacts,
+    /// The shadow pack's decision, when it differs from the live pack's.
+    shadow: Option<&'a Decision>,
 }
 
 /// `verdict`, forwarded only once its decision's record is as durable as configured.
@@ -400,6 +404,17 @@ impl PolicyGuard {
                 }
             },
             pack: RwLock::new(Arc::new(pack)),
+            shadow: match &config.policy.shadow {
+                None => None,
+                Some(dir) => {
+                    let shadow = load(Some(dir), &config.policy.tools)?;
+                    info!(
+                        shadow = shadow.version(),
+                        "a shadow pack decides beside the live one; it enforces nothing"
+                    );
+                    Some((dir.clone(), RwLock::new(Arc::new(shadow))))
+                }
+            },
             pack_dir,
             extra_tools: config.policy.tools.clone(),
             verifier,
@@ -448,6 +463,20 @@ impl PolicyGuard {
         );
         if previous.version() != version {
             info!(from = previous.version(), to = %version, "policy pack reloaded");
+        }
+        // A shadow that does not compile keeps its previous version; it never stops the live
+        // pack from reloading.
+        if let Some((dir, current)) = &self.shadow {
+            match load(Some(dir), &self.extra_tools) {
+                Ok(shadow) => {
+                    *current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(shadow);
+                }
+                Err(e) => {
+                    warn!(error = %e, "the shadow pack was not reloaded; its previous version stays")
+                }
+            }
         }
         Ok(version)
     }
@@ -748,7 +777,7 @@ impl PolicyGuard {
         facts: &ToolFacts,
         justification: Option<&str>,
         standing: &Standing,
-    ) -> (Decision, Option<InputRecord>) {
+    ) -> (Decision, Option<InputRecord>, Option<Decision>) {
         let session = SessionFacts {
             id: call.session.to_string(),
             transport: call.caller.transport.to_owned(),
@@ -792,7 +821,29 @@ impl PolicyGuard {
             (Some(_), Some(entry)) => Some(InputRecord::of(&input, entry.0.clone(), &decision)),
             _ => None,
         };
-        (decision, recorded)
+        let shadow = self.shadow.as_ref().and_then(|(_, shadow)| {
+            let shadow = shadow
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let decided = shadow.decide(&input);
+            self.metrics
+                .shadowed(decision.effect, decided.effect, call.upstream, call.tool);
+            (decided.effect != decision.effect || decided.policies != decision.policies).then(
+                || {
+                    info!(
+                        tool = call.exposed_name,
+                        live = decision.effect.as_str(),
+                        shadow = decided.effect.as_str(),
+                        shadow_policies = ?decided.policies,
+                        shadow_version = shadow.version(),
+                        "the shadow pack decides this call differently (not enforced)"
+                    );
+                    decided
+                },
+            )
+        });
+        (decision, recorded, shadow)
     }
 
     /// How `facts`' tool stands against the lock file; `Unpinned` without one.
@@ -1028,7 +1079,7 @@ impl PolicyGuard {
             .get(JUSTIFICATION_KEY)
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
-        let (mut decision, input) = self.decide(
+        let (mut decision, input, shadow) = self.decide(
             &pack,
             call,
             grant,
@@ -1174,6 +1225,7 @@ impl PolicyGuard {
             minted,
             input: input.as_ref(),
             facts,
+            shadow: shadow.as_ref(),
         };
         match decision.effect {
             Effect::Allow => {
@@ -1219,6 +1271,7 @@ impl PolicyGuard {
             minted,
             input,
             facts,
+            shadow,
         } = *recorded;
         let strings = |items: &[String]| serde_json::json!(items);
         // The definitions the decision names go first, once per trail file.
@@ -1280,6 +1333,19 @@ impl PolicyGuard {
             ("aud", minted.map(|m| m.aud.clone()).into()),
             ("exp", minted.map(|m| m.exp).into()),
             ("input", input.into()),
+            (
+                "shadow",
+                shadow
+                    .map(|s| {
+                        serde_json::json!({
+                            "version": s.version,
+                            "decision": s.effect.as_str(),
+                            "policies": s.policies,
+                            "reasons": s.reasons,
+                        })
+                    })
+                    .into(),
+            ),
         ]);
         Some(audit.append_after(definitions, record))
     }

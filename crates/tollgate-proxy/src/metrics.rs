@@ -17,6 +17,11 @@ pub struct Metrics {
     decisions: Mutex<HashMap<String, HashMap<String, [u64; EFFECTS.len()]>>>,
     pub decision_latency: Histogram,
     pub call_latency: Histogram,
+    /// Shadow decisions: counts by (live effect, shadow effect), each in `Effect` order
+    /// (allow, deny, needs approval).
+    shadow: Mutex<[[u64; 3]; 3]>,
+    /// Per upstream and tool: decisions where the shadow pack's effect differed.
+    shadow_differences: Mutex<HashMap<(String, String), u64>>,
 }
 
 /// Values read at scrape time from elsewhere.
@@ -46,6 +51,75 @@ impl Metrics {
         }
         if let Some(count) = tools.get_mut(tool).and_then(|c| c.get_mut(effect)) {
             *count += 1;
+        }
+    }
+
+    /// Counts a decision the shadow pack also made.
+    pub fn shadowed(
+        &self,
+        live: tollgate_policy::Effect,
+        shadow: tollgate_policy::Effect,
+        upstream: &str,
+        tool: &str,
+    ) {
+        let index = |e: tollgate_policy::Effect| match e {
+            tollgate_policy::Effect::Allow => 0,
+            tollgate_policy::Effect::Deny => 1,
+            tollgate_policy::Effect::NeedsApproval => 2,
+        };
+        if let Some(n) = self
+            .shadow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(index(live))
+            .and_then(|row| row.get_mut(index(shadow)))
+        {
+            *n += 1;
+        }
+        if live != shadow {
+            *self
+                .shadow_differences
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry((upstream.to_owned(), tool.to_owned()))
+                .or_default() += 1;
+        }
+    }
+
+    fn render_shadow(&self, out: &mut String) {
+        let pairs = *self
+            .shadow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pairs.iter().flatten().all(|n| *n == 0) {
+            return;
+        }
+        out.push_str("# HELP tollgate_shadow_decisions_total Decisions the shadow pack also made, by the live and the shadow effect.\n# TYPE tollgate_shadow_decisions_total counter\n");
+        let names = ["allow", "deny", "needs_approval"];
+        for (live, row) in names.iter().zip(pairs) {
+            for (shadow, n) in names.iter().zip(row) {
+                let _ = writeln!(
+                    out,
+                    "tollgate_shadow_decisions_total{{live=\"{live}\",shadow=\"{shadow}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP tollgate_shadow_differences_total Decisions where the shadow pack's effect differed, by upstream and tool.\n# TYPE tollgate_shadow_differences_total counter\n");
+        let mut rows: Vec<((String, String), u64)> = self
+            .shadow_differences
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        rows.sort();
+        for ((upstream, tool), n) in rows {
+            let _ = writeln!(
+                out,
+                "tollgate_shadow_differences_total{{upstream=\"{}\",tool=\"{}\"}} {n}",
+                label(&upstream),
+                label(&tool)
+            );
         }
     }
 
@@ -104,6 +178,7 @@ impl Metrics {
                 batches,
             );
         }
+        self.render_shadow(&mut out);
         out
     }
 }
