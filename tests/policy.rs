@@ -151,6 +151,99 @@ fn policy_explain_shows_every_policy_that_could_apply_and_what_decided() {
 }
 
 #[test]
+fn policy_report_renders_each_tool_by_purpose_with_failing_cases_and_escaped_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pack = tmp.path().join("pack");
+    write_pack(
+        &pack,
+        r#"@id("echo-ok") permit (principal, action == Action::"read", resource) when { context.grant.present };
+@id("small-sums") @reason("sums <b>above</b> 10 need care") forbid (principal, action == Action::"write", resource) when { context.args has a && context.args.a > 10 };
+@id("adds") permit (principal, action == Action::"write", resource) when { context.grant.present };"#,
+        Some(
+            r#"[[tool]]
+name = "fx.echo"
+upstream = "fx"
+input_schema = { type = "object", properties = { text = { type = "string" } } }
+[[tool]]
+name = "fx.add"
+upstream = "fx"
+input_schema = { type = "object", properties = { a = { type = "integer" }, b = { type = "integer" } } }
+[grant.g]
+purpose = "work"
+actions = ["read", "write"]
+[[case]]
+name = "echo"
+tool = "fx.echo"
+grant = "g"
+arguments = { text = "hi" }
+expect = "allow"
+[[case]]
+name = "a big sum"
+tool = "fx.add"
+grant = "g"
+arguments = { a = 11, b = 1 }
+expect = "allow"
+"#,
+        ),
+    );
+    std::fs::write(
+        pack.join("pack.toml"),
+        std::fs::read_to_string(pack.join("pack.toml"))
+            .unwrap()
+            .replace("purposes = [\"work\"]", "purposes = [\"work\", \"audit\"]"),
+    )
+    .unwrap();
+    let page = tmp.path().join("report.html");
+    let out = tollgate(&[
+        "policy",
+        "report",
+        pack.to_str().unwrap(),
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 tool(s) by 2 purpose(s), 3 policies, 1 of 2 test case(s) passing"),
+        "{}",
+        text(&out)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    for tool in ["fx.echo", "fx.add"] {
+        assert!(
+            html.contains(&format!(r#"<tr class="tool" data-tool="{tool}">"#)),
+            "{html}"
+        );
+    }
+    // Each purpose gets the pack's answer for the tool's example call.
+    assert!(
+        html.contains(
+            r#"<td class="deny" data-purpose="audit">denied<br><small>by small-sums</small>"#
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            r#"<td class="allow" data-purpose="work">allowed<br><small>by echo-ok</small>"#
+        ),
+        "{html}"
+    );
+    // The failing case is reported as failing, and nothing from the pack is taken as markup.
+    assert!(
+        html.contains(r#"<td class="fail">FAILS: expected allow, got deny"#),
+        "{html}"
+    );
+    assert!(!html.contains("<b>above</b>"), "{html}");
+    assert!(
+        html.contains("sums &lt;b&gt;above&lt;/b&gt; 10 need care"),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<section id="policy-small-sums">"#),
+        "{html}"
+    );
+}
+
+#[test]
 fn policy_check_names_what_is_wrong_and_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [

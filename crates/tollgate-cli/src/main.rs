@@ -8,6 +8,7 @@ mod grant;
 mod keys;
 mod pin;
 mod policy;
+mod report;
 
 use std::{path::PathBuf, process::ExitCode};
 

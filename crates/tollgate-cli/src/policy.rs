@@ -69,6 +69,22 @@ pub(crate) enum PolicyCommand {
         #[arg(long)]
         fail_on_change: bool,
     },
+    /// Write a review of a pack as one HTML page a reviewer reads without knowing Cedar:
+    /// what each purpose gets for each tool of the pack's tests (with the deciding policies),
+    /// the catalog, the pinned tools, the test results and every policy's text.
+    Report {
+        /// The pack's folder.
+        dir: PathBuf,
+        /// Where to write the page.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// A lock file of pinned tools (`tollgate.lock`) to list.
+        #[arg(long, value_name = "FILE")]
+        pins: Option<PathBuf>,
+        /// A `tollgate.toml` whose `[[policy.tool]]` catalog entries join the pack's.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 pub(crate) fn run(command: PolicyCommand) -> anyhow::Result<()> {
@@ -120,6 +136,12 @@ pub(crate) fn run(command: PolicyCommand) -> anyhow::Result<()> {
             let pack = compile_with(policies.as_deref(), config.as_deref())?;
             replay(&audit, &pack, &format, fail_on_change)
         }
+        PolicyCommand::Report {
+            dir,
+            out,
+            pins,
+            config,
+        } => report(&dir, &out, pins.as_deref(), config.as_deref()),
     }
 }
 
@@ -492,4 +514,60 @@ fn print_replay(summary: &recorded::Summary) {
             }
         }
     }
+}
+
+fn report(
+    dir: &Path,
+    out: &Path,
+    pins: Option<&Path>,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let pack = compile_with(Some(dir), config)?;
+    let files = pack_files::read_cases(dir)?;
+    let mut tests = Vec::new();
+    for (file, text) in &files {
+        for result in
+            cases::run_file(&pack, text).map_err(|e| anyhow::anyhow!("tests/{file}: {e}"))?
+        {
+            tests.push((format!("tests/{file}"), result.name, result.failure));
+        }
+    }
+    let tools = cases::review(&pack, &files).map_err(anyhow::Error::msg)?;
+    let pins = pins
+        .map(|path| -> anyhow::Result<_> {
+            let lock = tollgate_proxy::pins::Lock::load(path)?;
+            Ok(lock
+                .pins()
+                .map(|p| {
+                    (
+                        p.upstream.clone(),
+                        p.name.clone(),
+                        p.digest.clone(),
+                        p.description.clone(),
+                    )
+                })
+                .collect())
+        })
+        .transpose()?;
+    let page = crate::report::render(&crate::report::Review {
+        pack: &pack,
+        tools: &tools,
+        tests: &tests,
+        pins,
+        generated: tollgate_policy::clock::utc_text(tollgate_mint::unix_now()),
+    });
+    std::fs::write(out, page)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    let failed = tests.iter().filter(|t| t.2.is_some()).count();
+    println!(
+        "{}: {} tool(s) by {} purpose(s), {} polic{}, {} of {} test case(s) passing",
+        out.display(),
+        tools.len(),
+        pack.purposes().len(),
+        pack.meta().len(),
+        if pack.meta().len() == 1 { "y" } else { "ies" },
+        tests.len() - failed,
+        tests.len()
+    );
+    Ok(())
 }

@@ -118,7 +118,7 @@ fn default_expires_in() -> i64 {
     3600
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CaseSpec {
     name: String,
@@ -152,7 +152,7 @@ struct CaseSpec {
     reason_contains: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StatsSpec {
     #[serde(default)]
@@ -423,4 +423,139 @@ mod tests {
         assert!(parse_time("2026-13-01T00:00:00Z").is_err());
         assert!(parse_time("yesterday").is_err());
     }
+}
+
+/// What one purpose gets for one tool's example call.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReviewCell {
+    pub purpose: String,
+    pub decision: Effect,
+    pub policies: Vec<String>,
+    pub reasons: Vec<String>,
+}
+
+/// One tool of a pack's cases, as a reviewer reads it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ToolReview {
+    pub tool: String,
+    pub upstream: String,
+    pub class: ActionClass,
+    pub risk: String,
+    /// The case whose call stands for the tool, and its arguments.
+    pub example: String,
+    pub arguments: Value,
+    /// The resources the example call binds.
+    pub resources: Vec<String>,
+    /// One per purpose of the pack, in its order.
+    pub cells: Vec<ReviewCell>,
+    /// The policies whose scope can match the tool and its class: `(id, effect, reason)`.
+    pub policies: Vec<(String, String, Option<String>)>,
+}
+
+/// For every tool the cases files in `files` declare and call: what a session of each of the
+/// pack's purposes gets for the tool's first case's call, with a grant that allows the tool's
+/// class and the resources the call binds (so what decides is the pack, not a narrow grant),
+/// no history and no taint.
+pub fn review(pack: &Pack, files: &[(String, String)]) -> Result<Vec<ToolReview>, String> {
+    let mut reviews: Vec<ToolReview> = Vec::new();
+    for (name, text) in files {
+        let (file, tools, default_now) = read_file(text).map_err(|e| format!("{name}: {e}"))?;
+        for spec in &file.tools {
+            if reviews.iter().any(|r| r.tool == spec.name) {
+                continue;
+            }
+            let Some(case) = file.cases.iter().find(|c| c.tool == spec.name) else {
+                continue;
+            };
+            let Some(tool) = tools.get(&spec.name) else {
+                continue;
+            };
+            // The example call, to learn the class and the resources it binds.
+            let decide_as = |purpose: &str, resources: &BTreeSet<ResourcePattern>| {
+                let probe = CaseSpec {
+                    grant: Some("reviewer".to_owned()),
+                    ..case.clone()
+                };
+                let grants = BTreeMap::from([(
+                    "reviewer".to_owned(),
+                    GrantSpec {
+                        id: Some("g-review".to_owned()),
+                        purpose: purpose.to_owned(),
+                        task: String::new(),
+                        agent: None,
+                        user: None,
+                        resources: resources.clone(),
+                        actions: CLASSES.into_iter().collect(),
+                        tools: all_tools(),
+                        constraints: Vec::new(),
+                        limits: Vec::new(),
+                        chain: Vec::new(),
+                        expires_in: default_expires_in(),
+                    },
+                )]);
+                let reviewing = CaseFile {
+                    now: file.now.clone(),
+                    environment: file.environment.clone(),
+                    tools: Vec::new(),
+                    grants,
+                    cases: Vec::new(),
+                };
+                with_input(&reviewing, &tools, &probe, default_now, |call| {
+                    pack.explain(call)
+                })
+            };
+            let first_purpose = pack.purposes().iter().next().cloned().unwrap_or_default();
+            let bound =
+                decide_as(&first_purpose, &BTreeSet::new()).map_err(|e| format!("{name}: {e}"))?;
+            let resources: BTreeSet<ResourcePattern> = bound
+                .decision
+                .resources
+                .iter()
+                .filter_map(|r| r.to_string().parse().ok())
+                .collect();
+            let mut cells = Vec::new();
+            let mut policies = Vec::new();
+            for purpose in pack.purposes() {
+                let explained =
+                    decide_as(purpose, &resources).map_err(|e| format!("{name}: {e}"))?;
+                if policies.is_empty() {
+                    policies = explained
+                        .considered
+                        .iter()
+                        .map(|p| {
+                            let effect = match (p.permit, p.needs_approval) {
+                                (true, true) => "permit, needs approval",
+                                (true, false) => "permit",
+                                (false, _) => "forbid",
+                            };
+                            (p.id.clone(), effect.to_owned(), p.reason.clone())
+                        })
+                        .collect();
+                }
+                cells.push(ReviewCell {
+                    purpose: purpose.clone(),
+                    decision: explained.decision.effect,
+                    policies: explained.decision.policies,
+                    reasons: explained.decision.reasons,
+                });
+            }
+            reviews.push(ToolReview {
+                tool: spec.name.clone(),
+                upstream: tool.upstream().to_owned(),
+                class: bound.class,
+                risk: bound.decision.risk.as_str().to_owned(),
+                example: case.name.clone(),
+                arguments: case.arguments.clone().map_or(Value::Null, Value::Object),
+                resources: bound
+                    .decision
+                    .resources
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                cells,
+                policies,
+            });
+        }
+    }
+    Ok(reviews)
 }
