@@ -123,13 +123,22 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     assert!(hidden.is_err(), "{hidden:?}");
     agent.cancel().await.unwrap();
 
-    // The same calls, counted on the admin endpoint's `/metrics`.
-    let text = reqwest::get(format!("{}/metrics", g.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The same calls, counted on the admin endpoint's `/metrics`. A refusal's record is not
+    // waited for before the agent hears it, so the trail's count catches up within moments:
+    // 7 lines (three decisions, an outcome, the two tools and the grant they name).
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = reqwest::get(format!("{}/metrics", g.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if prometheus(&text)["tollgate_audit_records_total"] >= 7.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let metrics = prometheus(&text);
     for (line, want) in [
         (
@@ -151,7 +160,7 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     ] {
         assert_eq!(metrics.get(line), Some(&want), "{line} in\n{text}");
     }
-    assert!(metrics["tollgate_audit_records_total"] >= 4.0, "{text}");
+    assert_eq!(metrics["tollgate_audit_records_total"], 7.0, "{text}");
     assert!(
         metrics["tollgate_audit_write_seconds_count"] >= 1.0,
         "{text}"
@@ -552,6 +561,167 @@ async fn a_shadow_pack_decides_beside_the_live_one_and_enforces_nothing() {
     let config = shadowed_config(&live, &shadow, &state);
     let refused = tollgate_proxy::guard::PolicyGuard::new(&config);
     assert!(refused.is_err());
+}
+
+/// A collector on loopback: every OTLP/HTTP JSON body posted to `/v1/traces`.
+async fn collector(
+    stop: &tokio_util::sync::CancellationToken,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::{Router, routing::post};
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let kept = bodies.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let kept = kept.clone();
+            async move {
+                assert_eq!(headers["content-type"], "application/json");
+                kept.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    (format!("http://{addr}"), bodies)
+}
+
+// The collector runs on the test's runtime while shutdown waits for the last batch to be
+// sent: it needs a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decided_calls_are_exported_as_opentelemetry_spans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack_dir, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    pack(&pack_dir);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (endpoint, bodies) = collector(&stop).await;
+    let config = Config::parse(&format!(
+        "{head}[telemetry]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"guard-under-test\"\nexport_every_ms = 60000\n{upstream}",
+        head = guarded_toml(&pack_dir, &state),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap();
+    let grant = read_write_grant(&state);
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    // The agent's own trace: the allowed call's span joins it.
+    let mut traced = call("add", json!({"a": 2, "b": 3}));
+    let mut meta = rmcp::model::RequestMetaObject::new();
+    meta.0.insert(
+        "traceparent".into(),
+        json!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    traced.meta = Some(meta);
+    assert_eq!(text_of(&agent.call_tool(traced).await.unwrap()), "5");
+    let refused = agent
+        .call_tool(call("add", json!({"a": 12345, "b": 1})))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    agent.cancel().await.unwrap();
+    // Nothing is due for a minute: what is queued is sent at shutdown.
+    assert!(bodies.lock().unwrap().is_empty());
+    g.proxy.shutdown().await;
+
+    let bodies = bodies.lock().unwrap().clone();
+    stop.cancel();
+    let resource = &bodies[0]["resourceSpans"][0]["resource"]["attributes"][0];
+    assert_eq!(
+        (
+            resource["key"].clone(),
+            resource["value"]["stringValue"].clone()
+        ),
+        (json!("service.name"), json!("guard-under-test"))
+    );
+    let spans: Vec<&Value> = bodies
+        .iter()
+        .flat_map(|b| {
+            b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(spans.len(), 2, "{bodies:#?}");
+    let attr = |span: &Value, key: &str| -> Value {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let allowed = spans
+        .iter()
+        .find(|s| attr(s, "tollgate.decision")["stringValue"] == "allow")
+        .unwrap();
+    assert_eq!(allowed["name"], "tools/call add");
+    assert_eq!(allowed["kind"], 2);
+    assert_eq!(allowed["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(allowed["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(allowed["spanId"].as_str().unwrap().len(), 16);
+    assert_eq!(attr(allowed, "tollgate.upstream")["stringValue"], "fx");
+    assert_eq!(attr(allowed, "tollgate.outcome")["stringValue"], "ok");
+    assert_eq!(
+        attr(allowed, "tollgate.policies")["arrayValue"]["values"][0]["stringValue"],
+        "small-writes"
+    );
+    let start: u128 = allowed["startTimeUnixNano"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let end: u128 = allowed["endTimeUnixNano"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(end >= start);
+    assert_eq!(allowed["status"]["code"], 0);
+    let denied = spans
+        .iter()
+        .find(|s| attr(s, "tollgate.decision")["stringValue"] == "deny")
+        .unwrap();
+    assert_eq!(denied["status"], json!({"code": 2, "message": "denied"}));
+    assert_eq!(
+        denied["traceId"].as_str().unwrap().len(),
+        32,
+        "a trace of its own"
+    );
+    assert!(denied.get("parentSpanId").is_none());
+    // The decision ids tie each span to its audit record; no argument is in a span.
+    let trail = records(&state.join("audit"));
+    for span in [allowed, denied] {
+        let id = attr(span, "tollgate.decision_id")["stringValue"].clone();
+        assert!(
+            trail
+                .iter()
+                .any(|r| r["kind"] == "decision" && r["decision_id"] == id)
+        );
+    }
+    let raw = serde_json::to_string(&bodies).unwrap();
+    assert!(!raw.contains("12345") && !raw.contains(&grant));
+
+    // A collector that is not an http(s) URL is refused at start, naming the field.
+    let refused = Config::parse(&format!(
+        "{head}[telemetry]\notlp_endpoint = \"collector:4318\"\n{upstream}",
+        head = guarded_toml(&pack_dir, &state),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("telemetry.otlp_endpoint"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]

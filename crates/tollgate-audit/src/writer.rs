@@ -198,6 +198,7 @@ impl Shared {
 pub struct WriterStats {
     /// How long each batch took to write (and sync, when it was synced).
     pub batch: crate::histogram::Histogram,
+    /// Lines written: records, the definitions they name, checkpoints.
     pub records: std::sync::atomic::AtomicU64,
 }
 
@@ -417,12 +418,17 @@ impl State {
                 .filter(|j| matches!(j, Job::Record(..)))
                 .count() as u64;
             let started = Instant::now();
+            let before = self.seq;
             let written = self.write_batch(batch);
             if records > 0 {
                 stats.batch.observe(started.elapsed());
-                stats
-                    .records
-                    .fetch_add(records, std::sync::atomic::Ordering::Relaxed);
+            }
+            if written.is_ok() {
+                // Every line: records, the definitions they name, checkpoints.
+                stats.records.fetch_add(
+                    self.seq.saturating_sub(before),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             match written {
                 Ok(Some(closed)) => {

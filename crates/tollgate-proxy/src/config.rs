@@ -35,6 +35,18 @@ pub struct Config {
     pub pin_changed: PinChanged,
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where decided calls are exported as OpenTelemetry spans.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector's base URL (`http://collector:4318`); none: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// How often a batch is sent at the latest.
+    pub export_every: Duration,
 }
 
 /// The audit trail of the guard's decisions.
@@ -433,6 +445,16 @@ struct RawConfig {
     approvals: RawApprovals,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    export_every_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -716,6 +738,7 @@ impl Config {
             pin_changed: PinChanged::default(),
             approvals: ApprovalsConfig::default(),
             audit: AuditConfig::default(),
+            telemetry: TelemetryConfig::default(),
             upstreams: vec![UpstreamConfig {
                 name,
                 credential: CredentialConfig::None,
@@ -1345,8 +1368,42 @@ impl RawConfig {
                 },
             }
         };
+        let telemetry = TelemetryConfig {
+            otlp_endpoint: match &self.telemetry.otlp_endpoint {
+                None => None,
+                Some(url)
+                    if reqwest::Url::parse(url).is_ok_and(|u| {
+                        matches!(u.scheme(), "https" | "http") && u.host().is_some()
+                    }) =>
+                {
+                    Some(url.trim_end_matches('/').to_owned())
+                }
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        "telemetry.otlp_endpoint",
+                        format!("an http(s) URL such as `http://127.0.0.1:4318`, not `{other}`"),
+                    ));
+                }
+            },
+            service_name: self
+                .telemetry
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "tollgate".to_owned()),
+            export_every: match self.telemetry.export_every_ms {
+                None => Duration::from_secs(1),
+                Some(ms) if (10..=60_000).contains(&ms) => Duration::from_millis(ms),
+                Some(ms) => {
+                    return Err(ConfigError::invalid(
+                        "telemetry.export_every_ms",
+                        format!("10 to 60000 milliseconds, not {ms}"),
+                    ));
+                }
+            },
+        };
         Ok(Config {
             audit,
+            telemetry,
             approvals,
             pin_changed: self.pins.as_ref().map(|p| p.on_change).unwrap_or_default(),
             pins: self.pins.map(|p| p.lock),

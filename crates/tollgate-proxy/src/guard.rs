@@ -32,6 +32,8 @@ use crate::{
 
 /// The `_meta` key an agent puts its justification for one call under.
 pub const JUSTIFICATION_KEY: &str = "tollgate/justification";
+/// The W3C trace context an agent may send in a call's `_meta`: the call's span joins its trace.
+pub const TRACEPARENT_KEY: &str = "traceparent";
 /// Longest justification kept; the rest is cut.
 const MAX_JUSTIFICATION: usize = 1024;
 /// Verified grants kept, by token; the cache is emptied when it grows past this.
@@ -218,7 +220,9 @@ pub struct PolicyGuard {
     audit: Option<Arc<tollgate_audit::Audit>>,
     /// Forwarded calls by number: their decision id and when they were decided, for the
     /// outcome record and the call's latency.
-    in_flight: Mutex<HashMap<u64, (String, std::time::Instant)>>,
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// Where decided calls go as OpenTelemetry spans, when configured.
+    otlp: Option<Arc<crate::otlp::Exporter>>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -268,6 +272,13 @@ impl<'a> CallArguments<'a> {
 
 /// Forwarded calls remembered for their outcome record before old ones are swept.
 const IN_FLIGHT_LIMIT: usize = 65_536;
+
+/// A forwarded call until its outcome: its decision, when it was decided, and its span.
+struct InFlight {
+    decision_id: String,
+    decided: std::time::Instant,
+    span: Option<Box<crate::otlp::CallSpan>>,
+}
 
 /// What a decision's audit record is made of.
 #[derive(Clone, Copy)]
@@ -394,6 +405,14 @@ impl PolicyGuard {
             audit: crate::audit::open(&config.audit, &config.grants.state_dir)
                 .map_err(GuardError::Audit)?,
             in_flight: Mutex::new(HashMap::new()),
+            otlp: config.telemetry.otlp_endpoint.as_deref().map(|endpoint| {
+                info!(%endpoint, "decided calls are exported as OpenTelemetry spans");
+                crate::otlp::Exporter::start(
+                    endpoint,
+                    &config.telemetry.service_name,
+                    config.telemetry.export_every,
+                )
+            }),
             metrics: crate::metrics::Metrics::default(),
             pins: match &config.pins {
                 None => None,
@@ -1230,13 +1249,14 @@ impl PolicyGuard {
         match decision.effect {
             Effect::Allow => {
                 let ticket = self.audit_decision(&recorded, approval.map(|a| a.0), None);
+                let span = self.span(&recorded);
                 let verdict = match carried {
                     Carried::Token(minted) => Verdict::ForwardWith(Credential::new(minted.token)),
                     Carried::Cached(credential) => Verdict::ForwardWith(credential),
                     Carried::Exchange { pending, .. } => Verdict::ForwardAfter(pending),
                     Carried::Nothing => Verdict::Forward,
                 };
-                self.track(call.number, &decision_id);
+                self.track(call.number, &decision_id, span);
                 match ticket {
                     Some(ticket) => durable_first(ticket, verdict),
                     None => verdict,
@@ -1244,9 +1264,13 @@ impl PolicyGuard {
             }
             Effect::Deny => {
                 drop(self.audit_decision(&recorded, None, None));
+                self.export_now(&recorded);
                 Verdict::Refuse(refusal(format!("denied: {}", decision.reason_text())))
             }
-            Effect::NeedsApproval => self.hold(&recorded, now),
+            Effect::NeedsApproval => {
+                self.export_now(&recorded);
+                self.hold(&recorded, now)
+            }
         }
     }
 
@@ -1350,17 +1374,81 @@ impl PolicyGuard {
         Some(audit.append_after(definitions, record))
     }
 
-    /// Remembers a forwarded call's decision for its outcome record.
-    fn track(&self, number: u64, decision_id: &str) {
+    /// Remembers a forwarded call's decision for its outcome record and span.
+    fn track(&self, number: u64, decision_id: &str, span: Option<crate::otlp::CallSpan>) {
         let mut in_flight = self
             .in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Calls whose end never came (a connection gone mid-call) are forgotten after an hour.
         if in_flight.len() >= IN_FLIGHT_LIMIT {
-            in_flight.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(3600));
+            in_flight.retain(|_, f| f.decided.elapsed() < std::time::Duration::from_secs(3600));
         }
-        in_flight.insert(number, (decision_id.to_owned(), std::time::Instant::now()));
+        in_flight.insert(
+            number,
+            InFlight {
+                decision_id: decision_id.to_owned(),
+                decided: std::time::Instant::now(),
+                span: span.map(Box::new),
+            },
+        );
+    }
+
+    /// The span of a decided call, when spans are exported: what it decided and why, never
+    /// its arguments.
+    fn span(&self, recorded: &Recorded<'_>) -> Option<crate::otlp::CallSpan> {
+        use crate::otlp::Attr;
+        self.otlp.as_ref()?;
+        let Recorded {
+            call,
+            history,
+            grant,
+            decision,
+            decision_id,
+            ..
+        } = *recorded;
+        let start =
+            crate::otlp::SpanStart::now(call.meta.get(TRACEPARENT_KEY).and_then(|v| v.as_str()));
+        let mut attributes = vec![
+            ("tollgate.session", Attr::Text(history.to_string())),
+            ("tollgate.tool", Attr::Text(call.exposed_name.to_owned())),
+            ("tollgate.upstream", Attr::Text(call.upstream.to_owned())),
+            (
+                "tollgate.class",
+                Attr::Text(decision.class.as_str().to_owned()),
+            ),
+            (
+                "tollgate.decision",
+                Attr::Text(decision.effect.as_str().to_owned()),
+            ),
+            ("tollgate.policies", Attr::List(decision.policies.clone())),
+            (
+                "tollgate.policy_version",
+                Attr::Text(decision.version.clone()),
+            ),
+            ("tollgate.decision_id", Attr::Text(decision_id.to_owned())),
+        ];
+        if let Some(grant) = grant {
+            attributes.push(("tollgate.grant", Attr::Text(grant.id.clone())));
+        }
+        Some(crate::otlp::CallSpan {
+            name: format!("tools/call {}", call.exposed_name),
+            trace_id: start.trace_id,
+            span_id: start.span_id,
+            parent_span_id: start.parent_span_id,
+            start_unix_nanos: start.start_unix_nanos,
+            end_unix_nanos: start.start_unix_nanos,
+            attributes,
+            error: (decision.effect == Effect::Deny).then(|| "denied".to_owned()),
+        })
+    }
+
+    /// Exports the span of a call that ends at its decision (refused, or held).
+    fn export_now(&self, recorded: &Recorded<'_>) {
+        if let (Some(otlp), Some(mut span)) = (&self.otlp, self.span(recorded)) {
+            span.end_unix_nanos = crate::otlp::unix_nanos();
+            otlp.export(span);
+        }
     }
 
     /// A call a policy holds for approval: the request approvers and the user at the agent see,
@@ -1761,7 +1849,11 @@ impl Interceptor for PolicyGuard {
     }
 
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>) {
-        let Some((decision_id, decided)) = self
+        let Some(InFlight {
+            decision_id,
+            decided,
+            span,
+        }) = self
             .in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1770,9 +1862,6 @@ impl Interceptor for PolicyGuard {
             return;
         };
         self.metrics.call_latency.observe(decided.elapsed());
-        let Some(audit) = &self.audit else {
-            return;
-        };
         let (result, error) = match outcome {
             Outcome::Completed { is_error: false } => ("ok", None),
             Outcome::Completed { is_error: true } => ("tool_error", None),
@@ -1781,6 +1870,27 @@ impl Interceptor for PolicyGuard {
                 "failed",
                 Some(e.to_string().chars().take(300).collect::<String>()),
             ),
+        };
+        if let (Some(otlp), Some(mut span)) = (&self.otlp, span) {
+            span.end_unix_nanos = crate::otlp::unix_nanos();
+            span.attributes.push((
+                "tollgate.outcome",
+                crate::otlp::Attr::Text(result.to_owned()),
+            ));
+            span.attributes.push((
+                "tollgate.latency_us",
+                crate::otlp::Attr::Int(
+                    i64::try_from(decided.elapsed().as_micros()).unwrap_or(i64::MAX),
+                ),
+            ));
+            span.error = match result {
+                "ok" | "pending" => None,
+                other => Some(other.to_owned()),
+            };
+            otlp.export(*span);
+        }
+        let Some(audit) = &self.audit else {
+            return;
         };
         drop(
             audit.append(crate::audit::record([
@@ -1804,6 +1914,9 @@ impl Interceptor for PolicyGuard {
     fn shutdown(&self) {
         if let Some(audit) = &self.audit {
             audit.close();
+        }
+        if let Some(otlp) = &self.otlp {
+            otlp.shutdown();
         }
     }
 

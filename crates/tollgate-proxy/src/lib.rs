@@ -16,6 +16,7 @@ mod hub;
 pub mod intercept;
 pub mod metrics;
 pub mod names;
+pub mod otlp;
 pub mod pack_files;
 pub mod pins;
 mod relay;

@@ -168,7 +168,7 @@ impl Metrics {
         if let Some((records, batches, failed)) = &gauges.audit {
             let _ = write!(
                 out,
-                "# HELP tollgate_audit_records_total Records written to the audit trail.\n# TYPE tollgate_audit_records_total counter\ntollgate_audit_records_total {records}\n# HELP tollgate_audit_failed 1 once the audit trail cannot be written (every call is then refused).\n# TYPE tollgate_audit_failed gauge\ntollgate_audit_failed {}\n",
+                "# HELP tollgate_audit_records_total Lines written to the audit trail: decisions, outcomes, the definitions they name and checkpoints.\n# TYPE tollgate_audit_records_total counter\ntollgate_audit_records_total {records}\n# HELP tollgate_audit_failed 1 once the audit trail cannot be written (every call is then refused).\n# TYPE tollgate_audit_failed gauge\ntollgate_audit_failed {}\n",
                 u8::from(*failed)
             );
             histogram(
