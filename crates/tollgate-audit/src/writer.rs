@@ -77,9 +77,16 @@ pub enum AuditError {
     Closed,
 }
 
+/// A record as it is handed over: a map, or a JSON object already serialized by the caller
+/// (without `seq`, `prev` and `time`, which the writer adds).
+enum Body {
+    Map(Map<String, Value>),
+    Line(Vec<u8>),
+}
+
 enum Job {
     Record(
-        Map<String, Value>,
+        Body,
         Option<oneshot::Sender<Result<u64, AuditError>>>,
         Vec<Definition>,
     ),
@@ -127,6 +134,14 @@ enum TicketInner {
 }
 
 impl Ticket {
+    /// A ticket for a record that could not even be queued: the call it covers is refused.
+    pub fn failed(reason: String) -> Self {
+        Self(TicketInner::Failed(AuditError::Failed {
+            dir: String::new(),
+            reason,
+        }))
+    }
+
     /// A ticket answered by `answer` (for what waits on tickets, and its tests).
     pub fn from_receiver(answer: oneshot::Receiver<Result<u64, AuditError>>) -> Self {
         Self(TicketInner::Waiting(answer))
@@ -288,12 +303,23 @@ impl Audit {
     /// Queues `record` (its `seq` and `prev` are the trail's); the ticket says when it is
     /// durable.
     pub fn append(&self, record: Map<String, Value>) -> Ticket {
-        self.append_after(Vec::new(), record)
+        self.push(Vec::new(), Body::Map(record))
     }
 
     /// Like [`Audit::append`], with the definitions `record` names written before it in the
     /// same file, each unless that file already holds it.
     pub fn append_after(&self, definitions: Vec<Definition>, record: Map<String, Value>) -> Ticket {
+        self.push(definitions, Body::Map(record))
+    }
+
+    /// Like [`Audit::append_after`], for a record the caller serialized: one JSON object, on
+    /// one line, without `seq`, `prev` or `time`. Serializing on the caller's thread keeps the
+    /// writer's share of each record to framing, hashing and writing.
+    pub fn append_line_after(&self, definitions: Vec<Definition>, object: Vec<u8>) -> Ticket {
+        self.push(definitions, Body::Line(object))
+    }
+
+    fn push(&self, definitions: Vec<Definition>, record: Body) -> Ticket {
         if let Some(e) = self.failed.get() {
             return Ticket(TicketInner::Failed(e.clone()));
         }
@@ -476,7 +502,10 @@ impl State {
                             self.since_checkpoint += 1;
                         }
                     }
-                    let seq = self.encode(record, &mut buffer);
+                    let seq = match record {
+                        Body::Map(record) => self.encode(record, &mut buffer),
+                        Body::Line(object) => self.encode_line(&object, &mut buffer),
+                    };
                     acks.push(ack.map(|a| (a, seq)));
                     self.since_checkpoint += 1;
                     if self.since_checkpoint >= self.settings.checkpoint_every {
@@ -536,11 +565,48 @@ impl State {
             .entry("time")
             .or_insert_with(|| Value::from(unix_ms()));
         let line = serde_json::to_vec(&Value::Object(record)).unwrap_or_default();
-        self.prev = line_hash(&line);
-        self.seq += 1;
-        buffer.extend_from_slice(&line);
-        buffer.push(b'\n');
+        self.seal(&line, buffer);
         seq
+    }
+
+    /// Appends the object the caller serialized, closed with its `seq`, `prev` and `time`, as
+    /// the next line of `buffer`; its sequence number. Anything but one JSON object on one line
+    /// is written as a record saying so, so that the chain stays readable.
+    fn encode_line(&mut self, object: &[u8], buffer: &mut Vec<u8>) -> u64 {
+        let open = match object {
+            [b'{', .., b'}'] if !object.contains(&b'\n') => object.get(..object.len() - 1),
+            _ => None,
+        };
+        let Some(open) = open else {
+            let mut record = Map::new();
+            record.insert("kind".into(), Value::from("unwritable"));
+            record.insert("bytes".into(), Value::from(object.len()));
+            return self.encode(record, buffer);
+        };
+        let seq = self.seq;
+        let mut line = Vec::with_capacity(object.len() + 96);
+        line.extend_from_slice(open);
+        if open.len() > 1 {
+            line.push(b',');
+        }
+        line.extend_from_slice(
+            format!(
+                "\"seq\":{seq},\"prev\":\"{}\",\"time\":{}}}",
+                self.prev,
+                unix_ms()
+            )
+            .as_bytes(),
+        );
+        self.seal(&line, buffer);
+        seq
+    }
+
+    /// Chains `line` and appends it to `buffer`.
+    fn seal(&mut self, line: &[u8], buffer: &mut Vec<u8>) {
+        self.prev = line_hash(line);
+        self.seq += 1;
+        buffer.extend_from_slice(line);
+        buffer.push(b'\n');
     }
 
     fn encode_checkpoint(&mut self, closing: bool, buffer: &mut Vec<u8>) {

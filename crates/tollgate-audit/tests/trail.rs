@@ -356,6 +356,45 @@ async fn a_definition_is_written_once_per_file_before_what_names_it() {
 }
 
 #[tokio::test]
+async fn records_serialized_by_the_caller_are_chained_like_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    audit.append(record(0)).durable().await.unwrap();
+    let seq = audit
+        .append_line_after(Vec::new(), br#"{"kind":"decision","n":1}"#.to_vec())
+        .durable()
+        .await
+        .unwrap();
+    audit
+        .append_line_after(Vec::new(), b"{}".to_vec())
+        .durable()
+        .await
+        .unwrap();
+    // Not one object on one line: recorded as such, never spliced into the chain.
+    audit
+        .append_line_after(Vec::new(), b"{\"a\":1}\n{\"b\":2}".to_vec())
+        .durable()
+        .await
+        .unwrap();
+    audit.close();
+    assert!(check(&dir).ok(), "{:?}", check(&dir).problems);
+    let records: Vec<Value> = lines(&only_file(&dir))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |n: u64| records.iter().find(|r| r["seq"] == n).unwrap().clone();
+    let one = at(seq.unwrap());
+    assert_eq!(
+        (one["kind"].clone(), one["n"].clone()),
+        (json!("decision"), json!(1))
+    );
+    assert!(one["time"].as_u64().is_some() && one["prev"].as_str().is_some());
+    assert!(at(seq.unwrap() + 1)["prev"].as_str().is_some());
+    assert_eq!(at(seq.unwrap() + 2)["kind"], "unwritable");
+}
+
+#[tokio::test]
 async fn batched_durability_acknowledges_and_still_chains() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("audit");

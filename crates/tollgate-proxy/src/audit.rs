@@ -93,6 +93,65 @@ pub(crate) fn kept_arguments(redacted: Value) -> Value {
     }
 }
 
+/// A decision's audit record, serialized on the deciding thread (the writer adds `seq`,
+/// `prev` and `time`). Absent values are left out.
+#[derive(serde::Serialize)]
+pub(crate) struct DecisionLine<'a> {
+    pub kind: &'static str,
+    pub decision_id: &'a str,
+    #[serde(serialize_with = "as_text")]
+    pub session: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<&'a str>,
+    pub upstream: &'a str,
+    pub tool: &'a str,
+    pub class: &'a str,
+    pub resources: &'a [String],
+    pub arguments_sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<&'a Value>,
+    pub decision: &'a str,
+    pub policies: &'a [String],
+    pub reasons: &'a [String],
+    pub version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanswerable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub justification: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<&'a tollgate_policy::recorded::InputRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowLine<'a>>,
+}
+
+/// What a shadow pack decided, where it differs.
+#[derive(serde::Serialize)]
+pub(crate) struct ShadowLine<'a> {
+    pub version: &'a str,
+    pub decision: &'a str,
+    pub policies: &'a [String],
+    pub reasons: &'a [String],
+}
+
+/// The session number as the other records write it: a string.
+fn as_text<S: serde::Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(n)
+}
+
 /// Whether `kept` stands for arguments too large to keep.
 pub(crate) fn is_not_kept(kept: &Value) -> bool {
     kept.as_object()

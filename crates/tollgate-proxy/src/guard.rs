@@ -1297,7 +1297,6 @@ impl PolicyGuard {
             facts,
             shadow,
         } = *recorded;
-        let strings = |items: &[String]| serde_json::json!(items);
         // The definitions the decision names go first, once per trail file.
         let mut definitions = Vec::with_capacity(2);
         if let Some(entry) = facts.entry() {
@@ -1321,57 +1320,49 @@ impl PolicyGuard {
                 && !crate::audit::is_not_kept(&kept);
             let mut input = input.clone();
             input.complete = whole;
-            serde_json::to_value(input).unwrap_or(serde_json::Value::Null)
+            input
         });
-        let record = crate::audit::record([
-            ("kind", "decision".into()),
-            ("decision_id", decision_id.into()),
-            ("session", history.to_string().into()),
-            ("agent", grant.and_then(|g| g.agent.clone()).into()),
-            ("user", grant.and_then(|g| g.user.clone()).into()),
-            ("grant", grant.map(|g| g.id.clone()).into()),
-            ("upstream", call.upstream.into()),
-            ("tool", call.tool.into()),
-            ("class", decision.class.as_str().into()),
-            (
-                "resources",
-                serde_json::json!(
-                    decision
-                        .resources
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                ),
-            ),
-            ("arguments_sha256", arguments.digest().into()),
-            ("arguments", kept),
-            ("decision", decision.effect.as_str().into()),
-            ("policies", strings(&decision.policies)),
-            ("reasons", strings(&decision.reasons)),
-            ("version", decision.version.clone().into()),
-            ("approval_id", approval.into()),
-            ("unanswerable", unanswerable.into()),
-            ("justification", justification.into()),
-            ("jti", minted.map(|m| m.jti.clone()).into()),
-            ("kid", minted.map(|m| m.kid.clone()).into()),
-            ("aud", minted.map(|m| m.aud.clone()).into()),
-            ("exp", minted.map(|m| m.exp).into()),
-            ("input", input.into()),
-            (
-                "shadow",
-                shadow
-                    .map(|s| {
-                        serde_json::json!({
-                            "version": s.version,
-                            "decision": s.effect.as_str(),
-                            "policies": s.policies,
-                            "reasons": s.reasons,
-                        })
-                    })
-                    .into(),
-            ),
-        ]);
-        Some(audit.append_after(definitions, record))
+        let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
+        let line = crate::audit::DecisionLine {
+            kind: "decision",
+            decision_id,
+            session: history,
+            agent: grant.and_then(|g| g.agent.as_deref()),
+            user: grant.and_then(|g| g.user.as_deref()),
+            grant: grant.map(|g| g.id.as_str()),
+            upstream: call.upstream,
+            tool: call.tool,
+            class: decision.class.as_str(),
+            resources: &resources,
+            arguments_sha256: arguments.digest(),
+            arguments: (!kept.is_null()).then_some(&kept),
+            decision: decision.effect.as_str(),
+            policies: &decision.policies,
+            reasons: &decision.reasons,
+            version: &decision.version,
+            approval_id: approval,
+            unanswerable,
+            justification,
+            jti: minted.map(|m| m.jti.as_str()),
+            kid: minted.map(|m| m.kid.as_str()),
+            aud: minted.map(|m| m.aud.as_str()),
+            exp: minted.map(|m| m.exp),
+            input: input.as_ref(),
+            shadow: shadow.map(|s| crate::audit::ShadowLine {
+                version: &s.version,
+                decision: s.effect.as_str(),
+                policies: &s.policies,
+                reasons: &s.reasons,
+            }),
+        };
+        let mut bytes = Vec::with_capacity(1024);
+        if let Err(e) = serde_json::to_writer(&mut bytes, &line) {
+            // Nothing in a decision fails to serialize; if it ever did, the call is refused.
+            return Some(tollgate_audit::Ticket::failed(format!(
+                "a decision record could not be written: {e}"
+            )));
+        }
+        Some(audit.append_line_after(definitions, bytes))
     }
 
     /// Remembers a forwarded call's decision for its outcome record and span.
