@@ -5,6 +5,9 @@
 //! ratio of their rates is what parsing the trail costs.
 //!
 //!     cargo bench -p tollgate-cli --bench replay
+//!
+//! With `TOLLGATE_BENCH_PROFILE=1` it runs replays alone after writing the trail, for a
+//! profiler.
 
 #![allow(
     clippy::unwrap_used,
@@ -106,6 +109,16 @@ fn main() {
         .collect();
     assert_eq!(recalled.len() as u64, DECISIONS);
 
+    if std::env::var_os("TOLLGATE_BENCH_PROFILE").is_some() {
+        for _ in 0..10 {
+            let mut replay = Replay::new(&pack);
+            for line in &lines {
+                replay.line(line);
+            }
+            std::hint::black_box(replay.finish());
+        }
+        return;
+    }
     let (mut raw, mut replayed) = (Vec::new(), Vec::new());
     let mut changed = 0;
     for _ in 0..ROUNDS {
