@@ -75,6 +75,9 @@ pub enum AuditError {
     Failed { dir: String, reason: String },
     #[error("the audit trail is closed")]
     Closed,
+    /// One record could not be made; the trail itself is fine.
+    #[error("an audit record could not be made: {0}")]
+    Unrecordable(String),
 }
 
 /// A record as it is handed over: a map, or a JSON object already serialized by the caller
@@ -134,12 +137,9 @@ enum TicketInner {
 }
 
 impl Ticket {
-    /// A ticket for a record that could not even be queued: the call it covers is refused.
-    pub fn failed(reason: String) -> Self {
-        Self(TicketInner::Failed(AuditError::Failed {
-            dir: String::new(),
-            reason,
-        }))
+    /// A ticket for a record that could not be made: the call it covers is refused.
+    pub fn unrecordable(reason: String) -> Self {
+        Self(TicketInner::Failed(AuditError::Unrecordable(reason)))
     }
 
     /// A ticket answered by `answer` (for what waits on tickets, and its tests).

@@ -21,7 +21,7 @@ use rmcp::model::RequestMetaObject;
 use serde_json::json;
 use tollgate_proxy::{
     guard::PolicyGuard,
-    intercept::{Interceptor, ToolCall, Verdict},
+    intercept::{Interceptor, Verdict},
 };
 
 const ROUNDS: usize = 1_000;
@@ -53,18 +53,8 @@ fn main() {
         .cloned()
         .unwrap();
     let meta = RequestMetaObject::new();
-    let call = |session: u64| ToolCall {
-        session,
-        upstream: "fs",
-        tool: "read_text_file",
-        exposed_name: "fs.read_text_file",
-        arguments: Some(&arguments),
-        meta: &meta,
-        caller: &caller,
-        facts: Some(&facts),
-        can_ask: false,
-        number: session,
-    };
+    let call =
+        |session: u64| common::read_call(session, session, &arguments, &meta, &caller, &facts);
     let decide = |session: u64| {
         let started = Instant::now();
         let verdict = guard.before_call(&call(session));

@@ -24,12 +24,9 @@ use rmcp::model::RequestMetaObject;
 use serde_json::{Map, Value, json};
 use tollgate_policy::{
     Pack,
-    recorded::{DecisionRecord, Library, Replay},
+    recorded::{DecisionRecord, Definitions, Replay},
 };
-use tollgate_proxy::{
-    guard::PolicyGuard,
-    intercept::{Interceptor, ToolCall},
-};
+use tollgate_proxy::{guard::PolicyGuard, intercept::Interceptor};
 
 const DECISIONS: u64 = 20_000;
 const ROUNDS: usize = 5;
@@ -54,18 +51,14 @@ fn main() {
             .as_object()
             .cloned()
             .unwrap();
-        guard.before_call(&ToolCall {
-            session: n % 16,
-            upstream: "fs",
-            tool: "read_text_file",
-            exposed_name: "fs.read_text_file",
-            arguments: Some(&arguments),
-            meta: &meta,
-            caller: &caller,
-            facts: Some(&facts),
-            can_ask: false,
-            number: n,
-        });
+        guard.before_call(&common::read_call(
+            n % 16,
+            n,
+            &arguments,
+            &meta,
+            &caller,
+            &facts,
+        ));
     }
     guard.shutdown();
     let mut trail = String::new();
@@ -94,18 +87,18 @@ fn main() {
     let pack = Pack::compile(&source).unwrap();
 
     // The engine's raw rate: the same calls, already built.
-    let mut library = Library::default();
+    let mut known = Definitions::default();
     let mut records: Vec<DecisionRecord> = Vec::new();
     for line in &lines {
         let record: Map<String, Value> = serde_json::from_str(line).unwrap();
         let kind = record["kind"].as_str().unwrap().to_owned();
-        if !library.learn(&kind, &record).unwrap() && kind == "decision" {
+        if !known.learn(&kind, &record).unwrap() && kind == "decision" {
             records.push(serde_json::from_str(line).unwrap());
         }
     }
     let recalled: Vec<_> = records
         .into_iter()
-        .map(|r| library.recall(r).unwrap())
+        .map(|r| known.recall(r).unwrap())
         .collect();
     assert_eq!(recalled.len() as u64, DECISIONS);
 

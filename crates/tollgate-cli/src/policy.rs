@@ -212,12 +212,7 @@ fn explain(
     println!("{title}");
     if let Some(record) = record {
         println!("{}", recorded_line(record));
-        if record
-            .get("input")
-            .and_then(|i| i.get("complete"))
-            .and_then(Value::as_bool)
-            == Some(false)
-        {
+        if !recorded::kept_whole(record.get("arguments").and_then(Value::as_object)) {
             println!(
                 "  (the trail does not keep every argument of this call: redacted ones are decided as \"[redacted]\")"
             );

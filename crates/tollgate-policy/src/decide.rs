@@ -133,7 +133,7 @@ impl Decision {
                     map.iter()
                         .map(|(k, v)| {
                             let shown = if names.contains(k) {
-                                Value::String("[redacted]".to_owned())
+                                Value::String(crate::recorded::REDACTED.to_owned())
                             } else {
                                 walk(v, names)
                             };

@@ -34,6 +34,27 @@ use crate::{
     tool::ToolFacts,
 };
 
+/// What an argument the catalog marks `redact` reads as in a record.
+pub const REDACTED: &str = "[redacted]";
+/// The one key of the arguments a record does not keep because they are too large.
+pub const NOT_KEPT: &str = "[not kept]";
+
+/// Whether `arguments`, as a record keeps them, may differ from the call's: a value hidden as
+/// [`REDACTED`] anywhere, or arguments not kept at all. A replay of such a record is not
+/// exact. (An argument that really was the placeholder text counts too: a false "inexact" is
+/// the safe mistake.)
+pub fn kept_whole(arguments: Option<&Map<String, Value>>) -> bool {
+    fn clean(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s != REDACTED,
+            Value::Array(items) => items.iter().all(clean),
+            Value::Object(map) => map.values().all(clean),
+            _ => true,
+        }
+    }
+    arguments.is_none_or(|map| !map.contains_key(NOT_KEPT) && map.values().all(clean))
+}
+
 /// The `kind` of a tool definition record.
 pub const TOOL_KIND: &str = "tool";
 /// The `kind` of a grant record.
@@ -185,7 +206,6 @@ pub type UsedRecord = (String, String, f64);
 /// The input of one decision, less what the decision record holds itself (the session, the
 /// arguments and the justification).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InputRecord {
     /// The key of the tool's record.
     pub tool: String,
@@ -206,9 +226,6 @@ pub struct InputRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taint: Vec<String>,
     pub pinned: bool,
-    /// False when the record does not keep every argument as it was (some were redacted, or
-    /// they were too large to keep): a replay of it is not exact.
-    pub complete: bool,
     /// What the engine decided, before an approval, a limit or a credential changed it.
     pub decided: Effect,
     pub policies: Vec<String>,
@@ -237,7 +254,6 @@ impl InputRecord {
                 .collect(),
             taint: call.taint.to_vec(),
             pinned: call.pinned,
-            complete: true,
             decided: decision.effect,
             policies: decision.policies.clone(),
         }
@@ -283,13 +299,13 @@ impl Recalled<'_> {
 
 /// The tool definitions and grants read so far from a trail, which its decisions name.
 #[derive(Debug, Default)]
-pub struct Library {
+pub struct Definitions {
     schemas: SchemaCache,
     tools: HashMap<String, ToolFacts>,
     grants: HashMap<String, Grant>,
 }
 
-impl Library {
+impl Definitions {
     /// Learns `record` if it is a tool or a grant; true if it was.
     pub fn learn(&mut self, kind: &str, record: &Map<String, Value>) -> Result<bool, String> {
         let key = || {
@@ -490,7 +506,7 @@ type ChangeKey = (Effect, Effect, String, Vec<String>, Vec<String>);
 #[derive(Debug)]
 pub struct Replay<'p> {
     pack: &'p Pack,
-    library: Library,
+    known: Definitions,
     summary: Summary,
     changes: BTreeMap<ChangeKey, Change>,
 }
@@ -499,7 +515,7 @@ impl<'p> Replay<'p> {
     pub fn new(pack: &'p Pack) -> Self {
         Self {
             pack,
-            library: Library::default(),
+            known: Definitions::default(),
             summary: Summary {
                 policies: pack.version().to_owned(),
                 decisions: 0,
@@ -533,7 +549,7 @@ impl<'p> Replay<'p> {
         // A definition (rare): read whole.
         match serde_json::from_str::<Map<String, Value>>(line) {
             Ok(whole) => {
-                if let Err(why) = self.library.learn(&record.kind, &whole) {
+                if let Err(why) = self.known.learn(&record.kind, &whole) {
                     *self.summary.skipped.entry(why).or_default() += 1;
                 }
             }
@@ -548,7 +564,7 @@ impl<'p> Replay<'p> {
         let decision_id = record.decision_id.take();
         let version = record.version.take();
         let recorded_reasons = std::mem::take(&mut record.reasons);
-        let recalled = match self.library.recall(record) {
+        let recalled = match self.known.recall(record) {
             Ok(recalled) => recalled,
             Err(skip) => {
                 *self.summary.skipped.entry(skip.label()).or_default() += 1;
@@ -558,7 +574,7 @@ impl<'p> Replay<'p> {
         let decision = self.pack.decide(&recalled.call());
         let summary = &mut self.summary;
         summary.replayed += 1;
-        let exact = recalled.input.complete;
+        let exact = kept_whole(recalled.arguments());
         if !exact {
             summary.inexact += 1;
         }
@@ -645,14 +661,14 @@ pub fn explain_recorded<'a>(
     lines: impl IntoIterator<Item = &'a str>,
     wanted: &str,
 ) -> Result<(Map<String, Value>, Explanation), String> {
-    let mut library = Library::default();
+    let mut known = Definitions::default();
     for line in lines {
         let Ok(record) = serde_json::from_str::<Map<String, Value>>(line) else {
             continue;
         };
         let kind = record.get("kind").and_then(Value::as_str).unwrap_or("");
         if kind != DECISION_KIND {
-            library.learn(kind, &record)?;
+            known.learn(kind, &record)?;
             continue;
         }
         let matches = record.get("decision_id").and_then(Value::as_str) == Some(wanted)
@@ -665,7 +681,7 @@ pub fn explain_recorded<'a>(
         }
         let typed: DecisionRecord = serde_json::from_value(Value::Object(record.clone()))
             .map_err(|e| format!("decision {wanted} cannot be read: {e}"))?;
-        let recalled = library
+        let recalled = known
             .recall(typed)
             .map_err(|skip| format!("decision {wanted} cannot be explained: {}", skip.label()))?;
         let explanation = pack.explain(&recalled.call());
@@ -680,6 +696,21 @@ pub type ToolEntry = Arc<(String, Map<String, Value>)>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_with_a_placeholder_are_not_kept_whole() {
+        let map = |v: Value| v.as_object().cloned();
+        assert!(kept_whole(None));
+        assert!(kept_whole(
+            map(serde_json::json!({"a": 1, "b": ["x"]})).as_ref()
+        ));
+        assert!(!kept_whole(
+            map(serde_json::json!({"a": {"card": [REDACTED]}})).as_ref()
+        ));
+        assert!(!kept_whole(
+            map(serde_json::json!({ NOT_KEPT: "9000 bytes" })).as_ref()
+        ));
+    }
 
     #[test]
     fn stats_round_trip() {
@@ -716,10 +747,10 @@ mod tests {
         let (key, record) = ToolRecord::of(&facts, &schema).entry();
         let (again, _) = ToolRecord::of(&facts, &schema).entry();
         assert_eq!(key, again);
-        let mut library = Library::default();
-        assert_eq!(library.learn(TOOL_KIND, &record), Ok(true));
+        let mut known = Definitions::default();
+        assert_eq!(known.learn(TOOL_KIND, &record), Ok(true));
         assert_eq!(
-            library.tools.get(&key).map(ToolFacts::root),
+            known.tools.get(&key).map(ToolFacts::root),
             Some(Some("/srv"))
         );
         let other = ToolFacts::new(

@@ -69,9 +69,6 @@ pub(crate) fn open(config: &AuditConfig, state_dir: &Path) -> Result<Option<Arc<
 }
 
 /// `arguments` as a record keeps them: whole when small, else only their size.
-/// The key arguments too large to keep are replaced by.
-const NOT_KEPT: &str = "[not kept]";
-
 pub(crate) fn kept_arguments(redacted: Value) -> Value {
     /// Counts what would be written, keeping none of it.
     struct Count(usize);
@@ -89,7 +86,7 @@ pub(crate) fn kept_arguments(redacted: Value) -> Value {
     if size <= MAX_ARGUMENTS {
         redacted
     } else {
-        json!({ NOT_KEPT: format!("{size} bytes") })
+        json!({ tollgate_policy::recorded::NOT_KEPT: format!("{size} bytes") })
     }
 }
 
@@ -150,12 +147,6 @@ pub(crate) struct ShadowLine<'a> {
 /// The session number as the other records write it: a string.
 fn as_text<S: serde::Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(n)
-}
-
-/// Whether `kept` stands for arguments too large to keep.
-pub(crate) fn is_not_kept(kept: &Value) -> bool {
-    kept.as_object()
-        .is_some_and(|m| m.len() == 1 && m.contains_key(NOT_KEPT))
 }
 
 /// A record from `pairs`, leaving out what is absent.

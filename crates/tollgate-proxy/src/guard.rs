@@ -286,7 +286,8 @@ struct Recorded<'a> {
     call: &'a ToolCall<'a>,
     arguments: &'a CallArguments<'a>,
     history: u64,
-    grant: Option<&'a Grant>,
+    /// Shared, so that the trail's record of the grant is built from it only when written.
+    grant: Option<&'a Arc<Grant>>,
     decision: &'a Decision,
     decision_id: &'a str,
     justification: Option<&'a str>,
@@ -1041,10 +1042,11 @@ impl PolicyGuard {
                 return Verdict::Reject(reason);
             }
         };
-        let grant = match &presented {
-            Presented::Grant(g) => Some(g.as_ref()),
+        let shared = match &presented {
+            Presented::Grant(g) => Some(g),
             Presented::Anonymous => None,
         };
+        let grant = shared.map(AsRef::as_ref);
         let Some(facts) = call.facts else {
             // A routed tool always has facts; without them nothing can be checked.
             return Verdict::Refuse(refusal(
@@ -1237,7 +1239,7 @@ impl PolicyGuard {
             call,
             arguments: &arguments,
             history,
-            grant,
+            grant: shared,
             decision: &decision,
             decision_id: &decision_id,
             justification: justification.as_deref(),
@@ -1307,21 +1309,13 @@ impl PolicyGuard {
             ));
         }
         if let Some(grant) = grant {
-            let claims = grant.clone();
+            let claims = Arc::clone(grant);
             definitions.push(tollgate_audit::Definition::new(
                 tollgate_policy::recorded::grant_key(grant),
                 move || tollgate_policy::recorded::grant_entry(&claims),
             ));
         }
-        let shown = decision.redacted(arguments.value());
-        let kept = crate::audit::kept_arguments(shown);
-        let input = input.map(|input| {
-            let whole = (decision.redact.is_empty() || kept == *arguments.value())
-                && !crate::audit::is_not_kept(&kept);
-            let mut input = input.clone();
-            input.complete = whole;
-            input
-        });
+        let kept = crate::audit::kept_arguments(decision.redacted(arguments.value()));
         let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
         let line = crate::audit::DecisionLine {
             kind: "decision",
@@ -1347,7 +1341,7 @@ impl PolicyGuard {
             kid: minted.map(|m| m.kid.as_str()),
             aud: minted.map(|m| m.aud.as_str()),
             exp: minted.map(|m| m.exp),
-            input: input.as_ref(),
+            input,
             shadow: shadow.map(|s| crate::audit::ShadowLine {
                 version: &s.version,
                 decision: s.effect.as_str(),
@@ -1358,9 +1352,7 @@ impl PolicyGuard {
         let mut bytes = Vec::with_capacity(1024);
         if let Err(e) = serde_json::to_writer(&mut bytes, &line) {
             // Nothing in a decision fails to serialize; if it ever did, the call is refused.
-            return Some(tollgate_audit::Ticket::failed(format!(
-                "a decision record could not be written: {e}"
-            )));
+            return Some(tollgate_audit::Ticket::unrecordable(e.to_string()));
         }
         Some(audit.append_line_after(definitions, bytes))
     }

@@ -98,3 +98,26 @@ pub fn history_pack(dir: &Path, extra: &str) {
     std::fs::write(dir.join("rules.cedar"), format!("{HISTORY_RULES}{extra}\n"))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A call of `fs.read_text_file` with `arguments`, as session `session`'s call `number`.
+pub fn read_call<'a>(
+    session: u64,
+    number: u64,
+    arguments: &'a Map<String, Value>,
+    meta: &'a rmcp::model::RequestMetaObject,
+    caller: &'a tollgate_proxy::Caller,
+    facts: &'a ToolFacts,
+) -> tollgate_proxy::intercept::ToolCall<'a> {
+    tollgate_proxy::intercept::ToolCall {
+        session,
+        upstream: "fs",
+        tool: "read_text_file",
+        exposed_name: "fs.read_text_file",
+        arguments: Some(arguments),
+        meta,
+        caller,
+        facts: Some(facts),
+        can_ask: false,
+        number,
+    }
+}
