@@ -16,7 +16,9 @@
 //! marked inexact, never passed off as exact.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
+    hash::BuildHasher,
     sync::Arc,
 };
 
@@ -38,6 +40,71 @@ use crate::{
 pub const REDACTED: &str = "[redacted]";
 /// The one key of the arguments a record does not keep because they are too large.
 pub const NOT_KEPT: &str = "[not kept]";
+
+/// A string of a record: borrowed from the line it was read from when the line holds it
+/// without escapes, copied otherwise. Replay reads most of a record's strings only to look
+/// something up, and need not copy them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Text<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl From<String> for Text<'_> {
+    fn from(text: String) -> Self {
+        Self(Cow::Owned(text))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                text: &'de str,
+            ) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
 
 /// Whether `arguments`, as a record keeps them, may differ from the call's: a value hidden as
 /// [`REDACTED`] anywhere, or arguments not kept at all. A replay of such a record is not
@@ -206,12 +273,13 @@ pub type UsedRecord = (String, String, f64);
 /// The input of one decision, less what the decision record holds itself (the session, the
 /// arguments and the justification).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InputRecord {
+pub struct InputRecord<'a> {
     /// The key of the tool's record.
-    pub tool: String,
+    #[serde(borrow)]
+    pub tool: Text<'a>,
     /// The key of the grant's record; none for an anonymous session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grant: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Text<'a>>,
     pub transport: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
@@ -228,19 +296,20 @@ pub struct InputRecord {
     pub pinned: bool,
     /// What the engine decided, before an approval, a limit or a credential changed it.
     pub decided: Effect,
-    pub policies: Vec<String>,
+    #[serde(borrow)]
+    pub policies: Vec<Text<'a>>,
 }
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
-impl InputRecord {
+impl InputRecord<'static> {
     /// The input of `call`, whose tool is recorded under `tool`, and what the engine made of it.
     pub fn of(call: &CallInput<'_>, tool: String, decision: &Decision) -> Self {
         Self {
-            tool,
-            grant: call.grant.map(grant_key),
+            tool: tool.into(),
+            grant: call.grant.map(|grant| grant_key(grant).into()),
             transport: call.session.transport.clone(),
             address: call.session.address.clone(),
             now: call.now,
@@ -255,7 +324,7 @@ impl InputRecord {
             taint: call.taint.to_vec(),
             pinned: call.pinned,
             decided: decision.effect,
-            policies: decision.policies.clone(),
+            policies: decision.policies.iter().cloned().map(Text::from).collect(),
         }
     }
 }
@@ -263,7 +332,10 @@ impl InputRecord {
 /// A recorded decision made whole again: everything a [`CallInput`] borrows.
 #[derive(Debug)]
 pub struct Recalled<'r> {
-    pub input: InputRecord,
+    /// What the engine decided when the call was made.
+    pub decided: Effect,
+    /// The policies that determined it.
+    pub policies: Vec<Text<'r>>,
     pub tool: &'r ToolFacts,
     pub grant: Option<&'r Grant>,
     session: SessionFacts,
@@ -272,6 +344,9 @@ pub struct Recalled<'r> {
     env: Environment,
     stats: SessionStats,
     usage: Usage,
+    now: i64,
+    taint: Vec<String>,
+    pinned: bool,
 }
 
 impl Recalled<'_> {
@@ -283,12 +358,12 @@ impl Recalled<'_> {
             tool: self.tool,
             arguments: self.arguments.as_ref(),
             justification: self.justification.as_deref(),
-            now: self.input.now,
+            now: self.now,
             env: &self.env,
             stats: &self.stats,
             usage: &self.usage,
-            taint: &self.input.taint,
-            pinned: self.input.pinned,
+            taint: &self.taint,
+            pinned: self.pinned,
         }
     }
 
@@ -345,57 +420,77 @@ impl Definitions {
     }
 
     /// The decision record `record` as a call to decide again, or why it cannot be.
-    pub fn recall(&self, record: DecisionRecord) -> Result<Recalled<'_>, Skip> {
+    pub fn recall<'r>(&'r self, record: DecisionRecord<'r>) -> Result<Recalled<'r>, Skip> {
         let input = record.input.ok_or(Skip::NoInput)?;
-        let tool = self.tools.get(&input.tool).ok_or(Skip::NoTool)?;
+        let tool = self.tools.get(input.tool.as_str()).ok_or(Skip::NoTool)?;
         let grant = match &input.grant {
             None => None,
-            Some(key) => Some(self.grants.get(key).ok_or(Skip::NoGrant)?),
+            Some(key) => Some(self.grants.get(key.as_str()).ok_or(Skip::NoGrant)?),
         };
         let offset = UtcOffset::from_minutes(input.utc_offset_minutes)
             .map_err(|e| Skip::Unreadable(format!("its `utc_offset_minutes`: {e}")))?;
-        let usage = input
-            .usage
-            .iter()
-            .map(|(scope, key, amount)| ((scope.clone(), key.clone()), *amount))
-            .collect();
+        let stats = (&input.stats).into();
+        // Everything the call borrows is moved out of the record, not copied.
+        let InputRecord {
+            transport,
+            address,
+            env,
+            usage,
+            taint,
+            now,
+            pinned,
+            decided,
+            policies,
+            ..
+        } = input;
         Ok(Recalled {
+            decided,
+            policies,
             session: SessionFacts {
                 id: record.session.unwrap_or_default(),
-                transport: input.transport.clone(),
-                address: input.address.clone(),
+                transport,
+                address,
             },
-            env: Environment {
-                label: input.env.clone(),
-                offset,
-            },
-            stats: (&input.stats).into(),
-            usage,
+            env: Environment { label: env, offset },
+            stats,
+            usage: usage
+                .into_iter()
+                .map(|(scope, key, amount)| ((scope, key), amount))
+                .collect(),
             arguments: record.arguments,
             justification: record.justification,
             tool,
             grant,
-            input,
+            now,
+            taint,
+            pinned,
         })
     }
 }
 
-/// What replay reads of a decision record; the rest of the line is skipped unread.
+/// What replay reads of a decision record; the rest of the line is skipped unread, and what
+/// is only looked up is borrowed from the line.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct DecisionRecord {
-    pub kind: String,
+pub struct DecisionRecord<'a> {
+    #[serde(borrow)]
+    pub kind: Text<'a>,
     pub seq: Option<u64>,
-    pub decision_id: Option<String>,
+    #[serde(borrow)]
+    pub decision_id: Option<Text<'a>>,
     pub session: Option<String>,
     /// Unix milliseconds.
     pub time: Option<u64>,
     /// The pack version that decided.
-    pub version: Option<String>,
+    #[serde(borrow)]
+    pub version: Option<Text<'a>>,
     pub arguments: Option<Map<String, Value>>,
     pub justification: Option<String>,
-    pub reasons: Vec<String>,
-    pub input: Option<InputRecord>,
+    /// The reasons given, read only when the decision is shown.
+    #[serde(borrow)]
+    pub reasons: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    pub input: Option<InputRecord<'a>>,
 }
 
 /// Why a decision record is not replayed.
@@ -499,16 +594,19 @@ pub struct Summary {
     pub same_version_differences: u64,
 }
 
-/// What groups changes: from, to, the tool, the policies before and now.
-type ChangeKey = (Effect, Effect, String, Vec<String>, Vec<String>);
-
 /// Decides recorded calls again under one pack and collects what changes.
 #[derive(Debug)]
 pub struct Replay<'p> {
     pack: &'p Pack,
     known: Definitions,
     summary: Summary,
-    changes: BTreeMap<ChangeKey, Change>,
+    transitions: BTreeMap<(Effect, Effect), u64>,
+    /// The groups of changes, in the order first seen, and an index into them by the hash of
+    /// what groups them (from, to, the tool, the policies before and now). A flip into a group
+    /// that exists allocates nothing.
+    changes: Vec<Change>,
+    groups: HashMap<u64, Vec<usize>>,
+    hasher: std::hash::RandomState,
 }
 
 impl<'p> Replay<'p> {
@@ -529,7 +627,10 @@ impl<'p> Replay<'p> {
                 changes: Vec::new(),
                 same_version_differences: 0,
             },
-            changes: BTreeMap::new(),
+            transitions: BTreeMap::new(),
+            changes: Vec::new(),
+            groups: HashMap::new(),
+            hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -542,7 +643,7 @@ impl<'p> Replay<'p> {
             self.summary.unreadable_lines += 1;
             return;
         };
-        if record.kind == DECISION_KIND {
+        if record.kind.as_str() == DECISION_KIND {
             self.decision(record);
             return;
         }
@@ -558,12 +659,12 @@ impl<'p> Replay<'p> {
     }
 
     /// Decides one decision record again.
-    pub fn decision(&mut self, mut record: DecisionRecord) {
+    pub fn decision(&mut self, mut record: DecisionRecord<'_>) {
         self.summary.decisions += 1;
         let (seq, time) = (record.seq, record.time);
         let decision_id = record.decision_id.take();
         let version = record.version.take();
-        let recorded_reasons = std::mem::take(&mut record.reasons);
+        let recorded_reasons = record.reasons.take();
         let recalled = match self.known.recall(record) {
             Ok(recalled) => recalled,
             Err(skip) => {
@@ -578,45 +679,64 @@ impl<'p> Replay<'p> {
         if !exact {
             summary.inexact += 1;
         }
-        let before = &recalled.input;
-        if decision.effect == before.decided && decision.policies == before.policies {
+        let same_policies = |policies: &[String]| {
+            policies
+                .iter()
+                .map(String::as_str)
+                .eq(recalled.policies.iter().map(Text::as_str))
+        };
+        if decision.effect == recalled.decided && same_policies(&decision.policies) {
             summary.unchanged += 1;
             return;
         }
         if version.as_deref() == Some(self.pack.version()) {
             summary.same_version_differences += 1;
         }
-        if decision.effect == before.decided {
+        if decision.effect == recalled.decided {
             // The same outcome for other reasons: not a flip.
             summary.unchanged += 1;
             return;
         }
         summary.changed += 1;
-        *summary
+        *self
             .transitions
-            .entry(format!(
-                "{} → {}",
-                before.decided.as_str(),
-                decision.effect.as_str()
-            ))
+            .entry((recalled.decided, decision.effect))
             .or_default() += 1;
-        let key = (
-            before.decided,
+        let tool = recalled.tool.name();
+        let hash = self.hasher.hash_one((
+            recalled.decided,
             decision.effect,
-            recalled.tool.name().to_owned(),
-            before.policies.clone(),
-            decision.policies.clone(),
-        );
-        let change = self.changes.entry(key).or_insert_with(|| Change {
-            from: before.decided,
-            to: decision.effect,
-            tool: recalled.tool.name().to_owned(),
-            before: before.policies.clone(),
-            after: decision.policies.clone(),
-            count: 0,
-            inexact: 0,
-            examples: Vec::new(),
+            tool,
+            &recalled.policies,
+            &decision.policies,
+        ));
+        let group = self.groups.entry(hash).or_default();
+        let found = group.iter().copied().find(|&at| {
+            self.changes.get(at).is_some_and(|c| {
+                c.from == recalled.decided
+                    && c.to == decision.effect
+                    && c.tool == tool
+                    && same_policies(&c.before)
+                    && c.after == decision.policies
+            })
         });
+        let at = found.unwrap_or_else(|| {
+            group.push(self.changes.len());
+            self.changes.push(Change {
+                from: recalled.decided,
+                to: decision.effect,
+                tool: tool.to_owned(),
+                before: owned(&recalled.policies),
+                after: decision.policies.clone(),
+                count: 0,
+                inexact: 0,
+                examples: Vec::new(),
+            });
+            self.changes.len() - 1
+        });
+        let Some(change) = self.changes.get_mut(at) else {
+            return;
+        };
         change.count += 1;
         if !exact {
             change.inexact += 1;
@@ -624,7 +744,7 @@ impl<'p> Replay<'p> {
         if change.examples.len() < EXAMPLES {
             change.examples.push(Example {
                 seq,
-                decision_id,
+                decision_id: decision_id.map(Text::into_owned),
                 session: Some(recalled.session.id.clone()),
                 time,
                 arguments: recalled
@@ -632,9 +752,11 @@ impl<'p> Replay<'p> {
                     .map_or(Value::Null, |a| Value::Object(a.clone())),
                 exact,
                 before: Side {
-                    decision: before.decided,
-                    policies: before.policies.clone(),
-                    reasons: recorded_reasons,
+                    decision: recalled.decided,
+                    policies: owned(&recalled.policies),
+                    reasons: recorded_reasons
+                        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                        .unwrap_or_default(),
                 },
                 after: Side {
                     decision: decision.effect,
@@ -647,11 +769,26 @@ impl<'p> Replay<'p> {
 
     pub fn finish(self) -> Summary {
         let mut summary = self.summary;
-        let mut changes: Vec<Change> = self.changes.into_values().collect();
-        changes.sort_by_key(|c| std::cmp::Reverse(c.count));
+        summary.transitions = self
+            .transitions
+            .into_iter()
+            .map(|((from, to), n)| (format!("{} → {}", from.as_str(), to.as_str()), n))
+            .collect();
+        let mut changes = self.changes;
+        // Largest first; groups of one size in a fixed order, whatever the hasher.
+        changes.sort_by(|a, b| {
+            b.count.cmp(&a.count).then_with(|| {
+                (a.from, a.to, &a.tool, &a.before, &a.after)
+                    .cmp(&(b.from, b.to, &b.tool, &b.before, &b.after))
+            })
+        });
         summary.changes = changes;
         summary
     }
+}
+
+fn owned(texts: &[Text<'_>]) -> Vec<String> {
+    texts.iter().map(|t| t.as_str().to_owned()).collect()
 }
 
 /// Finds the decision `wanted` (its `decision_id`, or its `seq`) in `lines` and explains it
@@ -679,7 +816,7 @@ pub fn explain_recorded<'a>(
         if !matches {
             continue;
         }
-        let typed: DecisionRecord = serde_json::from_value(Value::Object(record.clone()))
+        let typed: DecisionRecord<'_> = serde_json::from_str(line)
             .map_err(|e| format!("decision {wanted} cannot be read: {e}"))?;
         let recalled = known
             .recall(typed)
@@ -710,6 +847,47 @@ mod tests {
         assert!(!kept_whole(
             map(serde_json::json!({ NOT_KEPT: "9000 bytes" })).as_ref()
         ));
+    }
+
+    #[test]
+    fn a_record_borrows_what_it_can_and_reads_escapes_too() {
+        let line = r#"{"kind":"decision","decision_id":"d-1","version":"v\"2","reasons":["a \"quoted\" reason"],"input":{"tool":"tool:ab","grant":"grant:\u0067-1","transport":"stdio","now":5,"env":"dev","stats":{},"pinned":true,"decided":"deny","policies":["no-\"x\"","plain"]}}"#;
+        let record: DecisionRecord<'_> = serde_json::from_str(line).unwrap();
+        assert!(matches!(record.kind.0, Cow::Borrowed("decision")));
+        assert!(matches!(
+            record.decision_id.as_ref().unwrap().0,
+            Cow::Borrowed("d-1")
+        ));
+        // Escaped text is read, copied, never refused.
+        assert_eq!(record.version.as_deref(), Some("v\"2"));
+        let input = record.input.unwrap();
+        assert!(matches!(input.tool.0, Cow::Borrowed("tool:ab")));
+        assert_eq!(input.grant.as_deref(), Some("grant:g-1"));
+        assert!(matches!(input.grant.unwrap().0, Cow::Owned(_)));
+        let policies: Vec<&str> = input.policies.iter().map(Text::as_str).collect();
+        assert_eq!(policies, ["no-\"x\"", "plain"]);
+        let reasons: Vec<String> = serde_json::from_str(record.reasons.unwrap().get()).unwrap();
+        assert_eq!(reasons, ["a \"quoted\" reason"]);
+        // What the writer writes reads back the same.
+        let written = serde_json::to_string(&InputRecord {
+            tool: Text::from("tool:ab".to_owned()),
+            grant: None,
+            transport: "stdio".into(),
+            address: String::new(),
+            now: 5,
+            env: "dev".into(),
+            utc_offset_minutes: 0,
+            stats: StatsRecord::default(),
+            usage: Vec::new(),
+            taint: Vec::new(),
+            pinned: false,
+            decided: Effect::Allow,
+            policies: vec![Text::from("p\"1".to_owned())],
+        })
+        .unwrap();
+        let read: InputRecord<'_> = serde_json::from_str(&written).unwrap();
+        assert_eq!(read.policies.first().map(Text::as_str), Some("p\"1"));
+        assert_eq!(read.tool.as_str(), "tool:ab");
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub(crate) struct DecisionLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub input: Option<&'a tollgate_policy::recorded::InputRecord>,
+    pub input: Option<&'a tollgate_policy::recorded::InputRecord<'static>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowLine<'a>>,
 }

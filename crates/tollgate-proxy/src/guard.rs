@@ -293,7 +293,7 @@ struct Recorded<'a> {
     justification: Option<&'a str>,
     minted: Option<&'a tollgate_mint::Minted>,
     /// What the engine was handed, for replay; none without a trail.
-    input: Option<&'a InputRecord>,
+    input: Option<&'a InputRecord<'static>>,
     facts: &'a ToolFacts,
     /// The shadow pack's decision, when it differs from the live pack's.
     shadow: Option<&'a Decision>,
@@ -797,7 +797,7 @@ impl PolicyGuard {
         facts: &ToolFacts,
         justification: Option<&str>,
         standing: &Standing,
-    ) -> (Decision, Option<InputRecord>, Option<Decision>) {
+    ) -> (Decision, Option<InputRecord<'static>>, Option<Decision>) {
         let session = SessionFacts {
             id: call.session.to_string(),
             transport: call.caller.transport.to_owned(),
