@@ -165,6 +165,8 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
         metrics["tollgate_audit_write_seconds_count"] >= 1.0,
         "{text}"
     );
+    // The opening record is synced, and so is the allowed call's decision before it went ahead.
+    assert!(metrics["tollgate_audit_syncs_total"] >= 2.0, "{text}");
     assert_eq!(
         metrics[r#"tollgate_decision_seconds_bucket{le="+Inf"}"#], 3.0,
         "cumulative buckets end at the count"

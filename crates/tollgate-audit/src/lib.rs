@@ -17,4 +17,6 @@ mod writer;
 
 pub use chain::{CheckpointSigner, CheckpointVerifier, GENESIS, checkpoint_message, line_hash};
 pub use verify::{Problem, Report, trail_paths, verify_files};
-pub use writer::{Audit, AuditError, Copy, Definition, Durability, Settings, Ticket, WriterStats};
+pub use writer::{
+    Audit, AuditError, Copy, Definition, Durability, LAZY_SYNC, Settings, Ticket, WriterStats,
+};

@@ -20,6 +20,8 @@ use crate::chain::{CheckpointSigner, GENESIS, checkpoint_message, line_hash};
 pub enum Durability {
     /// A record is acknowledged once the batch holding it is synced (`fdatasync`): a crash of
     /// the machine loses no acknowledged record. Records queued together share one sync.
+    /// A record queued with [`Audit::note`] (nobody waits on it) is written at once and synced
+    /// with the next record someone waits on, or within [`LAZY_SYNC`].
     Synced,
     /// A record is acknowledged as soon as it is queued; the writer writes what is queued at
     /// once and syncs at least this often, which bounds what a crash (of the process or the
@@ -88,12 +90,28 @@ enum Body {
 }
 
 enum Job {
-    Record(
-        Body,
-        Option<oneshot::Sender<Result<u64, AuditError>>>,
-        Vec<Definition>,
-    ),
+    Record(Body, Ack, Vec<Definition>),
     Close(mpsc::Sender<()>),
+}
+
+/// Who a record answers once it is written.
+enum Ack {
+    /// A caller waiting until the record is durable.
+    Waiting(oneshot::Sender<Result<u64, AuditError>>),
+    /// Nobody, under the durability configured (`Durability::Within`).
+    Queued,
+    /// Nobody, and no sync either: a record written after what it reports went ahead (an
+    /// outcome). It is synced with the next record someone waits on, or within [`LAZY_SYNC`].
+    Lazy,
+}
+
+impl Ack {
+    fn waiting(self) -> Option<oneshot::Sender<Result<u64, AuditError>>> {
+        match self {
+            Self::Waiting(sender) => Some(sender),
+            Self::Queued | Self::Lazy => None,
+        }
+    }
 }
 
 /// A record that later records name (a tool's definition, a grant), which each file holds
@@ -176,6 +194,9 @@ struct Queue {
 const WAKE_AT: usize = 256;
 /// How long the writer collects records it need not write at once (`Durability::Within`).
 const GATHER: Duration = Duration::from_millis(2);
+/// At the default durability, how long a record that nobody waits on (an outcome) may stay
+/// unsynced: it is written at once and synced with the next decision, or by then.
+pub const LAZY_SYNC: Duration = Duration::from_millis(20);
 
 struct Shared {
     queue: Mutex<Queue>,
@@ -215,6 +236,8 @@ pub struct WriterStats {
     pub batch: crate::histogram::Histogram,
     /// Lines written: records, the definitions they name, checkpoints.
     pub records: std::sync::atomic::AtomicU64,
+    /// Syncs (`fdatasync`) made.
+    pub syncs: std::sync::atomic::AtomicU64,
 }
 
 /// The audit trail of one Tollgate.
@@ -261,6 +284,7 @@ impl Audit {
             last_checkpoint: Instant::now(),
             last_sync: Instant::now(),
             unsynced: false,
+            syncs: 0,
             defined: std::collections::HashSet::new(),
         };
         let mut opening = Map::new();
@@ -303,34 +327,43 @@ impl Audit {
     /// Queues `record` (its `seq` and `prev` are the trail's); the ticket says when it is
     /// durable.
     pub fn append(&self, record: Map<String, Value>) -> Ticket {
-        self.push(Vec::new(), Body::Map(record))
+        self.push(Vec::new(), Body::Map(record), false)
     }
 
     /// Like [`Audit::append`], with the definitions `record` names written before it in the
     /// same file, each unless that file already holds it.
     pub fn append_after(&self, definitions: Vec<Definition>, record: Map<String, Value>) -> Ticket {
-        self.push(definitions, Body::Map(record))
+        self.push(definitions, Body::Map(record), false)
     }
 
     /// Like [`Audit::append_after`], for a record the caller serialized: one JSON object, on
     /// one line, without `seq`, `prev` or `time`. Serializing on the caller's thread keeps the
     /// writer's share of each record to framing, hashing and writing.
     pub fn append_line_after(&self, definitions: Vec<Definition>, object: Vec<u8>) -> Ticket {
-        self.push(definitions, Body::Line(object))
+        self.push(definitions, Body::Line(object), false)
     }
 
-    fn push(&self, definitions: Vec<Definition>, record: Body) -> Ticket {
+    /// Queues a record that nobody waits on and no decision hangs on: what happened to a call
+    /// that already went ahead. It is written with the next batch; at the default durability
+    /// it is synced with the next record someone waits on, or within [`LAZY_SYNC`], so that a
+    /// call in flight does not wait for the sync of its predecessor's outcome.
+    pub fn note(&self, record: Map<String, Value>) {
+        drop(self.push(Vec::new(), Body::Map(record), true));
+    }
+
+    fn push(&self, definitions: Vec<Definition>, record: Body, lazy: bool) -> Ticket {
         if let Some(e) = self.failed.get() {
             return Ticket(TicketInner::Failed(e.clone()));
         }
-        let (ack, ticket) = match self.durability {
-            Durability::Synced => {
+        let (ack, ticket) = match (self.durability, lazy) {
+            (Durability::Synced, false) => {
                 let (ack, receiver) = oneshot::channel();
-                (Some(ack), TicketInner::Waiting(receiver))
+                (Ack::Waiting(ack), TicketInner::Waiting(receiver))
             }
-            Durability::Within(_) => (None, TicketInner::Queued),
+            (Durability::Synced, true) => (Ack::Lazy, TicketInner::Queued),
+            (Durability::Within(_), _) => (Ack::Queued, TicketInner::Queued),
         };
-        let urgent = ack.is_some();
+        let urgent = matches!(ack, Ack::Waiting(_));
         if self
             .shared
             .push(Job::Record(record, ack, definitions), urgent)
@@ -380,6 +413,8 @@ struct State {
     last_checkpoint: Instant,
     last_sync: Instant,
     unsynced: bool,
+    /// Syncs made so far.
+    syncs: u64,
     /// The keys of the `Once` records the current file holds.
     defined: std::collections::HashSet<String>,
 }
@@ -399,15 +434,17 @@ impl State {
             Durability::Within(d) => Some(d),
             Durability::Synced => None,
         };
+        let sync_by = within.unwrap_or(LAZY_SYNC);
         loop {
             let batch = {
                 let mut queue = shared.queue();
                 if queue.jobs.is_empty() {
                     // Nothing to do until a record comes, the file is due a sync, or a
                     // checkpoint is due.
-                    let idle_for = match within {
-                        Some(d) if self.unsynced => d,
-                        _ => self.settings.checkpoint_after,
+                    let idle_for = if self.unsynced {
+                        sync_by.saturating_sub(self.last_sync.elapsed())
+                    } else {
+                        self.settings.checkpoint_after
                     }
                     .max(Duration::from_millis(1));
                     queue.idle = true;
@@ -419,7 +456,7 @@ impl State {
                     queue.idle = false;
                 }
                 let waiting_on = queue.jobs.iter().any(|j| match j {
-                    Job::Record(_, ack, _) => ack.is_some(),
+                    Job::Record(_, ack, _) => matches!(ack, Ack::Waiting(_)),
                     Job::Close(_) => true,
                 });
                 if let (Some(d), false, false) = (within, queue.jobs.is_empty(), waiting_on) {
@@ -456,6 +493,9 @@ impl State {
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
+            stats
+                .syncs
+                .store(self.syncs, std::sync::atomic::Ordering::Relaxed);
             match written {
                 Ok(Some(closed)) => {
                     let _ = closed.send(());
@@ -496,6 +536,7 @@ impl State {
         for job in batch {
             match job {
                 Job::Record(record, ack, definitions) => {
+                    let ack = ack.waiting();
                     for definition in definitions {
                         if self.defined.insert(definition.key) {
                             self.encode((definition.make)(), &mut buffer);
@@ -526,8 +567,12 @@ impl State {
         if let Err(e) = self.write(&buffer) {
             return Err((e, owed(acks)));
         }
+        // Synced: when someone waits, or what nobody waits on has waited long enough.
+        let waited_on = acks.iter().any(Option::is_some);
         let must_sync = match self.settings.durability {
-            Durability::Synced => self.unsynced,
+            Durability::Synced => {
+                self.unsynced && (waited_on || self.last_sync.elapsed() >= LAZY_SYNC)
+            }
             Durability::Within(d) => self.unsynced && self.last_sync.elapsed() >= d,
         };
         if must_sync && let Err(e) = self.sync() {
@@ -665,6 +710,7 @@ impl State {
                 .map_err(|e| format!("syncing {}: {e}", self.path.display()))?;
         }
         self.unsynced = false;
+        self.syncs += 1;
         self.last_sync = Instant::now();
         Ok(())
     }
@@ -729,10 +775,11 @@ fn utc_date(unix_secs: u64) -> String {
 fn refuse_all(batch: Vec<Job>, error: &AuditError) {
     for job in batch {
         match job {
-            Job::Record(_, Some(ack), _) => {
-                let _ = ack.send(Err(error.clone()));
+            Job::Record(_, ack, _) => {
+                if let Some(ack) = ack.waiting() {
+                    let _ = ack.send(Err(error.clone()));
+                }
             }
-            Job::Record(_, None, _) => {}
             Job::Close(ack) => {
                 let _ = ack.send(());
             }

@@ -15,8 +15,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tollgate_audit::{
-    Audit, CheckpointSigner, CheckpointVerifier, Definition, Durability, Report, Settings,
-    line_hash, verify_files,
+    Audit, CheckpointSigner, CheckpointVerifier, Definition, Durability, LAZY_SYNC, Report,
+    Settings, line_hash, verify_files,
 };
 
 /// A keyed hash standing in for Tollgate's signature in these tests (the proxy uses its
@@ -427,6 +427,44 @@ async fn batched_durability_acknowledges_and_still_chains() {
         (0..200).collect::<Vec<_>>(),
         "all of them, in order"
     );
+    audit.close();
+    assert!(check(&dir).ok());
+}
+
+#[tokio::test]
+async fn an_outcome_rides_on_the_next_sync_or_is_synced_within_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    let syncs = || {
+        audit
+            .stats()
+            .syncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    audit.append(record(0)).durable().await.unwrap();
+    // An outcome (nobody waits on it), then the next decision: the decision's sync covers both,
+    // so a call does not wait for the sync of the outcome before it. Were outcomes synced on
+    // their own, these rounds would take twice as many syncs.
+    let before = syncs();
+    for i in 0..50 {
+        audit.note(record(1000 + i));
+        // Time for the writer to take the outcome on its own, as it does between calls.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        audit.append(record(i + 1)).durable().await.unwrap();
+    }
+    let added = syncs() - before;
+    assert!(
+        (50..=60).contains(&added),
+        "{added} syncs for 50 decisions and 50 outcomes"
+    );
+    // An outcome alone is synced within the bound, with nobody waiting for it.
+    let before = syncs();
+    audit.note(record(9999));
+    tokio::time::sleep(LAZY_SYNC * 10).await;
+    assert_eq!(syncs(), before + 1, "one sync, by the bound");
+    let file = std::fs::read_to_string(only_file(&dir)).unwrap();
+    assert!(file.lines().any(|l| l.contains("\"n\":9999")));
     audit.close();
     assert!(check(&dir).ok());
 }

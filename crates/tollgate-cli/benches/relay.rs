@@ -5,6 +5,9 @@
 //!
 //!     cargo bench -p tollgate-cli --bench relay
 //!
+//! `TOLLGATE_BENCH_ONLY=stdio` or `=http` runs one transport; `=audit` only the audit trail's
+//! cost on the guarded stdio path.
+//!
 //! The same executable doubles as the fixture server (`--fixture-stdio`, `--fixture-http ADDR`)
 //! so that every peer runs in a process of its own, as in a deployment.
 
@@ -376,6 +379,10 @@ async fn bench() {
     // stdio: the agent starts the server (direct) or `tollgate run -- server` (through).
     let only = std::env::var("TOLLGATE_BENCH_ONLY").unwrap_or_default();
     let fixture = me.to_str().unwrap();
+    if only == "audit" {
+        audit_only(&tollgate, fixture).await;
+        return;
+    }
     if only != "http" {
         let direct = stdio_client(&me, &["--fixture-stdio"]).await;
         let floor = stdio_client(&me, &["--forward", fixture, "--fixture-stdio"]).await;
@@ -529,6 +536,44 @@ async fn bench() {
     let _ = fixture_server.start_kill();
     let _ = tollgate_server.wait().await;
     let _ = fixture_server.wait().await;
+}
+
+/// `TOLLGATE_BENCH_ONLY=audit`: the audit trail's cost alone, guarding over stdio without the
+/// trail, with it at the default durability and with it synced within 20 ms, in interleaved
+/// rounds.
+async fn audit_only(tollgate: &std::path::Path, fixture: &str) {
+    let setups = [
+        ("no trail", "enabled = false"),
+        ("synced (default)", ""),
+        ("within 20 ms", "sync_within_ms = 20"),
+    ];
+    let mut dirs = Vec::new();
+    let mut clients = Vec::new();
+    for (_, audit) in setups {
+        let (dir, args) = policy_setup(fixture, true, audit);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        clients.push(stdio_client(tollgate, &args).await);
+        dirs.push(dir);
+    }
+    let refs: Vec<&Client> = clients.iter().collect();
+    println!("| stdio, guarding | trail | p50 µs | p99 µs | calls/s | vs no trail |");
+    println!("|---|---|---|---|---|---|");
+    for concurrency in [1, CONCURRENCY] {
+        let figures = measure_all(&refs, concurrency).await;
+        let base = figures[0].calls_per_s;
+        for ((label, _), f) in setups.iter().zip(&figures) {
+            println!(
+                "| {concurrency} in flight | {label} | {:.0} | {:.0} | {:.0} | {:.2}× |",
+                f.p50_us,
+                f.p99_us,
+                f.calls_per_s,
+                f.calls_per_s / base
+            );
+        }
+    }
+    for client in clients {
+        client.cancel().await.unwrap();
+    }
 }
 
 fn print_rows(rows: &[Row]) {

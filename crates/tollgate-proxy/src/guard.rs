@@ -1637,11 +1637,12 @@ impl PolicyGuard {
             sessions: self.sessions().len(),
             audit: self.audit.as_ref().map(|audit| {
                 let stats = audit.stats();
-                (
-                    stats.records.load(std::sync::atomic::Ordering::Relaxed),
-                    stats.batch.snapshot(),
-                    audit.failure().is_some(),
-                )
+                crate::metrics::AuditGauges {
+                    records: stats.records.load(std::sync::atomic::Ordering::Relaxed),
+                    syncs: stats.syncs.load(std::sync::atomic::Ordering::Relaxed),
+                    batches: stats.batch.snapshot(),
+                    failed: audit.failure().is_some(),
+                }
             }),
         };
         self.metrics.render(&gauges)
@@ -1875,23 +1876,22 @@ impl Interceptor for PolicyGuard {
         let Some(audit) = &self.audit else {
             return;
         };
-        drop(
-            audit.append(crate::audit::record([
-                ("kind", "outcome".into()),
-                ("decision_id", decision_id.into()),
-                ("session", call.session.to_string().into()),
-                ("upstream", call.upstream.into()),
-                ("tool", call.tool.into()),
-                ("outcome", result.into()),
-                ("error", error.into()),
-                (
-                    "latency_us",
-                    u64::try_from(decided.elapsed().as_micros())
-                        .unwrap_or(u64::MAX)
-                        .into(),
-                ),
-            ])),
-        );
+        // The call went ahead already: its outcome waits for no sync of its own.
+        audit.note(crate::audit::record([
+            ("kind", "outcome".into()),
+            ("decision_id", decision_id.into()),
+            ("session", call.session.to_string().into()),
+            ("upstream", call.upstream.into()),
+            ("tool", call.tool.into()),
+            ("outcome", result.into()),
+            ("error", error.into()),
+            (
+                "latency_us",
+                u64::try_from(decided.elapsed().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .into(),
+            ),
+        ]));
     }
 
     fn shutdown(&self) {

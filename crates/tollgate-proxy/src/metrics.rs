@@ -29,8 +29,21 @@ pub struct Metrics {
 pub struct Gauges {
     pub approvals_pending: usize,
     pub sessions: usize,
-    /// The trail's records written, its batch latency, and whether it failed; none when off.
-    pub audit: Option<(u64, Snapshot, bool)>,
+    /// The audit trail's writer; none when the trail is off.
+    pub audit: Option<AuditGauges>,
+}
+
+/// What the audit trail's writer has done.
+#[derive(Debug)]
+pub struct AuditGauges {
+    /// Lines written.
+    pub records: u64,
+    /// `fdatasync`s made.
+    pub syncs: u64,
+    /// How long each batch took to write (and sync).
+    pub batches: Snapshot,
+    /// The trail can no longer be written.
+    pub failed: bool,
 }
 
 impl Metrics {
@@ -165,17 +178,19 @@ impl Metrics {
             "# HELP tollgate_approvals_pending Approval requests waiting for an answer.\n# TYPE tollgate_approvals_pending gauge\ntollgate_approvals_pending {}\n# HELP tollgate_sessions Sessions (and stateless grants) the guard keeps history for.\n# TYPE tollgate_sessions gauge\ntollgate_sessions {}\n",
             gauges.approvals_pending, gauges.sessions
         );
-        if let Some((records, batches, failed)) = &gauges.audit {
+        if let Some(audit) = &gauges.audit {
             let _ = write!(
                 out,
-                "# HELP tollgate_audit_records_total Lines written to the audit trail: decisions, outcomes, the definitions they name and checkpoints.\n# TYPE tollgate_audit_records_total counter\ntollgate_audit_records_total {records}\n# HELP tollgate_audit_failed 1 once the audit trail cannot be written (every call is then refused).\n# TYPE tollgate_audit_failed gauge\ntollgate_audit_failed {}\n",
-                u8::from(*failed)
+                "# HELP tollgate_audit_records_total Lines written to the audit trail: decisions, outcomes, the definitions they name and checkpoints.\n# TYPE tollgate_audit_records_total counter\ntollgate_audit_records_total {}\n# HELP tollgate_audit_syncs_total Syncs (fdatasync) of the audit trail; records written together share one.\n# TYPE tollgate_audit_syncs_total counter\ntollgate_audit_syncs_total {}\n# HELP tollgate_audit_failed 1 once the audit trail cannot be written (every call is then refused).\n# TYPE tollgate_audit_failed gauge\ntollgate_audit_failed {}\n",
+                audit.records,
+                audit.syncs,
+                u8::from(audit.failed)
             );
             histogram(
                 &mut out,
                 "tollgate_audit_write_seconds",
                 "Time to write (and sync) one batch of audit records.",
-                batches,
+                &audit.batches,
             );
         }
         self.render_shadow(&mut out);
