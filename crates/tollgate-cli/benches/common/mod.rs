@@ -5,6 +5,10 @@
 
 use std::path::Path;
 
+/// The benchmarks measure Tollgate's code with the allocator the `tollgate` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use serde_json::{Map, Value, json};
 use tollgate_policy::{Hints, SchemaCache, ToolFacts};
 
