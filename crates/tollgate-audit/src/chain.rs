@@ -12,6 +12,11 @@ pub fn line_hash(line: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(line))
 }
 
+/// [`line_hash`], appended to `out`.
+pub(crate) fn write_line_hash(line: &[u8], out: &mut String) {
+    URL_SAFE_NO_PAD.encode_string(Sha256::digest(line), out);
+}
+
 /// The bytes a checkpoint's signature covers: its sequence number and the hash of the record
 /// before it, which covers every record before that.
 pub fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {

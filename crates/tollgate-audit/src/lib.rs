@@ -16,7 +16,7 @@ mod verify;
 mod writer;
 
 pub use chain::{CheckpointSigner, CheckpointVerifier, GENESIS, checkpoint_message, line_hash};
-pub use verify::{Problem, Report, trail_paths, verify_files};
+pub use verify::{Problem, Report, records_of, trail_paths, verify_files};
 pub use writer::{
     Audit, AuditError, Copy, Definition, Durability, LAZY_SYNC, Settings, Ticket, WriterStats,
 };

@@ -13,7 +13,7 @@ use std::{
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use crate::chain::{CheckpointSigner, GENESIS, checkpoint_message, line_hash};
+use crate::chain::{CheckpointSigner, GENESIS, checkpoint_message, line_hash, write_line_hash};
 
 /// How long after it is written a record is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,12 +279,14 @@ impl Audit {
             seq,
             prev,
             bytes: 0,
+            allocated: 0,
             opened: Instant::now(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_sync: Instant::now(),
             unsynced: false,
             syncs: 0,
+            out: Vec::new(),
             defined: std::collections::HashSet::new(),
         };
         let mut opening = Map::new();
@@ -351,6 +353,12 @@ impl Audit {
         drop(self.push(Vec::new(), Body::Map(record), true));
     }
 
+    /// Like [`Audit::note`], for a record the caller serialized (as for
+    /// [`Audit::append_line_after`]).
+    pub fn note_line(&self, object: Vec<u8>) {
+        drop(self.push(Vec::new(), Body::Line(object), true));
+    }
+
     fn push(&self, definitions: Vec<Definition>, record: Body, lazy: bool) -> Ticket {
         if let Some(e) = self.failed.get() {
             return Ticket(TicketInner::Failed(e.clone()));
@@ -407,7 +415,10 @@ struct State {
     seq: u64,
     /// The hash of the last record written.
     prev: String,
+    /// Bytes of records in the current file.
     bytes: u64,
+    /// The current file's length: its records, then zero bytes not written yet.
+    allocated: u64,
     opened: Instant,
     since_checkpoint: u64,
     last_checkpoint: Instant,
@@ -415,12 +426,18 @@ struct State {
     unsynced: bool,
     /// Syncs made so far.
     syncs: u64,
+    /// The buffer batches are framed in, kept between them.
+    out: Vec<u8>,
     /// The keys of the `Once` records the current file holds.
     defined: std::collections::HashSet<String>,
 }
 
 /// Records written in one go at most.
 const MAX_BATCH: usize = 4096;
+/// How far ahead of its records a file is given its length.
+const PREALLOCATE: u64 = 4 << 20;
+/// The batch buffer kept between batches, at most.
+const KEPT_BUFFER: usize = 1 << 20;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -530,7 +547,9 @@ impl State {
             Vec<Option<oneshot::Sender<Result<u64, AuditError>>>>,
         ),
     > {
-        let mut buffer = Vec::new();
+        // The lines of the batch, in the buffer the last batch left.
+        let mut buffer = std::mem::take(&mut self.out);
+        buffer.clear();
         let mut acks = Vec::with_capacity(batch.len());
         let mut closing = None;
         for job in batch {
@@ -567,6 +586,9 @@ impl State {
         if let Err(e) = self.write(&buffer) {
             return Err((e, owed(acks)));
         }
+        buffer.clear();
+        buffer.shrink_to(KEPT_BUFFER);
+        self.out = buffer;
         // Synced: when someone waits, or what nobody waits on has waited long enough.
         let waited_on = acks.iter().any(Option::is_some);
         let must_sync = match self.settings.durability {
@@ -593,6 +615,7 @@ impl State {
             let mut closing = Vec::new();
             self.encode_checkpoint(true, &mut closing);
             self.write(&closing).map_err(|e| (e, Vec::new()))?;
+            self.trim().map_err(|e| (e, Vec::new()))?;
             self.sync().map_err(|e| (e, Vec::new()))?;
             let mut next = Map::new();
             next.insert("kind".into(), Value::from("continue"));
@@ -609,8 +632,13 @@ impl State {
         record
             .entry("time")
             .or_insert_with(|| Value::from(unix_ms()));
-        let line = serde_json::to_vec(&Value::Object(record)).unwrap_or_default();
-        self.seal(&line, buffer);
+        let start = buffer.len();
+        if serde_json::to_writer(&mut *buffer, &Value::Object(record)).is_err() {
+            // A map of JSON values always serializes; should one not, the chain stays readable.
+            buffer.truncate(start);
+            return self.encode_line(br#"{"kind":"unwritable"}"#, buffer);
+        }
+        self.seal(start, buffer);
         seq
     }
 
@@ -629,28 +657,28 @@ impl State {
             return self.encode(record, buffer);
         };
         let seq = self.seq;
-        let mut line = Vec::with_capacity(object.len() + 96);
-        line.extend_from_slice(open);
+        // Framed in place, at the end of the batch's buffer: no copy of its own.
+        let start = buffer.len();
+        buffer.extend_from_slice(open);
         if open.len() > 1 {
-            line.push(b',');
+            buffer.push(b',');
         }
-        line.extend_from_slice(
-            format!(
-                "\"seq\":{seq},\"prev\":\"{}\",\"time\":{}}}",
-                self.prev,
-                unix_ms()
-            )
-            .as_bytes(),
-        );
-        self.seal(&line, buffer);
+        buffer.extend_from_slice(b"\"seq\":");
+        buffer.extend_from_slice(itoa(seq, &mut [0; 20]));
+        buffer.extend_from_slice(b",\"prev\":\"");
+        buffer.extend_from_slice(self.prev.as_bytes());
+        buffer.extend_from_slice(b"\",\"time\":");
+        buffer.extend_from_slice(itoa(unix_ms(), &mut [0; 20]));
+        buffer.push(b'}');
+        self.seal(start, buffer);
         seq
     }
 
-    /// Chains `line` and appends it to `buffer`.
-    fn seal(&mut self, line: &[u8], buffer: &mut Vec<u8>) {
-        self.prev = line_hash(line);
+    /// Chains the line that `buffer` holds from `start` and ends it.
+    fn seal(&mut self, start: usize, buffer: &mut Vec<u8>) {
+        self.prev.clear();
+        write_line_hash(buffer.get(start..).unwrap_or_default(), &mut self.prev);
         self.seq += 1;
-        buffer.extend_from_slice(line);
         buffer.push(b'\n');
     }
 
@@ -669,13 +697,25 @@ impl State {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+
         if bytes.is_empty() {
             return Ok(());
         }
-        let file = self.file.as_mut().ok_or("no file is open")?;
-        file.write_all(bytes)
+        let file = self.file.as_ref().ok_or("no file is open")?;
+        let end = self.bytes + bytes.len() as u64;
+        if end > self.allocated {
+            // The file is given its length ahead of the records, so that a sync writes the
+            // records alone and not the file's new size each time. What is not written yet
+            // reads as zero bytes, which readers skip; closing the file trims it.
+            let allocated = end + PREALLOCATE;
+            file.set_len(allocated)
+                .map_err(|e| format!("extending {}: {e}", self.path.display()))?;
+            self.allocated = allocated;
+        }
+        file.write_all_at(bytes, self.bytes)
             .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
-        self.bytes += bytes.len() as u64;
+        self.bytes = end;
         self.unsynced = true;
         self.copy(bytes);
         Ok(())
@@ -704,6 +744,18 @@ impl State {
         }
     }
 
+    /// Cuts the current file to its records: a closed file has no room left after them.
+    fn trim(&mut self) -> Result<(), String> {
+        if let Some(file) = &self.file
+            && self.allocated > self.bytes
+        {
+            file.set_len(self.bytes)
+                .map_err(|e| format!("trimming {}: {e}", self.path.display()))?;
+            self.allocated = self.bytes;
+        }
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), String> {
         if let Some(file) = &self.file {
             file.sync_data()
@@ -724,12 +776,13 @@ impl State {
             .join(format!("audit-{:016}.jsonl", self.seq));
         let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(|e| format!("creating {}: {e}", path.display()))?;
         self.file = Some(file);
         self.path = path;
         self.bytes = 0;
+        self.allocated = 0;
         self.opened = Instant::now();
         self.defined.clear();
         let mut buffer = Vec::new();
@@ -751,10 +804,27 @@ impl State {
         let mut closing = Vec::new();
         self.encode_checkpoint(true, &mut closing);
         self.write(&closing)?;
+        self.trim()?;
         self.sync()?;
         self.file = None;
         Ok(())
     }
+}
+
+/// The decimal digits of `n`, written into `digits`.
+fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    digits.get(at..).unwrap_or_default()
 }
 
 /// `YYYY-MM-DD` of a Unix time, in UTC.
@@ -802,6 +872,25 @@ pub(crate) fn trail_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Where the records of a file of `len` bytes end: before the zero bytes that a file not
+/// closed keeps after them.
+fn data_end(file: &mut File, len: u64) -> std::io::Result<u64> {
+    const BLOCK: u64 = 64 << 10;
+    let mut end = len;
+    let mut block = vec![0u8; BLOCK as usize];
+    while end > 0 {
+        let from = end.saturating_sub(BLOCK);
+        let block = block.get_mut(..(end - from) as usize).unwrap_or_default();
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(block)?;
+        if let Some(at) = block.iter().rposition(|b| *b != 0) {
+            return Ok(from + at as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(0)
+}
+
 /// The next sequence number, the hash to continue from, and whether the newest file was
 /// closed cleanly, from the last complete record in `dir`.
 fn last_record(dir: &Path) -> Result<(u64, String, bool), String> {
@@ -812,11 +901,14 @@ fn last_record(dir: &Path) -> Result<(u64, String, bool), String> {
     let mut file =
         File::open(newest).map_err(|e| format!("cannot read {}: {e}", newest.display()))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // A file Tollgate did not close keeps the room made for records not written yet.
+    let len =
+        data_end(&mut file, len).map_err(|e| format!("cannot read {}: {e}", newest.display()))?;
     // Records are small: the tail holds the last one, else read it all.
     let mut tail = Vec::new();
     let from = len.saturating_sub(1 << 20);
     file.seek(SeekFrom::Start(from))
-        .and_then(|_| file.read_to_end(&mut tail))
+        .and_then(|_| (&mut file).take(len - from).read_to_end(&mut tail))
         .map_err(|e| format!("cannot read {}: {e}", newest.display()))?;
     let complete = match tail.iter().rposition(|b| *b == b'\n') {
         Some(end) => tail.get(..end).unwrap_or_default(),
@@ -850,6 +942,13 @@ fn last_record(dir: &Path) -> Result<(u64, String, bool), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 12_345, u64::MAX] {
+            assert_eq!(super::itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+
     #[test]
     fn days_are_named_in_utc() {
         assert_eq!(super::utc_date(0), "1970-01-01");

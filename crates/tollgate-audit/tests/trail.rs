@@ -269,6 +269,57 @@ async fn a_restart_after_a_crash_continues_the_chain_and_says_so() {
 }
 
 #[tokio::test]
+async fn a_file_has_room_ahead_while_open_and_none_once_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    for i in 0..5 {
+        audit.append(record(i)).durable().await.unwrap();
+    }
+    let file = only_file(&dir);
+    let open = std::fs::read(&file).unwrap();
+    let records = tollgate_audit::records_of(&open).len();
+    // Its length is set ahead, so that a sync need not write a new size each time.
+    assert!(open.len() > records + 1_000_000, "{} bytes", open.len());
+    assert!(open.get(records..).unwrap().iter().all(|b| *b == 0));
+    // As it is after a crash: the room stays. It verifies as an open trail, and a Tollgate
+    // started again continues the chain from its last record.
+    let report = verify_files(std::slice::from_ref(&dir), &TestKey("k"), true).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.records,
+        5 + 1 + 1,
+        "opening, five, a checkpoint after four"
+    );
+    let crashed = std::fs::read(&file).unwrap();
+    std::mem::forget(audit);
+    let again = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    again.append(record(99)).durable().await.unwrap();
+    again.close();
+    let report = check(&dir);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert!(
+        report.notices.iter().any(|n| n.contains("started again")),
+        "{:?}",
+        report.notices
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        crashed,
+        "the old file is left as it was"
+    );
+    // The new file, closed, ends with its last record.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let closed = std::fs::read(files.last().unwrap()).unwrap();
+    assert_eq!(closed.last(), Some(&b'\n'));
+    assert_eq!(tollgate_audit::records_of(&closed).len(), closed.len());
+}
+
+#[tokio::test]
 async fn rotation_keeps_one_chain_across_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("audit");
@@ -417,7 +468,9 @@ async fn batched_durability_acknowledges_and_still_chains() {
     }
     // Written at once, synced within the bound, without anyone waiting for it.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let written: Vec<u64> = std::fs::read_to_string(only_file(&dir))
+    // The file is open: after its records it has room for more, zero bytes readers skip.
+    let file = std::fs::read(only_file(&dir)).unwrap();
+    let written: Vec<u64> = std::str::from_utf8(tollgate_audit::records_of(&file))
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["n"].as_u64())

@@ -636,7 +636,11 @@ impl<'p> Replay<'p> {
 
     /// Reads one line of a trail.
     pub fn line(&mut self, line: &str) {
-        if line.trim().is_empty() {
+        // Blank, or the zero bytes a trail file not closed keeps after its records.
+        if line
+            .trim_matches(|c: char| c.is_whitespace() || c == '\0')
+            .is_empty()
+        {
             return;
         }
         let Ok(record) = serde_json::from_str::<DecisionRecord>(line) else {

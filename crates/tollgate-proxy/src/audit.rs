@@ -145,6 +145,21 @@ pub(crate) struct ShadowLine<'a> {
 }
 
 /// The session number as the other records write it: a string.
+/// A forwarded call's outcome record, serialized on the call's thread.
+#[derive(serde::Serialize)]
+pub(crate) struct OutcomeLine<'a> {
+    pub kind: &'static str,
+    pub decision_id: &'a str,
+    #[serde(serialize_with = "as_text")]
+    pub session: u64,
+    pub upstream: &'a str,
+    pub tool: &'a str,
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    pub latency_us: u64,
+}
+
 fn as_text<S: serde::Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(n)
 }

@@ -1876,22 +1876,22 @@ impl Interceptor for PolicyGuard {
         let Some(audit) = &self.audit else {
             return;
         };
-        // The call went ahead already: its outcome waits for no sync of its own.
-        audit.note(crate::audit::record([
-            ("kind", "outcome".into()),
-            ("decision_id", decision_id.into()),
-            ("session", call.session.to_string().into()),
-            ("upstream", call.upstream.into()),
-            ("tool", call.tool.into()),
-            ("outcome", result.into()),
-            ("error", error.into()),
-            (
-                "latency_us",
-                u64::try_from(decided.elapsed().as_micros())
-                    .unwrap_or(u64::MAX)
-                    .into(),
-            ),
-        ]));
+        let line = crate::audit::OutcomeLine {
+            kind: "outcome",
+            decision_id: &decision_id,
+            session: call.session,
+            upstream: call.upstream,
+            tool: call.tool,
+            outcome: result,
+            error: error.as_deref(),
+            latency_us: u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        let mut bytes = Vec::with_capacity(256);
+        match serde_json::to_writer(&mut bytes, &line) {
+            // The call went ahead already: its outcome waits for no sync of its own.
+            Ok(()) => audit.note_line(bytes),
+            Err(e) => tracing::error!(error = %e, "an outcome could not be recorded"),
+        }
     }
 
     fn shutdown(&self) {
