@@ -44,7 +44,13 @@ fn main() {
         &pack,
         r#"@id("denials") forbid (principal, action, resource) when { context.stats.denials >= 50 };"#,
     );
-    let config = common::fs_config(&pack, &state, "", "taints = [\"untrusted_content\"]");
+    // The trail's cost is measured on its own (benches/audit.rs): here, the decision alone.
+    let config = common::fs_config(
+        &pack,
+        &state,
+        "enabled = false",
+        "taints = [\"untrusted_content\"]",
+    );
     let caller = common::reader(&state, "path:/srv/app/**");
     let guard = Arc::new(PolicyGuard::new(&config).unwrap());
     let facts = common::read_text_file();
