@@ -47,7 +47,7 @@ fn main() {
         }
         return;
     }
-    // `--only N`: just one pack size, scoped, for a profiler.
+    // `--only N [--unscoped]`: just one pack size, for a profiler.
     if std::env::args().any(|a| a == "--mint") {
         for alg in [
             tollgate_mint::Algorithm::Es256,
@@ -63,7 +63,8 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
     {
-        let (p50, p99, _) = measure(n, true);
+        let scoped = !std::env::args().any(|a| a == "--unscoped");
+        let (p50, p99, _) = measure(n, scoped);
         println!("{n} policies: p50 {p50:.1} µs  p99 {p99:.1} µs");
         return;
     }
