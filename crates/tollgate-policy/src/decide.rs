@@ -126,7 +126,7 @@ pub struct Decision {
 impl Decision {
     /// `arguments` as a person reviewing the call may see them: the catalog's redacted
     /// arguments replaced, wherever they are nested.
-    pub fn redacted(&self, arguments: &Value) -> Value {
+    pub fn redacted<'v>(&self, arguments: &'v Value) -> std::borrow::Cow<'v, Value> {
         fn walk(value: &Value, names: &[String]) -> Value {
             match value {
                 Value::Object(map) => Value::Object(
@@ -146,9 +146,9 @@ impl Decision {
             }
         }
         if self.redact.is_empty() {
-            arguments.clone()
+            std::borrow::Cow::Borrowed(arguments)
         } else {
-            walk(arguments, &self.redact)
+            std::borrow::Cow::Owned(walk(arguments, &self.redact))
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue};
 use tollgate_audit::{Audit, CheckpointSigner, CheckpointVerifier};
 use tollgate_mint::{GrantSigner, GrantVerifier};
 
@@ -68,25 +68,22 @@ pub(crate) fn open(config: &AuditConfig, state_dir: &Path) -> Result<Option<Arc<
     Ok(Some(Arc::new(audit)))
 }
 
-/// `arguments` as a record keeps them: whole when small, else only their size.
-pub(crate) fn kept_arguments(redacted: Value) -> Value {
-    /// Counts what would be written, keeping none of it.
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+/// `arguments` as a record keeps them, serialized once: whole when small, else only their
+/// size; none when they are JSON `null` (no arguments).
+pub(crate) fn kept_arguments(redacted: &Value) -> Option<Box<RawValue>> {
+    if redacted.is_null() {
+        return None;
     }
-    let mut count = Count(0);
-    let size = serde_json::to_writer(&mut count, &redacted).map_or(usize::MAX, |()| count.0);
-    if size <= MAX_ARGUMENTS {
-        redacted
-    } else {
-        json!({ tollgate_policy::recorded::NOT_KEPT: format!("{size} bytes") })
+    let raw = serde_json::value::to_raw_value(redacted).ok();
+    match raw {
+        Some(raw) if raw.get().len() <= MAX_ARGUMENTS => Some(raw),
+        _ => {
+            let size = raw.map_or_else(|| "unknown".to_owned(), |r| r.get().len().to_string());
+            serde_json::value::to_raw_value(
+                &json!({ tollgate_policy::recorded::NOT_KEPT: format!("{size} bytes") }),
+            )
+            .ok()
+        }
     }
 }
 
@@ -107,10 +104,10 @@ pub(crate) struct DecisionLine<'a> {
     pub upstream: &'a str,
     pub tool: &'a str,
     pub class: &'a str,
-    pub resources: &'a [String],
+    pub resources: AsText<'a, tollgate_policy::Resource>,
     pub arguments_sha256: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub arguments: Option<&'a Value>,
+    pub arguments: Option<&'a RawValue>,
     pub decision: &'a str,
     pub policies: &'a [String],
     pub reasons: &'a [String],
@@ -160,6 +157,28 @@ pub(crate) struct OutcomeLine<'a> {
     pub latency_us: u64,
 }
 
+/// Items written as their text (`Display`), without a string each first.
+pub(crate) struct AsText<'a, T>(pub &'a [T]);
+
+impl<T: std::fmt::Display> serde::Serialize for AsText<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            seq.serialize_element(&Text(item))?;
+        }
+        seq.end()
+    }
+}
+
+struct Text<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> serde::Serialize for Text<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
 fn as_text<S: serde::Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(n)
 }
@@ -171,4 +190,27 @@ pub(crate) fn record(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> 
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_kept_whole_when_small_and_by_size_when_not() {
+        assert!(kept_arguments(&Value::Null).is_none());
+        let small = json!({"path": "docs/a \"quoted\" name.md", "head": 3});
+        let kept = kept_arguments(&small).map(|raw| raw.get().to_owned());
+        assert_eq!(
+            serde_json::from_str::<Value>(&kept.unwrap_or_default()).ok(),
+            Some(small)
+        );
+        let big = json!({"text": "x".repeat(MAX_ARGUMENTS)});
+        let size = serde_json::to_string(&big).map(|s| s.len()).unwrap_or(0);
+        let kept = kept_arguments(&big).map(|raw| raw.get().to_owned());
+        assert_eq!(
+            serde_json::from_str::<Value>(&kept.unwrap_or_default()).ok(),
+            Some(json!({ tollgate_policy::recorded::NOT_KEPT: format!("{size} bytes") }))
+        );
+    }
 }

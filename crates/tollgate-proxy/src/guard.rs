@@ -1315,8 +1315,7 @@ impl PolicyGuard {
                 move || tollgate_policy::recorded::grant_entry(&claims),
             ));
         }
-        let kept = crate::audit::kept_arguments(decision.redacted(arguments.value()));
-        let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
+        let kept = crate::audit::kept_arguments(&decision.redacted(arguments.value()));
         let line = crate::audit::DecisionLine {
             kind: "decision",
             decision_id,
@@ -1327,9 +1326,9 @@ impl PolicyGuard {
             upstream: call.upstream,
             tool: call.tool,
             class: decision.class.as_str(),
-            resources: &resources,
+            resources: crate::audit::AsText(&decision.resources),
             arguments_sha256: arguments.digest(),
-            arguments: (!kept.is_null()).then_some(&kept),
+            arguments: kept.as_deref(),
             decision: decision.effect.as_str(),
             policies: &decision.policies,
             reasons: &decision.reasons,
@@ -1495,7 +1494,7 @@ impl PolicyGuard {
             tool: call.tool.to_owned(),
             class: decision.class.to_string(),
             resources: decision.resources.iter().map(ToString::to_string).collect(),
-            arguments: decision.redacted(arguments.value()),
+            arguments: decision.redacted(arguments.value()).into_owned(),
             arguments_sha256: arguments.digest().to_owned(),
             policy_version: decision.version.clone(),
             policies: decision.policies.clone(),
