@@ -663,13 +663,13 @@ impl State {
         if open.len() > 1 {
             buffer.push(b',');
         }
-        buffer.extend_from_slice(b"\"seq\":");
-        buffer.extend_from_slice(itoa(seq, &mut [0; 20]));
-        buffer.extend_from_slice(b",\"prev\":\"");
-        buffer.extend_from_slice(self.prev.as_bytes());
-        buffer.extend_from_slice(b"\",\"time\":");
-        buffer.extend_from_slice(itoa(unix_ms(), &mut [0; 20]));
-        buffer.push(b'}');
+        // Writing into a `Vec` cannot fail.
+        let _ = write!(
+            buffer,
+            "\"seq\":{seq},\"prev\":\"{}\",\"time\":{}}}",
+            self.prev,
+            unix_ms()
+        );
         self.seal(start, buffer);
         seq
     }
@@ -811,22 +811,6 @@ impl State {
     }
 }
 
-/// The decimal digits of `n`, written into `digits`.
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || at == 0 {
-            break;
-        }
-    }
-    digits.get(at..).unwrap_or_default()
-}
-
 /// `YYYY-MM-DD` of a Unix time, in UTC.
 fn utc_date(unix_secs: u64) -> String {
     // Days to civil date (H. Hinnant's algorithm), for days since 1970-01-01.
@@ -942,13 +926,6 @@ fn last_record(dir: &Path) -> Result<(u64, String, bool), String> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn numbers_are_written_in_decimal() {
-        for n in [0, 7, 10, 12_345, u64::MAX] {
-            assert_eq!(super::itoa(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
-    }
-
     #[test]
     fn days_are_named_in_utc() {
         assert_eq!(super::utc_date(0), "1970-01-01");
