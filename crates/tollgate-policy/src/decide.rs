@@ -191,8 +191,10 @@ pub struct SessionFacts {
     pub address: String,
 }
 
-/// What the session did before this call.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the session did before this call. A decision record keeps it as it is, with
+/// `by_class` as a map of the classes with calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionStats {
     pub calls: u64,
     pub calls_last_minute: u64,
@@ -204,6 +206,7 @@ pub struct SessionStats {
     /// The session's own average rate: calls per minute over its life (at least a minute).
     pub per_minute: u64,
     /// Allowed calls by class, in [`CLASSES`] order.
+    #[serde(with = "crate::recorded::by_class")]
     pub by_class: [u64; 8],
 }
 

@@ -28,11 +28,11 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     args::SchemaCache,
-    catalog::{ActionClass, Hints},
+    catalog::Hints,
     clock::UtcOffset,
     decide::{CallInput, Decision, Effect, Environment, Explanation, SessionFacts, SessionStats},
     grant::{Grant, Usage},
-    pack::{CLASSES, Pack},
+    pack::Pack,
     tool::ToolFacts,
 };
 
@@ -216,54 +216,30 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// What the session had done before a call.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StatsRecord {
-    pub calls: u64,
-    pub calls_last_minute: u64,
-    pub denials: u64,
-    pub denials_last_minute: u64,
-    pub calls_last_10s: u64,
-    pub per_minute: u64,
-    /// Allowed calls by class; classes with none are left out.
-    pub by_class: BTreeMap<ActionClass, u64>,
-}
+/// `SessionStats::by_class` as a record writes it: a map of the classes with calls.
+pub(crate) mod by_class {
+    use std::collections::BTreeMap;
 
-impl From<&SessionStats> for StatsRecord {
-    fn from(stats: &SessionStats) -> Self {
-        Self {
-            calls: stats.calls,
-            calls_last_minute: stats.calls_last_minute,
-            denials: stats.denials,
-            denials_last_minute: stats.denials_last_minute,
-            calls_last_10s: stats.calls_last_10s,
-            per_minute: stats.per_minute,
-            by_class: CLASSES
-                .iter()
-                .zip(stats.by_class)
-                .filter(|(_, n)| *n > 0)
-                .map(|(c, n)| (*c, n))
-                .collect(),
-        }
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::{catalog::ActionClass, pack::CLASSES};
+
+    pub fn serialize<S: Serializer>(counts: &[u64; 8], serializer: S) -> Result<S::Ok, S::Error> {
+        CLASSES
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| **n > 0)
+            .collect::<BTreeMap<&ActionClass, &u64>>()
+            .serialize(serializer)
     }
-}
 
-impl From<&StatsRecord> for SessionStats {
-    fn from(record: &StatsRecord) -> Self {
-        let mut by_class = [0u64; 8];
-        for (slot, class) in by_class.iter_mut().zip(CLASSES) {
-            *slot = record.by_class.get(&class).copied().unwrap_or(0);
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u64; 8], D::Error> {
+        let recorded = BTreeMap::<ActionClass, u64>::deserialize(deserializer)?;
+        let mut counts = [0u64; 8];
+        for (slot, class) in counts.iter_mut().zip(CLASSES) {
+            *slot = recorded.get(&class).copied().unwrap_or(0);
         }
-        Self {
-            calls: record.calls,
-            calls_last_minute: record.calls_last_minute,
-            denials: record.denials,
-            denials_last_minute: record.denials_last_minute,
-            calls_last_10s: record.calls_last_10s,
-            per_minute: record.per_minute,
-            by_class,
-        }
+        Ok(counts)
     }
 }
 
@@ -288,7 +264,7 @@ pub struct InputRecord<'a> {
     pub env: String,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub utc_offset_minutes: i32,
-    pub stats: StatsRecord,
+    pub stats: SessionStats,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<UsedRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -304,18 +280,18 @@ fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
-impl InputRecord<'static> {
+impl<'a> InputRecord<'a> {
     /// The input of `call`, whose tool is recorded under `tool`, and what the engine made of it.
-    pub fn of(call: &CallInput<'_>, tool: String, decision: &Decision) -> Self {
+    pub fn of(call: &CallInput<'_>, tool: &'a str, decision: &Decision) -> Self {
         Self {
-            tool: tool.into(),
+            tool: Text(Cow::Borrowed(tool)),
             grant: call.grant.map(|grant| grant_key(grant).into()),
             transport: call.session.transport.clone(),
             address: call.session.address.clone(),
             now: call.now,
             env: call.env.label.clone(),
             utc_offset_minutes: call.env.offset.minutes(),
-            stats: call.stats.into(),
+            stats: call.stats.clone(),
             usage: call
                 .usage
                 .iter()
@@ -429,9 +405,9 @@ impl Definitions {
         };
         let offset = UtcOffset::from_minutes(input.utc_offset_minutes)
             .map_err(|e| Skip::Unreadable(format!("its `utc_offset_minutes`: {e}")))?;
-        let stats = (&input.stats).into();
         // Everything the call borrows is moved out of the record, not copied.
         let InputRecord {
+            stats,
             transport,
             address,
             env,
@@ -881,7 +857,7 @@ mod tests {
             now: 5,
             env: "dev".into(),
             utc_offset_minutes: 0,
-            stats: StatsRecord::default(),
+            stats: SessionStats::default(),
             usage: Vec::new(),
             taint: Vec::new(),
             pinned: false,
@@ -905,14 +881,13 @@ mod tests {
             per_minute: 4,
             by_class: [5, 0, 1, 0, 0, 0, 0, 0],
         };
-        let record = StatsRecord::from(&stats);
-        let text = serde_json::to_string(&record).unwrap_or_default();
+        let text = serde_json::to_string(&stats).unwrap_or_default();
         assert!(
             text.contains(r#""by_class":{"read":5,"egress":1}"#),
             "{text}"
         );
-        let back: StatsRecord = serde_json::from_str(&text).unwrap_or_default();
-        assert_eq!(SessionStats::from(&back), stats);
+        let back: SessionStats = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(back, stats);
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub(crate) struct DecisionLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub input: Option<&'a tollgate_policy::recorded::InputRecord<'static>>,
+    pub input: Option<&'a tollgate_policy::recorded::InputRecord<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowLine<'a>>,
 }

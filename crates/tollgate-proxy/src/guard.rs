@@ -293,7 +293,7 @@ struct Recorded<'a> {
     justification: Option<&'a str>,
     minted: Option<&'a tollgate_mint::Minted>,
     /// What the engine was handed, for replay; none without a trail.
-    input: Option<&'a InputRecord<'static>>,
+    input: Option<&'a InputRecord<'a>>,
     facts: &'a ToolFacts,
     /// The shadow pack's decision, when it differs from the live pack's.
     shadow: Option<&'a Decision>,
@@ -789,15 +789,15 @@ impl PolicyGuard {
         Some(before)
     }
 
-    fn decide(
+    fn decide<'f>(
         &self,
         pack: &Pack,
         call: &ToolCall<'_>,
         grant: Option<&Grant>,
-        facts: &ToolFacts,
+        facts: &'f ToolFacts,
         justification: Option<&str>,
         standing: &Standing,
-    ) -> (Decision, Option<InputRecord<'static>>, Option<Decision>) {
+    ) -> (Decision, Option<InputRecord<'f>>, Option<Decision>) {
         let session = SessionFacts {
             id: call.session.to_string(),
             transport: call.caller.transport.to_owned(),
@@ -838,7 +838,7 @@ impl PolicyGuard {
         let decision = pack.decide(&input);
         // What replay needs to decide this call again, kept only where there is a trail.
         let recorded = match (&self.audit, facts.entry()) {
-            (Some(_), Some(entry)) => Some(InputRecord::of(&input, entry.0.clone(), &decision)),
+            (Some(_), Some(entry)) => Some(InputRecord::of(&input, &entry.0, &decision)),
             _ => None,
         };
         let shadow = self.shadow.as_ref().and_then(|(_, shadow)| {
