@@ -346,6 +346,23 @@ async fn a_recorded_session_replayed_under_another_pack_shows_exactly_its_flips(
     // The read's hidden argument is not in the trail: its replay says it is inexact.
     assert_eq!(same["inexact"], 1, "{same:#}");
 
+    // A damaged line (not even UTF-8) is counted, and the rest is replayed all the same.
+    let damaged = tmp.path().join("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    for file in std::fs::read_dir(&trail).unwrap() {
+        let file = file.unwrap().path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.extend_from_slice(b"{\"kind\":\"decision\",\"a\":\"\xff\xfe\"}\n");
+        std::fs::write(damaged.join(file.file_name().unwrap()), bytes).unwrap();
+    }
+    let (out, read) = replay(&damaged, &live, &[]);
+    assert!(out.status.success(), "{read:#}");
+    assert_eq!(
+        (read["replayed"].clone(), read["unreadable_lines"].clone()),
+        (json!(7), json!(std::fs::read_dir(&trail).unwrap().count())),
+        "{read:#}"
+    );
+
     // Tightened to sums above 4: exactly the calls with 5, 9 and 10 flip to deny.
     let tight = tmp.path().join("tight");
     pack_with_limit(&tight, 4);

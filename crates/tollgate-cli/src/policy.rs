@@ -388,7 +388,7 @@ fn replay(
     let progress = std::io::stderr().is_terminal() && total > 8 << 20;
     let mut replay = recorded::Replay::new(pack);
     let (mut read, mut shown) = (0u64, std::time::Instant::now());
-    let mut line = String::new();
+    let mut line = Vec::new();
     for file in &files {
         let mut reader = std::io::BufReader::new(
             std::fs::File::open(file)
@@ -397,13 +397,14 @@ fn replay(
         loop {
             line.clear();
             let n = reader
-                .read_line(&mut line)
+                .read_until(b'\n', &mut line)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             if n == 0 {
                 break;
             }
             read += n as u64;
-            replay.line(&line);
+            // A damaged line is counted as unreadable; it does not stop the replay.
+            replay.bytes(&line);
             if progress && shown.elapsed() >= std::time::Duration::from_millis(200) {
                 shown = std::time::Instant::now();
                 eprint!(

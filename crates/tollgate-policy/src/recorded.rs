@@ -610,6 +610,14 @@ impl<'p> Replay<'p> {
         }
     }
 
+    /// Reads one line of a trail as it is stored: a line that is not UTF-8 is not a record.
+    pub fn bytes(&mut self, line: &[u8]) {
+        match std::str::from_utf8(line) {
+            Ok(line) => self.line(line),
+            Err(_) => self.summary.unreadable_lines += 1,
+        }
+    }
+
     /// Reads one line of a trail.
     pub fn line(&mut self, line: &str) {
         // Blank, or the zero bytes a trail file not closed keeps after its records.
