@@ -271,6 +271,7 @@ impl Audit {
         };
         fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create the folder: {e}")))?;
         let (seq, prev, previous_closed) = last_record(&dir).map_err(fail)?;
+        let stats = Arc::new(WriterStats::default());
         let mut state = State {
             settings,
             signer,
@@ -285,7 +286,7 @@ impl Audit {
             last_checkpoint: Instant::now(),
             last_sync: Instant::now(),
             unsynced: false,
-            syncs: 0,
+            stats: stats.clone(),
             out: Vec::new(),
             defined: std::collections::HashSet::new(),
         };
@@ -298,12 +299,11 @@ impl Audit {
             wake: Condvar::new(),
         });
         let failed = Arc::new(OnceLock::new());
-        let stats = Arc::new(WriterStats::default());
         let thread = {
-            let (failed, shared, stats) = (failed.clone(), shared.clone(), stats.clone());
+            let (failed, shared) = (failed.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("tollgate-audit".into())
-                .spawn(move || state.run(&shared, &failed, &stats))
+                .spawn(move || state.run(&shared, &failed))
                 .map_err(|e| fail(format!("cannot start the writer: {e}")))?
         };
         Ok(Self {
@@ -424,8 +424,9 @@ struct State {
     last_checkpoint: Instant,
     last_sync: Instant,
     unsynced: bool,
-    /// Syncs made so far.
-    syncs: u64,
+    /// Where the syncs are counted: each one before what it covers is acknowledged, so a
+    /// caller that was answered sees its sync counted.
+    stats: Arc<WriterStats>,
     /// The buffer batches are framed in, kept between them.
     out: Vec<u8>,
     /// The keys of the `Once` records the current file holds.
@@ -446,7 +447,8 @@ fn unix_ms() -> u64 {
 }
 
 impl State {
-    fn run(mut self, shared: &Shared, failed: &OnceLock<AuditError>, stats: &WriterStats) {
+    fn run(mut self, shared: &Shared, failed: &OnceLock<AuditError>) {
+        let stats = self.stats.clone();
         let within = match self.settings.durability {
             Durability::Within(d) => Some(d),
             Durability::Synced => None,
@@ -510,9 +512,6 @@ impl State {
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
-            stats
-                .syncs
-                .store(self.syncs, std::sync::atomic::Ordering::Relaxed);
             match written {
                 Ok(Some(closed)) => {
                     let _ = closed.send(());
@@ -762,7 +761,9 @@ impl State {
                 .map_err(|e| format!("syncing {}: {e}", self.path.display()))?;
         }
         self.unsynced = false;
-        self.syncs += 1;
+        self.stats
+            .syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.last_sync = Instant::now();
         Ok(())
     }
