@@ -42,6 +42,8 @@ const CALLS_SERIAL: usize = 3000;
 const CALLS_PER_TASK: usize = 300;
 const CONCURRENCY: usize = 32;
 const ROUNDS: usize = 10;
+/// Rounds of the audit trail's comparison: three times as many, of the same size.
+const AUDIT_ROUNDS: usize = 30;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -169,6 +171,10 @@ struct Figures {
     p50_us: f64,
     p99_us: f64,
     calls_per_s: f64,
+    /// CPU time of the Tollgate process per call, when it was followed.
+    cpu_us_per_call: f64,
+    /// Calls per second in each round.
+    round_rates: Vec<f64>,
 }
 
 /// Latency samples and wall time of `calls` calls at `concurrency`.
@@ -198,6 +204,16 @@ async fn run_batch(client: &Client, concurrency: usize, calls: usize) -> (Vec<Du
 
 /// Measures every client in interleaved rounds, so that drift in machine load hits them alike.
 async fn measure_all(clients: &[&Client], concurrency: usize) -> Vec<Figures> {
+    measure_following(clients, &[], concurrency, ROUNDS).await
+}
+
+/// [`measure_all`], also adding up the CPU time of the processes `pids` (one per client).
+async fn measure_following(
+    clients: &[&Client],
+    pids: &[u32],
+    concurrency: usize,
+    rounds: usize,
+) -> Vec<Figures> {
     for client in clients {
         for _ in 0..WARMUP {
             client.call_tool(echo()).await.unwrap();
@@ -210,27 +226,65 @@ async fn measure_all(clients: &[&Client], concurrency: usize) -> Vec<Figures> {
     };
     let per_round = (total / ROUNDS).max(concurrency);
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); clients.len()];
-    let mut walls = vec![Duration::ZERO; clients.len()];
-    for _ in 0..ROUNDS {
-        for (i, client) in clients.iter().enumerate() {
-            let (s, wall) = run_batch(client, concurrency, per_round).await;
+    let mut walls = vec![Vec::new(); clients.len()];
+    let mut cpu = vec![0u64; clients.len()];
+    for round in 0..rounds {
+        // Each round starts with the next client, so that none always follows the same one.
+        for k in 0..clients.len() {
+            let i = (round + k) % clients.len();
+            let before = pids.get(i).map_or(0, |&pid| cpu_ns(pid));
+            let (s, wall) = run_batch(clients[i], concurrency, per_round).await;
+            cpu[i] += pids
+                .get(i)
+                .map_or(0, |&pid| cpu_ns(pid).saturating_sub(before));
             samples[i].extend(s);
-            walls[i] += wall;
+            walls[i].push(wall);
         }
     }
     samples
         .into_iter()
         .zip(walls)
-        .map(|(mut all, wall)| {
+        .zip(cpu)
+        .map(|((mut all, walls), cpu)| {
+            let wall: Duration = walls.iter().sum();
             all.sort();
             let pick = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
             Figures {
                 p50_us: pick(0.50),
                 p99_us: pick(0.99),
                 calls_per_s: all.len() as f64 / wall.as_secs_f64(),
+                cpu_us_per_call: cpu as f64 / 1e3 / all.len() as f64,
+                round_rates: walls
+                    .iter()
+                    .map(|w| per_round as f64 / w.as_secs_f64())
+                    .collect(),
             }
         })
         .collect()
+}
+
+/// Nanoseconds on CPU of every thread of process `pid` so far.
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The process whose command line names `needle`.
+fn pid_naming(needle: &str) -> u32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .unwrap_or_else(|| panic!("no process names {needle}"))
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -540,7 +594,8 @@ async fn bench() {
 
 /// `TOLLGATE_BENCH_ONLY=audit`: the audit trail's cost alone, guarding over stdio without the
 /// trail, with it at the default durability and with it synced within 20 ms, in interleaved
-/// rounds.
+/// rounds; with the CPU time each Tollgate process spent per call (its upstream and the
+/// client not counted).
 async fn audit_only(tollgate: &std::path::Path, fixture: &str) {
     let setups = [
         ("no trail", "enabled = false"),
@@ -549,25 +604,44 @@ async fn audit_only(tollgate: &std::path::Path, fixture: &str) {
     ];
     let mut dirs = Vec::new();
     let mut clients = Vec::new();
+    let mut pids = Vec::new();
     for (_, audit) in setups {
         let (dir, args) = policy_setup(fixture, true, audit);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         clients.push(stdio_client(tollgate, &args).await);
+        // Its configuration is in a folder of its own: the Tollgate process is the one
+        // started with it.
+        pids.push(pid_naming(
+            &dir.path().join("tollgate.toml").display().to_string(),
+        ));
         dirs.push(dir);
     }
     let refs: Vec<&Client> = clients.iter().collect();
-    println!("| stdio, guarding | trail | p50 µs | p99 µs | calls/s | vs no trail |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| stdio, guarding | trail | p50 µs | p99 µs | calls/s | vs no trail | median round vs no trail | Tollgate CPU µs per call |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for concurrency in [1, CONCURRENCY] {
-        let figures = measure_all(&refs, concurrency).await;
-        let base = figures[0].calls_per_s;
+        let figures = measure_following(&refs, &pids, concurrency, AUDIT_ROUNDS).await;
+        let base = &figures[0];
         for ((label, _), f) in setups.iter().zip(&figures) {
+            // Each round measures every trail back to back: the ratio within a round is the
+            // least touched by the machine's drift.
+            let mut ratios: Vec<f64> = f
+                .round_rates
+                .iter()
+                .zip(&base.round_rates)
+                .map(|(rate, base)| rate / base)
+                .collect();
+            ratios.sort_by(f64::total_cmp);
             println!(
-                "| {concurrency} in flight | {label} | {:.0} | {:.0} | {:.0} | {:.2}× |",
+                "| {concurrency} in flight | {label} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2}× | {:.1} |",
                 f.p50_us,
                 f.p99_us,
                 f.calls_per_s,
-                f.calls_per_s / base
+                f.calls_per_s / base.calls_per_s,
+                ratios[ratios.len() / 2],
+                f.cpu_us_per_call,
             );
         }
     }
