@@ -23,9 +23,10 @@ pub enum Durability {
     /// A record queued with [`Audit::note`] (nobody waits on it) is written at once and synced
     /// with the next record someone waits on, or within [`LAZY_SYNC`].
     Synced,
-    /// A record is acknowledged as soon as it is queued; the writer writes what is queued at
-    /// once and syncs at least this often, which bounds what a crash (of the process or the
-    /// machine) may lose.
+    /// A record is acknowledged as soon as it is queued; the writer gathers what is queued for
+    /// half this time (at most [`MAX_GATHER`]), writes it, and syncs it before this much time has
+    /// passed since it was queued, which bounds what a crash (of the process or the machine)
+    /// may lose.
     Within(Duration),
 }
 
@@ -165,6 +166,11 @@ impl Ticket {
         Self(TicketInner::Waiting(answer))
     }
 
+    /// Whether there is nothing to wait for: the record was acknowledged as it was queued.
+    pub fn is_settled(&self) -> bool {
+        matches!(self.0, TicketInner::Queued)
+    }
+
     /// Waits until the record is as durable as configured: its sequence number once the writer
     /// wrote (and synced) it; none when the durability acknowledges records as they are queued.
     pub async fn durable(self) -> Result<Option<u64>, AuditError> {
@@ -184,6 +190,10 @@ impl Ticket {
 #[derive(Default)]
 struct Queue {
     jobs: Vec<Job>,
+    /// When the first of `jobs` was queued.
+    first_queued: Option<Instant>,
+    /// Someone waits on one of `jobs` (a record to be synced, or the close).
+    urgent: bool,
     /// The writer sleeps with nothing queued: the next record wakes it.
     idle: bool,
     /// No more jobs are taken.
@@ -192,8 +202,9 @@ struct Queue {
 
 /// Queued jobs past which the writer is woken whatever the durability.
 const WAKE_AT: usize = 256;
-/// How long the writer collects records it need not write at once (`Durability::Within`).
-const GATHER: Duration = Duration::from_millis(2);
+/// How long the writer collects records nobody waits on before it writes them
+/// (`Durability::Within`): half the bound, and never longer than this.
+pub const MAX_GATHER: Duration = Duration::from_millis(10);
 /// At the default durability, how long a record that nobody waits on (an outcome) may stay
 /// unsynced: it is written at once and synced with the next decision, or by then.
 pub const LAZY_SYNC: Duration = Duration::from_millis(20);
@@ -220,6 +231,8 @@ impl Shared {
             queue.closed = true;
         }
         queue.jobs.push(job);
+        queue.first_queued.get_or_insert_with(Instant::now);
+        queue.urgent |= urgent;
         let wake = urgent || queue.idle || queue.jobs.len() >= WAKE_AT;
         drop(queue);
         if wake {
@@ -284,8 +297,8 @@ impl Audit {
             opened: Instant::now(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
-            last_sync: Instant::now(),
             unsynced: false,
+            sync_due: None,
             stats: stats.clone(),
             out: Vec::new(),
             defined: std::collections::HashSet::new(),
@@ -422,8 +435,10 @@ struct State {
     opened: Instant,
     since_checkpoint: u64,
     last_checkpoint: Instant,
-    last_sync: Instant,
     unsynced: bool,
+    /// When what is written and not yet synced must be synced by: a little before its bound
+    /// (counted from when it was queued) runs out.
+    sync_due: Option<Instant>,
     /// Where the syncs are counted: each one before what it covers is acknowledged, so a
     /// caller that was answered sees its sync counted.
     stats: Arc<WriterStats>,
@@ -437,8 +452,11 @@ struct State {
 const MAX_BATCH: usize = 4096;
 /// How far ahead of its records a file is given its length.
 const PREALLOCATE: u64 = 4 << 20;
-/// The batch buffer kept between batches, at most.
-const KEPT_BUFFER: usize = 1 << 20;
+/// The batch buffer kept between batches, at most: a busy second's batches fit, so that the
+/// buffer is not grown again (into fresh pages) batch after batch.
+const KEPT_BUFFER: usize = 4 << 20;
+/// What the writer adds to a record: its `seq`, `prev` and `time`, and the end of the line.
+const FRAMING: usize = 96;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -449,47 +467,56 @@ fn unix_ms() -> u64 {
 impl State {
     fn run(mut self, shared: &Shared, failed: &OnceLock<AuditError>) {
         let stats = self.stats.clone();
-        let within = match self.settings.durability {
-            Durability::Within(d) => Some(d),
-            Durability::Synced => None,
+        // Records nobody waits on are gathered a while before they are written: under load,
+        // one wake-up and one write serve many calls.
+        let gather = match self.settings.durability {
+            Durability::Within(d) => (d / 2).min(MAX_GATHER),
+            Durability::Synced => Duration::ZERO,
         };
-        let sync_by = within.unwrap_or(LAZY_SYNC);
+        let mut batch = Vec::new();
         loop {
-            let batch = {
+            let first_queued = {
                 let mut queue = shared.queue();
-                if queue.jobs.is_empty() {
-                    // Nothing to do until a record comes, the file is due a sync, or a
-                    // checkpoint is due.
-                    let idle_for = if self.unsynced {
-                        sync_by.saturating_sub(self.last_sync.elapsed())
+                loop {
+                    let now = Instant::now();
+                    let until = if queue.urgent || queue.jobs.len() >= WAKE_AT {
+                        now
+                    } else if !queue.jobs.is_empty() {
+                        // Gathered from the first one on; records that come meanwhile do not
+                        // wake the writer.
+                        queue.first_queued.unwrap_or(now) + gather
+                    } else if self.since_checkpoint > 0 {
+                        // Nothing queued: until a checkpoint is due, or a record comes.
+                        self.last_checkpoint + self.settings.checkpoint_after
                     } else {
-                        self.settings.checkpoint_after
+                        now + self.settings.checkpoint_after
+                    };
+                    // Never past when what is written must be synced.
+                    let until = self.sync_due.map_or(until, |due| due.min(until));
+                    if until <= now {
+                        break;
                     }
-                    .max(Duration::from_millis(1));
-                    queue.idle = true;
+                    queue.idle = queue.jobs.is_empty();
                     queue = shared
                         .wake
-                        .wait_timeout(queue, idle_for)
+                        .wait_timeout(queue, until - now)
                         .map(|(q, _)| q)
                         .unwrap_or_else(|e| e.into_inner().0);
                     queue.idle = false;
                 }
-                let waiting_on = queue.jobs.iter().any(|j| match j {
-                    Job::Record(_, ack, _) => matches!(ack, Ack::Waiting(_)),
-                    Job::Close(_) => true,
-                });
-                if let (Some(d), false, false) = (within, queue.jobs.is_empty(), waiting_on) {
-                    // Nobody waits on these: collect a little longer, within the bound.
-                    drop(queue);
-                    std::thread::sleep(GATHER.min(d / 4));
-                    queue = shared.queue();
+                if queue.jobs.len() <= MAX_BATCH {
+                    std::mem::swap(&mut queue.jobs, &mut batch);
+                    queue.urgent = false;
+                    queue.first_queued.take()
+                } else {
+                    // The rest stays queued, as urgent and as old as it was.
+                    batch.extend(queue.jobs.drain(..MAX_BATCH));
+                    queue.first_queued
                 }
-                let take = queue.jobs.len().min(MAX_BATCH);
-                queue.jobs.drain(..take).collect::<Vec<Job>>()
             };
             if let Some(e) = failed.get() {
                 let closing = batch.iter().any(|j| matches!(j, Job::Close(_)));
-                refuse_all(batch, e);
+                refuse_all(std::mem::take(&mut batch), e);
                 if closing {
                     return;
                 }
@@ -501,7 +528,7 @@ impl State {
                 .count() as u64;
             let started = Instant::now();
             let before = self.seq;
-            let written = self.write_batch(batch);
+            let written = self.write_batch(&mut batch, first_queued);
             if records > 0 {
                 stats.batch.observe(started.elapsed());
             }
@@ -533,12 +560,13 @@ impl State {
         }
     }
 
-    /// Writes `batch`, syncs as configured and acknowledges; on failure, the reason and the
-    /// acknowledgements still owed.
+    /// Writes `batch` (queued from `first_queued` on), leaving it empty, syncs as configured
+    /// and acknowledges; on failure, the reason and the acknowledgements still owed.
     #[allow(clippy::type_complexity)]
     fn write_batch(
         &mut self,
-        batch: Vec<Job>,
+        batch: &mut Vec<Job>,
+        first_queued: Option<Instant>,
     ) -> Result<
         Option<mpsc::Sender<()>>,
         (
@@ -549,11 +577,24 @@ impl State {
         // The lines of the batch, in the buffer the last batch left.
         let mut buffer = std::mem::take(&mut self.out);
         buffer.clear();
+        // Room for the whole batch at once, rather than growing as it is framed.
+        buffer.reserve(
+            batch
+                .iter()
+                .map(|job| match job {
+                    Job::Record(Body::Line(line), ..) => line.len() + FRAMING,
+                    Job::Record(Body::Map(_), ..) => 512,
+                    Job::Close(_) => 0,
+                })
+                .sum(),
+        );
         let mut acks = Vec::with_capacity(batch.len());
         let mut closing = None;
-        for job in batch {
+        let mut written = false;
+        for job in batch.drain(..) {
             match job {
                 Job::Record(record, ack, definitions) => {
+                    written = true;
                     let ack = ack.waiting();
                     for definition in definitions {
                         if self.defined.insert(definition.key) {
@@ -588,14 +629,15 @@ impl State {
         buffer.clear();
         buffer.shrink_to(KEPT_BUFFER);
         self.out = buffer;
-        // Synced: when someone waits, or what nobody waits on has waited long enough.
+        // Synced: when someone waits, or when what nobody waits on is due, counted from when
+        // it was queued.
+        if written && let Some(first) = first_queued {
+            let due = self.due(first);
+            self.sync_due = Some(self.sync_due.map_or(due, |d| d.min(due)));
+        }
         let waited_on = acks.iter().any(Option::is_some);
-        let must_sync = match self.settings.durability {
-            Durability::Synced => {
-                self.unsynced && (waited_on || self.last_sync.elapsed() >= LAZY_SYNC)
-            }
-            Durability::Within(d) => self.unsynced && self.last_sync.elapsed() >= d,
-        };
+        let must_sync =
+            self.unsynced && (waited_on || self.sync_due.is_some_and(|due| due <= Instant::now()));
         if must_sync && let Err(e) = self.sync() {
             return Err((e, owed(acks)));
         }
@@ -716,6 +758,9 @@ impl State {
             .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
         self.bytes = end;
         self.unsynced = true;
+        if self.sync_due.is_none() {
+            self.sync_due = Some(self.due(Instant::now()));
+        }
         self.copy(bytes);
         Ok(())
     }
@@ -755,16 +800,26 @@ impl State {
         Ok(())
     }
 
+    /// When what was queued at `queued` and nobody waits on must be synced by: within its
+    /// bound, leaving an eighth of it for the write and the sync themselves.
+    fn due(&self, queued: Instant) -> Instant {
+        let bound = match self.settings.durability {
+            Durability::Synced => LAZY_SYNC,
+            Durability::Within(d) => d,
+        };
+        queued + bound - bound / 8
+    }
+
     fn sync(&mut self) -> Result<(), String> {
         if let Some(file) = &self.file {
             file.sync_data()
                 .map_err(|e| format!("syncing {}: {e}", self.path.display()))?;
         }
         self.unsynced = false;
+        self.sync_due = None;
         self.stats
             .syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.last_sync = Instant::now();
         Ok(())
     }
 

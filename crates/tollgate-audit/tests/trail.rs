@@ -459,6 +459,15 @@ async fn batched_durability_acknowledges_and_still_chains() {
         )
         .unwrap(),
     );
+    let stats = || {
+        (
+            audit.stats().batch.snapshot().count,
+            audit
+                .stats()
+                .syncs
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
     for i in 0..200 {
         assert_eq!(
             audit.append(record(i)).durable().await.unwrap(),
@@ -466,8 +475,15 @@ async fn batched_durability_acknowledges_and_still_chains() {
             "acknowledged as queued"
         );
     }
-    // Written at once, synced within the bound, without anyone waiting for it.
+    // Gathered: the records queued together are written together, not one wake-up each.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let (batches, syncs) = stats();
+    assert!(
+        (1..=3).contains(&batches),
+        "{batches} batches for 200 records"
+    );
+    // Synced within the bound, without anyone waiting for it.
+    assert!(syncs >= 1, "no sync");
     // The file is open: after its records it has room for more, zero bytes readers skip.
     let file = std::fs::read(only_file(&dir)).unwrap();
     let written: Vec<u64> = std::str::from_utf8(tollgate_audit::records_of(&file))
@@ -480,6 +496,62 @@ async fn batched_durability_acknowledges_and_still_chains() {
         (0..200).collect::<Vec<_>>(),
         "all of them, in order"
     );
+    audit.close();
+    assert!(check(&dir).ok());
+}
+
+#[tokio::test]
+async fn a_batched_record_is_synced_within_its_bound_counted_from_when_it_was_queued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let bound = Duration::from_millis(500);
+    let audit = Audit::open(
+        Settings {
+            durability: Durability::Within(bound),
+            ..settings(&dir)
+        },
+        Arc::new(TestKey("k")),
+    )
+    .unwrap();
+    let syncs = || {
+        audit
+            .stats()
+            .syncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // The file's opening line is synced by its own bound first.
+    let opened = std::time::Instant::now();
+    while syncs() == 0 {
+        assert!(
+            opened.elapsed() < bound * 10,
+            "the opening line is never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = syncs();
+    let queued = std::time::Instant::now();
+    assert_eq!(audit.append(record(1)).durable().await.unwrap(), None);
+    // Gathered for a while (here 10 ms): neither written nor synced at once.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let file = std::fs::read(only_file(&dir)).unwrap();
+    let lines = std::str::from_utf8(tollgate_audit::records_of(&file))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines, 1, "only the opening line is written yet");
+    // Then written, and synced before its bound runs out, with nobody waiting on it.
+    while syncs() == before {
+        assert!(queued.elapsed() < bound * 10, "never synced");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let synced_after = queued.elapsed();
+    assert!(
+        synced_after < bound,
+        "synced {synced_after:?} after it was queued, past its bound of {bound:?}"
+    );
+    assert_eq!(syncs(), before + 1, "one sync for it");
+    let file = std::fs::read_to_string(only_file(&dir)).unwrap();
+    assert!(file.lines().any(|l| l.contains("\"n\":1")));
     audit.close();
     assert!(check(&dir).ok());
 }
