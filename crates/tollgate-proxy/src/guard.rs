@@ -301,6 +301,9 @@ struct Recorded<'a> {
 
 /// `verdict`, forwarded only once its decision's record is as durable as configured.
 fn durable_first(ticket: tollgate_audit::Ticket, verdict: Verdict) -> Verdict {
+    if ticket.is_settled() {
+        return verdict;
+    }
     let then: PendingCredential = match verdict {
         Verdict::Forward => PendingCredential(Box::pin(async { Ok(None) })),
         Verdict::ForwardWith(credential) => {
@@ -1348,7 +1351,8 @@ impl PolicyGuard {
                 reasons: &s.reasons,
             }),
         };
-        let mut bytes = Vec::with_capacity(1024);
+        // A decision with its replay input is about a kilobyte: room enough not to grow.
+        let mut bytes = Vec::with_capacity(2048);
         if let Err(e) = serde_json::to_writer(&mut bytes, &line) {
             // Nothing in a decision fails to serialize; if it ever did, the call is refused.
             return Some(tollgate_audit::Ticket::unrecordable(e.to_string()));
