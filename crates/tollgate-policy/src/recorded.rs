@@ -220,17 +220,14 @@ fn hex(bytes: &[u8]) -> String {
 pub(crate) mod by_class {
     use std::collections::BTreeMap;
 
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::{catalog::ActionClass, pack::CLASSES};
 
+    /// The classes with calls, in [`CLASSES`] order (which is the classes' own order), written
+    /// straight from the counts.
     pub fn serialize<S: Serializer>(counts: &[u64; 8], serializer: S) -> Result<S::Ok, S::Error> {
-        CLASSES
-            .iter()
-            .zip(counts)
-            .filter(|(_, n)| **n > 0)
-            .collect::<BTreeMap<&ActionClass, &u64>>()
-            .serialize(serializer)
+        serializer.collect_map(CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u64; 8], D::Error> {
