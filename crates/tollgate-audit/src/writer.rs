@@ -479,27 +479,41 @@ impl State {
                 let mut queue = shared.queue();
                 loop {
                     let now = Instant::now();
-                    let until = if queue.urgent || queue.jobs.len() >= WAKE_AT {
-                        now
+                    let wait = if queue.urgent || queue.jobs.len() >= WAKE_AT {
+                        Duration::ZERO
                     } else if !queue.jobs.is_empty() {
                         // Gathered from the first one on; records that come meanwhile do not
                         // wake the writer.
-                        queue.first_queued.unwrap_or(now) + gather
+                        gather.saturating_sub(
+                            queue.first_queued.map_or(Duration::ZERO, |first| {
+                                now.saturating_duration_since(first)
+                            }),
+                        )
+                    } else if failed.get().is_some() {
+                        // Failed for good: nothing to write or sync, only jobs to refuse.
+                        self.settings.checkpoint_after
                     } else if self.since_checkpoint > 0 {
                         // Nothing queued: until a checkpoint is due, or a record comes.
-                        self.last_checkpoint + self.settings.checkpoint_after
+                        self.settings
+                            .checkpoint_after
+                            .saturating_sub(self.last_checkpoint.elapsed())
                     } else {
-                        now + self.settings.checkpoint_after
+                        self.settings.checkpoint_after
                     };
                     // Never past when what is written must be synced.
-                    let until = self.sync_due.map_or(until, |due| due.min(until));
-                    if until <= now {
+                    let wait = match self.sync_due {
+                        Some(due) if failed.get().is_none() => {
+                            wait.min(due.saturating_duration_since(now))
+                        }
+                        _ => wait,
+                    };
+                    if wait.is_zero() {
                         break;
                     }
                     queue.idle = queue.jobs.is_empty();
                     queue = shared
                         .wake
-                        .wait_timeout(queue, until - now)
+                        .wait_timeout(queue, wait)
                         .map(|(q, _)| q)
                         .unwrap_or_else(|e| e.into_inner().0);
                     queue.idle = false;
@@ -807,7 +821,8 @@ impl State {
             Durability::Synced => LAZY_SYNC,
             Durability::Within(d) => d,
         };
-        queued + bound - bound / 8
+        // A bound too far to count to is due at once: never later than it should be.
+        queued.checked_add(bound - bound / 8).unwrap_or(queued)
     }
 
     fn sync(&mut self) -> Result<(), String> {
