@@ -9,7 +9,9 @@ pub const GENESIS: &str = "genesis";
 /// The hash a record's successor carries as `prev`: SHA-256 of the line's bytes as written
 /// (without its newline), base64url.
 pub fn line_hash(line: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(line))
+    let mut hash = String::with_capacity(43);
+    write_line_hash(line, &mut hash);
+    hash
 }
 
 /// [`line_hash`], appended to `out`.

@@ -489,9 +489,6 @@ impl State {
                                 now.saturating_duration_since(first)
                             }),
                         )
-                    } else if failed.get().is_some() {
-                        // Failed for good: nothing to write or sync, only jobs to refuse.
-                        self.settings.checkpoint_after
                     } else if self.since_checkpoint > 0 {
                         // Nothing queued: until a checkpoint is due, or a record comes.
                         self.settings
@@ -501,12 +498,9 @@ impl State {
                         self.settings.checkpoint_after
                     };
                     // Never past when what is written must be synced.
-                    let wait = match self.sync_due {
-                        Some(due) if failed.get().is_none() => {
-                            wait.min(due.saturating_duration_since(now))
-                        }
-                        _ => wait,
-                    };
+                    let wait = self
+                        .sync_due
+                        .map_or(wait, |due| wait.min(due.saturating_duration_since(now)));
                     if wait.is_zero() {
                         break;
                     }
@@ -566,6 +560,10 @@ impl State {
                     };
                     tracing::error!(%error, "audit trail failed: every call is refused from now on");
                     let _ = failed.set(error.clone());
+                    // Nothing is written again: no sync or checkpoint is due, and the writer
+                    // only waits for jobs to refuse.
+                    self.sync_due = None;
+                    self.since_checkpoint = 0;
                     for ack in acks.into_iter().flatten() {
                         let _ = ack.send(Err(error.clone()));
                     }
@@ -602,13 +600,12 @@ impl State {
                 })
                 .sum(),
         );
+        // One per record, whether someone waits on it or not.
         let mut acks = Vec::with_capacity(batch.len());
         let mut closing = None;
-        let mut written = false;
         for job in batch.drain(..) {
             match job {
                 Job::Record(record, ack, definitions) => {
-                    written = true;
                     let ack = ack.waiting();
                     for definition in definitions {
                         if self.defined.insert(definition.key) {
@@ -645,7 +642,9 @@ impl State {
         self.out = buffer;
         // Synced: when someone waits, or when what nobody waits on is due, counted from when
         // it was queued.
-        if written && let Some(first) = first_queued {
+        if !acks.is_empty()
+            && let Some(first) = first_queued
+        {
             let due = self.due(first);
             self.sync_due = Some(self.sync_due.map_or(due, |d| d.min(due)));
         }
@@ -938,8 +937,9 @@ fn data_end(file: &mut File, len: u64) -> std::io::Result<u64> {
         let block = block.get_mut(..(end - from) as usize).unwrap_or_default();
         file.seek(SeekFrom::Start(from))?;
         file.read_exact(block)?;
-        if let Some(at) = block.iter().rposition(|b| *b != 0) {
-            return Ok(from + at as u64 + 1);
+        let records = crate::records_of(block).len();
+        if records > 0 {
+            return Ok(from + records as u64);
         }
         end = from;
     }
