@@ -141,7 +141,6 @@ pub(crate) struct ShadowLine<'a> {
     pub reasons: &'a [String],
 }
 
-/// The session number as the other records write it: a string.
 /// A forwarded call's outcome record, serialized on the call's thread.
 #[derive(serde::Serialize)]
 pub(crate) struct OutcomeLine<'a> {
@@ -179,6 +178,7 @@ impl<T: std::fmt::Display> serde::Serialize for Text<'_, T> {
     }
 }
 
+/// The session number as the other records write it: a string.
 fn as_text<S: serde::Serializer>(n: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(n)
 }
