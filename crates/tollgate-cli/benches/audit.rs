@@ -29,19 +29,10 @@ use tollgate_proxy::{
     guard::PolicyGuard,
     intercept::{Interceptor, Outcome, Verdict},
 };
+use tollgate_testkit::cpu_ns;
 
 const CALLS_PER_ROUND: u64 = 4_000;
 const ROUNDS: usize = 5;
-
-/// Nanoseconds on CPU of every thread of this process so far.
-fn cpu_ns() -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
 
 struct Setup {
     label: &'static str,
@@ -81,7 +72,7 @@ async fn round(s: &mut Setup, facts: &tollgate_policy::ToolFacts, first: u64) {
                 .unwrap()
         })
         .collect();
-    let cpu = cpu_ns();
+    let cpu = cpu_ns("self");
     for (n, arguments) in (first..).zip(&arguments) {
         let call = common::read_call(n % 16, n, arguments, &meta, &s.caller, facts);
         let started = Instant::now();
@@ -96,7 +87,7 @@ async fn round(s: &mut Setup, facts: &tollgate_policy::ToolFacts, first: u64) {
             .after_call(&call, &Outcome::Completed { is_error: false });
         s.latencies.push(started.elapsed());
     }
-    s.cpu += Duration::from_nanos(cpu_ns().saturating_sub(cpu));
+    s.cpu += Duration::from_nanos(cpu_ns("self").saturating_sub(cpu));
     s.calls += CALLS_PER_ROUND;
 }
 

@@ -33,7 +33,10 @@ use rmcp::{
         streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
-use tollgate_testkit::fixture::{Fixture, FixtureState};
+use tollgate_testkit::{
+    cpu_ns,
+    fixture::{Fixture, FixtureState},
+};
 
 type Client = RunningService<RoleClient, ()>;
 
@@ -261,17 +264,6 @@ async fn measure_following(
             }
         })
         .collect()
-}
-
-/// Nanoseconds on CPU of every thread of process `pid` so far.
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// The process whose command line names `needle`.

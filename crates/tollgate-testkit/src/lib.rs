@@ -28,6 +28,18 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| rmcp::ErrorData::internal_error(format!("fixture json: {e}"), None))
 }
 
+/// Nanoseconds on CPU so far of every thread of `process` (`self`, or a pid), from the
+/// kernel's per-thread accounting; 0 for a process that is gone.
+pub fn cpu_ns(process: impl std::fmt::Display) -> u64 {
+    std::fs::read_dir(format!("/proc/{process}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Request headers an HTTP test server received, in order.
 pub type HeaderLog = Arc<std::sync::Mutex<Vec<http::HeaderMap>>>;
 

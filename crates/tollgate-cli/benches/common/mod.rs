@@ -5,12 +5,12 @@
 
 use std::path::Path;
 
+use serde_json::{Map, Value, json};
+use tollgate_policy::{Hints, SchemaCache, ToolFacts};
+
 /// The benchmarks measure Tollgate's code with the allocator the `tollgate` binary uses.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use serde_json::{Map, Value, json};
-use tollgate_policy::{Hints, SchemaCache, ToolFacts};
 
 /// `fs.read_text_file` of upstream `fs` rooted at `/srv/app`: a read-only tool with a path,
 /// and optional `head` and `tail`.
