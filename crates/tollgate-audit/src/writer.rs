@@ -116,32 +116,31 @@ impl Ack {
 }
 
 /// A record that later records name (a tool's definition, a grant), which each file holds
-/// once, before the first record that names it, so that every file can be read on its own:
-/// its key, and what builds it (run on the writer thread, only when it is written).
-pub struct Definition {
-    key: String,
-    make: Box<dyn FnOnce() -> Map<String, Value> + Send>,
+/// once, before the first record that names it, so that every file can be read on its own.
+///
+/// A definition is shared, not built per record: a caller hands the writer a clone of an
+/// `Arc` it keeps, and the record itself is made on the writer thread, only when a file does
+/// not hold it yet.
+pub trait Define: Send + Sync {
+    /// The key later records name it by.
+    fn key(&self) -> &str;
+    /// The record, with its `kind` and `key` (the writer adds `seq`, `prev` and `time`).
+    fn record(&self) -> Map<String, Value>;
 }
 
-impl Definition {
-    pub fn new(
-        key: impl Into<String>,
-        make: impl FnOnce() -> Map<String, Value> + Send + 'static,
-    ) -> Self {
-        Self {
-            key: key.into(),
-            make: Box::new(make),
-        }
+/// A key and the record it names.
+impl Define for (String, Map<String, Value>) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+
+    fn record(&self) -> Map<String, Value> {
+        self.1.clone()
     }
 }
 
-impl std::fmt::Debug for Definition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Definition")
-            .field("key", &self.key)
-            .finish()
-    }
-}
+/// A definition as it is handed to the writer.
+pub type Definition = Arc<dyn Define>;
 
 /// The acknowledgement of one record: its sequence number once it is as durable as configured.
 #[derive(Debug)]
@@ -608,8 +607,9 @@ impl State {
                 Job::Record(record, ack, definitions) => {
                     let ack = ack.waiting();
                     for definition in definitions {
-                        if self.defined.insert(definition.key) {
-                            self.encode((definition.make)(), &mut buffer);
+                        if !self.defined.contains(definition.key()) {
+                            self.defined.insert(definition.key().to_owned());
+                            self.encode(definition.record(), &mut buffer);
                             self.since_checkpoint += 1;
                         }
                     }

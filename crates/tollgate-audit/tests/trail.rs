@@ -362,15 +362,16 @@ async fn a_definition_is_written_once_per_file_before_what_names_it() {
         Arc::new(TestKey("k")),
     )
     .unwrap();
+    let definition: Definition = Arc::new((
+        "tool:add".to_owned(),
+        json!({"kind": "tool", "key": "tool:add"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    ));
     for i in 0..40 {
-        let definition = Definition::new("tool:add", || {
-            json!({"kind": "tool", "key": "tool:add"})
-                .as_object()
-                .cloned()
-                .unwrap()
-        });
         audit
-            .append_after(vec![definition], record(i))
+            .append_after(vec![definition.clone()], record(i))
             .durable()
             .await
             .unwrap();

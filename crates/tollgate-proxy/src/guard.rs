@@ -170,11 +170,44 @@ const STATELESS_KEY: u64 = 1 << 63;
 const STATELESS_SWEEP: usize = 4096;
 
 /// A token's signature and claims, checked once.
-type Checked = Result<Arc<Grant>, TokenError>;
+type Checked = Result<Arc<Granted>, TokenError>;
+
+/// A verified grant, with the key its trail record is named by: made once per token, so that
+/// a call names its grant's record without building anything.
+pub(crate) struct Granted {
+    grant: Grant,
+    key: String,
+}
+
+impl Granted {
+    fn new(grant: Grant) -> Self {
+        let key = tollgate_policy::recorded::grant_key(&grant);
+        Self { grant, key }
+    }
+}
+
+impl std::ops::Deref for Granted {
+    type Target = Grant;
+
+    fn deref(&self) -> &Grant {
+        &self.grant
+    }
+}
+
+/// The grant's claims, written once per trail file before the first decision that names it.
+impl tollgate_audit::Define for Granted {
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn record(&self) -> serde_json::Map<String, serde_json::Value> {
+        tollgate_policy::recorded::grant_entry(&self.grant)
+    }
+}
 
 /// The grant state of one call.
 enum Presented {
-    Grant(Arc<Grant>),
+    Grant(Arc<Granted>),
     Anonymous,
 }
 
@@ -287,7 +320,7 @@ struct Recorded<'a> {
     arguments: &'a CallArguments<'a>,
     history: u64,
     /// Shared, so that the trail's record of the grant is built from it only when written.
-    grant: Option<&'a Arc<Grant>>,
+    grant: Option<&'a Arc<Granted>>,
     decision: &'a Decision,
     decision_id: &'a str,
     justification: Option<&'a str>,
@@ -561,7 +594,7 @@ impl PolicyGuard {
         }
     }
 
-    fn verify(&self, token: &Arc<str>, now: i64) -> Result<Arc<Grant>, String> {
+    fn verify(&self, token: &Arc<str>, now: i64) -> Result<Arc<Granted>, String> {
         let verifier = self.verifier.as_ref().map_err(|_| {
             "grants cannot be checked here: Tollgate has no grant key (see its log)".to_owned()
         })?;
@@ -574,7 +607,9 @@ impl PolicyGuard {
         let grant = match cached {
             Some(result) => result,
             None => {
-                let result = verifier.verify(token, now).map(Arc::new);
+                let result = verifier
+                    .verify(token, now)
+                    .map(|grant| Arc::new(Granted::new(grant)));
                 // Time is judged on every call; only what never changes is kept.
                 if !matches!(result, Err(TokenError::Time(_))) {
                     let mut cache = self
@@ -1049,7 +1084,7 @@ impl PolicyGuard {
             Presented::Grant(g) => Some(g),
             Presented::Anonymous => None,
         };
-        let grant = shared.map(AsRef::as_ref);
+        let grant = shared.map(|g| &g.grant);
         let Some(facts) = call.facts else {
             // A routed tool always has facts; without them nothing can be checked.
             return Verdict::Refuse(refusal(
@@ -1303,20 +1338,12 @@ impl PolicyGuard {
             shadow,
         } = *recorded;
         // The definitions the decision names go first, once per trail file.
-        let mut definitions = Vec::with_capacity(2);
+        let mut definitions: Vec<tollgate_audit::Definition> = Vec::with_capacity(2);
         if let Some(entry) = facts.entry() {
-            let entry = entry.clone();
-            definitions.push(tollgate_audit::Definition::new(
-                entry.0.clone(),
-                move || entry.1.clone(),
-            ));
+            definitions.push(entry.clone());
         }
         if let Some(grant) = grant {
-            let claims = Arc::clone(grant);
-            definitions.push(tollgate_audit::Definition::new(
-                tollgate_policy::recorded::grant_key(grant),
-                move || tollgate_policy::recorded::grant_entry(&claims),
-            ));
+            definitions.push(grant.clone());
         }
         let kept = crate::audit::kept_arguments(&decision.redacted(arguments.value()));
         let line = crate::audit::DecisionLine {
