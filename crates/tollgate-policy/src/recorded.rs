@@ -191,9 +191,17 @@ impl ToolRecord {
     }
 }
 
+/// What a grant record's key puts before the grant's id.
+const GRANT_KEY_PREFIX: &str = "grant:";
+
 /// The key a grant's record is named by.
 pub fn grant_key(grant: &Grant) -> String {
-    format!("grant:{}", grant.id)
+    format!("{GRANT_KEY_PREFIX}{}", grant.id)
+}
+
+/// The grant id a grant record's key names.
+fn grant_id(key: &str) -> &str {
+    key.strip_prefix(GRANT_KEY_PREFIX).unwrap_or(key)
 }
 
 /// A grant's record: its claims, which are not a credential (the signature is not kept).
@@ -244,14 +252,16 @@ pub(crate) mod by_class {
 pub type UsedRecord = (String, String, f64);
 
 /// The input of one decision, less what the decision record holds itself (the session, the
-/// arguments and the justification).
+/// grant, the arguments and the justification, and the decision and its policies where the
+/// engine's stood).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputRecord<'a> {
     /// The key of the tool's record.
     #[serde(borrow)]
     pub tool: Text<'a>,
-    /// The key of the grant's record; none for an anonymous session.
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    /// The key of the grant's record. Written by older trails only: the record's own `grant`
+    /// names it now.
+    #[serde(default, borrow, skip_serializing)]
     pub grant: Option<Text<'a>>,
     pub transport: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -266,15 +276,24 @@ pub struct InputRecord<'a> {
     pub usage: Vec<UsedRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taint: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub pinned: bool,
-    /// What the engine decided, before an approval, a limit or a credential changed it.
-    pub decided: Effect,
-    #[serde(borrow)]
-    pub policies: Vec<Text<'a>>,
+    /// What the engine decided, where an approval, a limit or a credential changed it; absent
+    /// where the record's `decision` is the engine's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided: Option<Effect>,
+    /// The policies that determined the engine's decision, where they are not the record's
+    /// `policies`.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<Text<'a>>>,
 }
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl<'a> InputRecord<'a> {
@@ -282,7 +301,7 @@ impl<'a> InputRecord<'a> {
     pub fn of(call: &CallInput<'_>, tool: &'a str, decision: &Decision) -> Self {
         Self {
             tool: Text(Cow::Borrowed(tool)),
-            grant: call.grant.map(|grant| grant_key(grant).into()),
+            grant: None,
             transport: call.session.transport.clone(),
             address: call.session.address.clone(),
             now: call.now,
@@ -296,8 +315,24 @@ impl<'a> InputRecord<'a> {
                 .collect(),
             taint: call.taint.to_vec(),
             pinned: call.pinned,
-            decided: decision.effect,
-            policies: decision.policies.iter().cloned().map(Text::from).collect(),
+            decided: Some(decision.effect),
+            policies: Some(decision.policies.iter().cloned().map(Text::from).collect()),
+        }
+    }
+
+    /// Leaves out what `settled` (the decision as recorded) says already: the engine's effect
+    /// and policies where nothing after the engine changed them.
+    pub fn settle(&mut self, settled: &Decision) {
+        if self.decided == Some(settled.effect) {
+            self.decided = None;
+        }
+        if self.policies.as_deref().is_some_and(|engine| {
+            engine
+                .iter()
+                .map(Text::as_str)
+                .eq(settled.policies.iter().map(String::as_str))
+        }) {
+            self.policies = None;
         }
     }
 }
@@ -350,6 +385,7 @@ impl Recalled<'_> {
 pub struct Definitions {
     schemas: SchemaCache,
     tools: HashMap<String, ToolFacts>,
+    /// By grant id.
     grants: HashMap<String, Grant>,
 }
 
@@ -377,7 +413,8 @@ impl Definitions {
                 Ok(true)
             }
             GRANT_KIND => {
-                if let std::collections::hash_map::Entry::Vacant(slot) = self.grants.entry(key()?) {
+                let id = grant_id(&key()?).to_owned();
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.grants.entry(id) {
                     let claims = record
                         .get("claims")
                         .cloned()
@@ -396,10 +433,20 @@ impl Definitions {
     pub fn recall<'r>(&'r self, record: DecisionRecord<'r>) -> Result<Recalled<'r>, Skip> {
         let input = record.input.ok_or(Skip::NoInput)?;
         let tool = self.tools.get(input.tool.as_str()).ok_or(Skip::NoTool)?;
-        let grant = match &input.grant {
-            None => None,
-            Some(key) => Some(self.grants.get(key.as_str()).ok_or(Skip::NoGrant)?),
+        // Older trails name the grant in the input; newer ones by the record's own `grant`.
+        let grant = match input.grant.as_ref().map(|key| grant_id(key)) {
+            Some(id) => Some(id),
+            None => record.grant.as_deref(),
         };
+        let grant = match grant {
+            None => None,
+            Some(id) => Some(self.grants.get(id).ok_or(Skip::NoGrant)?),
+        };
+        // The engine's decision and policies are the record's own unless the input says not.
+        let decided = input
+            .decided
+            .or(record.decision)
+            .ok_or_else(|| Skip::Unreadable("it has no `decision`".into()))?;
         let offset = UtcOffset::from_minutes(input.utc_offset_minutes)
             .map_err(|e| Skip::Unreadable(format!("its `utc_offset_minutes`: {e}")))?;
         // Everything the call borrows is moved out of the record, not copied.
@@ -412,13 +459,12 @@ impl Definitions {
             taint,
             now,
             pinned,
-            decided,
             policies,
             ..
         } = input;
         Ok(Recalled {
             decided,
-            policies,
+            policies: policies.or(record.policies).unwrap_or_default(),
             session: SessionFacts {
                 id: record.session.unwrap_or_default(),
                 transport,
@@ -452,8 +498,16 @@ pub struct DecisionRecord<'a> {
     #[serde(borrow)]
     pub decision_id: Option<Text<'a>>,
     pub session: Option<String>,
+    /// The grant's id; none for an anonymous session.
+    #[serde(borrow)]
+    pub grant: Option<Text<'a>>,
     /// Unix milliseconds.
     pub time: Option<u64>,
+    /// The decision as recorded.
+    pub decision: Option<Effect>,
+    /// The policies that determined it.
+    #[serde(borrow)]
+    pub policies: Option<Vec<Text<'a>>>,
     /// The pack version that decided.
     #[serde(borrow)]
     pub version: Option<Text<'a>>,
@@ -849,12 +903,59 @@ mod tests {
         assert!(matches!(input.tool.0, Cow::Borrowed("tool:ab")));
         assert_eq!(input.grant.as_deref(), Some("grant:g-1"));
         assert!(matches!(input.grant.unwrap().0, Cow::Owned(_)));
-        let policies: Vec<&str> = input.policies.iter().map(Text::as_str).collect();
+        let policies: Vec<&str> = input.policies.iter().flatten().map(Text::as_str).collect();
         assert_eq!(policies, ["no-\"x\"", "plain"]);
         let reasons: Vec<String> = serde_json::from_str(record.reasons.unwrap().get()).unwrap();
         assert_eq!(reasons, ["a \"quoted\" reason"]);
-        // What the writer writes reads back the same.
+        // What the writer writes reads back the same, less the grant's key (the record's own
+        // `grant` names it).
         let written = serde_json::to_string(&InputRecord {
+            tool: Text::from("tool:ab".to_owned()),
+            grant: Some(Text::from("grant:g-1".to_owned())),
+            transport: "stdio".into(),
+            address: String::new(),
+            now: 5,
+            env: "dev".into(),
+            utc_offset_minutes: 0,
+            stats: SessionStats::default(),
+            usage: Vec::new(),
+            taint: Vec::new(),
+            pinned: false,
+            decided: Some(Effect::Allow),
+            policies: Some(vec![Text::from("p\"1".to_owned())]),
+        })
+        .unwrap();
+        assert!(!written.contains("grant"), "{written}");
+        assert!(!written.contains("pinned"), "{written}");
+        let read: InputRecord<'_> = serde_json::from_str(&written).unwrap();
+        assert_eq!(
+            read.policies.iter().flatten().next().map(Text::as_str),
+            Some("p\"1")
+        );
+        assert_eq!(read.decided, Some(Effect::Allow));
+        assert_eq!(read.tool.as_str(), "tool:ab");
+    }
+
+    #[test]
+    fn an_input_leaves_out_the_engine_decision_only_where_the_record_says_it_already() {
+        let decision = |effect: Effect, policies: &[&str]| Decision {
+            effect,
+            policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+            reasons: Vec::new(),
+            version: "v1".into(),
+            class: crate::catalog::ActionClass::Write,
+            risk: crate::catalog::Risk::Low,
+            resources: Vec::new(),
+            charges: Vec::new(),
+            detail: None,
+            taints: Vec::new(),
+            approvers: Vec::new(),
+            quarantine: false,
+            in_band: false,
+            redact: Vec::new(),
+        };
+        let engine = decision(Effect::Allow, &["small-writes"]);
+        let input = || InputRecord {
             tool: Text::from("tool:ab".to_owned()),
             grant: None,
             transport: "stdio".into(),
@@ -866,13 +967,34 @@ mod tests {
             usage: Vec::new(),
             taint: Vec::new(),
             pinned: false,
-            decided: Effect::Allow,
-            policies: vec![Text::from("p\"1".to_owned())],
-        })
-        .unwrap();
-        let read: InputRecord<'_> = serde_json::from_str(&written).unwrap();
-        assert_eq!(read.policies.first().map(Text::as_str), Some("p\"1"));
-        assert_eq!(read.tool.as_str(), "tool:ab");
+            decided: Some(engine.effect),
+            policies: Some(vec![Text::from("small-writes".to_owned())]),
+        };
+        let mut unchanged = input();
+        unchanged.settle(&engine);
+        assert_eq!((unchanged.decided, unchanged.policies), (None, None));
+        // A limit that denied after the engine allowed: both the engine's are kept.
+        let mut limited = input();
+        limited.settle(&decision(Effect::Deny, &["tollgate:limit:daily"]));
+        assert_eq!(limited.decided, Some(Effect::Allow));
+        assert_eq!(
+            limited.policies.iter().flatten().next().map(Text::as_str),
+            Some("small-writes")
+        );
+        // A pin change held what the engine allowed, its policies with one more.
+        let mut held = input();
+        held.settle(&decision(
+            Effect::NeedsApproval,
+            &["small-writes", "tollgate:pin-changed"],
+        ));
+        assert_eq!(held.decided, Some(Effect::Allow));
+        assert!(held.policies.is_some());
+        // An approval that let through what the engine held: the policies stay the record's.
+        let mut approved = input();
+        approved.decided = Some(Effect::NeedsApproval);
+        approved.settle(&engine);
+        assert_eq!(approved.decided, Some(Effect::NeedsApproval));
+        assert_eq!(approved.policies, None);
     }
 
     #[test]

@@ -1138,7 +1138,7 @@ impl PolicyGuard {
             .get(JUSTIFICATION_KEY)
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
-        let (mut decision, input, shadow) = self.decide(
+        let (mut decision, mut input, shadow) = self.decide(
             &pack,
             call,
             grant,
@@ -1272,6 +1272,10 @@ impl PolicyGuard {
         }
         if let Some(detail) = &decision.detail {
             warn!(tool = call.exposed_name, %detail, "policy evaluation failed; denied");
+        }
+        // The replay input keeps the engine's decision only where the record's differs.
+        if let Some(input) = input.as_mut() {
+            input.settle(&decision);
         }
         let recorded = Recorded {
             call,
