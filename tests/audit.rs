@@ -183,7 +183,11 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     assert_eq!(allowed["upstream"], "fx");
     assert_eq!(allowed["class"], "read");
     assert_eq!(allowed["arguments"], json!({"text": "[redacted]"}));
-    assert!(allowed["arguments_sha256"].as_str().is_some());
+    // The digest is of the arguments as called, not as the record shows them.
+    assert_eq!(
+        allowed["arguments_sha256"],
+        tollgate_mint::jcs::digest(&json!({"text": "the launch code is 0000"}))
+    );
     assert_eq!(allowed["aud"], "https://fx.test");
     assert!(allowed["jti"].as_str().is_some() && allowed["exp"].as_i64().is_some());
     let denied = decisions.iter().find(|r| r["tool"] == "add").unwrap();
@@ -191,6 +195,12 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
         (denied["decision"].clone(), denied["policies"].clone()),
         (json!("deny"), json!(["no-big-sums"]))
     );
+    assert_eq!(
+        denied["arguments_sha256"],
+        tollgate_mint::jcs::digest(&json!({"b": 2, "a": 100}))
+    );
+    // Nothing in them is marked `redact`: kept as called.
+    assert_eq!(denied["arguments"], json!({"a": 100, "b": 2}));
     let probed = decisions.iter().find(|r| r["tool"] == "pid").unwrap();
     assert_eq!(
         probed["decision"], "hide",

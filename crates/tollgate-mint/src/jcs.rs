@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// `value` in canonical form: object members sorted by their UTF-16 code units, no whitespace,
@@ -17,8 +17,19 @@ pub fn canonical(value: &Value) -> String {
 
 /// Base64url (no padding) of the SHA-256 of the canonical form.
 pub fn digest(value: &Value) -> String {
+    encoded_digest(&canonical(value))
+}
+
+/// [`digest`] of the object `members`, without making a `Value` of them first.
+pub fn digest_object(members: &Map<String, Value>) -> String {
+    let mut out = String::new();
+    write_object(members, &mut out);
+    encoded_digest(&out)
+}
+
+fn encoded_digest(canonical: &str) -> String {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical(value).as_bytes()))
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
 
 fn write_value(value: &Value, out: &mut String) {
@@ -46,23 +57,25 @@ fn write_value(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        Value::Object(members) => {
-            let mut keys: Vec<&String> = members.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(key, out);
-                out.push(':');
-                if let Some(v) = members.get(key) {
-                    write_value(v, out);
-                }
-            }
-            out.push('}');
+        Value::Object(members) => write_object(members, out),
+    }
+}
+
+fn write_object(members: &Map<String, Value>, out: &mut String) {
+    let mut keys: Vec<&String> = members.keys().collect();
+    keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+    out.push('{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(key, out);
+        out.push(':');
+        if let Some(v) = members.get(key) {
+            write_value(v, out);
         }
     }
+    out.push('}');
 }
 
 fn write_string(s: &str, out: &mut String) {
@@ -173,5 +186,9 @@ mod tests {
             canonical(&a),
             r#"{"amount":40,"customer_id":"42","note":{"a":[1,2.5],"b":1}}"#
         );
+        // An object's members digest as the object does.
+        let members = b.as_object().unwrap();
+        assert_eq!(digest_object(members), digest(&a));
+        assert_eq!(digest_object(&Map::new()), digest(&json!({})));
     }
 }

@@ -70,12 +70,10 @@ pub(crate) fn open(config: &AuditConfig, state_dir: &Path) -> Result<Option<Arc<
 
 /// `arguments` as a record keeps them, serialized once: whole when small, else only their
 /// size; none when they are JSON `null` (no arguments).
-pub(crate) fn kept_arguments(redacted: &Value) -> Option<Box<RawValue>> {
-    if redacted.is_null() {
-        return None;
-    }
-    let raw = serde_json::value::to_raw_value(redacted).ok();
+pub(crate) fn kept_arguments(arguments: &impl serde::Serialize) -> Option<Box<RawValue>> {
+    let raw = serde_json::value::to_raw_value(arguments).ok();
     match raw {
+        Some(raw) if raw.get() == "null" => None,
         Some(raw) if raw.get().len() <= MAX_ARGUMENTS => Some(raw),
         _ => {
             let size = raw.map_or_else(|| "unknown".to_owned(), |r| r.get().len().to_string());

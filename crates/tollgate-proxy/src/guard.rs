@@ -289,17 +289,17 @@ impl<'a> CallArguments<'a> {
             .get_or_init(|| serde_json::Value::Object(self.raw.cloned().unwrap_or_default()))
     }
 
+    /// The arguments as they came, borrowed: none is an empty object.
     fn object(&self) -> &serde_json::Map<String, serde_json::Value> {
         static EMPTY: std::sync::OnceLock<serde_json::Map<String, serde_json::Value>> =
             std::sync::OnceLock::new();
-        self.value()
-            .as_object()
+        self.raw
             .unwrap_or_else(|| EMPTY.get_or_init(serde_json::Map::new))
     }
 
     fn digest(&self) -> &str {
         self.digest
-            .get_or_init(|| tollgate_mint::jcs::digest(self.value()))
+            .get_or_init(|| tollgate_mint::jcs::digest_object(self.object()))
     }
 }
 
@@ -1349,7 +1349,12 @@ impl PolicyGuard {
         if let Some(grant) = grant {
             definitions.push(grant.clone());
         }
-        let kept = crate::audit::kept_arguments(&decision.redacted(arguments.value()));
+        // Nothing to hide: the arguments are written as they came, not copied first.
+        let kept = if decision.redact.is_empty() {
+            crate::audit::kept_arguments(arguments.object())
+        } else {
+            crate::audit::kept_arguments(&decision.redacted(arguments.value()))
+        };
         let line = crate::audit::DecisionLine {
             kind: "decision",
             decision_id,
