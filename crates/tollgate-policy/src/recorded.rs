@@ -199,6 +199,13 @@ pub fn grant_key(grant: &Grant) -> String {
     format!("{GRANT_KEY_PREFIX}{}", grant.id)
 }
 
+/// The effect a record's `decision` names, if it is one.
+fn effect(text: &str) -> Option<Effect> {
+    [Effect::Allow, Effect::Deny, Effect::NeedsApproval]
+        .into_iter()
+        .find(|effect| effect.as_str() == text)
+}
+
 /// The grant id a grant record's key names.
 fn grant_id(key: &str) -> &str {
     key.strip_prefix(GRANT_KEY_PREFIX).unwrap_or(key)
@@ -443,10 +450,13 @@ impl Definitions {
             Some(id) => Some(self.grants.get(id).ok_or(Skip::NoGrant)?),
         };
         // The engine's decision and policies are the record's own unless the input says not.
-        let decided = input
-            .decided
-            .or(record.decision)
-            .ok_or_else(|| Skip::Unreadable("it has no `decision`".into()))?;
+        let decided = match (input.decided, &record.decision) {
+            (Some(decided), _) => decided,
+            (None, Some(recorded)) => effect(recorded).ok_or_else(|| {
+                Skip::Unreadable(format!("its `decision` `{}`", recorded.as_str()))
+            })?,
+            (None, None) => return Err(Skip::Unreadable("it has no `decision`".into())),
+        };
         let offset = UtcOffset::from_minutes(input.utc_offset_minutes)
             .map_err(|e| Skip::Unreadable(format!("its `utc_offset_minutes`: {e}")))?;
         // Everything the call borrows is moved out of the record, not copied.
@@ -503,8 +513,9 @@ pub struct DecisionRecord<'a> {
     pub grant: Option<Text<'a>>,
     /// Unix milliseconds.
     pub time: Option<u64>,
-    /// The decision as recorded.
-    pub decision: Option<Effect>,
+    /// The decision as recorded: an [`Effect`], or what the engine never decided (`hide`).
+    #[serde(borrow)]
+    pub decision: Option<Text<'a>>,
     /// The policies that determined it.
     #[serde(borrow)]
     pub policies: Option<Vec<Text<'a>>>,
@@ -934,6 +945,16 @@ mod tests {
         );
         assert_eq!(read.decided, Some(Effect::Allow));
         assert_eq!(read.tool.as_str(), "tool:ab");
+    }
+
+    #[test]
+    fn a_decision_the_engine_never_made_is_read_and_skipped_for_its_missing_input() {
+        let hidden = r#"{"kind":"decision","decision_id":"d-2","tool":"pid","decision":"hide","policies":[]}"#;
+        let record: DecisionRecord<'_> = serde_json::from_str(hidden).unwrap();
+        assert_eq!(
+            Definitions::default().recall(record).err(),
+            Some(Skip::NoInput)
+        );
     }
 
     #[test]
