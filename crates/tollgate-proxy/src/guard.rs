@@ -1884,7 +1884,8 @@ impl Interceptor for PolicyGuard {
         else {
             return;
         };
-        self.metrics.call_latency.observe(decided.elapsed());
+        let latency = decided.elapsed();
+        self.metrics.call_latency.observe(latency);
         let (result, error) = match outcome {
             Outcome::Completed { is_error: false } => ("ok", None),
             Outcome::Completed { is_error: true } => ("tool_error", None),
@@ -1902,9 +1903,7 @@ impl Interceptor for PolicyGuard {
             ));
             span.attributes.push((
                 "tollgate.latency_us",
-                crate::otlp::Attr::Int(
-                    i64::try_from(decided.elapsed().as_micros()).unwrap_or(i64::MAX),
-                ),
+                crate::otlp::Attr::Int(i64::try_from(latency.as_micros()).unwrap_or(i64::MAX)),
             ));
             span.error = match result {
                 "ok" | "pending" => None,
@@ -1923,7 +1922,7 @@ impl Interceptor for PolicyGuard {
             tool: call.tool,
             outcome: result,
             error: error.as_deref(),
-            latency_us: u64::try_from(decided.elapsed().as_micros()).unwrap_or(u64::MAX),
+            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         };
         let mut bytes = Vec::with_capacity(256);
         match serde_json::to_writer(&mut bytes, &line) {
