@@ -174,7 +174,7 @@ type Checked = Result<Arc<Granted>, TokenError>;
 
 /// A verified grant, with the key its trail record is named by: made once per token, so that
 /// a call names its grant's record without building anything.
-pub(crate) struct Granted {
+struct Granted {
     grant: Grant,
     key: String,
 }
