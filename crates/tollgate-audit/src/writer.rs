@@ -83,16 +83,36 @@ pub enum AuditError {
     Unrecordable(String),
 }
 
-/// A record as it is handed over: a map, or a JSON object already serialized by the caller
-/// (without `seq`, `prev` and `time`, which the writer adds).
+/// A record as a caller hands it over: a map, or a JSON object it serialized (without
+/// `seq`, `prev` and `time`, which the writer adds).
+enum Handed<'a> {
+    Map(Map<String, Value>),
+    Line(&'a [u8]),
+}
+
+/// A record as it waits: a map, or the length of a serialized object whose bytes are the next
+/// ones in the queue's `lines` (copied there as it was queued, so that no record is an
+/// allocation of its own that the writer's thread frees).
 enum Body {
     Map(Map<String, Value>),
-    Line(Vec<u8>),
+    Line(usize),
 }
 
 enum Job {
-    Record(Body, Ack, Vec<Definition>),
+    /// A record, and how many of the next definitions in the queue's `definitions` it names.
+    Record(Body, Ack, usize),
     Close(mpsc::Sender<()>),
+}
+
+impl Job {
+    /// The bytes in `lines` and the definitions this job accounts for.
+    fn holds(&self) -> (usize, usize) {
+        match self {
+            Self::Record(Body::Line(len), _, named) => (*len, *named),
+            Self::Record(Body::Map(_), _, named) => (0, *named),
+            Self::Close(_) => (0, 0),
+        }
+    }
 }
 
 /// Who a record answers once it is written.
@@ -189,6 +209,10 @@ impl Ticket {
 #[derive(Default)]
 struct Queue {
     jobs: Vec<Job>,
+    /// The serialized records of `jobs`, one after the other, in their order.
+    lines: Vec<u8>,
+    /// The definitions `jobs` name, in their order.
+    definitions: Vec<Definition>,
     /// When the first of `jobs` was queued.
     first_queued: Option<Instant>,
     /// Someone waits on one of `jobs` (a record to be synced, or the close).
@@ -220,16 +244,48 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `job`; false once the trail is closed.
-    fn push(&self, job: Job, urgent: bool) -> bool {
+    /// Queues `record`, copying what it is made of into the queue's buffers; false once the
+    /// trail is closed.
+    fn push_record(
+        &self,
+        record: Handed<'_>,
+        ack: Ack,
+        definitions: impl IntoIterator<Item = Definition>,
+    ) -> bool {
+        let urgent = matches!(ack, Ack::Waiting(_));
         let mut queue = self.queue();
         if queue.closed {
             return false;
         }
-        if matches!(job, Job::Close(_)) {
-            queue.closed = true;
+        let before = queue.definitions.len();
+        queue.definitions.extend(definitions);
+        let named = queue.definitions.len() - before;
+        let body = match record {
+            Handed::Map(record) => Body::Map(record),
+            Handed::Line(object) => {
+                queue.lines.extend_from_slice(object);
+                Body::Line(object.len())
+            }
+        };
+        queue.jobs.push(Job::Record(body, ack, named));
+        self.queued(queue, urgent);
+        true
+    }
+
+    /// Queues the close; false once the trail is closed.
+    fn push_close(&self, ack: mpsc::Sender<()>) -> bool {
+        let mut queue = self.queue();
+        if queue.closed {
+            return false;
         }
-        queue.jobs.push(job);
+        queue.closed = true;
+        queue.jobs.push(Job::Close(ack));
+        self.queued(queue, true);
+        true
+    }
+
+    /// Wakes the writer for what was just queued, if it must be woken.
+    fn queued(&self, mut queue: std::sync::MutexGuard<'_, Queue>, urgent: bool) {
         queue.first_queued.get_or_insert_with(Instant::now);
         queue.urgent |= urgent;
         let wake = urgent || queue.idle || queue.jobs.len() >= WAKE_AT;
@@ -237,7 +293,52 @@ impl Shared {
         if wake {
             self.wake.notify_one();
         }
-        true
+    }
+}
+
+/// What one round of the writer takes out of the queue: its jobs, their serialized records
+/// and the definitions they name.
+#[derive(Default)]
+struct Taken {
+    jobs: Vec<Job>,
+    lines: Vec<u8>,
+    definitions: Vec<Definition>,
+}
+
+impl Taken {
+    /// Takes at most `MAX_BATCH` jobs from `queue` into `self` (empty), with what they hold;
+    /// when from `queue`'s first job, `queue`'s buffers are swapped with `self`'s, so that each
+    /// keeps its room. Returns when the first job left queued was queued, or none.
+    fn take(&mut self, queue: &mut Queue) -> Option<Instant> {
+        if queue.jobs.len() <= MAX_BATCH {
+            std::mem::swap(&mut queue.jobs, &mut self.jobs);
+            std::mem::swap(&mut queue.lines, &mut self.lines);
+            std::mem::swap(&mut queue.definitions, &mut self.definitions);
+            queue.urgent = false;
+            return queue.first_queued.take();
+        }
+        // The rest stays queued, as urgent and as old as it was.
+        self.jobs.extend(queue.jobs.drain(..MAX_BATCH));
+        let (bytes, named) = self
+            .jobs
+            .iter()
+            .map(Job::holds)
+            .fold((0, 0), |(b, n), (len, d)| (b + len, n + d));
+        self.lines
+            .extend(queue.lines.drain(..bytes.min(queue.lines.len())));
+        self.definitions.extend(
+            queue
+                .definitions
+                .drain(..named.min(queue.definitions.len())),
+        );
+        queue.first_queued
+    }
+
+    fn clear(&mut self) {
+        self.jobs.clear();
+        self.lines.clear();
+        self.lines.shrink_to(KEPT_BUFFER);
+        self.definitions.clear();
     }
 }
 
@@ -341,20 +442,29 @@ impl Audit {
     /// Queues `record` (its `seq` and `prev` are the trail's); the ticket says when it is
     /// durable.
     pub fn append(&self, record: Map<String, Value>) -> Ticket {
-        self.push(Vec::new(), Body::Map(record), false)
+        self.push(None, Handed::Map(record), false)
     }
 
     /// Like [`Audit::append`], with the definitions `record` names written before it in the
     /// same file, each unless that file already holds it.
-    pub fn append_after(&self, definitions: Vec<Definition>, record: Map<String, Value>) -> Ticket {
-        self.push(definitions, Body::Map(record), false)
+    pub fn append_after(
+        &self,
+        definitions: impl IntoIterator<Item = Definition>,
+        record: Map<String, Value>,
+    ) -> Ticket {
+        self.push(definitions, Handed::Map(record), false)
     }
 
     /// Like [`Audit::append_after`], for a record the caller serialized: one JSON object, on
     /// one line, without `seq`, `prev` or `time`. Serializing on the caller's thread keeps the
-    /// writer's share of each record to framing, hashing and writing.
-    pub fn append_line_after(&self, definitions: Vec<Definition>, object: Vec<u8>) -> Ticket {
-        self.push(definitions, Body::Line(object), false)
+    /// writer's share of each record to framing, hashing and writing; the bytes are copied
+    /// into the queue, so the caller may serialize every record into the same buffer.
+    pub fn append_line_after(
+        &self,
+        definitions: impl IntoIterator<Item = Definition>,
+        object: &[u8],
+    ) -> Ticket {
+        self.push(definitions, Handed::Line(object), false)
     }
 
     /// Queues a record that nobody waits on and no decision hangs on: what happened to a call
@@ -362,16 +472,21 @@ impl Audit {
     /// it is synced with the next record someone waits on, or within [`LAZY_SYNC`], so that a
     /// call in flight does not wait for the sync of its predecessor's outcome.
     pub fn note(&self, record: Map<String, Value>) {
-        drop(self.push(Vec::new(), Body::Map(record), true));
+        drop(self.push(None, Handed::Map(record), true));
     }
 
     /// Like [`Audit::note`], for a record the caller serialized (as for
     /// [`Audit::append_line_after`]).
-    pub fn note_line(&self, object: Vec<u8>) {
-        drop(self.push(Vec::new(), Body::Line(object), true));
+    pub fn note_line(&self, object: &[u8]) {
+        drop(self.push(None, Handed::Line(object), true));
     }
 
-    fn push(&self, definitions: Vec<Definition>, record: Body, lazy: bool) -> Ticket {
+    fn push(
+        &self,
+        definitions: impl IntoIterator<Item = Definition>,
+        record: Handed<'_>,
+        lazy: bool,
+    ) -> Ticket {
         if let Some(e) = self.failed.get() {
             return Ticket(TicketInner::Failed(e.clone()));
         }
@@ -383,11 +498,7 @@ impl Audit {
             (Durability::Synced, true) => (Ack::Lazy, TicketInner::Queued),
             (Durability::Within(_), _) => (Ack::Queued, TicketInner::Queued),
         };
-        let urgent = matches!(ack, Ack::Waiting(_));
-        if self
-            .shared
-            .push(Job::Record(record, ack, definitions), urgent)
-        {
+        if self.shared.push_record(record, ack, definitions) {
             Ticket(ticket)
         } else {
             Ticket(TicketInner::Failed(AuditError::Closed))
@@ -397,7 +508,7 @@ impl Audit {
     /// Writes a closing checkpoint, syncs and stops the writer. Later appends fail.
     pub fn close(&self) {
         let (ack, done) = mpsc::channel();
-        if self.shared.push(Job::Close(ack), true) {
+        if self.shared.push_close(ack) {
             let _ = done.recv();
         }
         let thread = self
@@ -472,7 +583,7 @@ impl State {
             Durability::Within(d) => (d / 2).min(MAX_GATHER),
             Durability::Synced => Duration::ZERO,
         };
-        let mut batch = Vec::new();
+        let mut batch = Taken::default();
         loop {
             let first_queued = {
                 let mut queue = shared.queue();
@@ -511,31 +622,26 @@ impl State {
                         .unwrap_or_else(|e| e.into_inner().0);
                     queue.idle = false;
                 }
-                if queue.jobs.len() <= MAX_BATCH {
-                    std::mem::swap(&mut queue.jobs, &mut batch);
-                    queue.urgent = false;
-                    queue.first_queued.take()
-                } else {
-                    // The rest stays queued, as urgent and as old as it was.
-                    batch.extend(queue.jobs.drain(..MAX_BATCH));
-                    queue.first_queued
-                }
+                batch.take(&mut queue)
             };
             if let Some(e) = failed.get() {
-                let closing = batch.iter().any(|j| matches!(j, Job::Close(_)));
-                refuse_all(std::mem::take(&mut batch), e);
+                let closing = batch.jobs.iter().any(|j| matches!(j, Job::Close(_)));
+                refuse_all(batch.jobs.drain(..), e);
+                batch.clear();
                 if closing {
                     return;
                 }
                 continue;
             }
             let records = batch
+                .jobs
                 .iter()
                 .filter(|j| matches!(j, Job::Record(..)))
                 .count() as u64;
             let started = Instant::now();
             let before = self.seq;
             let written = self.write_batch(&mut batch, first_queued);
+            batch.clear();
             if records > 0 {
                 stats.batch.observe(started.elapsed());
             }
@@ -571,12 +677,12 @@ impl State {
         }
     }
 
-    /// Writes `batch` (queued from `first_queued` on), leaving it empty, syncs as configured
-    /// and acknowledges; on failure, the reason and the acknowledgements still owed.
+    /// Writes `batch` (queued from `first_queued` on), leaving its jobs empty, syncs as
+    /// configured and acknowledges; on failure, the reason and the acknowledgements still owed.
     #[allow(clippy::type_complexity)]
     fn write_batch(
         &mut self,
-        batch: &mut Vec<Job>,
+        batch: &mut Taken,
         first_queued: Option<Instant>,
     ) -> Result<
         Option<mpsc::Sender<()>>,
@@ -591,22 +697,25 @@ impl State {
         // Room for the whole batch at once, rather than growing as it is framed.
         buffer.reserve(
             batch
+                .jobs
                 .iter()
                 .map(|job| match job {
-                    Job::Record(Body::Line(line), ..) => line.len() + FRAMING,
+                    Job::Record(Body::Line(len), ..) => len + FRAMING,
                     Job::Record(Body::Map(_), ..) => 512,
                     Job::Close(_) => 0,
                 })
                 .sum(),
         );
         // One per record, whether someone waits on it or not.
-        let mut acks = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.jobs.len());
         let mut closing = None;
-        for job in batch.drain(..) {
+        let mut lines = batch.lines.as_slice();
+        let mut definitions = batch.definitions.drain(..);
+        for job in batch.jobs.drain(..) {
             match job {
-                Job::Record(record, ack, definitions) => {
+                Job::Record(record, ack, named) => {
                     let ack = ack.waiting();
-                    for definition in definitions {
+                    for definition in definitions.by_ref().take(named) {
                         if !self.defined.contains(definition.key()) {
                             self.defined.insert(definition.key().to_owned());
                             self.encode(definition.record(), &mut buffer);
@@ -615,7 +724,12 @@ impl State {
                     }
                     let seq = match record {
                         Body::Map(record) => self.encode(record, &mut buffer),
-                        Body::Line(object) => self.encode_line(&object, &mut buffer),
+                        Body::Line(len) => {
+                            let (object, rest) =
+                                lines.split_at_checked(len).unwrap_or((lines, &[]));
+                            lines = rest;
+                            self.encode_line(object, &mut buffer)
+                        }
                     };
                     acks.push(ack.map(|a| (a, seq)));
                     self.since_checkpoint += 1;
@@ -896,8 +1010,8 @@ fn utc_date(unix_secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-fn refuse_all(batch: Vec<Job>, error: &AuditError) {
-    for job in batch {
+fn refuse_all(jobs: impl IntoIterator<Item = Job>, error: &AuditError) {
+    for job in jobs {
         match job {
             Job::Record(_, ack, _) => {
                 if let Some(ack) = ack.waiting() {
@@ -997,6 +1111,64 @@ fn last_record(dir: &Path) -> Result<(u64, String, bool), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_past_the_most_it_writes_at_once_takes_its_own_bytes_and_leaves_the_rest() {
+        let mut queue = Queue::default();
+        let tool: Definition = Arc::new(("tool:t".to_owned(), Map::new()));
+        let jobs = MAX_BATCH + 10;
+        for n in 0..jobs {
+            let object = format!("{{\"n\":{n}}}");
+            queue.lines.extend_from_slice(object.as_bytes());
+            // Every third record names a definition; every fifth is a map.
+            let named = usize::from(n % 3 == 0);
+            if named == 1 {
+                queue.definitions.push(tool.clone());
+            }
+            let body = if n % 5 == 0 {
+                queue.lines.truncate(queue.lines.len() - object.len());
+                Body::Map(Map::new())
+            } else {
+                Body::Line(object.len())
+            };
+            queue.jobs.push(Job::Record(body, Ack::Queued, named));
+        }
+        let first = Instant::now();
+        queue.first_queued = Some(first);
+        let mut taken = Taken::default();
+        assert_eq!(
+            taken.take(&mut queue),
+            Some(first),
+            "the rest is as old as it was"
+        );
+        assert_eq!(taken.jobs.len(), MAX_BATCH);
+        assert_eq!(queue.jobs.len(), 10);
+        let texts = |range: std::ops::Range<usize>| -> String {
+            range
+                .filter(|n| n % 5 != 0)
+                .map(|n| format!("{{\"n\":{n}}}"))
+                .collect()
+        };
+        assert_eq!(String::from_utf8_lossy(&taken.lines), texts(0..MAX_BATCH));
+        assert_eq!(
+            String::from_utf8_lossy(&queue.lines),
+            texts(MAX_BATCH..jobs)
+        );
+        let named = |range: std::ops::Range<usize>| range.filter(|n| n % 3 == 0).count();
+        assert_eq!(taken.definitions.len(), named(0..MAX_BATCH));
+        assert_eq!(queue.definitions.len(), named(MAX_BATCH..jobs));
+        // The next round takes the rest whole, swapping buffers.
+        taken.clear();
+        assert_eq!(taken.take(&mut queue), Some(first));
+        assert_eq!(taken.jobs.len(), 10);
+        assert_eq!(
+            String::from_utf8_lossy(&taken.lines),
+            texts(MAX_BATCH..jobs)
+        );
+        assert!(queue.jobs.is_empty() && queue.lines.is_empty() && queue.first_queued.is_none());
+    }
+
     #[test]
     fn days_are_named_in_utc() {
         assert_eq!(super::utc_date(0), "1970-01-01");

@@ -408,24 +408,107 @@ async fn a_definition_is_written_once_per_file_before_what_names_it() {
 }
 
 #[tokio::test]
+async fn records_queued_together_keep_their_own_bytes_and_definitions_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let audit = Audit::open(
+        Settings {
+            checkpoint_every: 1_000,
+            durability: Durability::Within(Duration::from_millis(200)),
+            ..Settings::new(dir.clone())
+        },
+        Arc::new(TestKey("k")),
+    )
+    .unwrap();
+    let tool = |name: &str| -> Definition {
+        Arc::new((
+            format!("tool:{name}"),
+            json!({"kind": "tool", "key": format!("tool:{name}")})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        ))
+    };
+    let (add, sub) = (tool("add"), tool("sub"));
+    // One buffer reused for every line, as callers do: the trail keeps its own copy.
+    let mut bytes = Vec::new();
+    for n in 0..600u64 {
+        bytes.clear();
+        let named = if n % 3 == 0 { &sub } else { &add };
+        let key = if n % 3 == 0 { "tool:sub" } else { "tool:add" };
+        serde_json::to_writer(
+            &mut bytes,
+            &json!({"kind": "decision", "n": n, "tool": key, "pad": "x".repeat((n % 7) as usize)}),
+        )
+        .unwrap();
+        match n % 4 {
+            0 => drop(audit.append_line_after([named.clone()], &bytes)),
+            1 => audit.note_line(&bytes),
+            2 => drop(
+                audit.append_after(
+                    [named.clone()],
+                    json!({"kind": "decision", "n": n, "tool": key})
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                ),
+            ),
+            _ => drop(audit.append_line_after(None, &bytes)),
+        }
+    }
+    audit.close();
+    assert!(check(&dir).ok(), "{:?}", check(&dir).problems);
+    let records: Vec<Value> = lines(&only_file(&dir))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decisions: Vec<&Value> = records.iter().filter(|r| r["kind"] == "decision").collect();
+    let ns: Vec<u64> = decisions.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..600).collect::<Vec<_>>());
+    for r in &decisions {
+        let n = r["n"].as_u64().unwrap();
+        if n % 4 != 2 {
+            assert_eq!(r["pad"], "x".repeat((n % 7) as usize), "{r}");
+        }
+    }
+    // Each definition once, before the first record that names it.
+    let position = |pred: &dyn Fn(&Value) -> bool| records.iter().position(pred).unwrap();
+    for key in ["tool:add", "tool:sub"] {
+        let defined: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r["kind"] == "tool" && r["key"] == key)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(defined.len(), 1, "{key}");
+        let first_use = position(&|r: &Value| {
+            r["kind"] == "decision"
+                && r["tool"] == key
+                && [0, 2].contains(&(r["n"].as_u64().unwrap() % 4))
+        });
+        assert!(defined[0] < first_use, "{key}");
+    }
+}
+
+#[tokio::test]
 async fn records_serialized_by_the_caller_are_chained_like_the_others() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("audit");
     let audit = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
     audit.append(record(0)).durable().await.unwrap();
     let seq = audit
-        .append_line_after(Vec::new(), br#"{"kind":"decision","n":1}"#.to_vec())
+        .append_line_after(None, br#"{"kind":"decision","n":1}"#)
         .durable()
         .await
         .unwrap();
     audit
-        .append_line_after(Vec::new(), b"{}".to_vec())
+        .append_line_after(None, b"{}")
         .durable()
         .await
         .unwrap();
     // Not one object on one line: recorded as such, never spliced into the chain.
     audit
-        .append_line_after(Vec::new(), b"{\"a\":1}\n{\"b\":2}".to_vec())
+        .append_line_after(None, b"{\"a\":1}\n{\"b\":2}")
         .durable()
         .await
         .unwrap();

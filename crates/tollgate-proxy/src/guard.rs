@@ -332,6 +332,31 @@ struct Recorded<'a> {
     shadow: Option<&'a Decision>,
 }
 
+thread_local! {
+    /// Where this thread serializes the trail's records; the trail copies each into its queue.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A record's line above this size is not kept as this thread's buffer once handed over.
+const KEPT_LINE: usize = 16 * 1024;
+
+/// `then` with `record` serialized as JSON, in a buffer this thread keeps for it, so that a
+/// record allocates nothing of its own.
+fn serialized<T>(
+    record: &impl serde::Serialize,
+    then: impl FnOnce(Result<&[u8], serde_json::Error>) -> T,
+) -> T {
+    LINE.with_borrow_mut(|bytes| {
+        bytes.clear();
+        let written = serde_json::to_writer(&mut *bytes, record).map(|()| bytes.as_slice());
+        let answer = then(written);
+        if bytes.capacity() > KEPT_LINE {
+            *bytes = Vec::new();
+        }
+        answer
+    })
+}
+
 /// `verdict`, forwarded only once its decision's record is as durable as configured.
 fn durable_first(ticket: tollgate_audit::Ticket, verdict: Verdict) -> Verdict {
     if ticket.is_settled() {
@@ -1342,13 +1367,10 @@ impl PolicyGuard {
             shadow,
         } = *recorded;
         // The definitions the decision names go first, once per trail file.
-        let mut definitions: Vec<tollgate_audit::Definition> = Vec::with_capacity(2);
-        if let Some(entry) = facts.entry() {
-            definitions.push(entry.clone());
-        }
-        if let Some(grant) = grant {
-            definitions.push(grant.clone());
-        }
+        let tool = facts
+            .entry()
+            .map(|entry| Arc::clone(entry) as tollgate_audit::Definition);
+        let granted = grant.map(|grant| Arc::clone(grant) as tollgate_audit::Definition);
         // Nothing to hide: the arguments are written as they came, not copied first.
         let kept = if decision.redact.is_empty() {
             crate::audit::kept_arguments(arguments.object())
@@ -1387,13 +1409,11 @@ impl PolicyGuard {
                 reasons: &s.reasons,
             }),
         };
-        // A decision with its replay input is about a kilobyte: room enough not to grow.
-        let mut bytes = Vec::with_capacity(2048);
-        if let Err(e) = serde_json::to_writer(&mut bytes, &line) {
+        Some(serialized(&line, |bytes| match bytes {
+            Ok(bytes) => audit.append_line_after(tool.into_iter().chain(granted), bytes),
             // Nothing in a decision fails to serialize; if it ever did, the call is refused.
-            return Some(tollgate_audit::Ticket::unrecordable(e.to_string()));
-        }
-        Some(audit.append_line_after(definitions, bytes))
+            Err(e) => tollgate_audit::Ticket::unrecordable(e.to_string()),
+        }))
     }
 
     /// Remembers a forwarded call's decision for its outcome record and span.
@@ -1924,12 +1944,11 @@ impl Interceptor for PolicyGuard {
             error: error.as_deref(),
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         };
-        let mut bytes = Vec::with_capacity(256);
-        match serde_json::to_writer(&mut bytes, &line) {
+        serialized(&line, |bytes| match bytes {
             // The call went ahead already: its outcome waits for no sync of its own.
-            Ok(()) => audit.note_line(bytes),
+            Ok(bytes) => audit.note_line(bytes),
             Err(e) => tracing::error!(error = %e, "an outcome could not be recorded"),
-        }
+        });
     }
 
     fn shutdown(&self) {
