@@ -1156,6 +1156,18 @@ impl PolicyGuard {
             }
             return Verdict::Hide;
         }
+        // The id the trail, the call's outcome and its span know the decision by. Without one
+        // that no other decision shares, the call is refused before anything is charged, as a
+        // call whose credential cannot be given an id is.
+        let decision_id = match tollgate_mint::new_id("d") {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, tool = call.exposed_name, "refused: no decision id can be made");
+                return Verdict::Refuse(refusal(
+                    "denied: Tollgate cannot make an id for this decision right now".to_owned(),
+                ));
+            }
+        };
         // What the agent says of this call: untrusted, recorded with the decision, and only
         // ever able to narrow (a policy may require it; nothing grants more because of it).
         let justification: Option<String> = call
@@ -1234,7 +1246,6 @@ impl PolicyGuard {
                 }
             }
         }
-        let decision_id = tollgate_mint::new_id("d").unwrap_or_else(|_| "d-unavailable".to_owned());
         let mut carried = Carried::Nothing;
         if decision.is_allow() {
             match self.credential(
