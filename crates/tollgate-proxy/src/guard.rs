@@ -334,27 +334,26 @@ struct Recorded<'a> {
 
 thread_local! {
     /// Where this thread serializes the trail's records; the trail copies each into its queue.
-    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static LINE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A record's line above this size is not kept as this thread's buffer once handed over.
 const KEPT_LINE: usize = 16 * 1024;
 
 /// `then` with `record` serialized as JSON, in a buffer this thread keeps for it, so that a
-/// record allocates nothing of its own.
+/// record allocates nothing of its own. The buffer is taken out while in use: a call made
+/// meanwhile on this thread (or as it ends) serializes into a fresh one instead.
 fn serialized<T>(
     record: &impl serde::Serialize,
     then: impl FnOnce(Result<&[u8], serde_json::Error>) -> T,
 ) -> T {
-    LINE.with_borrow_mut(|bytes| {
-        bytes.clear();
-        let written = serde_json::to_writer(&mut *bytes, record).map(|()| bytes.as_slice());
-        let answer = then(written);
-        if bytes.capacity() > KEPT_LINE {
-            *bytes = Vec::new();
-        }
-        answer
-    })
+    let mut bytes = LINE.try_with(std::cell::Cell::take).unwrap_or_default();
+    bytes.clear();
+    let answer = then(serde_json::to_writer(&mut bytes, record).map(|()| bytes.as_slice()));
+    if bytes.capacity() <= KEPT_LINE {
+        let _ = LINE.try_with(|line| line.set(bytes));
+    }
+    answer
 }
 
 /// `verdict`, forwarded only once its decision's record is as durable as configured.
@@ -2069,6 +2068,20 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_serialized_while_another_is_being_handed_over_gets_its_own_buffer() {
+        let outer = serialized(&serde_json::json!({"n": 1}), |outer| {
+            let inner = serialized(&serde_json::json!({"n": 2}), |inner| {
+                inner.map(<[u8]>::to_vec).unwrap_or_default()
+            });
+            (outer.map(<[u8]>::to_vec).unwrap_or_default(), inner)
+        });
+        assert_eq!(outer, (br#"{"n":1}"#.to_vec(), br#"{"n":2}"#.to_vec()));
+        // And the thread's buffer is used again afterwards.
+        let again = serialized(&"x", |bytes| bytes.map(<[u8]>::to_vec).unwrap_or_default());
+        assert_eq!(again, br#""x""#.to_vec());
+    }
 
     fn config(pack: &std::path::Path, state: &std::path::Path) -> Config {
         Config::parse(&format!(
