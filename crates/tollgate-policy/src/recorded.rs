@@ -441,14 +441,13 @@ impl Definitions {
         let input = record.input.ok_or(Skip::NoInput)?;
         let tool = self.tools.get(input.tool.as_str()).ok_or(Skip::NoTool)?;
         // Older trails name the grant in the input; newer ones by the record's own `grant`.
-        let grant = match input.grant.as_ref().map(|key| grant_id(key)) {
-            Some(id) => Some(id),
-            None => record.grant.as_deref(),
-        };
-        let grant = match grant {
-            None => None,
-            Some(id) => Some(self.grants.get(id).ok_or(Skip::NoGrant)?),
-        };
+        let grant = input
+            .grant
+            .as_deref()
+            .map(grant_id)
+            .or(record.grant.as_deref())
+            .map(|id| self.grants.get(id).ok_or(Skip::NoGrant))
+            .transpose()?;
         // The engine's decision and policies are the record's own unless the input says not.
         let decided = match (input.decided, &record.decision) {
             (Some(decided), _) => decided,
@@ -899,6 +898,25 @@ mod tests {
         ));
     }
 
+    /// The input of a stdio call at time 5 that the engine decided `decided` by `policy`.
+    fn plain_input(decided: Effect, policy: &str) -> InputRecord<'static> {
+        InputRecord {
+            tool: Text::from("tool:ab".to_owned()),
+            grant: None,
+            transport: "stdio".into(),
+            address: String::new(),
+            now: 5,
+            env: "dev".into(),
+            utc_offset_minutes: 0,
+            stats: SessionStats::default(),
+            usage: Vec::new(),
+            taint: Vec::new(),
+            pinned: false,
+            decided: Some(decided),
+            policies: Some(vec![Text::from(policy.to_owned())]),
+        }
+    }
+
     #[test]
     fn a_record_borrows_what_it_can_and_reads_escapes_too() {
         let line = r#"{"kind":"decision","decision_id":"d-1","version":"v\"2","reasons":["a \"quoted\" reason"],"input":{"tool":"tool:ab","grant":"grant:\u0067-1","transport":"stdio","now":5,"env":"dev","stats":{},"pinned":true,"decided":"deny","policies":["no-\"x\"","plain"]}}"#;
@@ -921,19 +939,8 @@ mod tests {
         // What the writer writes reads back the same, less the grant's key (the record's own
         // `grant` names it).
         let written = serde_json::to_string(&InputRecord {
-            tool: Text::from("tool:ab".to_owned()),
             grant: Some(Text::from("grant:g-1".to_owned())),
-            transport: "stdio".into(),
-            address: String::new(),
-            now: 5,
-            env: "dev".into(),
-            utc_offset_minutes: 0,
-            stats: SessionStats::default(),
-            usage: Vec::new(),
-            taint: Vec::new(),
-            pinned: false,
-            decided: Some(Effect::Allow),
-            policies: Some(vec![Text::from("p\"1".to_owned())]),
+            ..plain_input(Effect::Allow, "p\"1")
         })
         .unwrap();
         assert!(!written.contains("grant"), "{written}");
@@ -976,21 +983,7 @@ mod tests {
             redact: Vec::new(),
         };
         let engine = decision(Effect::Allow, &["small-writes"]);
-        let input = || InputRecord {
-            tool: Text::from("tool:ab".to_owned()),
-            grant: None,
-            transport: "stdio".into(),
-            address: String::new(),
-            now: 5,
-            env: "dev".into(),
-            utc_offset_minutes: 0,
-            stats: SessionStats::default(),
-            usage: Vec::new(),
-            taint: Vec::new(),
-            pinned: false,
-            decided: Some(engine.effect),
-            policies: Some(vec![Text::from("small-writes".to_owned())]),
-        };
+        let input = || plain_input(engine.effect, "small-writes");
         let mut unchanged = input();
         unchanged.settle(&engine);
         assert_eq!((unchanged.decided, unchanged.policies), (None, None));
