@@ -491,8 +491,9 @@ impl FastPath {
             Lane::Http(lane) => (lane.next_call(), None),
         };
         let upstream_token = format!("{RAW_PREFIX}{n}");
-        // What the answer must not echo back to the agent.
-        let echo = crate::scrub::for_call(&[], credential.as_ref()).into_owned();
+        // What the answer must not echo back to the agent, nor the trail keep.
+        let echo =
+            crate::scrub::for_call(&job.upstream.config.scrub, credential.as_ref()).into_owned();
         // A stdio upstream finds the credential in `_meta`; an HTTP one in its header.
         let (meta_credential, bearer) = match &job.lane {
             Lane::Stdio(_) => (credential, None),
@@ -513,9 +514,10 @@ impl FastPath {
         );
 
         let failed = |error: ProxyError| {
-            self.hub
-                .interceptor
-                .after_call(&call, &Outcome::Failed(&error));
+            self.hub.interceptor.after_call(
+                &call,
+                &Outcome::Failed(&crate::scrub::text(&error.to_string(), &echo)),
+            );
             span.record("outcome", "failed");
             let body = serde_json::json!({
                 "jsonrpc": "2.0",
@@ -584,7 +586,7 @@ impl FastPath {
             }
             () = job.cancel.cancelled() => {
                 cancel_upstream("cancelled by the agent").await;
-                self.hub.interceptor.after_call(&call, &Outcome::Failed(&ProxyError::Cancelled));
+                self.hub.interceptor.after_call(&call, &Outcome::Failed(&ProxyError::Cancelled.to_string()));
                 span.record("outcome", "cancelled");
                 None
             }
@@ -637,7 +639,7 @@ impl FastPath {
         span.record("outcome", "failed");
         self.hub
             .interceptor
-            .after_call(call, &Outcome::Failed(&relayed));
+            .after_call(call, &Outcome::Failed(&relayed.to_string()));
         format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#).into_bytes()
     }
 }

@@ -183,8 +183,9 @@ pub enum Outcome<'a> {
     Completed { is_error: bool },
     /// The upstream asked for more input (2026-07-28 `InputRequiredResult`) or made a task.
     Pending,
-    /// The call failed on the way (upstream down, timeout, cancellation, protocol error).
-    Failed(&'a crate::ProxyError),
+    /// The call failed on the way (upstream down, timeout, cancellation, protocol error): what
+    /// the error says, already cleaned of the upstream's secrets and the call's credential.
+    Failed(&'a str),
 }
 
 /// The hook every tool call passes through.

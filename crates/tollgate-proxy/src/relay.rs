@@ -322,6 +322,9 @@ impl AgentSession {
             let answer = self
                 .call_upstream(&upstream, upstream_params, &context)
                 .await;
+            let scrub = crate::scrub::for_call(&upstream.config.scrub, credential.as_ref());
+            let scrub = scrub.as_ref();
+            let failure;
             let outcome = match &answer {
                 Ok(CallToolResponse::Complete(r)) => {
                     let is_error = r.is_error == Some(true);
@@ -334,21 +337,31 @@ impl AgentSession {
                 }
                 Err(e) => {
                     span.record("outcome", "failed");
-                    Outcome::Failed(e)
+                    failure = crate::scrub::text(&e.to_string(), scrub).into_owned();
+                    Outcome::Failed(&failure)
                 }
             };
             self.hub.interceptor.after_call(&call, &outcome);
             span.record("latency_us", started.elapsed().as_micros() as u64);
-            let scrub = crate::scrub::for_call(&upstream.config.scrub, credential.as_ref());
-            let scrub = scrub.as_ref();
-            answer
-                .map(|answer| match answer {
-                    CallToolResponse::Complete(result) => {
-                        CallToolResponse::Complete(crate::scrub::value(result, scrub))
-                    }
-                    other => other,
-                })
-                .map_err(|e| crate::scrub::value(e.into_mcp(), scrub))
+            // An answer that held a secret and cannot be cleaned is withheld, never passed on.
+            let withheld = || {
+                ProxyError::UpstreamFailed {
+                    upstream: upstream.name.clone(),
+                    message:
+                        "its answer held a secret that could not be removed, so it was withheld"
+                            .to_owned(),
+                }
+                .into_mcp()
+            };
+            match answer {
+                Ok(CallToolResponse::Complete(result)) => crate::scrub::value(result, scrub)
+                    .map(CallToolResponse::Complete)
+                    .map_err(|_| withheld()),
+                Ok(other) => Ok(other),
+                Err(e) => {
+                    Err(crate::scrub::value(e.into_mcp(), scrub).unwrap_or_else(|_| withheld()))
+                }
+            }
         }
         .instrument(span)
         .await

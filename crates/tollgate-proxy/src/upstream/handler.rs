@@ -173,8 +173,16 @@ pub(crate) fn deliver_log(
     let params = if upstream.config.scrub.is_empty() {
         params
     } else {
-        scrubbed = crate::scrub::value(params.clone(), &upstream.config.scrub);
-        &scrubbed
+        match crate::scrub::value(params.clone(), &upstream.config.scrub) {
+            Ok(cleaned) => {
+                scrubbed = cleaned;
+                &scrubbed
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %upstream.name, "an upstream log message held a secret that could not be removed; dropped");
+                return;
+            }
+        }
     };
     let mut concerned = upstream.sessions_concerned();
     if concerned.is_empty() {
