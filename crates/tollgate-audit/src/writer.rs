@@ -382,7 +382,10 @@ impl Audit {
             dir: dir.display().to_string(),
             reason,
         };
-        fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create the folder: {e}")))?;
+        // Owner-only, like every folder of Tollgate's state.
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
+            .map_err(|e| fail(format!("cannot create the folder: {e}")))?;
         let (seq, prev, previous_closed) = last_record(&dir).map_err(fail)?;
         let stats = Arc::new(WriterStats::default());
         let mut state = State {

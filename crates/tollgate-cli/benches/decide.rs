@@ -264,6 +264,7 @@ fn measure(n: usize, scoped: bool) -> (f64, f64, f64) {
         usage: &usage,
         taint: &[],
         pinned: true,
+        paths: None,
     };
     let started = Instant::now();
     let first = pack.decide(&input);

@@ -15,7 +15,7 @@ pub(crate) enum AuditCommand {
         #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
         /// The state folder of the Tollgate that wrote it (its `audit-signing.pub`).
-        #[arg(long, value_name = "DIR", default_value = tollgate_proxy::config::DEFAULT_STATE_DIR, env = "TOLLGATE_STATE")]
+        #[arg(long, value_name = "DIR", default_value_os_t = tollgate_proxy::config::default_state_dir(), env = "TOLLGATE_STATE")]
         state: PathBuf,
         /// The last file is still being written: records after its last checkpoint are not a
         /// fault.

@@ -84,7 +84,7 @@ pub(crate) enum GrantCommand {
 #[derive(Debug, Args)]
 pub(crate) struct StateArg {
     /// The state folder holding the grant key and the revocation list.
-    #[arg(long, value_name = "DIR", default_value = tollgate_proxy::config::DEFAULT_STATE_DIR, env = "TOLLGATE_STATE")]
+    #[arg(long, value_name = "DIR", default_value_os_t = tollgate_proxy::config::default_state_dir(), env = "TOLLGATE_STATE")]
     state: PathBuf,
 }
 

@@ -25,7 +25,7 @@ pub(crate) enum KeysCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct KeysArgs {
     /// The state folder holding the keys.
-    #[arg(long, value_name = "DIR", default_value = tollgate_proxy::config::DEFAULT_STATE_DIR, env = "TOLLGATE_STATE")]
+    #[arg(long, value_name = "DIR", default_value_os_t = tollgate_proxy::config::default_state_dir(), env = "TOLLGATE_STATE")]
     state: PathBuf,
     /// The algorithm the keys are for, as in `mint.algorithm`: ES256 or EdDSA.
     #[arg(long, default_value = "ES256", value_parser = parse_algorithm)]

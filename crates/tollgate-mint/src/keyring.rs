@@ -103,9 +103,7 @@ pub(crate) struct Stamp {
 impl Store {
     pub fn open(state_dir: &Path) -> Result<Self, MintError> {
         let dir = state_dir.join("access");
-        fs::create_dir_all(&dir).map_err(MintError::io(&dir))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(MintError::io(&dir))?;
+        crate::keys::create_dir_private(&dir)?;
         Ok(Self { dir })
     }
 

@@ -192,8 +192,11 @@ fn read_key(path: &PathBuf) -> Result<[u8; 32], MintError> {
     })
 }
 
-fn create_dir_private(dir: &Path) -> Result<(), MintError> {
-    fs::create_dir_all(dir).map_err(MintError::io(dir))?;
+pub(crate) fn create_dir_private(dir: &Path) -> Result<(), MintError> {
+    // Every folder made on the way is owner-only too (`~/.local/state` where it is new).
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(MintError::io(dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(MintError::io(dir))
 }
 

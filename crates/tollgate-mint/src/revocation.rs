@@ -23,7 +23,7 @@ pub fn revoke(state_dir: &Path, id: &str) -> Result<(), MintError> {
     if !is_grant_id(id) {
         return Err(MintError::BadId { id: id.to_owned() });
     }
-    fs::create_dir_all(state_dir).map_err(MintError::io(state_dir))?;
+    crate::keys::create_dir_private(state_dir)?;
     let path = state_dir.join(FILE);
     let mut file = fs::OpenOptions::new()
         .append(true)

@@ -355,6 +355,7 @@ fn with_input<T>(
         usage: &usage,
         taint: &case.taint,
         pinned: case.pinned,
+        paths: None,
     }))
 }
 

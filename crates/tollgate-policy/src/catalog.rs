@@ -270,6 +270,15 @@ impl Catalog {
         self.entries.iter().map(|e| (e.pattern.as_str(), e.class))
     }
 
+    /// `(tool pattern, argument, kind)` of every argument an entry binds as a resource.
+    pub fn bindings(&self) -> impl Iterator<Item = (&str, &str, &ResourceKind)> {
+        self.entries.iter().flat_map(|e| {
+            e.resources
+                .iter()
+                .map(move |(argument, kind)| (e.pattern.as_str(), argument.as_str(), kind))
+        })
+    }
+
     /// Classifies `tool`. Every matching entry counts and the most restricted class and highest
     /// risk win, so the order of entries can never widen access; the annotations can raise a
     /// class but never lower it.

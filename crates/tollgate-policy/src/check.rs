@@ -46,6 +46,39 @@ impl std::fmt::Display for Finding {
     }
 }
 
+/// The argument names a policy's text reads from `context.args`: `.name`, `has name`,
+/// `["name"]`.
+fn raw_arguments(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let ident = |rest: &str| -> String {
+        rest.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut rest = text;
+    while let Some(at) = rest.find("context.args") {
+        rest = rest.get(at + "context.args".len()..).unwrap_or("");
+        let after = rest.trim_start();
+        let name = if let Some(field) = after.strip_prefix('.') {
+            ident(field.trim_start())
+        } else if let Some(field) = after.strip_prefix("has ") {
+            let field = field.trim_start();
+            match field.strip_prefix('"') {
+                Some(quoted) => quoted.split('"').next().unwrap_or("").to_owned(),
+                None => ident(field),
+            }
+        } else if let Some(field) = after.strip_prefix("[\"") {
+            field.split('"').next().unwrap_or("").to_owned()
+        } else {
+            String::new()
+        };
+        if !name.is_empty() {
+            names.insert(name);
+        }
+    }
+    names
+}
+
 /// The classes a policy's action scope can admit.
 pub fn admitted(pack: &Pack, constraint: &ActionConstraint) -> BTreeSet<ActionClass> {
     let Ok(actions) = pack.schema().action_entities() else {
@@ -118,6 +151,38 @@ pub fn findings(pack: &Pack) -> Vec<Finding> {
             }
         }
     }
+    // A policy that judges a path or URL by the raw argument: what the agent wrote, not what
+    // is opened (`a/../.env`, `.env/`, a symlink). The bound resources and path labels see it
+    // normalized and resolved.
+    for policy in &policies {
+        let text = policy.to_string();
+        let read = raw_arguments(&text);
+        let mut by_argument: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (tool, argument, kind) in pack.catalog().bindings() {
+            if matches!(kind, crate::ResourceKind::Path | crate::ResourceKind::Url)
+                && read.contains(argument)
+            {
+                by_argument.entry(argument).or_default().push(tool);
+            }
+        }
+        let named: Vec<String> = by_argument
+            .iter()
+            .map(|(argument, tools)| match tools.as_slice() {
+                [one] => format!("`{argument}` (bound for `{one}`)"),
+                [first, rest @ ..] => {
+                    format!("`{argument}` (bound for `{first}` and {} more)", rest.len())
+                }
+                [] => format!("`{argument}`"),
+            })
+            .collect();
+        if !named.is_empty() {
+            found.push(Finding::warning(format!(
+                "policy `{}` reads the raw `context.args` of {}: match `context.resources` or `context.path_labels`, which see the path as it is opened",
+                policy.id(),
+                named.join(", ")
+            )));
+        }
+    }
     // A permit every call of which an unconditional forbid denies.
     for permit in policies.iter().filter(|p| p.effect() == Effect::Permit) {
         let classes = admitted(pack, &permit.action_constraint());
@@ -157,4 +222,69 @@ pub fn findings(pack: &Pack) -> Vec<Finding> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PackSource;
+
+    fn pack(policy: &str) -> Pack {
+        Pack::compile(&PackSource {
+            name: "t".into(),
+            manifest: r#"
+purposes = ["p"]
+[[tool]]
+tool = "*read_file"
+class = "read"
+resources = { path = "path" }
+[[tool]]
+tool = "*lookup"
+class = "read"
+resources = { customer = "customer" }
+"#
+            .into(),
+            schema: None,
+            policies: vec![("p.cedar".into(), policy.into())],
+            extra_tools: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    fn raw_warnings(pack: &Pack) -> Vec<String> {
+        findings(pack)
+            .into_iter()
+            .map(|f| f.message)
+            .filter(|m| m.contains("raw `context.args`"))
+            .collect()
+    }
+
+    #[test]
+    fn a_policy_on_a_raw_bound_path_is_warned_of() {
+        for condition in [
+            r#"context.args has path && context.args.path like "*.env""#,
+            r#"context.args has "path" && context.args["path"] like "*.env""#,
+        ] {
+            let found = raw_warnings(&pack(&format!(
+                "@id(\"x\") forbid (principal, action, resource) when {{ {condition} }};\n\
+                 permit (principal, action, resource);"
+            )));
+            assert_eq!(found.len(), 1, "{condition}: {found:?}");
+            assert!(
+                found[0].contains("`path` (bound for `*read_file`)"),
+                "{found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_resources_and_named_identifiers_are_not_warned_of() {
+        let found = raw_warnings(&pack(
+            r#"@id("x") forbid (principal, action, resource) when { context.path_labels.contains("secret") };
+               @id("y") forbid (principal, action, resource) when { context.args has customer && context.args.customer == "1" };
+               @id("z") forbid (principal, action, resource) when { context.resources.contains("path:/etc/passwd") };
+               permit (principal, action, resource);"#,
+        ));
+        assert!(found.is_empty(), "{found:?}");
+    }
 }

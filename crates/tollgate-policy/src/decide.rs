@@ -18,7 +18,7 @@ use crate::{
     clock::{LocalTime, UtcOffset},
     grant::{Charge, Grant, Usage},
     pack::{CLASSES, Pack, TYPES, ToolPlan, one_line, uid},
-    resource::{Resource, bind},
+    resource::{PathView, Resource, bind_seen},
     tool::ToolFacts,
 };
 
@@ -105,6 +105,9 @@ pub struct Decision {
     pub risk: Risk,
     /// The resources the call touches.
     pub resources: Vec<Resource>,
+    /// The paths the filesystem resolved to something other than their lexical form
+    /// (lexical, resolved), for the record replay reads.
+    pub resolved: Vec<(String, String)>,
     /// What an allowed call adds to its grant's limits.
     pub charges: Vec<Charge>,
     /// For the operator's log only, never the agent: why evaluation failed.
@@ -228,6 +231,8 @@ pub struct CallInput<'a> {
     pub taint: &'a [String],
     /// The tool's definition is the one pinned in the lock file.
     pub pinned: bool,
+    /// How the upstream's filesystem resolves paths; `None` binds them lexically only.
+    pub paths: Option<&'a dyn PathView>,
 }
 
 impl Pack {
@@ -242,6 +247,7 @@ impl Pack {
             class: plan.classification.class,
             risk: plan.classification.risk,
             resources: Vec::new(),
+            resolved: Vec::new(),
             charges: Vec::new(),
             detail: None,
             taints: plan.classification.taints.clone(),
@@ -259,12 +265,16 @@ impl Pack {
         if let Err(e) = call.tool.validate(call.arguments) {
             return deny(decision, step::ARGUMENTS, e.to_string());
         }
-        match bind(
+        match bind_seen(
             call.arguments,
             &plan.classification.resources,
             call.tool.root(),
+            call.paths,
         ) {
-            Ok(resources) => decision.resources = resources,
+            Ok(bound) => {
+                decision.resources = bound.resources;
+                decision.resolved = bound.resolved;
+            }
             Err(e) => return deny(decision, step::RESOURCES, e.to_string()),
         }
         if let Some(grant) = call.grant {
@@ -630,6 +640,9 @@ impl Pack {
                     record(stats)?
                 }
                 "taint" => RestrictedExpression::new_set(call.taint.iter().map(|t| string(t))),
+                "path_labels" => RestrictedExpression::new_set(
+                    self.path_labels(resources).into_iter().map(string),
+                ),
                 "pinned" => RestrictedExpression::new_bool(call.pinned),
                 _ => continue,
             };
@@ -640,7 +653,7 @@ impl Pack {
 }
 
 /// The context's top-level fields, as the schema declares them.
-pub(crate) const CONTEXT_FIELDS: [&str; 10] = [
+pub(crate) const CONTEXT_FIELDS: [&str; 11] = [
     "args",
     "resources",
     "intent",
@@ -651,6 +664,7 @@ pub(crate) const CONTEXT_FIELDS: [&str; 10] = [
     "stats",
     "taint",
     "pinned",
+    "path_labels",
 ];
 
 fn session_uid(call: &CallInput<'_>) -> cedar_policy::EntityUid {
@@ -772,6 +786,7 @@ mod tests {
             usage: &Usage::new(),
             taint: &[],
             pinned: false,
+            paths: None,
         })
     }
 
@@ -861,6 +876,7 @@ mod tests {
             usage: &Usage::new(),
             taint: &[],
             pinned: false,
+            paths: None,
         });
         assert_eq!(d.effect, Effect::Deny);
         assert_eq!(d.policies, ["tollgate:evaluation-error", "cap"]);

@@ -30,6 +30,6 @@ pub use grant::{
 };
 pub use pack::{DEFAULT_SCHEMA, Pack, PackError, PackSource, PolicyMeta};
 pub use pattern::{ResourcePattern, glob_match};
-pub use resource::{BindError, Resource, ResourceKind, bind};
+pub use resource::{BindError, Bound, PathView, Resource, ResourceKind, bind, bind_seen};
 pub use session_limit::{LimitUse, SessionLimit};
 pub use tool::ToolFacts;

@@ -65,6 +65,61 @@ struct Manifest {
     /// Limits on every session, whatever its grant.
     #[serde(default, rename = "limit")]
     limits: Vec<crate::session_limit::SessionLimit>,
+    /// Labels for the paths a call touches, which policies read as `context.path_labels`.
+    #[serde(default, rename = "path_label")]
+    path_labels: Vec<PathLabel>,
+}
+
+/// `[[path_label]]`: a label every bound path matching one of `paths` gets. Matched against
+/// the path as bound (normalized, and resolved where the filesystem is seen), so a rule on a
+/// label holds whichever argument named the path and however it was spelled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathLabel {
+    pub label: String,
+    /// Patterns over absolute paths: `*` within a segment, `**` any number of segments
+    /// (`**/.env`, `**/.git/**`); case is ignored.
+    pub paths: Vec<String>,
+}
+
+impl PathLabel {
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.label.is_empty()
+            && self.label.len() <= 64
+            && self
+                .label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(format!(
+                "path label `{}`: a name of lowercase letters, digits, `_` and `-`",
+                self.label
+            ));
+        }
+        if self.paths.is_empty() {
+            return Err(format!("path label `{}`: `paths` is empty", self.label));
+        }
+        for pattern in &self.paths {
+            if !(pattern.starts_with('/') || pattern.starts_with("**")) {
+                return Err(format!(
+                    "path label `{}`: `{pattern}` must start with `/` or `**`",
+                    self.label
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Does some path among `resources` carry this label?
+    fn marks(&self, resources: &[crate::resource::Resource]) -> bool {
+        resources.iter().any(|r| {
+            r.kind == "path"
+                && self
+                    .paths
+                    .iter()
+                    .any(|p| crate::pattern::label_match(p, &r.value))
+        })
+    }
 }
 
 /// Why a pack version cannot be used. The old version keeps serving.
@@ -142,6 +197,7 @@ pub struct Pack {
     catalog: Catalog,
     purposes: BTreeSet<String>,
     limits: Vec<crate::session_limit::SessionLimit>,
+    path_labels: Vec<PathLabel>,
     actions: Vec<Entity>,
     /// Each class's action and the groups it is in.
     action_lineage: BTreeMap<ActionClass, HashSet<EntityUid>>,
@@ -209,6 +265,9 @@ impl Pack {
                     limit.id
                 )));
             }
+        }
+        for label in &manifest.path_labels {
+            label.validate().map_err(PackError::Manifest)?;
         }
         let mut tools = manifest.tools;
         tools.extend(source.extra_tools.iter().cloned());
@@ -324,6 +383,7 @@ impl Pack {
             catalog,
             purposes: manifest.purposes,
             limits: manifest.limits,
+            path_labels: manifest.path_labels,
             actions,
             action_lineage,
             warnings,
@@ -358,6 +418,17 @@ impl Pack {
 
     pub fn purposes(&self) -> &BTreeSet<String> {
         &self.purposes
+    }
+
+    /// The labels of the paths among `resources`, in the pack's order, each once.
+    pub fn path_labels(&self, resources: &[crate::resource::Resource]) -> Vec<&str> {
+        let mut labels: Vec<&str> = Vec::new();
+        for label in &self.path_labels {
+            if !labels.contains(&label.label.as_str()) && label.marks(resources) {
+                labels.push(&label.label);
+            }
+        }
+        labels
     }
 
     /// The `[[limit]]`s every session is held to.

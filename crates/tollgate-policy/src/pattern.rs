@@ -111,6 +111,44 @@ pub fn path_match(pattern: &str, path: &str) -> bool {
     }
 }
 
+/// Does the label pattern `pattern` match the normalized absolute `path`? Unlike a grant's
+/// patterns, `**` may stand anywhere (`**/.env`, `**/.git/**`: any number of segments, none
+/// included), and case is ignored: a label marks what must not be reached, and on a
+/// case-insensitive filesystem `.ENV` is `.env`. Dynamic programming over segments, so no
+/// pattern can take more than O(pattern × path) segment matches.
+pub fn label_match(pattern: &str, path: &str) -> bool {
+    let pattern = pattern.to_lowercase();
+    let path = path.to_lowercase();
+    let p: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    let s: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // reach[j]: the pattern's first i segments match the path's first j.
+    let mut reach = vec![false; s.len() + 1];
+    if let Some(first) = reach.first_mut() {
+        *first = true;
+    }
+    for segment in &p {
+        let mut next = vec![false; s.len() + 1];
+        if *segment == "**" {
+            let mut any = false;
+            for (j, cell) in next.iter_mut().enumerate() {
+                any = any || reach.get(j).copied().unwrap_or(false);
+                *cell = any;
+            }
+        } else {
+            for (j, name) in s.iter().enumerate() {
+                if reach.get(j).copied().unwrap_or(false)
+                    && glob_match(segment, name)
+                    && let Some(cell) = next.get_mut(j + 1)
+                {
+                    *cell = true;
+                }
+            }
+        }
+        reach = next;
+    }
+    reach.last().copied().unwrap_or(false)
+}
+
 /// Does the path pattern `outer` match every path the path pattern `inner` matches?
 pub fn path_covers(outer: &str, inner: &str) -> bool {
     let o = segments(outer);
@@ -250,6 +288,44 @@ impl std::str::FromStr for ResourcePattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_patterns_take_any_depth_and_ignore_case() {
+        let secret = [
+            "**/.env",
+            "**/.env.*",
+            "**/.env/**",
+            "**/.ssh/**",
+            "**/*.pem",
+        ];
+        let labelled = |path: &str| secret.iter().any(|p| label_match(p, path));
+        for path in [
+            "/srv/app/.env",
+            "/.env",
+            "/srv/app/.ENV",
+            "/srv/app/.env.local",
+            "/srv/app/granted/.env/inner",
+            "/home/u/.ssh/id_ed25519",
+            "/a/b/c/cert.PEM",
+        ] {
+            assert!(labelled(path), "{path}");
+        }
+        for path in [
+            "/srv/app/env",
+            "/srv/app/x.env.bak/",
+            "/srv/app/.envrc",
+            "/srv/.sshx/k",
+        ] {
+            assert!(!labelled(path), "{path}");
+        }
+        assert!(label_match("/srv/**/secret/*", "/srv/a/b/secret/x"));
+        assert!(!label_match("/srv/**/secret/*", "/srv/a/b/secret/x/y"));
+        assert!(label_match("**", "/"));
+        // Many `**` in a row cost no more than one.
+        let deep = "/a".repeat(200);
+        assert!(label_match("**/**/**/**/a", &deep));
+        assert!(!label_match("**/**/**/**/b", &deep));
+    }
 
     fn res(kind: &str, value: &str) -> Resource {
         Resource {

@@ -285,6 +285,10 @@ pub struct InputRecord<'a> {
     pub taint: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub pinned: bool,
+    /// The paths the upstream's filesystem resolved to something else (lexical, resolved):
+    /// replay sees the filesystem as the call did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<(String, String)>,
     /// What the engine decided, where an approval, a limit or a credential changed it; absent
     /// where the record's `decision` is the engine's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -322,6 +326,7 @@ impl<'a> InputRecord<'a> {
                 .collect(),
             taint: call.taint.to_vec(),
             pinned: call.pinned,
+            resolved: decision.resolved.clone(),
             decided: Some(decision.effect),
             policies: Some(decision.policies.iter().cloned().map(Text::from).collect()),
         }
@@ -362,6 +367,21 @@ pub struct Recalled<'r> {
     now: i64,
     taint: Vec<String>,
     pinned: bool,
+    paths: RecordedPaths,
+}
+
+/// The filesystem as a record saw it: the resolutions it kept, every other path as written.
+#[derive(Debug, Default)]
+struct RecordedPaths(HashMap<String, String>);
+
+impl crate::resource::PathView for RecordedPaths {
+    fn resolve(&self, lexical: &str) -> Result<String, String> {
+        Ok(self
+            .0
+            .get(lexical)
+            .cloned()
+            .unwrap_or_else(|| lexical.to_owned()))
+    }
 }
 
 impl Recalled<'_> {
@@ -379,6 +399,7 @@ impl Recalled<'_> {
             usage: &self.usage,
             taint: &self.taint,
             pinned: self.pinned,
+            paths: (!self.paths.0.is_empty()).then_some(&self.paths as _),
         }
     }
 
@@ -469,6 +490,7 @@ impl Definitions {
             now,
             pinned,
             policies,
+            resolved,
             ..
         } = input;
         Ok(Recalled {
@@ -492,6 +514,7 @@ impl Definitions {
             now,
             taint,
             pinned,
+            paths: RecordedPaths(resolved.into_iter().collect()),
         })
     }
 }
@@ -912,6 +935,7 @@ mod tests {
             usage: Vec::new(),
             taint: Vec::new(),
             pinned: false,
+            resolved: Vec::new(),
             decided: Some(decided),
             policies: Some(vec![Text::from(policy.to_owned())]),
         }
@@ -974,6 +998,7 @@ mod tests {
             class: crate::catalog::ActionClass::Write,
             risk: crate::catalog::Risk::Low,
             resources: Vec::new(),
+            resolved: Vec::new(),
             charges: Vec::new(),
             detail: None,
             taints: Vec::new(),
@@ -1031,17 +1056,53 @@ mod tests {
         assert_eq!(back, stats);
     }
 
-    #[test]
-    fn a_tool_record_keys_its_content() {
+    /// `fs.read` of upstream `fs` under `root`, and its schema.
+    fn read_tool(root: Option<&str>) -> (ToolFacts, Map<String, Value>) {
         let mut schema = Map::new();
         schema.insert("type".into(), Value::from("object"));
         let facts = ToolFacts::new(
             "fs.read",
             "fs",
             Hints::default(),
-            Some("/srv".into()),
+            root.map(str::to_owned),
             SchemaCache::default().compile(&schema),
         );
+        (facts, schema)
+    }
+
+    #[test]
+    fn replay_sees_the_filesystem_as_the_call_did() {
+        let (facts, schema) = read_tool(Some("/srv"));
+        let (key, tool) = ToolRecord::of(&facts, &schema).entry();
+        let mut known = Definitions::default();
+        known.learn(TOOL_KIND, &tool).unwrap();
+        let written = serde_json::to_string(&InputRecord {
+            tool: Text::from(key),
+            resolved: vec![("/srv/link".into(), "/private/secret".into())],
+            ..plain_input(Effect::Deny, "tollgate:grant")
+        })
+        .unwrap();
+        assert!(
+            written.contains(r#""resolved":[["/srv/link","/private/secret"]]"#),
+            "{written}"
+        );
+        let record = DecisionRecord {
+            kind: Text::from("decision".to_owned()),
+            input: Some(serde_json::from_str(&written).unwrap()),
+            ..DecisionRecord::default()
+        };
+        let recalled = known.recall(record).unwrap();
+        let paths = recalled.call().paths.unwrap();
+        assert_eq!(paths.resolve("/srv/link").unwrap(), "/private/secret");
+        assert_eq!(paths.resolve("/srv/plain").unwrap(), "/srv/plain");
+        // A record without resolutions binds lexically, as the call did.
+        let plain = serde_json::to_string(&plain_input(Effect::Deny, "x")).unwrap();
+        assert!(!plain.contains("resolved"), "{plain}");
+    }
+
+    #[test]
+    fn a_tool_record_keys_its_content() {
+        let (facts, schema) = read_tool(Some("/srv"));
         let (key, record) = ToolRecord::of(&facts, &schema).entry();
         let (again, _) = ToolRecord::of(&facts, &schema).entry();
         assert_eq!(key, again);
@@ -1051,13 +1112,7 @@ mod tests {
             known.tools.get(&key).map(ToolFacts::root),
             Some(Some("/srv"))
         );
-        let other = ToolFacts::new(
-            "fs.read",
-            "fs",
-            Hints::default(),
-            Some("/elsewhere".into()),
-            SchemaCache::default().compile(&schema),
-        );
+        let (other, _) = read_tool(Some("/elsewhere"));
         assert_ne!(ToolRecord::of(&other, &schema).entry().0, key);
     }
 }

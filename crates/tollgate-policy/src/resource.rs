@@ -1,5 +1,6 @@
 //! Binding a call's arguments to the resources it touches: `path:` values normalized
 //! lexically against the upstream's root (a `..` that climbs out is refused, never clamped),
+//! then resolved as the upstream's filesystem will resolve them where a [`PathView`] is given,
 //! `url:` and `host:` from parsed http(s) URLs, and plain identifiers such as `customer:42`.
 
 use std::fmt;
@@ -81,6 +82,25 @@ pub enum BindError {
         argument: String,
         reason: &'static str,
     },
+    #[error("argument `{argument}`: the path cannot be resolved ({reason})")]
+    Unresolvable { argument: String, reason: String },
+}
+
+/// How the filesystem an upstream runs on resolves a path. The engine does no IO: the proxy
+/// hands it a view of the local filesystem for an upstream it runs itself, and replay the
+/// answers recorded when the call was decided.
+pub trait PathView: Sync + fmt::Debug {
+    /// `lexical` (absolute, already normalized) as the filesystem will open it: every symlink
+    /// on the way followed. `Err` with a short reason when it cannot be told.
+    fn resolve(&self, lexical: &str) -> Result<String, String>;
+}
+
+/// The resources a call names, and the paths whose resolution differed from their lexical form
+/// (lexical, resolved): what a record keeps so that replay sees the same filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bound {
+    pub resources: Vec<Resource>,
+    pub resolved: Vec<(String, String)>,
 }
 
 /// Longest identifier accepted as a named resource.
@@ -94,14 +114,31 @@ pub fn bind(
     bindings: &[(String, ResourceKind)],
     root: Option<&str>,
 ) -> Result<Vec<Resource>, BindError> {
-    let mut bound = Vec::new();
+    bind_seen(arguments, bindings, root, None).map(|bound| bound.resources)
+}
+
+/// [`bind`], with every path then resolved through `paths` where one is given: the resolved
+/// path is the resource, so the grant, the policies and the trail see what the upstream will
+/// open, not what the agent wrote.
+pub fn bind_seen(
+    arguments: Option<&Map<String, Value>>,
+    bindings: &[(String, ResourceKind)],
+    root: Option<&str>,
+    paths: Option<&dyn PathView>,
+) -> Result<Bound, BindError> {
+    let mut bound = Bound::default();
     let Some(arguments) = arguments else {
         return Ok(bound);
+    };
+    let mut binder = Binder {
+        root,
+        paths,
+        out: &mut bound,
     };
     for (argument, kind) in bindings {
         if let (Some((_, _)), ResourceKind::Named(_)) = (argument.split_once('/'), kind) {
             if let Some(joined) = join_parts(arguments, argument)? {
-                bind_one(argument, kind, &Value::String(joined), root, &mut bound)?;
+                binder.bind_one(argument, kind, &Value::String(joined))?;
             }
             continue;
         }
@@ -111,11 +148,13 @@ pub fn bind(
             Some(value) => vec![value],
         };
         for value in values {
-            bind_one(argument, kind, value, root, &mut bound)?;
+            binder.bind_one(argument, kind, value)?;
         }
     }
-    bound.sort();
-    bound.dedup();
+    bound.resources.sort();
+    bound.resources.dedup();
+    bound.resolved.sort();
+    bound.resolved.dedup();
     Ok(bound)
 }
 
@@ -151,75 +190,99 @@ fn join_parts(
     }
 }
 
-fn bind_one(
-    argument: &str,
-    kind: &ResourceKind,
-    value: &Value,
-    root: Option<&str>,
-    out: &mut Vec<Resource>,
-) -> Result<(), BindError> {
-    let type_error = |expected| BindError::Type {
-        argument: argument.to_owned(),
-        expected,
-    };
-    match kind {
-        ResourceKind::Path => {
-            let text = value.as_str().ok_or_else(|| type_error("a path string"))?;
-            out.push(Resource {
-                kind: "path".into(),
-                value: normalize_path(argument, text, root)?,
-            });
-        }
-        ResourceKind::Url => {
-            let text = value.as_str().ok_or_else(|| type_error("a URL string"))?;
-            let url = url::Url::parse(text).map_err(|e| BindError::BadUrl {
-                argument: argument.to_owned(),
-                reason: e.to_string(),
-            })?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(BindError::Scheme {
-                    argument: argument.to_owned(),
-                    scheme: url.scheme().to_owned(),
+struct Binder<'a> {
+    root: Option<&'a str>,
+    paths: Option<&'a dyn PathView>,
+    out: &'a mut Bound,
+}
+
+impl Binder<'_> {
+    fn bind_one(
+        &mut self,
+        argument: &str,
+        kind: &ResourceKind,
+        value: &Value,
+    ) -> Result<(), BindError> {
+        let type_error = |expected| BindError::Type {
+            argument: argument.to_owned(),
+            expected,
+        };
+        match kind {
+            ResourceKind::Path => {
+                let text = value.as_str().ok_or_else(|| type_error("a path string"))?;
+                let lexical = normalize_path(argument, text, self.root)?;
+                let value = match self.paths {
+                    None => lexical,
+                    Some(paths) => {
+                        let resolved =
+                            paths
+                                .resolve(&lexical)
+                                .map_err(|reason| BindError::Unresolvable {
+                                    argument: argument.to_owned(),
+                                    reason,
+                                })?;
+                        if resolved != lexical {
+                            self.out.resolved.push((lexical, resolved.clone()));
+                        }
+                        resolved
+                    }
+                };
+                self.out.resources.push(Resource {
+                    kind: "path".into(),
+                    value,
                 });
             }
-            let host = url.host_str().ok_or_else(|| BindError::BadUrl {
-                argument: argument.to_owned(),
-                reason: "no host".into(),
-            })?;
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err(BindError::BadValue {
+            ResourceKind::Url => {
+                let text = value.as_str().ok_or_else(|| type_error("a URL string"))?;
+                let url = url::Url::parse(text).map_err(|e| BindError::BadUrl {
                     argument: argument.to_owned(),
-                    reason: "a URL with credentials in it is refused",
+                    reason: e.to_string(),
+                })?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(BindError::Scheme {
+                        argument: argument.to_owned(),
+                        scheme: url.scheme().to_owned(),
+                    });
+                }
+                let host = url.host_str().ok_or_else(|| BindError::BadUrl {
+                    argument: argument.to_owned(),
+                    reason: "no host".into(),
+                })?;
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(BindError::BadValue {
+                        argument: argument.to_owned(),
+                        reason: "a URL with credentials in it is refused",
+                    });
+                }
+                self.out.resources.push(Resource {
+                    kind: "host".into(),
+                    value: host.to_ascii_lowercase(),
+                });
+                self.out.resources.push(Resource {
+                    kind: "url".into(),
+                    value: url.to_string(),
                 });
             }
-            out.push(Resource {
-                kind: "host".into(),
-                value: host.to_ascii_lowercase(),
-            });
-            out.push(Resource {
-                kind: "url".into(),
-                value: url.to_string(),
-            });
-        }
-        ResourceKind::Named(name) => {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return Err(type_error("a string or number identifier")),
-            };
-            if text.is_empty() || text.len() > MAX_NAMED || text.chars().any(char::is_control) {
-                return Err(BindError::BadValue {
-                    argument: argument.to_owned(),
-                    reason: "an identifier of 1 to 256 printable characters",
+            ResourceKind::Named(name) => {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return Err(type_error("a string or number identifier")),
+                };
+                if text.is_empty() || text.len() > MAX_NAMED || text.chars().any(char::is_control) {
+                    return Err(BindError::BadValue {
+                        argument: argument.to_owned(),
+                        reason: "an identifier of 1 to 256 printable characters",
+                    });
+                }
+                self.out.resources.push(Resource {
+                    kind: name.clone(),
+                    value: text,
                 });
             }
-            out.push(Resource {
-                kind: name.clone(),
-                value: text,
-            });
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Lexical normalization: `.` dropped, `..` pops one component. A relative path is taken
@@ -230,6 +293,14 @@ fn normalize_path(argument: &str, text: &str, root: Option<&str>) -> Result<Stri
         return Err(BindError::BadValue {
             argument: argument.to_owned(),
             reason: "a path with a NUL byte is refused",
+        });
+    }
+    // A server may expand these (server-filesystem takes `~` to the user's home) where the
+    // binding would see a folder of that name: what is bound must be what is opened.
+    if text.starts_with('~') || text.split('/').any(|part| part.starts_with('$')) {
+        return Err(BindError::BadValue {
+            argument: argument.to_owned(),
+            reason: "a path starting with `~` or holding a `$` variable is refused: give the path itself",
         });
     }
     let (base, rest, floor_is_root) = if text.starts_with('/') {
@@ -276,6 +347,70 @@ mod tests {
 
     fn path(binding: &str) -> Vec<(String, ResourceKind)> {
         vec![(binding.to_owned(), ResourceKind::Path)]
+    }
+
+    #[test]
+    fn home_and_variables_are_refused_not_bound_as_folder_names() {
+        for text in [
+            "~",
+            "~/.ssh/id_ed25519",
+            "~root/.bashrc",
+            "$HOME/.env",
+            "/srv/${X}/a",
+        ] {
+            let err = bind(Some(&args(json!({"p": text}))), &path("p"), Some("/srv")).unwrap_err();
+            assert!(matches!(err, BindError::BadValue { .. }), "{text}: {err}");
+        }
+        // Only at the start of a segment: a name holding them is just a name.
+        let bound = bind(Some(&args(json!({"p": "/srv/a~b/c$d"}))), &path("p"), None).unwrap();
+        assert_eq!(bound[0].value, "/srv/a~b/c$d");
+    }
+
+    /// A filesystem where `/srv/app/link` leads to `/private`.
+    #[derive(Debug)]
+    struct Linked;
+
+    impl PathView for Linked {
+        fn resolve(&self, lexical: &str) -> Result<String, String> {
+            if lexical == "/srv/app/loop" {
+                return Err("too many levels of symbolic links".into());
+            }
+            Ok(match lexical.strip_prefix("/srv/app/link") {
+                Some(rest) => format!("/private{rest}"),
+                None => lexical.to_owned(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_view_of_the_filesystem_binds_what_is_opened_and_keeps_what_it_changed() {
+        let bound = bind_seen(
+            Some(&args(json!({"p": ["link/secret.txt", "plain.txt"]}))),
+            &path("p"),
+            Some("/srv/app"),
+            Some(&Linked),
+        )
+        .unwrap();
+        let shown: Vec<String> = bound.resources.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["path:/private/secret.txt", "path:/srv/app/plain.txt"]
+        );
+        assert_eq!(
+            bound.resolved,
+            [(
+                "/srv/app/link/secret.txt".to_owned(),
+                "/private/secret.txt".to_owned()
+            )]
+        );
+        let err = bind_seen(
+            Some(&args(json!({"p": "loop"}))),
+            &path("p"),
+            Some("/srv/app"),
+            Some(&Linked),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BindError::Unresolvable { .. }), "{err}");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
     pub telemetry: TelemetryConfig,
+    /// The file this configuration was read from, if any.
+    pub source: Option<PathBuf>,
 }
 
 /// Where decided calls are exported as OpenTelemetry spans.
@@ -278,14 +280,27 @@ impl Default for PolicyConfig {
 impl Default for GrantsConfig {
     fn default() -> Self {
         Self {
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            state_dir: default_state_dir(),
             anonymous: false,
         }
     }
 }
 
-/// The state folder when the config names none, relative to the working directory.
-pub const DEFAULT_STATE_DIR: &str = ".tollgate";
+/// The state folder when the config names none: the per-user state folder,
+/// `$XDG_STATE_HOME/tollgate`, else `~/.local/state/tollgate` (`/var/lib/tollgate` for an
+/// account without a home). Never the working directory, which for a coding agent is the very
+/// folder its grant covers.
+pub fn default_state_dir() -> PathBuf {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_STATE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+        .join("tollgate")
+}
 
 /// Where agents connect.
 #[derive(Debug, Clone, Default)]
@@ -682,6 +697,7 @@ impl Config {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::read(path, source))?;
         let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
+        config.source = Some(path.to_owned());
         // A pack is part of the configuration: its path is relative to this file, wherever
         // Tollgate runs from. The state folder is relative to the working directory, as the
         // `grant` commands' `--state` is.
@@ -703,6 +719,22 @@ impl Config {
             config.pins = Some(dir.join(lock));
         }
         Ok(config)
+    }
+
+    /// Tollgate's own folders and files: the state folder (keys, revocations, the trail), the
+    /// trail's folder and its copies, the packs, the lock file and this configuration. No call
+    /// may reach them.
+    pub fn own_files(&self) -> Vec<PathBuf> {
+        let mut own = vec![self.grants.state_dir.clone()];
+        own.push(self.audit.settings(&self.grants.state_dir).dir);
+        if let Some(tollgate_audit::Copy::Daily(dir)) = &self.audit.copy {
+            own.push(dir.clone());
+        }
+        own.extend(self.policy.pack.iter().cloned());
+        own.extend(self.policy.shadow.iter().cloned());
+        own.extend(self.pins.iter().cloned());
+        own.extend(self.source.iter().cloned());
+        own
     }
 
     /// Parses and validates config text.
@@ -739,6 +771,7 @@ impl Config {
             approvals: ApprovalsConfig::default(),
             audit: AuditConfig::default(),
             telemetry: TelemetryConfig::default(),
+            source: None,
             upstreams: vec![UpstreamConfig {
                 name,
                 credential: CredentialConfig::None,
@@ -1404,6 +1437,7 @@ impl RawConfig {
         Ok(Config {
             audit,
             telemetry,
+            source: None,
             approvals,
             pin_changed: self.pins.as_ref().map(|p| p.on_change).unwrap_or_default(),
             pins: self.pins.map(|p| p.lock),
@@ -1487,10 +1521,7 @@ impl RawConfig {
                 }
             },
             grants: GrantsConfig {
-                state_dir: self
-                    .grants
-                    .state_dir
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                state_dir: self.grants.state_dir.unwrap_or_else(default_state_dir),
                 anonymous: self.grants.anonymous,
             },
         })

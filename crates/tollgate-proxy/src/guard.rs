@@ -223,6 +223,11 @@ pub struct PolicyGuard {
     revocations: RevocationList,
     anonymous: bool,
     env: Environment,
+    /// The upstreams Tollgate runs on this machine: their paths are bound as this filesystem
+    /// resolves them.
+    local: std::collections::HashSet<String>,
+    /// Tollgate's own folders and files, which no call reaches.
+    protected: crate::paths::Protected,
     grants: Mutex<HashMap<Arc<str>, Checked>>,
     sessions: Mutex<HashMap<SessionId, SessionRecord>>,
     usage: Mutex<Usage>,
@@ -504,6 +509,15 @@ impl PolicyGuard {
                 label: config.policy.environment.clone(),
                 offset: config.policy.time_zone,
             },
+            local: config
+                .upstreams
+                .iter()
+                .filter(|u| matches!(u.transport, crate::config::UpstreamTransport::Stdio { .. }))
+                .map(|u| u.name.clone())
+                .collect(),
+            protected: crate::paths::Protected::new(
+                config.own_files().iter().map(PathBuf::as_path),
+            ),
             grants: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             usage: Mutex::new(Usage::new()),
@@ -896,13 +910,27 @@ impl PolicyGuard {
             usage: &usage,
             taint: &standing.taint,
             pinned: standing.pin == PinState::Pinned,
+            paths: self
+                .local
+                .contains(call.upstream)
+                .then_some(&crate::paths::LocalPaths as &dyn tollgate_policy::PathView),
         };
-        let decision = pack.decide(&input);
+        let mut decision = pack.decide(&input);
         // What replay needs to decide this call again, kept only where there is a trail.
         let recorded = match (&self.audit, facts.entry()) {
             (Some(_), Some(entry)) => Some(InputRecord::of(&input, &entry.0, &decision)),
             _ => None,
         };
+        // Tollgate's own files, whatever the grant and the pack say (after the replay input,
+        // which keeps the engine's own answer).
+        if let Some(reason) = self.protected.refuses(decision.class, &decision.resources) {
+            warn!(tool = call.exposed_name, %reason, "refused: the call reaches Tollgate's own files");
+            decision.effect = Effect::Deny;
+            decision.policies = vec![crate::paths::SELF_STEP.to_owned()];
+            decision.reasons = vec![reason];
+            decision.approvers.clear();
+            decision.in_band = false;
+        }
         let shadow = self.shadow.as_ref().and_then(|(_, shadow)| {
             let shadow = shadow
                 .read()

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod names;
 pub mod otlp;
 pub mod pack_files;
+pub mod paths;
 pub mod pins;
 mod relay;
 mod scrub;
