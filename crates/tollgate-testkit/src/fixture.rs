@@ -117,6 +117,11 @@ fn tools(redefined: bool, bulk: usize, prefix: &str) -> Result<Vec<Tool>, McpErr
             json!({"type": "object", "properties": {"ms": {"type": "integer"}, "steps": {"type": "integer"}}}),
         ),
         tool("hang", "Never answer (until cancelled)", no_args()),
+        tool(
+            "big",
+            "Return `n` bytes of text (at most 16 MiB)",
+            json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}),
+        ),
         tool("pid", "Return the server's process id", no_args()),
         tool("whoami", "Return the server's name", no_args()),
         tool(
@@ -406,6 +411,10 @@ impl Fixture {
                 ctx.ct.cancelled().await;
                 self.state.cancellations.fetch_add(1, Ordering::SeqCst);
                 Err(McpError::internal_error("cancelled", None))
+            }
+            "big" => {
+                let n = arg_u64(params, "n").unwrap_or(0).min(16 << 20);
+                text("x".repeat(usize::try_from(n).unwrap_or(0)))
             }
             "pid" => text(std::process::id().to_string()),
             "whoami" => text(self.name.clone()),

@@ -331,6 +331,17 @@ async fn screen_body(
     let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
         return too_large();
     };
+    let bad_request = |id: serde_json::Value, code: i64, message: String| {
+        jsonrpc_error(http::StatusCode::BAD_REQUEST, id, code, message)
+    };
+    if !crate::wire::is_object(&bytes) {
+        // No batches since 2025-06-18, and a struct must never be read from an array.
+        return bad_request(
+            serde_json::Value::Null,
+            crate::wire::not_an_object_code(&bytes),
+            "a message is one JSON object (arrays and batches are not taken)".to_owned(),
+        );
+    }
     match serde_json::from_slice::<Envelope<'_>>(&bytes) {
         Ok(envelope) => {
             let id = match envelope.id {
@@ -349,27 +360,44 @@ async fn screen_body(
                     "invalid request: expected a JSON-RPC 2.0 message with `jsonrpc: \"2.0\"` and a `method`".to_owned(),
                 );
             }
+            if envelope.method.as_deref() == Some("tools/call")
+                && let Some((_, problem)) = crate::wire::call_problem(&bytes)
+            {
+                return bad_request(id, -32602, format!("invalid params: {problem}"));
+            }
             if screen.may_take(&parts)
                 && let Some(response) = fast_path(hub, &parts, &bytes).await
             {
                 return response;
             }
+            // What the fast path did not take, rmcp builds whole: a value it cannot build
+            // (a lone surrogate, a number out of range, nesting past the limit) is answered
+            // here, with the request's id.
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                return bad_request(id, -32600, format!("invalid request: {e}"));
+            }
         }
         Err(e) if e.is_syntax() || e.is_eof() => {
-            return jsonrpc_error(
-                http::StatusCode::BAD_REQUEST,
-                serde_json::Value::Null,
-                -32700,
-                format!("parse error: {e}"),
-            );
+            // Valid JSON by RFC 8259 that serde will not build is a request Tollgate cannot
+            // take, and its id is answered; only what is not JSON at all is -32700.
+            let salvaged = crate::wire::salvage(&bytes);
+            let id = salvaged
+                .id
+                .and_then(|id| serde_json::from_str(id.get()).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let (code, what) = if salvaged.whole {
+                (-32600, "invalid request")
+            } else {
+                (-32700, "parse error")
+            };
+            return bad_request(id, code, format!("{what}: {e}"));
         }
         Err(e) => {
-            return jsonrpc_error(
-                http::StatusCode::BAD_REQUEST,
-                serde_json::Value::Null,
-                -32600,
-                format!("invalid request: {e}"),
-            );
+            let id = crate::wire::salvage(&bytes)
+                .id
+                .and_then(|id| serde_json::from_str(id.get()).ok())
+                .unwrap_or(serde_json::Value::Null);
+            return bad_request(id, -32600, format!("invalid request: {e}"));
         }
     }
     let response = next

@@ -17,6 +17,10 @@ use crate::{
     wire::{LineRead, LineReader, LineWriter, error_line},
 };
 
+/// The answer to a line that is not one JSON object.
+const NOT_AN_OBJECT: &str =
+    "a message is one JSON object per line (arrays and batches are not taken)";
+
 /// A bounded, error-answering line transport for the agent side.
 pub struct LineTransport<R> {
     reader: LineReader<R>,
@@ -95,11 +99,12 @@ where
                     return None;
                 }
                 Ok(LineRead::Eof) => return None,
-                Ok(LineRead::Oversized) => {
+                Ok(LineRead::Oversized { head }) => {
                     let limit = self.reader.max_bytes();
                     tracing::warn!(limit, "agent message over the size limit refused");
+                    let id = crate::wire::salvage(&head).id.unwrap_or_else(null);
                     self.answer_error(
-                        &null(),
+                        &id,
                         -32600,
                         &format!("message exceeds the limit of {limit} bytes"),
                     );
@@ -110,15 +115,35 @@ where
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            if !crate::wire::is_object(&line) {
+                // JSON-RPC says a batch's answer is an array; MCP has no batches since
+                // 2025-06-18, and a struct must never be read from an array's positions.
+                let code = crate::wire::not_an_object_code(&line);
+                self.answer_error(&null(), code, NOT_AN_OBJECT);
+                continue;
+            }
             if let Some(fast) = &self.fast
                 && fast.try_take(&line)
             {
                 continue;
             }
+            if let Some((id, problem)) = crate::wire::call_problem(&line) {
+                self.answer_error(&id, -32602, &format!("invalid params: {problem}"));
+                continue;
+            }
             match serde_json::from_slice::<RxJsonRpcMessage<RoleServer>>(&line) {
                 Ok(message) => return Some(message),
                 Err(e) if e.is_syntax() || e.is_eof() => {
-                    self.answer_error(&null(), -32700, &format!("parse error: {e}"));
+                    // Valid JSON by RFC 8259 that serde will not build (a lone surrogate, a
+                    // number out of range, nesting past its limit) is a request Tollgate cannot
+                    // take, and its id is answered; only what is not JSON at all is -32700.
+                    let salvaged = crate::wire::salvage(&line);
+                    let id = salvaged.id.unwrap_or_else(null);
+                    if salvaged.whole {
+                        self.answer_error(&id, -32600, &format!("invalid request: {e}"));
+                    } else {
+                        self.answer_error(&id, -32700, &format!("parse error: {e}"));
+                    }
                 }
                 Err(e) => {
                     let id = serde_json::from_slice::<Value>(&line)
@@ -243,5 +268,67 @@ mod tests {
         let reply: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
         assert_eq!(reply["error"]["code"], -32600);
         assert!(reply["error"]["message"].as_str().unwrap().contains("1024"));
+    }
+
+    /// The one reply `input` gets, and the messages that went on.
+    async fn reply_to(input: &str) -> (Value, Vec<String>) {
+        let (methods, out) = run(format!("{input}\n{PING}\n").as_bytes(), 64 * 1024).await;
+        let reply = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        (reply, methods)
+    }
+
+    #[tokio::test]
+    async fn valid_json_serde_will_not_build_is_answered_with_its_id() {
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"x","arguments":{{"a":{}{}}}}}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        for (line, id) in [
+            (r#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"x","arguments":{"t":"\ud800"}}}"#.to_owned(), Value::from("s")),
+            (r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"x","arguments":{"n":1e400}}}"#.to_owned(), Value::from(5)),
+            (deep, Value::from(9)),
+        ] {
+            let (reply, methods) = reply_to(&line).await;
+            assert_eq!(reply["id"], id, "{line}: {reply}");
+            assert_eq!(reply["error"]["code"], -32600, "{reply}");
+            assert_eq!(methods, ["ping"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_array_is_never_read_as_a_request() {
+        let (reply, methods) = reply_to(r#"["2.0","tools/call",1,{"name":"x"}]"#).await;
+        assert_eq!(reply["error"]["code"], -32600, "{reply}");
+        assert_eq!(reply["id"], Value::Null);
+        assert_eq!(methods, ["ping"]);
+    }
+
+    #[tokio::test]
+    async fn a_call_with_params_the_method_does_not_take_is_invalid_params() {
+        for params in [
+            r#"{"name":"x","arguments":[1,2]}"#,
+            r#"{"name":"x","arguments":"text"}"#,
+            r#"{"name":"x","name":"y","arguments":{}}"#,
+        ] {
+            let line =
+                format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{params}}}"#);
+            let (reply, methods) = reply_to(&line).await;
+            assert_eq!(reply["error"]["code"], -32602, "{params}: {reply}");
+            assert_eq!(reply["id"], 3);
+            assert_eq!(methods, ["ping"], "{params}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_answered_with_its_id() {
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{{"name":"x","arguments":{{"t":"{}"}}}}}}"#,
+            "a".repeat(5000)
+        );
+        let (_, out) = run(format!("{big}\n").as_bytes(), 1024).await;
+        let reply: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(reply["id"], 12, "{reply}");
+        assert_eq!(reply["error"]["code"], -32600);
     }
 }

@@ -186,9 +186,31 @@ impl Transport<RoleClient> for StdioLink {
         loop {
             let line = match self.reader.next().await {
                 Ok(LineRead::Line(line)) => line,
-                Ok(LineRead::Oversized) => {
-                    tracing::warn!(upstream = %self.upstream, limit = self.reader.max_bytes(), "upstream message over the size limit dropped");
-                    continue;
+                Ok(LineRead::Oversized { head }) => {
+                    let limit = self.reader.max_bytes();
+                    tracing::warn!(upstream = %self.upstream, limit, "upstream message over the size limit dropped");
+                    // The request it answers fails now rather than waiting out its timeout.
+                    let Some(id) = crate::wire::salvage(&head).id else {
+                        continue;
+                    };
+                    let error = crate::wire::error_line(
+                        &id,
+                        -32603,
+                        &format!(
+                            "the upstream `{}` answered with a message over the limit of {limit} bytes",
+                            self.upstream
+                        ),
+                    );
+                    if let Some(n) = raw_number(&id) {
+                        if let Some(call) = self.lane.calls().remove(&n) {
+                            let _ = call.answer.send(error);
+                        }
+                        continue;
+                    }
+                    match serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(&error) {
+                        Ok(message) => return Some(message),
+                        Err(_) => continue,
+                    }
                 }
                 Ok(LineRead::Eof) | Err(_) => {
                     // Raw calls still waiting learn that the link is gone.
