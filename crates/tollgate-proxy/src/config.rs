@@ -322,6 +322,37 @@ pub struct HttpFront {
     pub sessions: bool,
     /// A session with no request for this long is closed.
     pub session_idle_timeout: Duration,
+    /// What one connection may hold and for how long.
+    pub connections: ConnectionLimits,
+}
+
+/// Limits on the HTTP front's connections: a client that never finishes its headers or body,
+/// or holds a connection open doing nothing, or opens thousands, cannot keep others out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request's headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this.
+    pub body_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections in all; past it the one idle longest is closed for a newcomer, and
+    /// when none is idle the newcomer gets 503.
+    pub max_connections: usize,
+    /// Open connections from one IP address, likewise.
+    pub max_per_peer: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_per_peer: 256,
+        }
+    }
 }
 
 /// How upstream tools, prompts and resource templates are named towards the agent.
@@ -615,6 +646,11 @@ struct RawHttpFront {
     #[serde(default = "default_true")]
     sessions: bool,
     session_idle_timeout_ms: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -873,6 +909,53 @@ fn millis(key: &str, value: Option<u64>, default: Duration) -> Result<Duration, 
     }
 }
 
+/// `[front.http]`'s connection limits, checked.
+fn connection_limits(raw: &RawHttpFront) -> Result<ConnectionLimits, ConfigError> {
+    let defaults = ConnectionLimits::default();
+    let count = |key: &str, value: Option<usize>, default: usize| match value {
+        None => Ok(default),
+        Some(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        Some(_) => Err(ConfigError::invalid(
+            key,
+            "a number of connections from 1 to 1000000",
+        )),
+    };
+    let limits = ConnectionLimits {
+        header_timeout: millis(
+            "front.http.header_timeout_ms",
+            raw.header_timeout_ms,
+            defaults.header_timeout,
+        )?,
+        body_timeout: millis(
+            "front.http.body_timeout_ms",
+            raw.body_timeout_ms,
+            defaults.body_timeout,
+        )?,
+        idle_timeout: millis(
+            "front.http.idle_timeout_ms",
+            raw.idle_timeout_ms,
+            defaults.idle_timeout,
+        )?,
+        max_connections: count(
+            "front.http.max_connections",
+            raw.max_connections,
+            defaults.max_connections,
+        )?,
+        max_per_peer: count(
+            "front.http.max_connections_per_peer",
+            raw.max_connections_per_peer,
+            defaults.max_per_peer,
+        )?,
+    };
+    if limits.max_per_peer > limits.max_connections {
+        return Err(ConfigError::invalid(
+            "front.http.max_connections_per_peer",
+            "at most `max_connections`",
+        ));
+    }
+    Ok(limits)
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let limits = Limits {
@@ -944,6 +1027,7 @@ impl RawConfig {
                         ));
                     }
                 }
+                let connections = connection_limits(&raw)?;
                 Some(HttpFront {
                     listen,
                     path: raw.path,
@@ -955,6 +1039,7 @@ impl RawConfig {
                         raw.session_idle_timeout_ms,
                         DEFAULT_SESSION_IDLE_TIMEOUT,
                     )?,
+                    connections,
                 })
             }
         };

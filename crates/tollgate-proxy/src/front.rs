@@ -2,5 +2,6 @@
 //! for many.
 
 pub mod http;
+mod listen;
 pub(crate) mod replay;
 pub mod stdio;

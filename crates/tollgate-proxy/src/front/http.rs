@@ -32,6 +32,7 @@ pub(crate) fn router(
     let screen = Arc::new(Screen {
         hub: hub.clone(),
         max_body,
+        body_timeout: front.connections.body_timeout,
         allowed_hosts: front.allowed_hosts.clone(),
         allowed_origins: allowed_origins(front, local),
     });
@@ -53,6 +54,8 @@ pub(crate) fn router(
 struct Screen {
     hub: Arc<Hub>,
     max_body: usize,
+    /// A body that has not arrived whole by then is refused (408).
+    body_timeout: std::time::Duration,
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
 }
@@ -328,9 +331,28 @@ async fn screen_body(
         return too_large();
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
-        return too_large();
-    };
+    let bytes =
+        match tokio::time::timeout(screen.body_timeout, axum::body::to_bytes(body, max_body)).await
+        {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => return too_large(),
+            Err(_) => {
+                let mut response = jsonrpc_error(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    serde_json::Value::Null,
+                    -32600,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        screen.body_timeout.as_millis()
+                    ),
+                );
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return response;
+            }
+        };
     let bad_request = |id: serde_json::Value, code: i64, message: String| {
         jsonrpc_error(http::StatusCode::BAD_REQUEST, id, code, message)
     };
@@ -511,18 +533,12 @@ pub(crate) async fn serve(
         shutdown.clone(),
     ));
     let app = router(hub, front, local_addr, max_body, shutdown.clone(), manager);
-    // Small JSON-RPC messages must not wait for Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    });
+    let task = tokio::spawn(super::listen::serve(
+        listener,
+        app,
+        front.connections,
+        shutdown,
+    ));
     Ok(HttpServer { local_addr, task })
 }
 
