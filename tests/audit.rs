@@ -20,13 +20,19 @@ use serde_json::{Value, json};
 use support::*;
 use tollgate_proxy::Config;
 
-fn records(dir: &Path) -> Vec<Value> {
+/// The trail's files in `dir`, in order (beside them are only the lanes' lock files).
+fn trail_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
     files
+}
+
+fn records(dir: &Path) -> Vec<Value> {
+    trail_files(dir)
         .iter()
         .flat_map(|f| {
             std::fs::read_to_string(f)
@@ -224,9 +230,9 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
                 .map(|v| v.to_str().unwrap().to_owned())
         })
         .unwrap();
-    let raw: String = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+    let raw: String = trail_files(&dir)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
         .collect();
     assert!(!raw.contains(token.trim_start_matches("Bearer ")));
     assert!(!raw.contains("launch code"));
@@ -259,12 +265,7 @@ async fn every_decision_and_outcome_is_in_a_trail_that_verifies() {
     assert!(ok, "{out}");
     assert!(out.contains("the trail is intact"), "{out}");
     // An edited decision is found at its record.
-    let file = std::fs::read_dir(&dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = trail_files(&dir).into_iter().next().unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     let seq = denied["seq"].as_u64().unwrap();
     std::fs::write(
@@ -359,8 +360,7 @@ async fn a_recorded_session_replayed_under_another_pack_shows_exactly_its_flips(
     // A damaged line (not even UTF-8) is counted, and the rest is replayed all the same.
     let damaged = tmp.path().join("damaged");
     std::fs::create_dir_all(&damaged).unwrap();
-    for file in std::fs::read_dir(&trail).unwrap() {
-        let file = file.unwrap().path();
+    for file in trail_files(&trail) {
         let mut bytes = std::fs::read(&file).unwrap();
         bytes.extend_from_slice(b"{\"kind\":\"decision\",\"a\":\"\xff\xfe\"}\n");
         std::fs::write(damaged.join(file.file_name().unwrap()), bytes).unwrap();
@@ -369,7 +369,7 @@ async fn a_recorded_session_replayed_under_another_pack_shows_exactly_its_flips(
     assert!(out.status.success(), "{read:#}");
     assert_eq!(
         (read["replayed"].clone(), read["unreadable_lines"].clone()),
-        (json!(7), json!(std::fs::read_dir(&trail).unwrap().count())),
+        (json!(7), json!(trail_files(&trail).len())),
         "{read:#}"
     );
 
@@ -479,16 +479,9 @@ async fn a_recorded_session_replayed_under_another_pack_shows_exactly_its_flips(
 
     // A trail file taken alone still replays: each holds the definitions it names.
     assert!(
-        std::fs::read_to_string(
-            std::fs::read_dir(&trail)
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path()
-        )
-        .unwrap()
-        .contains(r#""kind":"grant""#)
+        std::fs::read_to_string(trail_files(&trail).into_iter().next().unwrap())
+            .unwrap()
+            .contains(r#""kind":"grant""#)
     );
 }
 

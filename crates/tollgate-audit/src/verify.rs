@@ -38,8 +38,10 @@ pub struct Report {
     pub files: usize,
     pub records: u64,
     pub checkpoints: u64,
-    /// The last record number read.
+    /// The last record number read (of the last chain checked).
     pub last: Option<u64>,
+    /// The chains checked: one per process that wrote in the folder at once (its lane).
+    pub chains: usize,
     pub problems: Vec<Problem>,
     /// Facts that are not faults: a restart after a crash.
     pub notices: Vec<String>,
@@ -78,19 +80,41 @@ pub fn records_of(bytes: &[u8]) -> &[u8] {
     bytes.get(..end).unwrap_or_default()
 }
 
-/// Checks `files` as one trail, in the order given (a folder stands for its `audit-*.jsonl`
-/// files in order). `open`: the last file is still being written, so its records after the
-/// last checkpoint are not yet covered by a signature and that is not a fault.
+/// Checks `files`, in the order given (a folder stands for its `audit-*.jsonl` files in
+/// order). Each process writing in a folder at once keeps a chain of its own (a lane:
+/// `audit-<seq>.jsonl`, `audit-lane<k>-<seq>.jsonl`), and each lane is checked as one trail.
+/// `open`: the last file of each lane is still being written, so its records after the last
+/// checkpoint are not yet covered by a signature and that is not a fault.
 pub fn verify_files(
     files: &[PathBuf],
     verifier: &dyn CheckpointVerifier,
     open: bool,
 ) -> std::io::Result<Report> {
     let paths = trail_paths(files)?;
-    let mut report = Report {
-        files: paths.len(),
-        ..Report::default()
-    };
+    let mut lanes: Vec<(u32, Vec<PathBuf>)> = Vec::new();
+    for path in paths {
+        let lane = crate::writer::lane_of(&path);
+        match lanes.iter_mut().find(|(l, _)| *l == lane) {
+            Some((_, files)) => files.push(path),
+            None => lanes.push((lane, vec![path])),
+        }
+    }
+    let mut report = Report::default();
+    for (_, files) in &lanes {
+        verify_chain(files, verifier, open, &mut report)?;
+    }
+    report.chains = lanes.len();
+    Ok(report)
+}
+
+/// Checks `paths` as one chain, adding to `report`.
+fn verify_chain(
+    paths: &[PathBuf],
+    verifier: &dyn CheckpointVerifier,
+    open: bool,
+    report: &mut Report,
+) -> std::io::Result<()> {
+    report.files += paths.len();
     // What the next record must carry.
     let mut expected: Option<(u64, String)> = None;
     // How the file before ended: cleanly closed or not.
@@ -105,7 +129,7 @@ pub fn verify_files(
             bytes,
             verifier,
             &mut expected,
-            &mut report,
+            report,
             previous_closed,
         );
         // A file before the last that was not closed is explained by the next one (Tollgate
@@ -120,7 +144,7 @@ pub fn verify_files(
         }
         previous_closed = closed;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Checks one file, continuing from `expected`; whether it ends with a closing checkpoint.

@@ -386,11 +386,15 @@ impl Audit {
         std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
             .create(&dir)
             .map_err(|e| fail(format!("cannot create the folder: {e}")))?;
-        let (seq, prev, previous_closed) = last_record(&dir).map_err(fail)?;
+        // Another process writing in this folder holds its own lane: each chain has one writer.
+        let (lane, lock) = take_lane(&dir).map_err(fail)?;
+        let (seq, prev, previous_closed) = last_record(&dir, lane).map_err(fail)?;
         let stats = Arc::new(WriterStats::default());
         let mut state = State {
             settings,
             signer,
+            lane,
+            _lock: lock,
             file: None,
             path: PathBuf::new(),
             seq,
@@ -535,6 +539,11 @@ impl Drop for Audit {
 struct State {
     settings: Settings,
     signer: Arc<dyn CheckpointSigner>,
+    /// The chain this process writes: lane 0 is `audit-<seq>.jsonl`, lane k
+    /// `audit-lane<k>-<seq>.jsonl`. Held by the lock below for the life of the process.
+    lane: u32,
+    /// The lane's lock, held while the file is open (the OS lets go when the process dies).
+    _lock: File,
     file: Option<File>,
     path: PathBuf,
     /// The sequence number of the next record.
@@ -957,10 +966,7 @@ impl State {
     /// Opens the next file, named after the sequence number of its first record, which is
     /// `first` (what the file continues from is in its `prev`).
     fn begin_file(&mut self, first: Map<String, Value>) -> Result<(), String> {
-        let path = self
-            .settings
-            .dir
-            .join(format!("audit-{:016}.jsonl", self.seq));
+        let path = self.settings.dir.join(file_name(self.lane, self.seq));
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
@@ -1028,6 +1034,51 @@ fn refuse_all(jobs: impl IntoIterator<Item = Job>, error: &AuditError) {
     }
 }
 
+/// Lanes a folder may hold: as many processes may write in it at once.
+const MAX_LANES: u32 = 256;
+
+/// The first lane in `dir` no other process holds, and its lock.
+fn take_lane(dir: &Path) -> Result<(u32, File), String> {
+    for lane in 0..MAX_LANES {
+        let path = dir.join(format!(".lane-{lane}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => return Ok((lane, lock)),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()));
+            }
+        }
+    }
+    Err(format!(
+        "{MAX_LANES} processes already write in this folder; give this one an `audit.dir` of its own"
+    ))
+}
+
+/// The name of lane `lane`'s file whose first record is `seq`.
+fn file_name(lane: u32, seq: u64) -> String {
+    if lane == 0 {
+        format!("audit-{seq:016}.jsonl")
+    } else {
+        format!("audit-lane{lane}-{seq:016}.jsonl")
+    }
+}
+
+/// The lane of a trail file's name: `audit-<seq>.jsonl` is lane 0.
+pub(crate) fn lane_of(path: &Path) -> u32 {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("audit-lane"))
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(lane, _)| lane.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The trail's files in `dir`, in order.
 pub(crate) fn trail_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)?
@@ -1064,10 +1115,10 @@ fn data_end(file: &mut File, len: u64) -> std::io::Result<u64> {
 }
 
 /// The next sequence number, the hash to continue from, and whether the newest file was
-/// closed cleanly, from the last complete record in `dir`.
-fn last_record(dir: &Path) -> Result<(u64, String, bool), String> {
+/// closed cleanly, from the last complete record of lane `lane` in `dir`.
+fn last_record(dir: &Path, lane: u32) -> Result<(u64, String, bool), String> {
     let files = trail_files(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let Some(newest) = files.last() else {
+    let Some(newest) = files.iter().rfind(|f| lane_of(f) == lane) else {
         return Ok((0, GENESIS.to_owned(), true));
     };
     let mut file =

@@ -84,10 +84,12 @@ fn check(dir: &PathBuf) -> Report {
     verify_files(std::slice::from_ref(dir), &TestKey("k"), false).unwrap()
 }
 
+/// The one trail file in `dir` (beside it are only the lanes' lock files).
 fn only_file(dir: &PathBuf) -> PathBuf {
     let files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     files.into_iter().next().unwrap()
@@ -292,7 +294,14 @@ async fn a_file_has_room_ahead_while_open_and_none_once_closed() {
         "opening, five, a checkpoint after four"
     );
     let crashed = std::fs::read(&file).unwrap();
+    // The folder as a killed process leaves it (its writer stops here, holding its lane; a
+    // dead process's lock is released by the OS): the files as they are, in a folder of their
+    // own.
     std::mem::forget(audit);
+    let dir = tmp.path().join("after-crash");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join(file.file_name().unwrap());
+    std::fs::write(&file, &crashed).unwrap();
     let again = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
     again.append(record(99)).durable().await.unwrap();
     again.close();
@@ -312,6 +321,7 @@ async fn a_file_has_room_ahead_while_open_and_none_once_closed() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     files.sort();
     let closed = std::fs::read(files.last().unwrap()).unwrap();
@@ -342,6 +352,7 @@ async fn rotation_keeps_one_chain_across_files() {
     let middle = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .nth(1)
@@ -706,5 +717,50 @@ async fn a_trail_that_cannot_be_written_refuses_what_is_appended() {
     assert!(
         audit.append(record(99)).durable().await.is_err(),
         "and stays failed"
+    );
+}
+
+#[tokio::test]
+async fn writers_on_one_folder_at_once_each_keep_a_chain_and_a_restart_continues_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let first = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    let second = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    for i in 0..10 {
+        first.append(record(i)).durable().await.unwrap();
+        second.append(record(100 + i)).durable().await.unwrap();
+    }
+    let names = |dir: &PathBuf| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".jsonl"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(&dir),
+        [
+            "audit-0000000000000000.jsonl",
+            "audit-lane1-0000000000000000.jsonl"
+        ]
+    );
+    // The first process ends; one started now takes its lane and continues that chain.
+    first.close();
+    let third = Audit::open(settings(&dir), Arc::new(TestKey("k"))).unwrap();
+    third.append(record(200)).durable().await.unwrap();
+    third.close();
+    second.close();
+    let report = check(&dir);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.chains, 2);
+    assert_eq!(report.files, 3, "{:?}", names(&dir));
+    assert!(
+        names(&dir)
+            .iter()
+            .any(|n| n.starts_with("audit-00") && n != "audit-0000000000000000.jsonl"),
+        "the restart continued lane 0: {:?}",
+        names(&dir)
     );
 }

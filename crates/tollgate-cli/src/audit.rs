@@ -39,8 +39,16 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
             let last = report
                 .last
                 .map_or_else(|| "none".to_owned(), |n| n.to_string());
+            let chains = if report.chains > 1 {
+                format!(
+                    " in {} chains (one per process that wrote at once)",
+                    report.chains
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{} file(s), {} record(s), {} checkpoint(s), last record {last}: {}",
+                "{} file(s){chains}, {} record(s), {} checkpoint(s), last record {last}: {}",
                 report.files,
                 report.records,
                 report.checkpoints,

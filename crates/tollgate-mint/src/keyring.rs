@@ -310,8 +310,25 @@ impl Store {
 
     /// The ring made whole for `alg` at `now`.
     pub fn open_ring(&self, alg: Algorithm, now: i64) -> Result<Ring, MintError> {
+        let _held = self.hold()?;
         let manifest = self.settle(alg, now)?;
         self.load(manifest)
+    }
+
+    /// The keyring's lock, held while its manifest is read and written again: processes on
+    /// one state folder take turns, so none writes over the keys another just made. Released
+    /// when dropped, and by the OS when a process dies.
+    fn hold(&self) -> Result<fs::File, MintError> {
+        let path = self.dir.join(".manifest.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(MintError::io(&path))?;
+        lock.lock().map_err(MintError::io(&path))?;
+        Ok(lock)
     }
 
     /// The ring as the manifest says now, without changing it.
@@ -332,6 +349,7 @@ impl Store {
         due: Option<(i64, i64)>,
         now: i64,
     ) -> Result<(Ring, Vec<Rotated>), MintError> {
+        let _held = self.hold()?;
         let mut manifest = self.settle(alg, now)?;
         let mut rotated = Vec::new();
         for &path in paths {

@@ -74,17 +74,31 @@ impl GrantSigner {
         let private = state_dir.join(format!("{name}.key"));
         if !private.exists() {
             create_dir_private(state_dir)?;
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| MintError::Random(e.to_string()))?;
-            let key = SigningKey::from_bytes(&seed);
-            write_new(&private, URL_SAFE_NO_PAD.encode(seed).as_bytes(), 0o600)?;
-            write_new(
-                &state_dir.join(format!("{name}.pub")),
-                URL_SAFE_NO_PAD
-                    .encode(key.verifying_key().to_bytes())
-                    .as_bytes(),
-                0o644,
-            )?;
+            // Two processes starting on a new state folder at once: one makes the key, the
+            // other waits for the lock and then finds it.
+            let lock_path = state_dir.join(".keys.lock");
+            let lock = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(MintError::io(&lock_path))?;
+            lock.lock().map_err(MintError::io(&lock_path))?;
+            if !private.exists() {
+                let mut seed = [0u8; 32];
+                getrandom::fill(&mut seed).map_err(|e| MintError::Random(e.to_string()))?;
+                let key = SigningKey::from_bytes(&seed);
+                // The public half first: once the private key is there, both are.
+                write_new(
+                    &state_dir.join(format!("{name}.pub")),
+                    URL_SAFE_NO_PAD
+                        .encode(key.verifying_key().to_bytes())
+                        .as_bytes(),
+                    0o644,
+                )?;
+                write_new(&private, URL_SAFE_NO_PAD.encode(seed).as_bytes(), 0o600)?;
+            }
         }
         let meta = fs::metadata(&private).map_err(MintError::io(&private))?;
         if meta.permissions().mode() & 0o077 != 0 {
@@ -200,14 +214,22 @@ pub(crate) fn create_dir_private(dir: &Path) -> Result<(), MintError> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(MintError::io(dir))
 }
 
-/// Writes a file that must not exist yet, with `mode` from the first byte.
+/// Writes a file that must not exist yet, with `mode` from the first byte. It appears whole
+/// or not at all: written and synced under a name of its own, then linked into place (a link
+/// never replaces a file another process made meanwhile).
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), MintError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(MintError::io(path))?;
-    file.write_all(contents).map_err(MintError::io(path))?;
-    file.sync_all().map_err(MintError::io(path))
+    let staging = path.with_extension(format!("new-{}", std::process::id()));
+    let _ = fs::remove_file(&staging);
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&staging)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::hard_link(&staging, path)
+    })();
+    let _ = fs::remove_file(&staging);
+    written.map_err(MintError::io(path))
 }
