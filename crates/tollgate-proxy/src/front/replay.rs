@@ -5,10 +5,10 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::body::Bytes;
@@ -21,6 +21,8 @@ use crate::fast::AgentLine;
 const KEEP_AFTER_END: Duration = Duration::from_secs(30);
 /// Most streams kept at once; past it, finished streams are not kept for resumption.
 const MAX_KEPT: usize = 4096;
+/// Streams kept before a new one first lets the expired go.
+const SWEEP_FROM: usize = 256;
 /// The reconnection delay a client is told to use.
 const RETRY: Duration = Duration::from_secs(3);
 /// Prefix of the stream ids Tollgate issues.
@@ -31,7 +33,18 @@ struct StreamLog {
     session: String,
     events: Mutex<Vec<Bytes>>,
     done: AtomicBool,
+    /// When the call's answer was recorded: a stream not read to its end is kept for
+    /// [`KEEP_AFTER_END`] from then.
+    finished: OnceLock<Instant>,
     grown: Notify,
+}
+
+impl StreamLog {
+    fn expired(&self, now: Instant) -> bool {
+        self.finished
+            .get()
+            .is_some_and(|at| now.duration_since(*at) >= KEEP_AFTER_END)
+    }
 }
 
 impl StreamLog {
@@ -77,15 +90,20 @@ impl Streams {
             session: session.to_owned(),
             events: Mutex::new(vec![Bytes::from(priming)]),
             done: AtomicBool::new(false),
+            finished: OnceLock::new(),
             grown: Notify::new(),
         });
         {
             let mut logs = self.logs();
+            // Finished streams nobody came back for are let go here, as new ones arrive: no
+            // task waits out each one's time, so what is kept never grows with the call rate.
+            if logs.len() >= SWEEP_FROM {
+                sweep(&mut logs, Instant::now());
+            }
             if logs.len() < MAX_KEPT {
                 logs.insert(id.clone(), log.clone());
             }
         }
-        let streams = Arc::downgrade(self);
         let pump_log = log.clone();
         let stream_id = id.clone();
         tokio::spawn(async move {
@@ -107,12 +125,9 @@ impl Streams {
                     break;
                 }
             }
+            let _ = pump_log.finished.set(Instant::now());
             pump_log.done.store(true, Ordering::SeqCst);
             pump_log.grown.notify_waiters();
-            tokio::time::sleep(KEEP_AFTER_END).await;
-            if let Some(streams) = streams.upgrade() {
-                streams.logs().remove(&stream_id);
-            }
         });
         read_from(log, 0, Some((Arc::downgrade(self), id)))
     }
@@ -129,9 +144,14 @@ impl Streams {
         }
         let k: usize = k.parse().ok()?;
         let log = self.logs().get(stream)?.clone();
-        (log.session == session)
+        (log.session == session && !log.expired(Instant::now()))
             .then(|| read_from(log, k + 1, Some((Arc::downgrade(self), stream.to_owned()))))
     }
+}
+
+/// Lets go of the finished streams whose time to be resumed is over at `now`.
+fn sweep(logs: &mut HashMap<String, Arc<StreamLog>>, now: Instant) {
+    logs.retain(|_, log| !log.expired(now));
 }
 
 /// The events of `log` from index `from` on, waiting for new ones until the stream is done;
@@ -208,6 +228,38 @@ mod tests {
             "{shown}"
         );
         assert!(streams.logs().is_empty(), "nothing left to resume");
+    }
+
+    #[tokio::test]
+    async fn finished_streams_nobody_resumed_are_let_go_once_their_time_is_over() {
+        let streams = Arc::new(Streams::default());
+        let mut readers = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = mpsc::channel(4);
+            // Read only the priming event: the client went away before the answer.
+            let mut events = Box::pin(streams.open("s1", rx));
+            let _priming = events.next().await;
+            tx.send(AgentLine::Final(b"{}".to_vec())).await.unwrap();
+            readers.push(events);
+        }
+        // The pumps record the answers and end; the logs stay, for resumption.
+        for _ in 0..100 {
+            if streams
+                .logs()
+                .values()
+                .all(|log| log.finished.get().is_some())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(streams.kept(), 3);
+        assert!(streams.resume("s1", "tg-1:0").is_some());
+        sweep(&mut streams.logs(), Instant::now());
+        assert_eq!(streams.kept(), 3, "not before their time");
+        sweep(&mut streams.logs(), Instant::now() + KEEP_AFTER_END);
+        assert_eq!(streams.kept(), 0);
+        assert!(streams.resume("s1", "tg-1:0").is_none());
     }
 
     #[tokio::test]
