@@ -79,6 +79,22 @@ enum Command {
         /// name or Tollgate decides every call.
         #[arg(long, conflicts_with_all = ["grant", "pack"])]
         allow_all: bool,
+        /// Run the server (with `--`) inside a Landlock boundary derived from the grant: its
+        /// `path:` folders (writable where the grant has `write`), its own install and the
+        /// system's read-only, no TCP unless the grant has `egress`, never Tollgate's own
+        /// files. `grant` refuses to start where the kernel cannot enforce all of it;
+        /// `best-effort` says what it could not.
+        #[arg(long, value_name = "MODE", conflicts_with = "config")]
+        sandbox: Option<SandboxArg>,
+    },
+    /// Confine this process with the sandbox `--spec` describes, then run the command after
+    /// `--` (how Tollgate starts a sandboxed server).
+    #[command(hide = true)]
+    SandboxExec {
+        #[arg(long)]
+        spec: String,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Issue, inspect, narrow and revoke grants.
     Grant {
@@ -138,10 +154,57 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The sandbox modes `run --sandbox` takes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SandboxArg {
+    Grant,
+    BestEffort,
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any runtime or thread exists: the boundary is put on this one thread, which then
+    // becomes the server.
+    if let Command::SandboxExec { spec, command } = &cli.command {
+        return sandbox_exec(spec, command);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(async_main(cli)),
+        Err(e) => {
+            eprintln!("tollgate: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Confines this process as `spec` says and executes `command` in its place.
+fn sandbox_exec(spec: &str, command: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    match tollgate_proxy::sandbox::restrict_self(spec) {
+        Ok(described) => eprintln!("sandbox: {described}"),
+        Err(e) => {
+            eprintln!("sandbox: {e}");
+            return ExitCode::from(126);
+        }
+    }
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("sandbox: no command to run");
+        return ExitCode::from(127);
+    };
+    let error = std::process::Command::new(program).args(args).exec();
+    eprintln!(
+        "sandbox: cannot run `{}`: {error}",
+        program.to_string_lossy()
+    );
+    ExitCode::from(127)
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::SandboxExec { .. } => Ok(()),
         Command::Run {
             config,
             command,
@@ -149,9 +212,10 @@ async fn main() -> ExitCode {
             pack,
             state,
             allow_all,
+            sandbox,
         } => {
             init_logging("warn,tollgate=info,tollgate_proxy=info");
-            run(config, command, grant, pack, state, allow_all).await
+            run(config, command, grant, pack, state, allow_all, sandbox).await
         }
         Command::Grant { command } => grant::run(command),
         Command::Keys { command } => keys::run(command),
@@ -177,6 +241,47 @@ async fn main() -> ExitCode {
             eprintln!("tollgate: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The wrapped server's boundary, from the stdio agent's grant: its `path:` folders (writable
+/// where it grants `write`), TCP where it grants `egress`. A grant that does not verify gives
+/// the server no folder of its own (its calls are all refused anyway).
+fn sandbox_from_grant(config: &mut Config, mode: SandboxArg, token: Option<&str>) {
+    use tollgate_policy::ActionClass;
+    let verified = token.and_then(|token| {
+        tollgate_mint::GrantVerifier::load(&config.grants.state_dir)
+            .ok()
+            .and_then(|verifier| verifier.verify(token, tollgate_mint::unix_now()).ok())
+    });
+    let mode = match mode {
+        SandboxArg::Grant => tollgate_proxy::sandbox::SandboxMode::Grant,
+        SandboxArg::BestEffort => tollgate_proxy::sandbox::SandboxMode::BestEffort,
+    };
+    let mut sandbox = tollgate_proxy::config::SandboxConfig {
+        mode,
+        paths: Vec::new(),
+        read: Vec::new(),
+        network: false,
+    };
+    if let Some(grant) = &verified {
+        let writes = grant.actions.contains(&ActionClass::Write);
+        for resource in &grant.resources {
+            if resource.kind() != "path" {
+                continue;
+            }
+            let text = resource.to_string();
+            let base = tollgate_proxy::sandbox::pattern_base(text.trim_start_matches("path:"));
+            if writes {
+                sandbox.paths.push(base);
+            } else {
+                sandbox.read.push(base);
+            }
+        }
+        sandbox.network = grant.actions.contains(&ActionClass::Egress);
+    }
+    for upstream in &mut config.upstreams {
+        upstream.sandbox = Some(sandbox.clone());
     }
 }
 
@@ -211,6 +316,7 @@ async fn run(
     pack: Option<PathBuf>,
     state: Option<PathBuf>,
     allow_all: bool,
+    sandbox: Option<SandboxArg>,
 ) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::register()?;
     let mut config = match (config, command.split_first()) {
@@ -237,6 +343,9 @@ async fn run(
         Some("-") => Some(first_line(&mut stdin).await?),
         Some(file) => Some(grant::read_token(file)?),
     };
+    if let Some(mode) = sandbox {
+        sandbox_from_grant(&mut config, mode, stdio_grant.as_deref());
+    }
     // A pack that does not compile stops Tollgate here rather than serving with no policy.
     let guard = match config.policy.mode {
         PolicyMode::AllowAll => None,

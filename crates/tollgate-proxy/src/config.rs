@@ -390,10 +390,46 @@ pub struct UpstreamConfig {
     pub scrub: Vec<Secret>,
     /// The folder the upstream's relative paths resolve against, for resource binding.
     pub root: Option<String>,
+    /// The kernel boundary a stdio upstream runs in, as configured.
+    pub sandbox: Option<SandboxConfig>,
+    /// That boundary made concrete (Tollgate's own folders carved out): set when the proxy
+    /// starts, from `sandbox`.
+    pub confinement: Option<crate::sandbox::Confinement>,
     pub transport: UpstreamTransport,
     pub protocol: UpstreamProtocol,
     pub call_timeout: Duration,
     pub restart: RestartPolicy,
+}
+
+/// `upstream[].sandbox`: Landlock around a stdio upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    pub mode: crate::sandbox::SandboxMode,
+    /// Folders it may read and change.
+    pub paths: Vec<PathBuf>,
+    /// Folders it may only read (its install and the system's are added).
+    pub read: Vec<PathBuf>,
+    /// TCP connections allowed.
+    pub network: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSandbox {
+    Mode(crate::sandbox::SandboxMode),
+    Table(RawSandboxTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandboxTable {
+    mode: crate::sandbox::SandboxMode,
+    #[serde(default)]
+    paths: Vec<PathBuf>,
+    #[serde(default)]
+    read: Vec<PathBuf>,
+    #[serde(default)]
+    network: bool,
 }
 
 /// The protocol revision Tollgate speaks to an upstream.
@@ -704,6 +740,7 @@ struct RawUpstream {
     call_timeout_ms: Option<u64>,
     restart_initial_backoff_ms: Option<u64>,
     restart_max_backoff_ms: Option<u64>,
+    sandbox: Option<RawSandbox>,
 }
 
 fn default_path() -> String {
@@ -773,6 +810,29 @@ impl Config {
         own
     }
 
+    /// Makes each sandboxed upstream's boundary concrete: its folders, the system's and its
+    /// install, with Tollgate's own files carved out. Called once the configuration is final
+    /// (after command-line overrides such as `--state`).
+    pub fn settle_sandboxes(&mut self) {
+        let own = self.own_files();
+        let protected = crate::paths::Protected::new(own.iter().map(PathBuf::as_path));
+        for upstream in &mut self.upstreams {
+            let (Some(sandbox), UpstreamTransport::Stdio { command, .. }) =
+                (&upstream.sandbox, &upstream.transport)
+            else {
+                continue;
+            };
+            upstream.confinement = Some(crate::sandbox::Confinement::derive(
+                sandbox.mode,
+                command,
+                &sandbox.read,
+                &sandbox.paths,
+                sandbox.network,
+                protected.folders(),
+            ));
+        }
+    }
+
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(ConfigError::syntax)?;
@@ -813,6 +873,8 @@ impl Config {
                 credential: CredentialConfig::None,
                 scrub: Vec::new(),
                 root: None,
+                sandbox: None,
+                confinement: None,
                 transport: UpstreamTransport::Stdio {
                     command,
                     args,
@@ -1330,11 +1392,44 @@ impl RawConfig {
                     }))
                 }
             };
+            let sandbox = match raw.sandbox {
+                None => None,
+                Some(_) if !matches!(transport, UpstreamTransport::Stdio { .. }) => {
+                    return Err(ConfigError::invalid(
+                        key("sandbox"),
+                        "a sandbox only for a stdio upstream (`command`): Tollgate cannot confine a server it does not start",
+                    ));
+                }
+                Some(RawSandbox::Mode(mode)) => Some(SandboxConfig {
+                    mode,
+                    paths: Vec::new(),
+                    read: Vec::new(),
+                    network: false,
+                }),
+                Some(RawSandbox::Table(table)) => {
+                    for path in table.paths.iter().chain(&table.read) {
+                        if !path.is_absolute() {
+                            return Err(ConfigError::invalid(
+                                key("sandbox"),
+                                format!("absolute folders, not `{}`", path.display()),
+                            ));
+                        }
+                    }
+                    Some(SandboxConfig {
+                        mode: table.mode,
+                        paths: table.paths,
+                        read: table.read,
+                        network: table.network,
+                    })
+                }
+            };
             upstreams.push(UpstreamConfig {
                 name: raw.name,
                 credential,
                 scrub,
                 root: raw.root,
+                sandbox,
+                confinement: None,
                 transport,
                 protocol: raw.protocol,
                 call_timeout: millis(
@@ -1685,6 +1780,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mint.rotate_every_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_sandbox_is_for_stdio_upstreams_and_leaves_tollgates_files_out() {
+        let state = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[front]\nstdio = true\n[grants]\nstate_dir = \"{state}\"\n[[upstream]]\nname = \"fs\"\ncommand = \"server\"\nsandbox = {{ mode = \"grant\", paths = [\"{work}\", \"{state}\"] }}\n",
+            state = state.path().display(),
+            work = work.path().display()
+        );
+        let mut config = Config::parse(&text).unwrap();
+        config.settle_sandboxes();
+        let confinement = config.upstreams[0].confinement.clone().unwrap();
+        let state = std::fs::canonicalize(state.path()).unwrap();
+        assert!(confinement.write.contains(&work.path().to_owned()));
+        assert!(
+            !confinement
+                .write
+                .iter()
+                .chain(&confinement.read)
+                .any(|p| p.starts_with(&state)),
+            "{confinement:?}"
+        );
+        let short = Config::parse(&format!("{MINIMAL}sandbox = \"best-effort\"\n")).unwrap();
+        assert_eq!(
+            short.upstreams[0].sandbox.as_ref().map(|s| s.mode),
+            Some(crate::sandbox::SandboxMode::BestEffort)
+        );
+        let http = "[front]\nstdio = true\n[[upstream]]\nname = \"h\"\nurl = \"http://127.0.0.1:1/mcp\"\nsandbox = \"grant\"\n";
+        let err = Config::parse(http).unwrap_err().to_string();
+        assert!(
+            err.contains("upstream[0].sandbox") || err.contains("sandbox"),
+            "{err}"
+        );
+        assert!(err.contains("stdio"), "{err}");
+        let relative = format!("{MINIMAL}sandbox = {{ mode = \"grant\", paths = [\"data\"] }}\n");
+        assert!(
+            Config::parse(&relative)
+                .unwrap_err()
+                .to_string()
+                .contains("absolute")
+        );
     }
 
     #[test]

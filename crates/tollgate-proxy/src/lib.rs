@@ -21,6 +21,7 @@ pub mod pack_files;
 pub mod paths;
 pub mod pins;
 mod relay;
+pub mod sandbox;
 mod scrub;
 pub mod session;
 mod suspend;
@@ -76,7 +77,8 @@ impl Proxy {
     }
 
     /// Starts with a given interceptor at the tool-call interception point.
-    pub async fn start_with(config: Config, interceptor: Arc<dyn Interceptor>) -> Self {
+    pub async fn start_with(mut config: Config, interceptor: Arc<dyn Interceptor>) -> Self {
+        config.settle_sandboxes();
         let settle = config.limits.request_timeout.min(START_WAIT);
         let hub = Arc::new(Hub::new(config, interceptor));
         let shutdown = CancellationToken::new();

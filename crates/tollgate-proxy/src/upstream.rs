@@ -377,7 +377,17 @@ impl Upstream {
                 env,
                 cwd,
             } => {
-                let mut child = child::spawn(&self.name, command, args, env, cwd.as_deref())
+                // A sandboxed server starts through `tollgate sandbox-exec`, which confines
+                // itself and then becomes the server.
+                let (program, argv): (std::ffi::OsString, Vec<std::ffi::OsString>) =
+                    match &self.config.confinement {
+                        Some(confinement) => confinement
+                            .launcher(command, args)
+                            .map(|(exe, argv)| (exe.into_os_string(), argv))
+                            .map_err(|e| format!("cannot start `{command}` in its sandbox: {e}"))?,
+                        None => (command.into(), args.iter().map(Into::into).collect()),
+                    };
+                let mut child = child::spawn(&self.name, &program, &argv, env, cwd.as_deref())
                     .map_err(|e| format!("cannot start `{command}`: {e}"))?;
                 let (stdout, stdin) = child.take_pipes().ok_or("child pipes missing")?;
                 let link =

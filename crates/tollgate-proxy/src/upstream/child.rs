@@ -21,8 +21,8 @@ pub(crate) struct Child {
 
 pub(crate) fn spawn(
     upstream: &str,
-    command: &str,
-    args: &[String],
+    command: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
 ) -> std::io::Result<Child> {
