@@ -93,3 +93,44 @@ def serve_http(tollgate, config_text, tmp_path, node_bin_dir):
         process.terminate()
         process.wait(timeout=15)
     assert process.returncode == 0, process.stderr.read().decode() if process.stderr else ""
+
+
+def issue_grant(tollgate: str, state, *args: str, purpose: str = "maintenance") -> str:
+    """A grant token from `tollgate grant issue` in state folder `state`."""
+    return subprocess.run(
+        [tollgate, "grant", "issue", "--state", str(state), "--purpose", purpose, *args],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def plain_pack(tmp_path) -> pathlib.Path:
+    """A pack that classes every tool `read` (annotations may raise it) and permits any call
+    of a session with a grant, with none of the default pack's rate limits: for tests whose
+    subject is not policy."""
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "pack.toml").write_text('purposes = ["maintenance"]\n[[tool]]\ntool = "*"\nclass = "read"\n')
+    (pack / "policies.cedar").write_text(
+        '@id("anything") permit (principal, action, resource) when { context.grant.present };\n'
+    )
+    return pack
+
+
+def fixture_config(tollgate: str, tmp_path, state, front: str, upstream_extra: str = "") -> pathlib.Path:
+    """A config file: `front` (a `[front…]` table), the state folder, `plain_pack`, and the
+    Rust fixture server as a stdio upstream named `fx`."""
+    fixture = pathlib.Path(tollgate).with_name("tollgate-fixture")
+    config = tmp_path / "tollgate.toml"
+    config.write_text(f"""
+{front}
+[grants]
+state_dir = "{state}"
+[policy]
+pack = "{plain_pack(tmp_path)}"
+[[upstream]]
+name = "fx"
+command = "{fixture}"
+args = ["stdio", "fx"]
+{upstream_extra}
+""")
+    return config

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import env_with_node
+from conftest import env_with_node, issue_grant, plain_pack
 
 SECRET = "the private text\n"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,20 +27,12 @@ def world(tmp_path):
     (served / "private" / "secret.txt").write_text(SECRET)
     os.symlink("../private/secret.txt", served / "granted" / "link")
     # A pack that binds nothing: every call the grant's classes allow goes, whatever it names.
-    pack = tmp_path / "pack"
-    pack.mkdir()
-    (pack / "pack.toml").write_text('purposes = ["maintenance"]\n[[tool]]\ntool = "*"\nclass = "read"\n')
-    (pack / "policies.cedar").write_text(
-        '@id("anything") permit (principal, action, resource) when { context.grant.present };\n'
-    )
+    pack = plain_pack(tmp_path)
     return {"tmp": tmp_path, "served": served, "pack": pack}
 
 
 def grant(tollgate, state, *args) -> str:
-    return subprocess.run(
-        [tollgate, "grant", "issue", "--state", str(state), "--purpose", "maintenance", *args],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    return issue_grant(tollgate, state, *args)
 
 
 def calls(tollgate, env, state, pack, server, requests, sandbox=("--sandbox", "grant")):

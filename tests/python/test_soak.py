@@ -10,8 +10,8 @@ import subprocess
 import threading
 import time
 
-from test_http_limits import fixture_bin, rss_kib, connect
-from conftest import free_port
+from test_http_limits import rss_kib, connect
+from conftest import fixture_config, free_port, issue_grant
 
 CALLS = int(os.environ.get("TOLLGATE_SOAK_CALLS", "40000"))
 SESSIONS = 32
@@ -48,31 +48,9 @@ def session(port: int, token: str, calls: int):
 
 def test_memory_levels_off_under_sustained_calls(tollgate, tmp_path):
     state = tmp_path / "state"
-    token = subprocess.run(
-        [tollgate, "grant", "issue", "--state", str(state), "--purpose", "maintenance", "--action", "read",
-         "--ttl", "2h"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    pack = tmp_path / "pack"
-    pack.mkdir()
-    (pack / "pack.toml").write_text('purposes = ["maintenance"]\n[[tool]]\ntool = "*"\nclass = "read"\n')
-    (pack / "policies.cedar").write_text(
-        '@id("reads") permit (principal, action == Action::"read", resource) when { context.grant.present };\n'
-    )
+    token = issue_grant(tollgate, state, "--action", "read", "--ttl", "2h")
     port = free_port()
-    config = tmp_path / "tollgate.toml"
-    config.write_text(f"""
-[front.http]
-listen = "127.0.0.1:{port}"
-[grants]
-state_dir = "{state}"
-[policy]
-pack = "{pack}"
-[[upstream]]
-name = "fx"
-command = "{fixture_bin(tollgate)}"
-args = ["stdio", "fx"]
-""")
+    config = fixture_config(tollgate, tmp_path, state, f'[front.http]\nlisten = "127.0.0.1:{port}"')
     process = subprocess.Popen([tollgate, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:

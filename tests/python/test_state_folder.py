@@ -9,11 +9,9 @@ import threading
 
 import pytest
 
+from conftest import fixture_config, issue_grant
+
 CALLS = 1000
-
-
-def fixture_bin(tollgate: str) -> str:
-    return os.path.join(os.path.dirname(tollgate), "tollgate-fixture")
 
 
 def run_agent(tollgate: str, config: str, token: str, results: list, index: int):
@@ -54,31 +52,10 @@ def run_agent(tollgate: str, config: str, token: str, results: list, index: int)
 @pytest.mark.parametrize("processes", [2, 4])
 def test_processes_on_one_state_folder_each_keep_an_intact_chain(tollgate, tmp_path, processes):
     state = tmp_path / "state"
-    token = subprocess.run(
-        [tollgate, "grant", "issue", "--state", str(state), "--purpose", "maintenance", "--action", "read"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    # A pack of its own: the default pack's rate limits would hold a thousand quick calls.
-    pack = tmp_path / "pack"
-    pack.mkdir()
-    (pack / "pack.toml").write_text('purposes = ["maintenance"]\n[[tool]]\ntool = "*"\nclass = "read"\n')
-    (pack / "policies.cedar").write_text(
-        '@id("reads") permit (principal, action == Action::"read", resource) when { context.grant.present };\n'
+    token = issue_grant(tollgate, state, "--action", "read")
+    config = fixture_config(
+        tollgate, tmp_path, state, "[front]\nstdio = true", 'credential = { mode = "mint", audience = "fx" }'
     )
-    config = tmp_path / "tollgate.toml"
-    config.write_text(f"""
-[front]
-stdio = true
-[grants]
-state_dir = "{state}"
-[policy]
-pack = "{pack}"
-[[upstream]]
-name = "fx"
-command = "{fixture_bin(tollgate)}"
-args = ["stdio", "fx"]
-credential = {{ mode = "mint", audience = "fx" }}
-""")
     results = [0] * processes
     agents = [
         threading.Thread(target=run_agent, args=(tollgate, str(config), token, results, i))
