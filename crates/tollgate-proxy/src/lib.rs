@@ -11,6 +11,8 @@ mod error;
 pub mod exchange;
 mod fast;
 pub mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 mod hub;
 pub mod intercept;
