@@ -324,6 +324,10 @@ pub struct HttpFront {
     pub session_idle_timeout: Duration,
     /// What one connection may hold and for how long.
     pub connections: ConnectionLimits,
+    /// How long a finished call's event stream stays resumable (`Last-Event-ID`) when its
+    /// client did not read it to the end, and how many are kept at most.
+    pub resume_keep: Duration,
+    pub resume_streams: usize,
 }
 
 /// Limits on the HTTP front's connections: a client that never finishes its headers or body,
@@ -687,6 +691,8 @@ struct RawHttpFront {
     idle_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_peer: Option<usize>,
+    resume_keep_ms: Option<u64>,
+    resume_streams: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1102,6 +1108,21 @@ impl RawConfig {
                         DEFAULT_SESSION_IDLE_TIMEOUT,
                     )?,
                     connections,
+                    resume_keep: millis(
+                        "front.http.resume_keep_ms",
+                        raw.resume_keep_ms,
+                        crate::front::replay::KEEP_AFTER_END,
+                    )?,
+                    resume_streams: match raw.resume_streams {
+                        None => crate::front::replay::MAX_KEPT,
+                        Some(n) if (1..=1_000_000).contains(&n) => n,
+                        Some(_) => {
+                            return Err(ConfigError::invalid(
+                                "front.http.resume_streams",
+                                "a number of streams from 1 to 1000000",
+                            ));
+                        }
+                    },
                 })
             }
         };

@@ -76,6 +76,12 @@ impl Hub {
                 ))
             })
             .collect();
+        let streams = Arc::new(match &config.fronts.http {
+            Some(front) => {
+                crate::front::replay::Streams::new(front.resume_keep, front.resume_streams)
+            }
+            None => crate::front::replay::Streams::default(),
+        });
         Self {
             config,
             namer,
@@ -86,7 +92,7 @@ impl Hub {
             interceptor,
             suspended: Arc::default(),
             agent_answers: Arc::default(),
-            streams: Arc::default(),
+            streams,
             http_seen: std::sync::Mutex::default(),
             http_fast: std::sync::Mutex::default(),
             fingerprint_key: std::collections::hash_map::RandomState::new(),

@@ -17,10 +17,12 @@ use tokio::sync::{Notify, mpsc};
 use crate::fast::AgentLine;
 
 /// How long a finished stream that was not read to its end stays available for a client to
-/// resume. A stream read to its end is dropped at once.
-const KEEP_AFTER_END: Duration = Duration::from_secs(30);
-/// Most streams kept at once; past it, finished streams are not kept for resumption.
-const MAX_KEPT: usize = 4096;
+/// resume, unless configured (`front.http.resume_keep_ms`). A stream read to its end is
+/// dropped at once.
+pub const KEEP_AFTER_END: Duration = Duration::from_secs(30);
+/// Most streams kept at once unless configured (`front.http.resume_streams`); past it, new
+/// streams are not kept for resumption.
+pub const MAX_KEPT: usize = 4096;
 /// Streams kept before a new one first lets the expired go.
 const SWEEP_FROM: usize = 256;
 /// The reconnection delay a client is told to use.
@@ -40,10 +42,10 @@ struct StreamLog {
 }
 
 impl StreamLog {
-    fn expired(&self, now: Instant) -> bool {
+    fn expired(&self, now: Instant, keep: Duration) -> bool {
         self.finished
             .get()
-            .is_some_and(|at| now.duration_since(*at) >= KEEP_AFTER_END)
+            .is_some_and(|at| now.duration_since(*at) >= keep)
     }
 }
 
@@ -56,13 +58,31 @@ impl StreamLog {
 }
 
 /// Every fast-path stream still open or recently finished.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Streams {
     next: AtomicU64,
     logs: Mutex<HashMap<String, Arc<StreamLog>>>,
+    /// How long a finished stream stays resumable, and how many are kept at most.
+    keep: Duration,
+    max_kept: usize,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self::new(KEEP_AFTER_END, MAX_KEPT)
+    }
 }
 
 impl Streams {
+    pub(crate) fn new(keep: Duration, max_kept: usize) -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            logs: Mutex::new(HashMap::new()),
+            keep,
+            max_kept,
+        }
+    }
+
     fn logs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StreamLog>>> {
         self.logs
             .lock()
@@ -97,10 +117,10 @@ impl Streams {
             let mut logs = self.logs();
             // Finished streams nobody came back for are let go here, as new ones arrive: no
             // task waits out each one's time, so what is kept never grows with the call rate.
-            if logs.len() >= SWEEP_FROM {
-                sweep(&mut logs, Instant::now());
+            if logs.len() >= SWEEP_FROM.min(self.max_kept) {
+                sweep(&mut logs, Instant::now(), self.keep);
             }
-            if logs.len() < MAX_KEPT {
+            if logs.len() < self.max_kept {
                 logs.insert(id.clone(), log.clone());
             }
         }
@@ -144,14 +164,14 @@ impl Streams {
         }
         let k: usize = k.parse().ok()?;
         let log = self.logs().get(stream)?.clone();
-        (log.session == session && !log.expired(Instant::now()))
+        (log.session == session && !log.expired(Instant::now(), self.keep))
             .then(|| read_from(log, k + 1, Some((Arc::downgrade(self), stream.to_owned()))))
     }
 }
 
 /// Lets go of the finished streams whose time to be resumed is over at `now`.
-fn sweep(logs: &mut HashMap<String, Arc<StreamLog>>, now: Instant) {
-    logs.retain(|_, log| !log.expired(now));
+fn sweep(logs: &mut HashMap<String, Arc<StreamLog>>, now: Instant, keep: Duration) {
+    logs.retain(|_, log| !log.expired(now, keep));
 }
 
 /// The events of `log` from index `from` on, waiting for new ones until the stream is done;
@@ -255,11 +275,26 @@ mod tests {
         }
         assert_eq!(streams.kept(), 3);
         assert!(streams.resume("s1", "tg-1:0").is_some());
-        sweep(&mut streams.logs(), Instant::now());
+        sweep(&mut streams.logs(), Instant::now(), KEEP_AFTER_END);
         assert_eq!(streams.kept(), 3, "not before their time");
-        sweep(&mut streams.logs(), Instant::now() + KEEP_AFTER_END);
+        sweep(
+            &mut streams.logs(),
+            Instant::now() + KEEP_AFTER_END,
+            KEEP_AFTER_END,
+        );
         assert_eq!(streams.kept(), 0);
         assert!(streams.resume("s1", "tg-1:0").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_configured_bounds_hold() {
+        let streams = Arc::new(Streams::new(Duration::from_millis(1), 2));
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = mpsc::channel(4);
+            open.push((tx, streams.open("s1", rx)));
+        }
+        assert_eq!(streams.kept(), 2, "the third is not kept for resumption");
     }
 
     #[tokio::test]
