@@ -16,49 +16,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
-
 fn stdio_upstream(name: &str, extra: &str) -> String {
     format!(
         "[[upstream]]\nname = \"{name}\"\ncommand = \"{}\"\nargs = [\"stdio\", \"{name}\"]\n{extra}\n",
         fixture_bin().display()
     )
-}
-
-/// A 2025-11-25 session on `url`: its id.
-async fn session(client: &reqwest::Client, url: &str) -> String {
-    let response = post(client, url, INIT, None).send().await.unwrap();
-    let id = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let _ = response.text().await.unwrap();
-    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    let ack = post(client, url, initialized, Some(&id))
-        .send()
-        .await
-        .unwrap();
-    assert!(ack.status().is_success());
-    id
-}
-
-fn post(
-    client: &reqwest::Client,
-    url: &str,
-    body: &str,
-    session: Option<&str>,
-) -> reqwest::RequestBuilder {
-    let mut request = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(body.to_owned());
-    if let Some(id) = session {
-        request = request
-            .header("mcp-session-id", id)
-            .header("mcp-protocol-version", "2025-11-25");
-    }
-    request
 }
 
 /// The JSON-RPC message in a body: plain JSON or the last SSE `data:` line that holds one.
@@ -87,7 +49,7 @@ async fn every_request_serde_refuses_is_answered_with_its_id_and_code() {
     ))
     .await;
     let client = reqwest::Client::new();
-    let sid = session(&client, &guard.url).await;
+    let sid = open_session(&client, &guard.url).await;
     let deep = format!(
         r#"{{"name":"echo","arguments":{{"text":"x","d":{}{}}}}}"#,
         "[".repeat(400),
@@ -181,7 +143,7 @@ async fn an_upstream_answer_over_the_limit_fails_its_call_at_once() {
     );
     let guard = guard(&config).await;
     let client = reqwest::Client::new();
-    let sid = session(&client, &guard.url).await;
+    let sid = open_session(&client, &guard.url).await;
     let started = Instant::now();
     let response = post(
         &client,

@@ -18,27 +18,6 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 use tollgate_testkit::fixture::{Fixture, FixtureState};
 
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
-
-fn post(
-    client: &reqwest::Client,
-    url: &str,
-    body: &str,
-    session: Option<&str>,
-) -> reqwest::RequestBuilder {
-    let mut request = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(body.to_owned());
-    if let Some(id) = session {
-        request = request
-            .header("mcp-session-id", id)
-            .header("mcp-protocol-version", "2025-11-25");
-    }
-    request
-}
-
 /// The JSON-RPC message in a response body (plain JSON or the first SSE `data:` line).
 fn message(body: &str) -> Value {
     if let Ok(v) = serde_json::from_str(body) {
@@ -51,23 +30,6 @@ fn message(body: &str) -> Value {
         .find(|d| d.starts_with('{'))
         .unwrap_or_else(|| panic!("no JSON-RPC message in {body:?}"));
     serde_json::from_str(data).unwrap()
-}
-
-async fn open_session(client: &reqwest::Client, url: &str) -> String {
-    let response = post(client, url, INIT, None).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let id = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let _ = response.text().await.unwrap();
-    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    let ack = post(client, url, initialized, Some(&id))
-        .send()
-        .await
-        .unwrap();
-    assert!(ack.status().is_success(), "{}", ack.status());
-    id
 }
 
 #[tokio::test]

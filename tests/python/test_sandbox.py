@@ -98,7 +98,7 @@ def test_the_kernel_alone_keeps_the_server_in_the_grant(tollgate, filesystem, no
 def test_tollgate_state_inside_the_grant_is_carved_out(tollgate, filesystem, node_bin_dir, world):
     served = world["served"]
     state = served / "granted" / "tg-state"
-    (served / "granted" / "work").mkdir()
+    (served / "granted" / "drafts").mkdir()
     env = env_with_node(node_bin_dir)
     env["TOLLGATE_GRANT"] = grant(
         tollgate, state, "--action", "read", "--action", "write", "--resource", f"path:{served}/granted/**"
@@ -106,7 +106,7 @@ def test_tollgate_state_inside_the_grant_is_carved_out(tollgate, filesystem, nod
     requests = [
         ("read_text_file", {"path": f"{state}/grant-signing.key"}),
         ("write_file", {"path": f"{state}/revoked", "content": "nothing"}),
-        ("write_file", {"path": f"{served}/granted/work/new.txt", "content": "written"}),
+        ("write_file", {"path": f"{served}/granted/drafts/new.txt", "content": "written"}),
         ("read_text_file", {"path": f"{served}/granted/notes.txt"}),
         # The folder that holds the state is opened entry by entry, so nothing new is made
         # in it directly (ARCHITECTURE.md, "The filesystem boundary").
@@ -116,8 +116,8 @@ def test_tollgate_state_inside_the_grant_is_carved_out(tollgate, filesystem, nod
     key = (state / "grant-signing.key").read_text().strip()
     assert key not in answers[1] and "EACCES" in answers[1], answers[1]
     assert "EACCES" in answers[2], answers[2]
-    assert (served / "granted" / "work" / "new.txt").exists(), (answers, log[-3000:])
-    assert (served / "granted" / "work" / "new.txt").read_text() == "written", answers[3]
+    assert (served / "granted" / "drafts" / "new.txt").exists(), (answers, log[-3000:])
+    assert (served / "granted" / "drafts" / "new.txt").read_text() == "written", answers[3]
     assert answers[4] == "in the grant\n", answers[4]
     assert "EACCES" in answers[5], answers[5]
 

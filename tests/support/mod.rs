@@ -438,3 +438,44 @@ pub async fn admin_get(admin: &str, path: &str, token: &str) -> Value {
         .await
         .unwrap()
 }
+
+/// An `initialize` request of a 2025-11-25 client.
+pub const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+/// A POST of `body` to an HTTP front, in session `session` (2025-11-25) when given.
+pub fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+    session: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_owned());
+    if let Some(id) = session {
+        request = request
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    request
+}
+
+/// A 2025-11-25 session on `url`, initialized: its id.
+pub async fn open_session(client: &reqwest::Client, url: &str) -> String {
+    let response = post(client, url, INIT, None).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let id = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = response.text().await.unwrap();
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let ack = post(client, url, initialized, Some(&id))
+        .send()
+        .await
+        .unwrap();
+    assert!(ack.status().is_success(), "{}", ack.status());
+    id
+}
