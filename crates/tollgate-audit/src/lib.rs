@@ -18,6 +18,6 @@ mod writer;
 pub use chain::{CheckpointSigner, CheckpointVerifier, GENESIS, checkpoint_message, line_hash};
 pub use verify::{Problem, Report, records_of, trail_paths, verify_files};
 pub use writer::{
-    Audit, AuditError, Copy, Define, Definition, Durability, LAZY_SYNC, MAX_GATHER, Settings,
-    Ticket, WriterStats,
+    Audit, AuditError, Copy, DEFAULT_SYNC_WITHIN, Define, Definition, Durability, LAZY_SYNC,
+    MAX_GATHER, Settings, Ticket, WriterStats,
 };

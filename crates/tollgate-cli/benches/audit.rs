@@ -1,13 +1,14 @@
 //! The audit trail's cost on the guarded path, without transport: `PolicyGuard::before_call`
 //! (decide, record), waiting until the record is as durable as configured, and
-//! `after_call` (the outcome), in process, for a guard without a trail, with one at the
-//! default durability, and with one synced within 20 ms, in interleaved rounds.
+//! `after_call` (the outcome), in process, for a guard without a trail, with one synced per
+//! call, and with one at the default durability (written first, synced within 20 ms), in
+//! interleaved rounds.
 //!
 //!     cargo bench -p tollgate-cli --bench audit
 //!
 //! Reported per call: wall time (p50, p99), and CPU time of the whole process (every thread,
 //! the trail's writer included), read from the kernel's per-thread accounting. With
-//! `TOLLGATE_BENCH_PROFILE=1` it runs the batched trail alone, for a profiler.
+//! `TOLLGATE_BENCH_PROFILE=1` it runs the default trail alone, for a profiler.
 
 #![allow(
     clippy::unwrap_used,
@@ -97,15 +98,15 @@ fn main() {
         .build()
         .unwrap();
     let facts = common::read_text_file();
-    // `TOLLGATE_BENCH_PROFILE=1`: the batched trail alone, for a profiler.
+    // `TOLLGATE_BENCH_PROFILE=1`: the default trail alone, for a profiler.
     let profile = std::env::var_os("TOLLGATE_BENCH_PROFILE").is_some();
     let mut setups = if profile {
-        vec![setup("synced within 20 ms", "sync_within_ms = 20")]
+        vec![setup("written (default)", "")]
     } else {
         vec![
             setup("no trail", "enabled = false"),
-            setup("synced (default)", ""),
-            setup("synced within 20 ms", "sync_within_ms = 20"),
+            setup("synced", "durability = \"synced\""),
+            setup("written (default)", ""),
         ]
     };
     runtime.block_on(async {

@@ -18,6 +18,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::{
     process::Stdio,
     sync::Arc,
@@ -349,60 +351,19 @@ async fn compare(
 /// mints a token for each allowed call: the folder and the `tollgate` arguments to run with.
 fn policy_setup(fixture: &str, mint: bool, audit: &str) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let pack = dir.path().join("pack");
-    std::fs::create_dir_all(&pack).unwrap();
-    std::fs::write(
-        pack.join("pack.toml"),
-        "purposes = [\"bench\"]\n[[tool]]\ntool = \"echo\"\nclass = \"read\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        pack.join("rules.cedar"),
-        r#"
-@id("reads") permit (principal, action == Action::"read", resource) when { context.grant.present };
-@id("secrets") forbid (principal, action, resource) when { context.args has path && context.args.path like "*.env" };
-@id("denials") forbid (principal, action, resource) when { context.stats.denials >= 50 };
-@id("hours") forbid (principal, action == Action::"write", resource) when { context.environment == "prod" && context.time.hour < 8 };
-"#,
-    )
-    .unwrap();
-    let state = dir.path().join("state");
-    let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
-    let grant = tollgate_policy::Grant {
-        task: "measure".into(),
-        ..tollgate_policy::Grant::root(
-            tollgate_mint::new_grant_id().unwrap(),
-            "bench",
-            [tollgate_policy::ActionClass::Read],
-            tollgate_mint::unix_now(),
-            3600,
-        )
-    };
-    let token = dir.path().join("grant");
-    std::fs::write(&token, signer.sign(&grant).unwrap()).unwrap();
     // With `mint`, every allowed call also carries a token minted for it, in `_meta`.
     let credential = if mint {
         r#"{ mode = "mint", audience = "https://bench.test" }"#
     } else {
         r#"{ mode = "none" }"#
     };
-    let config = dir.path().join("tollgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[front]\nstdio = true\n[policy]\npack = \"{pack}\"\n[grants]\nstate_dir = \"{state}\"\n[audit]\n{audit}\n[[upstream]]\nname = \"bench\"\ncommand = \"{fixture}\"\nargs = [\"--fixture-stdio\"]\ncredential = {credential}\n",
-            pack = pack.display(),
-            state = state.display(),
-        ),
-    )
-    .unwrap();
-    let args = vec![
-        "run".to_owned(),
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--grant".to_owned(),
-        token.display().to_string(),
-    ];
+    let args = common::echo_guard(
+        dir.path(),
+        &format!("{fixture:?}"),
+        "[\"--fixture-stdio\"]",
+        credential,
+        audit,
+    );
     (dir, args)
 }
 
@@ -437,8 +398,8 @@ async fn bench() {
             &["run", "--allow-all", "--", fixture, "--fixture-stdio"],
         )
         .await;
-        // Deciding; deciding and minting; and both with the audit trail, at the default
-        // durability (each decision synced before its call goes ahead) and batched.
+        // Deciding; deciding and minting; and both with the audit trail, synced per call and
+        // at the default durability (written before the call, synced within 20 ms).
         let setups = [
             ("deciding every call", false, "enabled = false"),
             (
@@ -446,12 +407,8 @@ async fn bench() {
                 true,
                 "enabled = false",
             ),
-            ("guarding + audit, synced (default)", true, ""),
-            (
-                "guarding + audit, synced within 20 ms",
-                true,
-                "sync_within_ms = 20",
-            ),
+            ("guarding + audit, synced", true, "durability = \"synced\""),
+            ("guarding + audit, written (default)", true, ""),
         ];
         let mut dirs = Vec::new();
         let mut guarding = Vec::new();
@@ -585,14 +542,15 @@ async fn bench() {
 }
 
 /// `TOLLGATE_BENCH_ONLY=audit`: the audit trail's cost alone, guarding over stdio without the
-/// trail, with it at the default durability and with it synced within 20 ms, in interleaved
+/// trail, with it synced per call and at the default durability (written, synced within
+/// 20 ms), in interleaved
 /// rounds; with the CPU time each Tollgate process spent per call (its upstream and the
 /// client not counted).
 async fn audit_only(tollgate: &std::path::Path, fixture: &str) {
     let setups = [
         ("no trail", "enabled = false"),
-        ("synced (default)", ""),
-        ("within 20 ms", "sync_within_ms = 20"),
+        ("synced", "durability = \"synced\""),
+        ("written (default)", ""),
     ];
     let mut dirs = Vec::new();
     let mut clients = Vec::new();

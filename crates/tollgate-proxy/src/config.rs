@@ -548,8 +548,10 @@ struct RawTelemetry {
 struct RawAudit {
     enabled: Option<bool>,
     dir: Option<PathBuf>,
-    /// Records are acknowledged once written and synced at most this often; absent: each
-    /// decision is synced before its call goes ahead.
+    /// `"written"` (the default): a decision is written to the OS before its call goes ahead
+    /// and synced within `sync_within_ms`; `"synced"`: synced before its call goes ahead.
+    durability: Option<String>,
+    /// The bound of `"written"`: how long a written record may stay unsynced.
     sync_within_ms: Option<u64>,
     rotate_bytes: Option<u64>,
     rotate_secs: Option<u64>,
@@ -1550,14 +1552,31 @@ impl RawConfig {
             AuditConfig {
                 enabled: raw.enabled.unwrap_or(true),
                 dir: raw.dir.clone(),
-                durability: match within(
-                    "sync_within_ms",
-                    raw.sync_within_ms,
-                    1..=10_000,
-                    "milliseconds",
-                )? {
-                    None => tollgate_audit::Durability::Synced,
-                    Some(ms) => tollgate_audit::Durability::Within(Duration::from_millis(ms)),
+                durability: match (
+                    raw.durability.as_deref(),
+                    within(
+                        "sync_within_ms",
+                        raw.sync_within_ms,
+                        1..=10_000,
+                        "milliseconds",
+                    )?,
+                ) {
+                    (None | Some("written"), ms) => tollgate_audit::Durability::Within(
+                        ms.map_or(tollgate_audit::DEFAULT_SYNC_WITHIN, Duration::from_millis),
+                    ),
+                    (Some("synced"), None) => tollgate_audit::Durability::Synced,
+                    (Some("synced"), Some(_)) => {
+                        return Err(ConfigError::invalid(
+                            "audit.sync_within_ms",
+                            "no bound with `durability = \"synced\"`: each decision is synced before its call goes ahead",
+                        ));
+                    }
+                    (Some(other), _) => {
+                        return Err(ConfigError::invalid(
+                            "audit.durability",
+                            format!("\"written\" or \"synced\", not `{other}`"),
+                        ));
+                    }
                 },
                 rotate_bytes: within("rotate_bytes", raw.rotate_bytes, 4096..=(1 << 40), "bytes")?
                     .unwrap_or(defaults.rotate_bytes),
@@ -1786,6 +1805,34 @@ mod tests {
             !config.prefixed(),
             "one upstream is not prefixed in auto mode"
         );
+    }
+
+    #[test]
+    fn the_trail_is_written_first_and_synced_within_20_ms_unless_synced_is_asked_for() {
+        use tollgate_audit::Durability;
+        let durability = |audit: &str| {
+            Config::parse(&format!("[audit]\n{audit}\n{MINIMAL}")).map(|c| c.audit.durability)
+        };
+        let within = |ms| Durability::Within(Duration::from_millis(ms));
+        assert_eq!(durability("").unwrap(), within(20));
+        assert_eq!(durability("durability = \"written\"").unwrap(), within(20));
+        assert_eq!(durability("sync_within_ms = 5").unwrap(), within(5));
+        assert_eq!(
+            durability("durability = \"synced\"").unwrap(),
+            Durability::Synced
+        );
+        for (bad, field) in [
+            (
+                "durability = \"synced\"\nsync_within_ms = 5",
+                "audit.sync_within_ms",
+            ),
+            ("durability = \"Synced\"", "audit.durability"),
+            ("durability = \"queued\"", "audit.durability"),
+            ("sync_within_ms = 0", "audit.sync_within_ms"),
+        ] {
+            let err = durability(bad).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

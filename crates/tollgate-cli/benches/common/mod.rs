@@ -125,3 +125,64 @@ pub fn read_call<'a>(
         number,
     }
 }
+
+/// A pack that allows `echo` under a `read` grant (with three policies that do not apply to it,
+/// as a real pack has), a signed grant and a config guarding upstream `bench` in `dir`:
+/// `command` and `args` start the upstream (TOML values), `credential` is its credential
+/// table and `audit` the `[audit]` section's lines. The arguments of `tollgate` that run it.
+pub fn echo_guard(
+    dir: &Path,
+    command: &str,
+    args: &str,
+    credential: &str,
+    audit: &str,
+) -> Vec<String> {
+    let pack = dir.join("pack");
+    std::fs::create_dir_all(&pack).unwrap();
+    std::fs::write(
+        pack.join("pack.toml"),
+        "purposes = [\"bench\"]\n[[tool]]\ntool = \"echo\"\nclass = \"read\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("rules.cedar"),
+        r#"
+@id("reads") permit (principal, action == Action::"read", resource) when { context.grant.present };
+@id("secrets") forbid (principal, action, resource) when { context.args has path && context.args.path like "*.env" };
+@id("denials") forbid (principal, action, resource) when { context.stats.denials >= 50 };
+@id("hours") forbid (principal, action == Action::"write", resource) when { context.environment == "prod" && context.time.hour < 8 };
+"#,
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let signer = tollgate_mint::GrantSigner::load_or_create(&state).unwrap();
+    let grant = tollgate_policy::Grant {
+        task: "measure".into(),
+        ..tollgate_policy::Grant::root(
+            tollgate_mint::new_grant_id().unwrap(),
+            "bench",
+            [tollgate_policy::ActionClass::Read],
+            tollgate_mint::unix_now(),
+            3600,
+        )
+    };
+    let token = dir.join("grant");
+    std::fs::write(&token, signer.sign(&grant).unwrap()).unwrap();
+    let config = dir.join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[front]\nstdio = true\n[policy]\npack = {pack:?}\n[grants]\nstate_dir = {state:?}\n[audit]\n{audit}\n[[upstream]]\nname = \"bench\"\ncommand = {command}\nargs = {args}\ncredential = {credential}\n",
+            pack = pack.display().to_string(),
+            state = state.display().to_string(),
+        ),
+    )
+    .unwrap();
+    vec![
+        "run".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--grant".to_owned(),
+        token.display().to_string(),
+    ]
+}
