@@ -2,7 +2,9 @@
 
 mod approvals;
 mod audit;
+#[cfg(feature = "demo")]
 mod demo;
+#[cfg(feature = "demo")]
 mod demo_payments;
 mod grant;
 mod keys;
@@ -229,11 +231,16 @@ async fn async_main(cli: Cli) -> ExitCode {
             pin::run(args).await
         }
         Command::Policy { command } => policy::run(command),
+        #[cfg(feature = "demo")]
         Command::Demo => {
             // The transcript is the output; only real failures are logged beside it.
             init_logging("error");
             demo::run().await
         }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo => Err(anyhow::anyhow!(
+            "this build has no demo: it was built without the `demo` feature"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
