@@ -581,7 +581,7 @@ async fn a_shadow_pack_decides_beside_the_live_one_and_enforces_nothing() {
     )
     .unwrap();
     let config = shadowed_config(&live, &shadow, &state);
-    let refused = tollgate_proxy::guard::PolicyGuard::new(&config);
+    let refused = tollgate_guard::guard::PolicyGuard::new(&config);
     assert!(refused.is_err());
 }
 
@@ -761,7 +761,7 @@ async fn a_trail_that_cannot_be_written_stops_tollgate_or_refuses_calls() {
         tmp.path().join("blocked").display()
     ))
     .unwrap();
-    let err = tollgate_proxy::guard::PolicyGuard::new(&blocked).unwrap_err();
+    let err = tollgate_guard::guard::PolicyGuard::new(&blocked).unwrap_err();
     assert!(err.to_string().contains("cannot be written"), "{err}");
 
     // Running, the trail's folder goes away: the next file cannot be made, and from then on

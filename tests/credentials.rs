@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use support::*;
+use tollgate_guard::guard::PolicyGuard;
 use tollgate_mint::{Algorithm, Presented, Verifier, VerifierConfig, VerifyError};
-use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
+use tollgate_proxy::{Config, Proxy};
 
 const ISSUER: &str = "https://tollgate.test";
 const ADMIN_TOKEN: &str = "admin-token-for-tests-only";

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use support::*;
-use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
+use tollgate_guard::guard::PolicyGuard;
+use tollgate_proxy::{Config, Proxy};
 
 #[tokio::test]
 async fn a_read_of_untrusted_content_then_egress_is_held_and_a_clean_session_is_not() {

@@ -19,7 +19,7 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tollgate_proxy::{
     Config, Proxy,
-    intercept::{Interceptor, Outcome, ToolCall, Verdict},
+    intercept::{Interceptor, Outcome, PendingVerdict, ToolCall, Verdict},
 };
 
 #[derive(Default)]
@@ -28,7 +28,7 @@ struct Recorder {
 }
 
 impl Interceptor for Recorder {
-    fn before_call(&self, call: &ToolCall<'_>) -> Verdict {
+    fn before_call<'a>(&'a self, call: &'a ToolCall<'a>) -> PendingVerdict<'a> {
         let text = call
             .arguments
             .and_then(|a| a.get("text"))
@@ -39,13 +39,13 @@ impl Interceptor for Recorder {
             .lock()
             .unwrap()
             .push(format!("before {} {} {}", call.upstream, call.tool, text));
-        if text == "forbidden" {
+        Box::pin(std::future::ready(if text == "forbidden" {
             Verdict::Refuse(CallToolResult::error(vec![
                 rmcp::model::ContentBlock::text("refused by policy"),
             ]))
         } else {
             Verdict::Forward
-        }
+        }))
     }
 
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>) {

@@ -16,7 +16,8 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
 use support::*;
-use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
+use tollgate_guard::guard::PolicyGuard;
+use tollgate_proxy::{Config, Proxy};
 
 fn pin(config: &std::path::Path, extra: &[&str]) -> std::process::Output {
     std::process::Command::new(tollgate_bin())

@@ -349,7 +349,7 @@ impl Scene {
         ))
         .unwrap();
         let front = config.fronts.http.clone().unwrap();
-        let proxy = Proxy::start(config).await;
+        let proxy = tollgate_guard::start(config).await;
         let server = proxy.serve_http(&front).await.unwrap();
         let url = format!("http://{}/mcp", server.local_addr);
         Self {

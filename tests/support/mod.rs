@@ -112,7 +112,7 @@ pub async fn guard(config: &str) -> Guard {
     let mut config = Config::parse(config).unwrap();
     config.policy.mode = tollgate_proxy::config::PolicyMode::AllowAll;
     let front = config.fronts.http.clone().expect("an http front");
-    let proxy = Proxy::start(config).await;
+    let proxy = tollgate_guard::start(config).await;
     let server = proxy.serve_http(&front).await.unwrap();
     let url = format!("http://{}{}", server.local_addr, front.path);
     Guard {
@@ -396,10 +396,10 @@ pub struct Guarded {
 pub async fn guarded(config: tollgate_proxy::Config, admin_token: Option<&str>) -> Guarded {
     let front = config.fronts.http.clone().unwrap();
     let state = config.grants.state_dir.clone();
-    let guard = std::sync::Arc::new(tollgate_proxy::guard::PolicyGuard::new(&config).unwrap());
+    let guard = std::sync::Arc::new(tollgate_guard::guard::PolicyGuard::new(&config).unwrap());
     let proxy = Proxy::start_with(config, guard.clone()).await;
     let server = proxy.serve_http(&front).await.unwrap();
-    let admin = tollgate_proxy::admin::serve(
+    let admin = tollgate_guard::admin::serve(
         loopback(),
         guard,
         admin_token.map(tollgate_proxy::config::Secret::new),

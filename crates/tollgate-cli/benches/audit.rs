@@ -26,10 +26,8 @@ use std::{
 
 use rmcp::model::RequestMetaObject;
 use serde_json::{Map, Value, json};
-use tollgate_proxy::{
-    guard::PolicyGuard,
-    intercept::{Interceptor, Outcome, Verdict},
-};
+use tollgate_guard::guard::PolicyGuard;
+use tollgate_proxy::intercept::{Interceptor, Outcome, Verdict};
 use tollgate_testkit::cpu_ns;
 
 const CALLS_PER_ROUND: u64 = 4_000;
@@ -77,7 +75,7 @@ async fn round(s: &mut Setup, facts: &tollgate_policy::ToolFacts, first: u64) {
     for (n, arguments) in (first..).zip(&arguments) {
         let call = common::read_call(n % 16, n, arguments, &meta, &s.caller, facts);
         let started = Instant::now();
-        match s.guard.before_call(&call) {
+        match s.guard.before_call(&call).await {
             Verdict::Forward | Verdict::ForwardWith(_) => {}
             Verdict::ForwardAfter(pending) => {
                 pending.0.await.unwrap();

@@ -19,10 +19,8 @@ use std::{sync::Arc, time::Instant};
 
 use rmcp::model::RequestMetaObject;
 use serde_json::json;
-use tollgate_proxy::{
-    guard::PolicyGuard,
-    intercept::{Interceptor, Verdict},
-};
+use tollgate_guard::guard::PolicyGuard;
+use tollgate_proxy::intercept::{Interceptor, Verdict};
 
 const ROUNDS: usize = 1_000;
 const PER_ROUND: usize = 50;
@@ -34,6 +32,12 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
+    // The guard answers through futures (its store may be remote); this one answers at once.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     // A pack whose policies read the session's statistics and taints (the default pack's
@@ -63,7 +67,7 @@ fn main() {
         |session: u64| common::read_call(session, session, &arguments, &meta, &caller, &facts);
     let decide = |session: u64| {
         let started = Instant::now();
-        let verdict = guard.before_call(&call(session));
+        let verdict = runtime.block_on(guard.before_call(&call(session)));
         let elapsed = started.elapsed().as_secs_f64() * 1e6;
         assert!(matches!(verdict, Verdict::Forward), "{verdict:?}");
         elapsed
@@ -101,7 +105,7 @@ fn main() {
     let before = rss_kib();
     for session in 10_000_000..10_010_000u64 {
         for _ in 0..100 {
-            guard.before_call(&call(session));
+            runtime.block_on(guard.before_call(&call(session)));
         }
     }
     let after = rss_kib();

@@ -22,16 +22,23 @@ use std::{sync::Arc, time::Instant};
 
 use rmcp::model::RequestMetaObject;
 use serde_json::{Map, Value, json};
+use tollgate_guard::guard::PolicyGuard;
 use tollgate_policy::{
     Pack,
     recorded::{DecisionRecord, Definitions, Replay},
 };
-use tollgate_proxy::{guard::PolicyGuard, intercept::Interceptor};
+use tollgate_proxy::intercept::Interceptor;
 
 const DECISIONS: u64 = 20_000;
 const ROUNDS: usize = 5;
 
 fn main() {
+    // The guard answers through futures (its store may be remote); this one answers at once.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let pack_dir = dir.path().join("pack");
@@ -51,14 +58,14 @@ fn main() {
             .as_object()
             .cloned()
             .unwrap();
-        guard.before_call(&common::read_call(
+        runtime.block_on(guard.before_call(&common::read_call(
             n % 16,
             n,
             &arguments,
             &meta,
             &caller,
             &facts,
-        ));
+        )));
     }
     guard.shutdown();
     let mut trail = String::new();
@@ -80,8 +87,8 @@ fn main() {
             .replace("> 900", "> 500"),
     )
     .unwrap();
-    let source = tollgate_proxy::pack_files::with_tools(
-        tollgate_proxy::pack_files::read_pack(&pack_dir).unwrap(),
+    let source = tollgate_guard::pack_files::with_tools(
+        tollgate_guard::pack_files::read_pack(&pack_dir).unwrap(),
         &config.policy.tools,
     );
     let pack = Pack::compile(&source).unwrap();

@@ -28,7 +28,7 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { files, state, open } => {
             let verifier =
-                tollgate_proxy::audit::TrailVerifier::load(&state).map_err(anyhow::Error::msg)?;
+                tollgate_guard::audit::TrailVerifier::load(&state).map_err(anyhow::Error::msg)?;
             let report = tollgate_audit::verify_files(&files, &verifier, open)?;
             for notice in &report.notices {
                 println!("note: {notice}");

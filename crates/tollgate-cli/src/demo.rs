@@ -18,7 +18,7 @@ use rmcp::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tollgate_policy::ActionClass;
-use tollgate_proxy::{Config, Proxy};
+use tollgate_proxy::Config;
 use tollgate_testkit::demo::{Tickets, Workspace};
 
 fn loopback() -> SocketAddr {
@@ -158,7 +158,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 
     println!("Tollgate demo");
     println!("=============");
-    let proxy = Proxy::start(config).await;
+    let proxy = tollgate_guard::start(config).await;
     let report = proxy.report();
     println!("upstreams connected: {}", report.connected.join(", "));
     let server = proxy.serve_http(&front).await?;
@@ -293,7 +293,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let state = state.keep();
     let trail = state.join("audit");
     let verifier =
-        tollgate_proxy::audit::TrailVerifier::load(&state).map_err(anyhow::Error::msg)?;
+        tollgate_guard::audit::TrailVerifier::load(&state).map_err(anyhow::Error::msg)?;
     let report = tollgate_audit::verify_files(std::slice::from_ref(&trail), &verifier, false)?;
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     for file in tollgate_audit::trail_paths(std::slice::from_ref(&trail))? {

@@ -18,9 +18,10 @@ use rmcp::{
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tollgate_guard::guard::PolicyGuard;
 use tollgate_mint::{AccessKeys, Algorithm, CallCredential, access::HttpCall};
 use tollgate_policy::ActionClass;
-use tollgate_proxy::{Config, Proxy, guard::PolicyGuard};
+use tollgate_proxy::{Config, Proxy};
 
 const PACK: [(&str, &str); 2] = [
     (
@@ -179,7 +180,7 @@ pub(crate) async fn run() -> anyhow::Result<usize> {
     let guard = Arc::new(PolicyGuard::new(&config)?);
     let proxy = Proxy::start_with(config, guard.clone()).await;
     let server = proxy.serve_http(&front).await?;
-    let admin = tollgate_proxy::admin::serve(
+    let admin = tollgate_guard::admin::serve(
         loopback(),
         guard,
         None,

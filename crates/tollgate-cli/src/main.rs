@@ -15,7 +15,8 @@ mod report;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tollgate_proxy::{Caller, Config, Proxy, config::PolicyMode, guard::PolicyGuard};
+use tollgate_guard::guard::PolicyGuard;
+use tollgate_proxy::{Caller, Config, Proxy, config::PolicyMode};
 use tracing_subscriber::EnvFilter;
 
 /// The allocator. The guard hands every record from the thread that decides to the trail's
@@ -360,13 +361,13 @@ async fn run(
     };
     let proxy = match &guard {
         Some(guard) => Proxy::start_with(config, guard.clone()).await,
-        None => Proxy::start(config).await,
+        None => tollgate_guard::start(config).await,
     };
     let mut admin = None;
     if let Some(admin_config) = proxy.config().admin.clone() {
         match &guard {
             Some(guard) => {
-                let server = tollgate_proxy::admin::serve(
+                let server = tollgate_guard::admin::serve(
                     admin_config.listen,
                     guard.clone(),
                     admin_config.token.clone(),
@@ -384,7 +385,7 @@ async fn run(
     }
     if let Some(guard) = &guard {
         tracing::info!(version = %guard.version(), "policy pack deciding");
-        tokio::spawn(tollgate_proxy::guard::watch(
+        tokio::spawn(tollgate_guard::guard::watch(
             guard.clone(),
             proxy.config().policy.watch,
             std::time::Duration::from_secs(1),

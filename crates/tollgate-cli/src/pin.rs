@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use tollgate_proxy::{
-    Config, Proxy,
+    Config,
     config::PolicyMode,
     pins::{Lock, Pin, definition_digest, instruction_like},
 };
@@ -38,7 +38,7 @@ pub(crate) async fn run(args: PinArgs) -> anyhow::Result<()> {
     // Pinning only lists tools: nothing is decided, no front is served, no call is made.
     config.policy.mode = PolicyMode::AllowAll;
     config.pins = None;
-    let proxy = Proxy::start(config).await;
+    let proxy = tollgate_guard::start(config).await;
     let report = proxy.report();
     let definitions = proxy.tool_definitions();
     proxy.shutdown().await;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::Subcommand;
 use serde_json::{Map, Value};
+use tollgate_guard::pack_files;
 use tollgate_policy::{Pack, cases, check::Severity, recorded};
-use tollgate_proxy::pack_files;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PolicyCommand {

@@ -188,15 +188,26 @@ pub enum Outcome<'a> {
     Failed(&'a str),
 }
 
+/// A verdict being reached: what decides may ask a store a network hop away.
+pub type PendingVerdict<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>>;
+
 /// The hook every tool call passes through.
 pub trait Interceptor: Send + Sync + 'static {
     /// Called before forwarding; the default path forwards.
-    fn before_call(&self, call: &ToolCall<'_>) -> Verdict;
+    fn before_call<'a>(&'a self, call: &'a ToolCall<'a>) -> PendingVerdict<'a>;
     /// Called once the call has ended, whatever the outcome.
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>);
     /// Called when approval `approval` of this call was given by `approver`: the verdict now.
-    fn resume(&self, _call: &ToolCall<'_>, _approval: &str, _approver: &str) -> Verdict {
-        Verdict::Refuse(refused("denied: approvals are not handled here"))
+    fn resume<'a>(
+        &'a self,
+        _call: &'a ToolCall<'a>,
+        _approval: &'a str,
+        _approver: &'a str,
+    ) -> PendingVerdict<'a> {
+        Box::pin(std::future::ready(Verdict::Refuse(refused(
+            "denied: approvals are not handled here",
+        ))))
     }
     /// Whether `tools/list` shows `tool` to this caller.
     fn visible(&self, _session: SessionId, _caller: &Caller, _tool: &ToolFacts) -> bool {
@@ -213,8 +224,8 @@ pub trait Interceptor: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl Interceptor for AllowAll {
-    fn before_call(&self, _call: &ToolCall<'_>) -> Verdict {
-        Verdict::Forward
+    fn before_call<'a>(&'a self, _call: &'a ToolCall<'a>) -> PendingVerdict<'a> {
+        Box::pin(std::future::ready(Verdict::Forward))
     }
 
     fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}
@@ -267,7 +278,7 @@ pub(crate) async fn screen(
     call: &ToolCall<'_>,
     link: &AgentLink<'_>,
 ) -> Screened {
-    let verdict = match interceptor.before_call(call) {
+    let verdict = match interceptor.before_call(call).await {
         Verdict::AwaitApproval(waiting) => {
             tracing::Span::current().record("verdict", "await-approval");
             if link.modern && waiting.in_band.is_some() {
@@ -354,7 +365,7 @@ async fn hold(
     };
     use crate::approvals::State;
     Some(match state {
-        State::Approved { by, .. } => match interceptor.resume(call, &id, &by) {
+        State::Approved { by, .. } => match interceptor.resume(call, &id, &by).await {
             // An approved call is decided once more, never held twice.
             Verdict::AwaitApproval(_) => Verdict::Refuse(refused(
                 "denied: the call still needs approval after it was approved",

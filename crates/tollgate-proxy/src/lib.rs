@@ -1,25 +1,18 @@
 //! Tollgate's MCP relay: fronts towards the agent (stdio, streamable HTTP), upstream tool
 //! servers (child processes, streamable HTTP), the merged catalog, the session table, and the
-//! one interception point every `tools/call` passes.
+//! one interception point every `tools/call` passes (the guard plugs in there).
 
-pub mod admin;
 pub mod api;
 pub mod approvals;
-pub mod audit;
 pub mod config;
 mod error;
-pub mod exchange;
 mod fast;
 pub mod front;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod guard;
 mod hub;
 pub mod intercept;
-pub mod metrics;
 pub mod names;
-pub mod otlp;
-pub mod pack_files;
 pub mod paths;
 pub mod pins;
 mod relay;
@@ -66,19 +59,7 @@ pub struct StartReport {
 impl Proxy {
     /// Starts every upstream and waits until each has connected or failed once, or at most
     /// `START_WAIT`: a slow upstream joins the catalog (with `list_changed`) when it is ready.
-    /// The config's policy decides every call; a policy that cannot be loaded refuses every
-    /// call (use [`guard::from_config`] first to stop on it instead).
-    pub async fn start(config: Config) -> Self {
-        let interceptor = guard::from_config(&config).unwrap_or_else(|error| {
-            tracing::error!(%error, "policy cannot be loaded; every tool call is refused");
-            Arc::new(guard::Closed {
-                reason: "Tollgate's policy could not be loaded".to_owned(),
-            })
-        });
-        Self::start_with(config, interceptor).await
-    }
-
-    /// Starts with a given interceptor at the tool-call interception point.
+    /// `interceptor` sees every tool call (the guard, or [`intercept::AllowAll`]).
     pub async fn start_with(mut config: Config, interceptor: Arc<dyn Interceptor>) -> Self {
         config.settle_sandboxes();
         let settle = config.limits.request_timeout.min(START_WAIT);

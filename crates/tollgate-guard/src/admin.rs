@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::{HttpServer, config::Secret, guard::PolicyGuard};
+use crate::guard::PolicyGuard;
+use tollgate_proxy::{HttpServer, config::Secret};
 
 /// Serves the admin endpoint until `shutdown`.
 pub async fn serve(
@@ -109,7 +110,10 @@ async fn answer_approval(
 async fn quarantined(State(op): Op, headers: HeaderMap) -> axum::response::Response {
     match op.reader_refused(&headers) {
         Some(refused) => refused,
-        None => json_response(&json!({"quarantined": op.guard.quarantined()})),
+        None => match op.guard.quarantined().await {
+            Ok(held) => json_response(&json!({ "quarantined": held })),
+            Err(error) => unavailable(&error),
+        },
     }
 }
 
@@ -118,7 +122,13 @@ async fn release(
     headers: HeaderMap,
     Path(session): Path<String>,
 ) -> axum::response::Response {
-    op.release(&headers, &session)
+    op.release(&headers, &session).await
+}
+
+/// The answer when the guard's store does not answer.
+fn unavailable(error: &crate::store::StoreError) -> axum::response::Response {
+    tracing::error!(%error, "the admin endpoint cannot read the guard's store");
+    (http::StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response()
 }
 
 async fn rotate(State(op): Op, headers: HeaderMap) -> axum::response::Response {
@@ -319,9 +329,15 @@ impl Operator {
             }
             Err(e) => {
                 let status = match e {
-                    crate::approvals::AnswerError::Unknown(_) => http::StatusCode::NOT_FOUND,
-                    crate::approvals::AnswerError::NotPending { .. } => http::StatusCode::CONFLICT,
-                    crate::approvals::AnswerError::NotAllowed { .. } => http::StatusCode::FORBIDDEN,
+                    tollgate_proxy::approvals::AnswerError::Unknown(_) => {
+                        http::StatusCode::NOT_FOUND
+                    }
+                    tollgate_proxy::approvals::AnswerError::NotPending { .. } => {
+                        http::StatusCode::CONFLICT
+                    }
+                    tollgate_proxy::approvals::AnswerError::NotAllowed { .. } => {
+                        http::StatusCode::FORBIDDEN
+                    }
                 };
                 (status, e.to_string()).into_response()
             }
@@ -329,7 +345,7 @@ impl Operator {
     }
 
     /// `POST /quarantine/{session}/release`, by an approver: the session is decided again.
-    fn release(&self, headers: &http::HeaderMap, session: &str) -> axum::response::Response {
+    async fn release(&self, headers: &http::HeaderMap, session: &str) -> axum::response::Response {
         let Some(approver) = self.guard.approver(Self::bearer(headers)) else {
             return (
                 http::StatusCode::UNAUTHORIZED,
@@ -338,11 +354,13 @@ impl Operator {
             )
                 .into_response();
         };
-        if self.guard.release(session) {
-            tracing::info!(session, approver = %approver.name, "session released from quarantine");
-            json_response(&json!({"released": session, "by": approver.name}))
-        } else {
-            (http::StatusCode::NOT_FOUND, "that session is not held").into_response()
+        match self.guard.release(session).await {
+            Ok(true) => {
+                tracing::info!(session, approver = %approver.name, "session released from quarantine");
+                json_response(&json!({"released": session, "by": approver.name}))
+            }
+            Ok(false) => (http::StatusCode::NOT_FOUND, "that session is not held").into_response(),
+            Err(error) => unavailable(&error),
         }
     }
 

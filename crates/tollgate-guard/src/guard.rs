@@ -15,17 +15,23 @@ use std::{
 use rmcp::model::{CallToolResult, ContentBlock};
 use tollgate_mint::{GrantVerifier, RevocationList, TokenError};
 use tollgate_policy::{
-    CallInput, Decision, Effect, Environment, Grant, Pack, SessionFacts, SessionStats, ToolFacts,
-    Usage, pack::CLASSES, recorded::InputRecord,
+    CallInput, Decision, Effect, Environment, Grant, Pack, SessionFacts, ToolFacts,
+    recorded::InputRecord,
 };
 use tracing::{info, warn};
 
 use tollgate_mint::{AccessKeys, CallCredential, Minted};
 
 use crate::{
-    config::{Config, CredentialConfig, PolicyMode},
-    intercept::{Caller, Credential, Interceptor, Outcome, PendingCredential, ToolCall, Verdict},
     pack_files,
+    store::{MemoryStore, Store, StoreError},
+};
+use tollgate_proxy::{
+    config::{Config, CredentialConfig, PolicyMode},
+    intercept::{
+        Caller, Credential, Interceptor, Outcome, PendingCredential, PendingVerdict, ToolCall,
+        Verdict,
+    },
     pins::PinState,
     session::SessionId,
 };
@@ -57,117 +63,23 @@ pub enum GuardError {
     #[error("token exchange cannot be set up: {0}")]
     Exchange(String),
     #[error(transparent)]
-    Pins(#[from] crate::pins::LockError),
+    Pins(#[from] tollgate_proxy::pins::LockError),
     #[error("{0}")]
     Audit(String),
 }
 
-#[derive(Debug, Default)]
-struct SessionRecord {
-    /// The grant this session runs under, once it presented one.
-    grant_id: Option<String>,
-    stats: SessionStats,
-    /// Its calls per second over the last minute, for `calls_last_minute`.
-    recent: MinuteWindow,
-    /// Its denied calls over the last minute, for `denials_last_minute`.
-    denied_recent: MinuteWindow,
-    /// Held for review since a `@quarantine` policy denied one of its calls.
-    quarantined: Option<Quarantine>,
-    /// Its use of the pack's session limits, by limit id.
-    limits: HashMap<String, tollgate_policy::LimitUse>,
-    /// The labels the session picked up from the tools it called (sorted, each once).
-    taint: Vec<String>,
-    /// For the history of stateless requests (kept per grant): when it may be forgotten.
-    forget_after: Option<i64>,
-    /// When its first call came, for its average rate.
-    started: Option<i64>,
-}
-
-/// Why and since when a session is held for review.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Quarantine {
-    /// The history key (the session, or for stateless requests the grant's).
-    pub session: String,
-    pub grant: Option<String>,
-    pub since: i64,
-    pub policies: Vec<String>,
-    pub reason: String,
-}
-
-/// Calls counted per second over the last 60 seconds: a fixed 248 bytes however many calls a
-/// session makes.
-#[derive(Debug, Clone)]
-struct MinuteWindow {
-    counts: [u32; 60],
-    /// The second the newest count belongs to.
-    last: i64,
-}
-
-impl Default for MinuteWindow {
-    fn default() -> Self {
-        Self {
-            counts: [0; 60],
-            last: 0,
-        }
-    }
-}
-
-impl MinuteWindow {
-    /// Forgets the seconds that have left the window by `now`.
-    fn advance(&mut self, now: i64) {
-        if now <= self.last {
-            return;
-        }
-        let gone = (now - self.last).min(60);
-        for step in 1..=gone {
-            let slot = usize::try_from((self.last + step).rem_euclid(60)).unwrap_or(0);
-            if let Some(count) = self.counts.get_mut(slot) {
-                *count = 0;
-            }
-        }
-        self.last = now;
-    }
-
-    fn add(&mut self, now: i64) {
-        self.advance(now);
-        let slot = usize::try_from(now.rem_euclid(60)).unwrap_or(0);
-        if let Some(count) = self.counts.get_mut(slot) {
-            *count = count.saturating_add(1);
-        }
-    }
-
-    /// Calls in the 60 seconds up to `now` (the current second included).
-    fn total(&mut self, now: i64) -> u64 {
-        self.advance(now);
-        self.counts.iter().map(|c| u64::from(*c)).sum()
-    }
-
-    /// Calls in the `seconds` (at most 60) up to `now`, the current second included.
-    fn last(&mut self, now: i64, seconds: i64) -> u64 {
-        self.advance(now);
-        (0..seconds.clamp(0, 60))
-            .filter_map(|back| {
-                let slot = usize::try_from((now - back).rem_euclid(60)).ok()?;
-                self.counts.get(slot).map(|c| u64::from(*c))
-            })
-            .sum()
-    }
-}
+pub use crate::store::Quarantine;
 
 /// What stands for one call before it is decided.
 struct Standing {
     now: i64,
-    stats: SessionStats,
-    taint: Vec<String>,
-    /// The session (or its grant) is held for review.
-    held: Option<Quarantine>,
+    /// What the store keeps of the call's history.
+    kept: crate::store::Standing,
     pin: PinState,
 }
 
 /// The high bit marks a history key made for stateless requests, apart from session ids.
 const STATELESS_KEY: u64 = 1 << 63;
-/// Stateless histories kept before the expired ones are swept.
-const STATELESS_SWEEP: usize = 4096;
 
 /// A token's signature and claims, checked once.
 type Checked = Result<Arc<Granted>, TokenError>;
@@ -227,17 +139,19 @@ pub struct PolicyGuard {
     /// resolves them.
     local: std::collections::HashSet<String>,
     /// Tollgate's own folders and files, which no call reaches.
-    protected: crate::paths::Protected,
+    protected: tollgate_proxy::paths::Protected,
     grants: Mutex<HashMap<Arc<str>, Checked>>,
-    sessions: Mutex<HashMap<SessionId, SessionRecord>>,
-    usage: Mutex<Usage>,
+    /// The sessions this process serves, with the grant each runs under once it presented one.
+    sessions: Mutex<HashMap<SessionId, Option<String>>>,
+    /// What the guard remembers between calls.
+    store: Arc<dyn Store>,
     /// The per-call signing keys, when some upstream takes minted credentials.
     minter: Option<AccessKeys>,
     issuer: String,
     /// What each upstream's allowed calls carry, by upstream name.
     credentials: HashMap<String, CredentialConfig>,
     /// The HTTP API upstreams: a call's credential names the exact request it becomes.
-    apis: HashMap<String, Arc<crate::api::ApiSpec>>,
+    apis: HashMap<String, Arc<tollgate_proxy::api::ApiSpec>>,
     /// The token-exchange client of each upstream that takes exchanged tokens.
     exchangers: HashMap<String, Arc<crate::exchange::Exchanger>>,
     /// What was minted and what was revoked, for introspection and the revocation list.
@@ -247,13 +161,12 @@ pub struct PolicyGuard {
     /// When the schedule was last looked at.
     rotation_checked: std::sync::atomic::AtomicI64,
     /// Grants whose session was quarantined: a new session under them is held too.
-    held_grants: Mutex<HashMap<String, Quarantine>>,
     /// Approval requests, and who may answer them (by their admin-endpoint token).
-    approvals: Arc<crate::approvals::Approvals>,
-    approval: crate::config::ApprovalsConfig,
+    approvals: Arc<tollgate_proxy::approvals::Approvals>,
+    approval: tollgate_proxy::config::ApprovalsConfig,
     /// The lock file of pinned tool definitions and what it holds (reread on reload).
-    pins: Option<(std::path::PathBuf, RwLock<Arc<crate::pins::Lock>>)>,
-    pin_changed: crate::config::PinChanged,
+    pins: Option<(std::path::PathBuf, RwLock<Arc<tollgate_proxy::pins::Lock>>)>,
+    pin_changed: tollgate_proxy::config::PinChanged,
     /// The audit trail, unless turned off by name.
     audit: Option<Arc<tollgate_audit::Audit>>,
     /// Forwarded calls by number: their decision id and when they were decided, for the
@@ -398,7 +311,7 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn Interceptor>, GuardError> 
     match config.policy.mode {
         PolicyMode::AllowAll => {
             warn!("policy mode is allow-all: every tool call is forwarded undecided");
-            Ok(Arc::new(crate::intercept::AllowAll))
+            Ok(Arc::new(tollgate_proxy::intercept::AllowAll))
         }
         PolicyMode::Enforce => Ok(Arc::new(PolicyGuard::new(config)?)),
     }
@@ -424,7 +337,9 @@ impl PolicyGuard {
             .upstreams
             .iter()
             .filter_map(|u| match &u.transport {
-                crate::config::UpstreamTransport::Api(spec) => Some((u.name.clone(), spec.clone())),
+                tollgate_proxy::config::UpstreamTransport::Api(spec) => {
+                    Some((u.name.clone(), spec.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -465,7 +380,6 @@ impl PolicyGuard {
             ),
             rotation_checked: std::sync::atomic::AtomicI64::new(0),
             approvals: Arc::default(),
-            held_grants: Mutex::new(HashMap::new()),
             approval: config.approvals.clone(),
             pin_changed: config.pin_changed,
             audit: crate::audit::open(&config.audit, &config.grants.state_dir)
@@ -483,7 +397,7 @@ impl PolicyGuard {
             pins: match &config.pins {
                 None => None,
                 Some(path) => {
-                    let lock = crate::pins::Lock::load(path)?;
+                    let lock = tollgate_proxy::pins::Lock::load(path)?;
                     info!(lock = %path.display(), tools = lock.pins().count(), "tool definitions pinned");
                     Some((path.clone(), RwLock::new(Arc::new(lock))))
                 }
@@ -512,15 +426,20 @@ impl PolicyGuard {
             local: config
                 .upstreams
                 .iter()
-                .filter(|u| matches!(u.transport, crate::config::UpstreamTransport::Stdio { .. }))
+                .filter(|u| {
+                    matches!(
+                        u.transport,
+                        tollgate_proxy::config::UpstreamTransport::Stdio { .. }
+                    )
+                })
                 .map(|u| u.name.clone())
                 .collect(),
-            protected: crate::paths::Protected::new(
+            protected: tollgate_proxy::paths::Protected::new(
                 config.own_files().iter().map(PathBuf::as_path),
             ),
             grants: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
-            usage: Mutex::new(Usage::new()),
+            store: Arc::new(MemoryStore::default()),
         })
     }
 
@@ -541,7 +460,7 @@ impl PolicyGuard {
     pub fn reload(&self) -> Result<String, GuardError> {
         // The lock file is reread with the pack: re-pinning takes effect on the same signal.
         if let Some((path, current)) = &self.pins {
-            let lock = crate::pins::Lock::load(path)?;
+            let lock = tollgate_proxy::pins::Lock::load(path)?;
             *current
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(lock);
@@ -612,15 +531,15 @@ impl PolicyGuard {
         match checked {
             Ok(grant) => {
                 let mut sessions = self.sessions();
-                let record = sessions.entry(session).or_default();
-                match &record.grant_id {
+                let bound = sessions.entry(session).or_default();
+                match bound {
                     Some(id) if *id != grant.id => Err(format!(
                         "this session runs under grant {id}; a request presented {}",
                         grant.id
                     )),
                     Some(_) => Ok(Presented::Grant(grant)),
                     None => {
-                        record.grant_id = Some(grant.id.clone());
+                        *bound = Some(grant.id.clone());
                         Ok(Presented::Grant(grant))
                     }
                 }
@@ -674,7 +593,7 @@ impl PolicyGuard {
         Ok(grant)
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionRecord>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Option<String>>> {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -702,167 +621,99 @@ impl PolicyGuard {
     /// What stands for a call of `facts` at `now` before it is decided, read under one lock:
     /// the history's statistics and taints, whether it (or its grant) is held for review, and
     /// the tool's pin.
-    fn standing(
+    async fn standing(
         &self,
         key: SessionId,
         grant: Option<&Grant>,
         facts: &ToolFacts,
         now: i64,
-    ) -> Standing {
-        let (stats, taint, mut held) = {
-            let mut sessions = self.sessions();
-            let record = sessions.entry(key).or_default();
-            let mut stats = record.stats.clone();
-            stats.calls_last_minute = record.recent.total(now);
-            stats.calls_last_10s = record.recent.last(now, 10);
-            stats.denials_last_minute = record.denied_recent.total(now);
-            let age = now - *record.started.get_or_insert(now);
-            stats.per_minute = stats.calls * 60 / u64::try_from(age.max(60)).unwrap_or(60);
-            (stats, record.taint.clone(), record.quarantined.clone())
-        };
-        if held.is_none()
-            && let Some(grant) = grant
-        {
-            held = self
-                .held_grants
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&grant.id)
-                .cloned();
-        }
-        Standing {
+    ) -> Result<Standing, StoreError> {
+        Ok(Standing {
             now,
-            stats,
-            taint,
-            held,
+            kept: self.store.standing(key, grant, now).await?,
             pin: self.pin_state(facts),
-        }
+        })
     }
 
-    fn record(&self, session: SessionId, now: i64, decision: &Decision, grant: Option<&Grant>) {
-        let mut sessions = self.sessions();
-        if session & STATELESS_KEY != 0 && sessions.len() >= STATELESS_SWEEP {
-            sessions.retain(|_, r| r.forget_after.is_none_or(|t| t > now));
+    /// Records a decided call in its history.
+    async fn record(
+        &self,
+        history: SessionId,
+        now: i64,
+        decision: &Decision,
+        grant: Option<&Grant>,
+    ) -> Result<(), StoreError> {
+        let stateless = history & STATELESS_KEY != 0;
+        let changed = self
+            .store
+            .record(crate::store::Decided {
+                key: history,
+                now,
+                grant: grant.map(|g| g.id.as_str()),
+                effect: decision.effect,
+                class: decision.class,
+                taints: &decision.taints,
+                quarantine: (decision.effect == Effect::Deny && decision.quarantine).then(|| {
+                    Quarantine {
+                        session: history.to_string(),
+                        grant: grant.map(|g| g.id.clone()),
+                        since: now,
+                        policies: decision.policies.clone(),
+                        reason: decision.reason_text(),
+                    }
+                }),
+                // Kept while its grant lives (an hour at most without one).
+                forget_after: stateless.then(|| grant.map_or(now + 3600, |g| g.exp)),
+            })
+            .await?;
+        for label in &changed.tainted {
+            info!(session = history, label = %label, "session tainted");
         }
-        let record = sessions.entry(session).or_default();
-        if session & STATELESS_KEY != 0 {
-            // Kept while its grant lives (an hour at most without one).
-            record.forget_after = Some(grant.map_or(now + 3600, |g| g.exp));
+        if changed.quarantined {
+            warn!(session = history, policies = ?decision.policies, "session quarantined for review");
         }
-        record.stats.calls += 1;
-        record.recent.add(now);
-        if decision.is_allow() {
-            if let Some(slot) = CLASSES
-                .iter()
-                .position(|c| *c == decision.class)
-                .and_then(|i| record.stats.by_class.get_mut(i))
-            {
-                *slot += 1;
-            }
-            // A call that goes ahead marks the session with what it touches, whatever it
-            // returns: a failed read of untrusted content may still have shown some of it.
-            for label in &decision.taints {
-                if let Err(at) = record.taint.binary_search(label) {
-                    info!(session, label = %label, "session tainted");
-                    record.taint.insert(at, label.clone());
-                }
-            }
-        } else if decision.effect == Effect::Deny {
-            // A call held for approval is not a denial (its answer is recorded when it comes).
-            record.stats.denials += 1;
-            record.denied_recent.add(now);
-            if decision.quarantine && record.quarantined.is_none() {
-                warn!(session, policies = ?decision.policies, "session quarantined for review");
-                let held = Quarantine {
-                    session: session.to_string(),
-                    grant: grant.map(|g| g.id.clone()),
-                    since: now,
-                    policies: decision.policies.clone(),
-                    reason: decision.reason_text(),
-                };
-                // A new session under the same grant must not escape it.
-                if let Some(grant) = grant {
-                    self.held_grants
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(grant.id.clone(), held.clone());
-                }
-                record.quarantined = Some(held);
-            }
-        }
+        Ok(())
     }
 
-    /// Charges an allowed call to its grant's limits, atomically with the check, so two calls
-    /// at once cannot both spend the last of a budget.
-    fn charge(&self, grant: &Grant, decision: &mut Decision) {
-        if decision.charges.is_empty() {
-            return;
-        }
-        let mut usage = self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match grant.check_limits(&usage, &decision.charges) {
-            Ok(()) => {
-                for charge in &decision.charges {
-                    *usage
-                        .entry((charge.scope.clone(), charge.key.clone()))
-                        .or_insert(0.0) += charge.amount;
-                }
-            }
-            Err(e) => {
-                decision.effect = Effect::Deny;
-                decision.policies = vec![tollgate_policy::decide::step::GRANT.to_owned()];
-                decision.reasons = vec![e.to_string()];
-            }
-        }
-    }
-
-    /// Charges an allowed call to the session limits of `pack` that apply to it, atomically
-    /// with the check; on a refusal, `decision` becomes a denial and nothing is charged. What
-    /// each limit stood at before, to give back.
-    fn charge_session(
+    /// Charges an allowed call to the pack's session limits that apply to it and to its
+    /// grant's limits, atomically with their check; on a refusal `decision` becomes a denial
+    /// and nothing is charged.
+    async fn charge(
         &self,
         history: SessionId,
         pack: &Pack,
         call: &ToolCall<'_>,
+        grant: Option<&Grant>,
         decision: &mut Decision,
-    ) -> Option<Vec<(String, tollgate_policy::LimitUse)>> {
+    ) -> Result<(), StoreError> {
         let applying: Vec<&tollgate_policy::SessionLimit> = pack
             .session_limits()
             .iter()
             .filter(|l| l.applies(call.exposed_name, decision.class))
             .collect();
-        if applying.is_empty() {
-            return None;
+        let spends = grant.filter(|_| !decision.charges.is_empty());
+        if applying.is_empty() && spends.is_none() {
+            return Ok(());
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let mut sessions = self.sessions();
-        let record = sessions.entry(history).or_default();
-        let before: Vec<(String, tollgate_policy::LimitUse)> = applying
-            .iter()
-            .map(|l| {
-                (
-                    l.id.clone(),
-                    record.limits.get(&l.id).cloned().unwrap_or_default(),
-                )
+        let charged = self
+            .store
+            .charge(crate::store::Charges {
+                key: history,
+                session: &applying,
+                arguments: call.arguments,
+                grant: spends.map(|g| (g, decision.charges.as_slice())),
+                now,
             })
-            .collect();
-        let mut next = before.clone();
-        for (limit, (_, used)) in applying.iter().zip(next.iter_mut()) {
-            if let Err(reason) = limit.charge(used, call.arguments, now) {
-                decision.effect = Effect::Deny;
-                decision.policies = vec![format!("tollgate:limit:{}", limit.id)];
-                decision.reasons = vec![reason];
-                return None;
-            }
+            .await?;
+        if let crate::store::Charged::Refused { policy, reason } = charged {
+            decision.effect = Effect::Deny;
+            decision.policies = vec![policy];
+            decision.reasons = vec![reason];
         }
-        for (id, used) in next {
-            record.limits.insert(id, used);
-        }
-        Some(before)
+        Ok(())
     }
 
     fn decide<'f>(
@@ -879,25 +730,6 @@ impl PolicyGuard {
             transport: call.caller.transport.to_owned(),
             address: call.caller.address.clone().unwrap_or_default(),
         };
-        // Only this grant's limits are read; the rest of the usage (every grant's) stays put.
-        // `charge` checks again, atomically, before anything is spent.
-        let usage: Usage = match grant {
-            Some(grant) if !grant.limits.is_empty() => {
-                let all = self
-                    .usage
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                grant
-                    .limits
-                    .iter()
-                    .filter_map(|limit| {
-                        let key = (limit.scope.clone(), limit.key());
-                        all.get(&key).map(|spent| (key, *spent))
-                    })
-                    .collect()
-            }
-            _ => Usage::new(),
-        };
         let input = CallInput {
             session: &session,
             grant,
@@ -906,14 +738,15 @@ impl PolicyGuard {
             justification,
             now: standing.now,
             env: &self.env,
-            stats: &standing.stats,
-            usage: &usage,
-            taint: &standing.taint,
+            stats: &standing.kept.stats,
+            // Only this grant's limits; `charge` checks again, atomically, before spending.
+            usage: &standing.kept.usage,
+            taint: &standing.kept.taint,
             pinned: standing.pin == PinState::Pinned,
             paths: self
                 .local
                 .contains(call.upstream)
-                .then_some(&crate::paths::LocalPaths as &dyn tollgate_policy::PathView),
+                .then_some(&tollgate_proxy::paths::LocalPaths as &dyn tollgate_policy::PathView),
         };
         let mut decision = pack.decide(&input);
         // What replay needs to decide this call again, kept only where there is a trail.
@@ -926,7 +759,7 @@ impl PolicyGuard {
         if let Some(reason) = self.protected.refuses(decision.class, &decision.resources) {
             warn!(tool = call.exposed_name, %reason, "refused: the call reaches Tollgate's own files");
             decision.effect = Effect::Deny;
-            decision.policies = vec![crate::paths::SELF_STEP.to_owned()];
+            decision.policies = vec![tollgate_proxy::paths::SELF_STEP.to_owned()];
             decision.reasons = vec![reason];
             decision.approvers.clear();
             decision.in_band = false;
@@ -1028,7 +861,7 @@ impl PolicyGuard {
                     NoCredential::hidden(format!("`{}` is not one of this API's tools", call.tool))
                 })?;
                 Some(
-                    crate::api::plan(spec, tool, arguments.object())
+                    tollgate_proxy::api::plan(spec, tool, arguments.object())
                         .map_err(NoCredential::shown)?,
                 )
             }
@@ -1114,7 +947,7 @@ impl PolicyGuard {
     }
 
     /// The verdict on `call`; with `approval`, once that approval was given by its approver.
-    fn judge(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
+    async fn judge(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
         let now = now();
         if let Some(failure) = self.audit.as_ref().and_then(|a| a.failure()) {
             tracing::error!(%failure, tool = call.exposed_name, "refused: decisions cannot be recorded");
@@ -1144,15 +977,18 @@ impl PolicyGuard {
             ));
         };
         let history = Self::history_key(call, grant);
-        let standing = self.standing(history, grant, facts, now);
-        if let Some(held) = &standing.held {
+        let standing = match self.standing(history, grant, facts, now).await {
+            Ok(standing) => standing,
+            Err(e) => return store_down(&e, call),
+        };
+        if let Some(held) = &standing.kept.held {
             return Verdict::Refuse(refusal(format!(
                 "denied: this session is held for review ({}); an approver can release it",
                 held.reason
             )));
         }
         let pin_changed = standing.pin == PinState::Changed;
-        if pin_changed && self.pin_changed == crate::config::PinChanged::Refuse {
+        if pin_changed && self.pin_changed == tollgate_proxy::config::PinChanged::Refuse {
             warn!(
                 tool = call.exposed_name,
                 upstream = call.upstream,
@@ -1233,7 +1069,7 @@ impl PolicyGuard {
             let session = history.to_string();
             let approved = self.approvals.approved_for(
                 id,
-                &crate::approvals::Binding {
+                &tollgate_proxy::approvals::Binding {
                     session: &session,
                     grant: grant.map(|g| g.id.as_str()),
                     upstream: call.upstream,
@@ -1255,23 +1091,14 @@ impl PolicyGuard {
                 )];
             }
         }
-        // The pack's session limits first, then the grant's; a call the grant then refuses
-        // gives back what it took from the session's.
-        let taken = if decision.is_allow() {
-            self.charge_session(history, &pack, call, &mut decision)
-        } else {
-            None
-        };
-        if let (Some(grant), Effect::Allow) = (grant, decision.effect) {
-            self.charge(grant, &mut decision);
-            if !decision.is_allow()
-                && let Some(taken) = taken
-                && let Some(record) = self.sessions().get_mut(&history)
-            {
-                for (id, before) in taken {
-                    record.limits.insert(id, before);
-                }
-            }
+        // The pack's session limits and the grant's, in one step: a call either limit
+        // refuses spends nothing.
+        if decision.is_allow()
+            && let Err(e) = self
+                .charge(history, &pack, call, grant, &mut decision)
+                .await
+        {
+            return store_down(&e, call);
         }
         let mut carried = Carried::Nothing;
         if decision.is_allow() {
@@ -1304,7 +1131,9 @@ impl PolicyGuard {
             } => Some(minted),
             Carried::Nothing | Carried::Cached(_) => None,
         };
-        self.record(history, now, &decision, grant);
+        if let Err(e) = self.record(history, now, &decision, grant).await {
+            return store_down(&e, call);
+        }
         // A denial is news for the operator; an allowed call is the normal case, logged at
         // debug level (at info, formatting and writing it cost more than the decision).
         macro_rules! decision_event {
@@ -1580,7 +1409,7 @@ impl PolicyGuard {
         let timeout = i64::try_from(settings.timeout.as_secs()).unwrap_or(300);
         let credential =
             self.credential_preview(call, decision, arguments.value(), arguments.digest());
-        let request = crate::approvals::Request {
+        let request = tollgate_proxy::approvals::Request {
             id,
             created: now,
             expires: now + timeout,
@@ -1600,10 +1429,10 @@ impl PolicyGuard {
             approvers: decision.approvers.clone(),
             justification: justification.map(str::to_owned),
             credential,
-            state: crate::approvals::State::Pending,
+            state: tollgate_proxy::approvals::State::Pending,
         };
         drop(self.audit_decision(recorded, Some(&request.id), None));
-        let in_band = at_agent.is_ok().then(|| crate::approvals::InBand {
+        let in_band = at_agent.is_ok().then(|| tollgate_proxy::approvals::InBand {
             message: request.summary(),
             who: format!(
                 "{} (at the agent)",
@@ -1642,7 +1471,7 @@ impl PolicyGuard {
         });
         if let (Some(spec), Some(object)) = (self.apis.get(call.upstream), arguments.as_object())
             && let Some(tool) = spec.tool(call.tool)
-            && let Ok(request) = crate::api::plan(spec, tool, object)
+            && let Ok(request) = tollgate_proxy::api::plan(spec, tool, object)
             && let Some(fields) = details.as_object_mut()
         {
             fields.insert("method".into(), request.method.as_str().into());
@@ -1657,7 +1486,7 @@ impl PolicyGuard {
 
     /// The approver whose admin-endpoint token this is. Compared as digests, so the time
     /// taken says nothing about a guess.
-    pub fn approver(&self, token: &str) -> Option<crate::approvals::Approver> {
+    pub fn approver(&self, token: &str) -> Option<tollgate_proxy::approvals::Approver> {
         use sha2::{Digest, Sha256};
         let presented = Sha256::digest(token.as_bytes());
         self.approval
@@ -1667,53 +1496,22 @@ impl PolicyGuard {
             .map(|(_, approver)| approver.clone())
     }
 
-    /// The sessions held for review.
-    pub fn quarantined(&self) -> Vec<Quarantine> {
-        let mut held: Vec<Quarantine> = self
-            .held_grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for q in self
-            .sessions()
-            .values()
-            .filter_map(|r| r.quarantined.clone())
-        {
-            if !held.iter().any(|h| h.session == q.session) {
-                held.push(q);
-            }
-        }
-        held.sort_by_key(|q| q.since);
-        held
+    /// The sessions held for review; none when the store cannot say.
+    pub async fn quarantined(&self) -> Result<Vec<Quarantine>, StoreError> {
+        self.store.quarantined().await
     }
 
     /// Releases a session held for review (`session` as [`Quarantine::session`] names it):
     /// its recent denials are forgotten and its calls are decided again. False when it is
     /// not held.
-    pub fn release(&self, session: &str) -> bool {
-        let mut released = false;
-        if let Ok(key) = session.parse::<SessionId>()
-            && let Some(record) = self.sessions().get_mut(&key)
-            && record.quarantined.take().is_some()
-        {
-            record.denied_recent = MinuteWindow::default();
-            released = true;
-        }
-        let mut grants = self
-            .held_grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = grants.len();
-        grants.retain(|_, held| held.session != session);
-        released || grants.len() != before
+    pub async fn release(&self, session: &str) -> Result<bool, StoreError> {
+        self.store.release(session).await
     }
 
     /// The verdict on `call`, counted and timed for `/metrics`.
-    fn measured(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
+    async fn measured(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
         let started = std::time::Instant::now();
-        let verdict = self.judge(call, approval);
+        let verdict = self.judge(call, approval).await;
         self.metrics.decision_latency.observe(started.elapsed());
         // Indexes into `metrics::EFFECTS`.
         let effect = match &verdict {
@@ -1746,7 +1544,7 @@ impl PolicyGuard {
     }
 
     /// The approval requests: what approvers list, show and answer.
-    pub fn approvals(&self) -> &crate::approvals::Approvals {
+    pub fn approvals(&self) -> &tollgate_proxy::approvals::Approvals {
         &self.approvals
     }
 
@@ -1916,17 +1714,31 @@ impl NoCredential {
     }
 }
 
+/// The answer when the store cannot answer: what a decision needs is unknown, so the call is
+/// refused.
+fn store_down(error: &StoreError, call: &ToolCall<'_>) -> Verdict {
+    tracing::error!(%error, tool = call.exposed_name, "refused: the guard's store did not answer");
+    Verdict::Refuse(refusal(
+        "denied: Tollgate cannot reach what it remembers of this session right now, so no call goes ahead; the operator has been told why".to_owned(),
+    ))
+}
+
 fn refusal(text: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
 
 impl Interceptor for PolicyGuard {
-    fn before_call(&self, call: &ToolCall<'_>) -> Verdict {
-        self.measured(call, None)
+    fn before_call<'a>(&'a self, call: &'a ToolCall<'a>) -> PendingVerdict<'a> {
+        Box::pin(self.measured(call, None))
     }
 
-    fn resume(&self, call: &ToolCall<'_>, approval: &str, approver: &str) -> Verdict {
-        self.measured(call, Some((approval, approver)))
+    fn resume<'a>(
+        &'a self,
+        call: &'a ToolCall<'a>,
+        approval: &'a str,
+        approver: &'a str,
+    ) -> PendingVerdict<'a> {
+        Box::pin(self.measured(call, Some((approval, approver))))
     }
 
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>) {
@@ -2012,6 +1824,12 @@ impl Interceptor for PolicyGuard {
 
     fn session_ended(&self, session: SessionId) {
         self.sessions().remove(&session);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.forget(session).await {
+                warn!(session, %error, "an ended session's history could not be forgotten");
+            }
+        });
     }
 }
 
@@ -2023,8 +1841,11 @@ pub struct Closed {
 }
 
 impl Interceptor for Closed {
-    fn before_call(&self, _call: &ToolCall<'_>) -> Verdict {
-        Verdict::Refuse(refusal(format!("denied: {}", self.reason)))
+    fn before_call<'a>(&'a self, _call: &'a ToolCall<'a>) -> PendingVerdict<'a> {
+        Box::pin(std::future::ready(Verdict::Refuse(refusal(format!(
+            "denied: {}",
+            self.reason
+        )))))
     }
 
     fn after_call(&self, _call: &ToolCall<'_>, _outcome: &Outcome<'_>) {}
@@ -2133,22 +1954,6 @@ mod tests {
     const GOOD: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);";
     const SHADOWED: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);\n@id(\"nothing\") forbid (principal, action, resource);";
 
-    #[test]
-    fn the_minute_window_counts_the_last_sixty_seconds() {
-        let mut w = MinuteWindow::default();
-        for t in 1000..1010 {
-            w.add(t);
-            w.add(t);
-        }
-        assert_eq!(w.total(1009), 20);
-        assert_eq!(w.total(1059), 20, "all ten seconds are still inside");
-        assert_eq!(w.total(1064), 10, "the first five seconds left");
-        assert_eq!(w.total(2000), 0, "long idle");
-        w.add(2000);
-        assert_eq!(w.total(2000), 1);
-        assert!(std::mem::size_of::<MinuteWindow>() <= 256);
-    }
-
     #[tokio::test]
     async fn an_allowed_call_goes_ahead_only_once_its_decision_is_recorded() {
         let forwarded = |verdict: Verdict| match verdict {
@@ -2196,18 +2001,6 @@ mod tests {
             ),
             Verdict::Hide
         ));
-    }
-
-    #[test]
-    fn the_last_ten_seconds_are_a_part_of_the_window() {
-        let mut w = MinuteWindow::default();
-        for t in 1000..1030 {
-            w.add(t);
-        }
-        assert_eq!(w.last(1029, 10), 10, "1020..=1029");
-        assert_eq!(w.last(1035, 10), 4, "1026..=1029, nothing since");
-        assert_eq!(w.total(1035), 30);
-        assert_eq!(w.last(1100, 10), 0, "long idle");
     }
 
     #[test]

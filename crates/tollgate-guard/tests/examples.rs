@@ -61,7 +61,7 @@ fn every_example_config_loads() {
         // Keys are made on first use: in a folder of the test's, not the working tree.
         let state = tempfile::tempdir().unwrap();
         config.grants.state_dir = state.path().to_owned();
-        if let Err(e) = tollgate_proxy::guard::PolicyGuard::new(&config) {
+        if let Err(e) = tollgate_guard::guard::PolicyGuard::new(&config) {
             panic!("{}: {e}", path.display());
         }
         checked += 1;

@@ -14,7 +14,7 @@ use std::{
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::{config::ExchangeConfig, intercept::Credential};
+use tollgate_proxy::{config::ExchangeConfig, intercept::Credential};
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json, value::RawValue};
 use tollgate_audit::{Audit, CheckpointSigner, CheckpointVerifier};
 use tollgate_mint::{GrantSigner, GrantVerifier};
 
-use crate::config::AuditConfig;
+use tollgate_proxy::config::AuditConfig;
 
 /// Arguments bigger than this (as JSON) are left out of a record; their digest stays.
 const MAX_ARGUMENTS: usize = 8 * 1024;
