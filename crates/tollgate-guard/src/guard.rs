@@ -1508,6 +1508,13 @@ impl PolicyGuard {
         self.store.release(session).await
     }
 
+    /// This guard, remembering what it must between calls in `store` instead of in memory.
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = store;
+        self
+    }
+
     /// The verdict on `call`, counted and timed for `/metrics`.
     async fn measured(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
         let started = std::time::Instant::now();
