@@ -20,9 +20,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    access::{AccessKey, Algorithm, MAX_LIFETIME_SECS, TrustPath},
     err::MintError,
-    verify::MAX_LEEWAY_SECS,
+    signing::{AccessKey, Algorithm, MAX_LEEWAY_SECS, MAX_LIFETIME_SECS, TrustPath},
 };
 
 /// Where a key is in its life.

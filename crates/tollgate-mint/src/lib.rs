@@ -9,6 +9,7 @@ pub mod keyring;
 pub mod keys;
 pub mod ledger;
 pub mod revocation;
+pub mod signing;
 pub mod token;
 pub mod verify;
 

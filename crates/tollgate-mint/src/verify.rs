@@ -13,10 +13,9 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::access::{Algorithm, DETAILS_TYPE};
+use crate::signing::{Algorithm, DETAILS_TYPE};
 
-/// The largest clock skew tolerated.
-pub const MAX_LEEWAY_SECS: i64 = 5;
+pub use crate::signing::MAX_LEEWAY_SECS;
 
 /// What a resource server expects of every token it accepts.
 #[derive(Debug, Clone)]
@@ -385,7 +384,7 @@ impl Verifier {
                 if get("path") != Some(path) {
                     return Err(VerifyError::Mismatch("path"));
                 }
-                if get("body_sha256") != Some(crate::access::body_digest(body).as_str()) {
+                if get("body_sha256") != Some(crate::signing::body_digest(body).as_str()) {
                     return Err(VerifyError::Mismatch("body"));
                 }
             }
