@@ -3,7 +3,12 @@
 //! that still exist are listed in `KNOWN_CIRCLES`; a new circle, or a known one that grows,
 //! fails, and one that shrinks must be written down smaller.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -13,7 +13,6 @@ use std::{
 };
 
 use rmcp::model::{CallToolResult, ContentBlock};
-use tollgate_mint::{GrantVerifier, RevocationList, TokenError};
 use tollgate_policy::{
     CallInput, Decision, Effect, Environment, Grant, Pack, SessionFacts, ToolFacts,
     recorded::InputRecord,
@@ -36,15 +35,17 @@ use tollgate_proxy::{
     session::SessionId,
 };
 
+mod charge;
+mod identify;
+
+use identify::{Granted, Presented, STATELESS_KEY};
+
 /// The `_meta` key an agent puts its justification for one call under.
 pub const JUSTIFICATION_KEY: &str = "tollgate/justification";
 /// The W3C trace context an agent may send in a call's `_meta`: the call's span joins its trace.
 pub const TRACEPARENT_KEY: &str = "traceparent";
 /// Longest justification kept; the rest is cut.
 const MAX_JUSTIFICATION: usize = 1024;
-/// Verified grants kept, by token; the cache is emptied when it grows past this.
-const GRANT_CACHE: usize = 4096;
-
 /// Why the guard could not be built; Tollgate does not start with it.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
@@ -78,51 +79,6 @@ struct Standing {
     pin: PinState,
 }
 
-/// The high bit marks a history key made for stateless requests, apart from session ids.
-const STATELESS_KEY: u64 = 1 << 63;
-
-/// A token's signature and claims, checked once.
-type Checked = Result<Arc<Granted>, TokenError>;
-
-/// A verified grant, with the key its trail record is named by: made once per token, so that
-/// a call names its grant's record without building anything.
-struct Granted {
-    grant: Grant,
-    key: String,
-}
-
-impl Granted {
-    fn new(grant: Grant) -> Self {
-        let key = tollgate_policy::recorded::grant_key(&grant);
-        Self { grant, key }
-    }
-}
-
-impl std::ops::Deref for Granted {
-    type Target = Grant;
-
-    fn deref(&self) -> &Grant {
-        &self.grant
-    }
-}
-
-/// The grant's claims, written once per trail file before the first decision that names it.
-impl tollgate_audit::Define for Granted {
-    fn key(&self) -> &str {
-        &self.key
-    }
-
-    fn record(&self) -> serde_json::Map<String, serde_json::Value> {
-        tollgate_policy::recorded::grant_entry(&self.grant)
-    }
-}
-
-/// The grant state of one call.
-enum Presented {
-    Grant(Arc<Granted>),
-    Anonymous,
-}
-
 /// Decides every tool call by grant and policy.
 pub struct PolicyGuard {
     pack: RwLock<Arc<Pack>>,
@@ -131,18 +87,14 @@ pub struct PolicyGuard {
     /// Where the pack is read from on reload; the embedded default when none.
     pack_dir: Option<PathBuf>,
     extra_tools: Vec<tollgate_policy::EntryConfig>,
-    verifier: Result<GrantVerifier, String>,
-    revocations: RevocationList,
-    anonymous: bool,
+    /// Stage 1: the grants calls present, and the sessions they bind.
+    grants: identify::Grants,
     env: Environment,
     /// The upstreams Tollgate runs on this machine: their paths are bound as this filesystem
     /// resolves them.
     local: std::collections::HashSet<String>,
     /// Tollgate's own folders and files, which no call reaches.
     protected: tollgate_proxy::paths::Protected,
-    grants: Mutex<HashMap<Arc<str>, Checked>>,
-    /// The sessions this process serves, with the grant each runs under once it presented one.
-    sessions: Mutex<HashMap<SessionId, Option<String>>>,
     /// What the guard remembers between calls.
     store: Arc<dyn Store>,
     /// The per-call signing keys, when some upstream takes minted credentials.
@@ -323,10 +275,6 @@ impl PolicyGuard {
     pub fn new(config: &Config) -> Result<Self, GuardError> {
         let pack_dir = config.policy.pack.clone();
         let pack = load(pack_dir.as_deref(), &config.policy.tools)?;
-        let verifier = GrantVerifier::load(&config.grants.state_dir).map_err(|e| e.to_string());
-        if let Err(e) = &verifier {
-            warn!(error = %e, "grants cannot be checked; every grant is refused");
-        }
         info!(version = pack.version(), "policy pack loaded");
         let credentials: HashMap<String, CredentialConfig> = config
             .upstreams
@@ -416,9 +364,7 @@ impl PolicyGuard {
             },
             pack_dir,
             extra_tools: config.policy.tools.clone(),
-            verifier,
-            revocations: RevocationList::new(&config.grants.state_dir),
-            anonymous: config.grants.anonymous,
+            grants: identify::Grants::new(&config.grants.state_dir, config.grants.anonymous),
             env: Environment {
                 label: config.policy.environment.clone(),
                 offset: config.policy.time_zone,
@@ -437,8 +383,6 @@ impl PolicyGuard {
             protected: tollgate_proxy::paths::Protected::new(
                 config.own_files().iter().map(PathBuf::as_path),
             ),
-            grants: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
             store: Arc::new(MemoryStore::default()),
         })
     }
@@ -511,113 +455,6 @@ impl PolicyGuard {
         self.pack_dir.as_deref()
     }
 
-    /// The grant `caller` presented, checked; or anonymous when allowed; or why not.
-    fn presented(
-        &self,
-        session: SessionId,
-        caller: &Caller,
-        now: i64,
-    ) -> Result<Presented, String> {
-        let checked = match &caller.grant {
-            None => Err(format!(
-                "no grant was presented: {}",
-                match caller.transport {
-                    "http" => "send it as `Authorization: Bearer <grant>`",
-                    _ => "start Tollgate with `--grant FILE` or `TOLLGATE_GRANT`",
-                }
-            )),
-            Some(token) => self.verify(token, now),
-        };
-        match checked {
-            Ok(grant) => {
-                let mut sessions = self.sessions();
-                let bound = sessions.entry(session).or_default();
-                match bound {
-                    Some(id) if *id != grant.id => Err(format!(
-                        "this session runs under grant {id}; a request presented {}",
-                        grant.id
-                    )),
-                    Some(_) => Ok(Presented::Grant(grant)),
-                    None => {
-                        *bound = Some(grant.id.clone());
-                        Ok(Presented::Grant(grant))
-                    }
-                }
-            }
-            // Only a session that presents no grant runs anonymously: a bad grant is not
-            // quietly downgraded, the agent learns why it was refused.
-            Err(_) if self.anonymous && caller.grant.is_none() => Ok(Presented::Anonymous),
-            Err(reason) => Err(reason),
-        }
-    }
-
-    fn verify(&self, token: &Arc<str>, now: i64) -> Result<Arc<Granted>, String> {
-        let verifier = self.verifier.as_ref().map_err(|_| {
-            "grants cannot be checked here: Tollgate has no grant key (see its log)".to_owned()
-        })?;
-        let cached = self
-            .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(token)
-            .cloned();
-        let grant = match cached {
-            Some(result) => result,
-            None => {
-                let result = verifier
-                    .verify(token, now)
-                    .map(|grant| Arc::new(Granted::new(grant)));
-                // Time is judged on every call; only what never changes is kept.
-                if !matches!(result, Err(TokenError::Time(_))) {
-                    let mut cache = self
-                        .grants
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if cache.len() >= GRANT_CACHE {
-                        cache.clear();
-                    }
-                    cache.insert(token.clone(), result.clone());
-                }
-                result
-            }
-        }
-        .map_err(|e| e.to_string())?;
-        grant.check_time(now).map_err(|e| e.to_string())?;
-        if let Err(e) = self.revocations.refresh() {
-            warn!(error = %e, "the revocation list cannot be read; refusing grants until it can");
-            return Err(
-                "the revocation list cannot be read; the grant cannot be accepted".to_owned(),
-            );
-        }
-        self.revocations.check(&grant).map_err(|e| e.to_string())?;
-        Ok(grant)
-    }
-
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Option<String>>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The session's statistics before this call.
-    /// Where a call's history is kept: its session's, or for a stateless request (each its own
-    /// session) its grant's, or without a grant its address's.
-    fn history_key(call: &ToolCall<'_>, grant: Option<&Grant>) -> SessionId {
-        use std::hash::{BuildHasher, Hasher};
-        if !call.caller.stateless {
-            return call.session;
-        }
-        let mut hasher =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .build_hasher();
-        match grant {
-            Some(g) => hasher.write(g.id.as_bytes()),
-            None => hasher.write(call.caller.address.as_deref().unwrap_or("").as_bytes()),
-        }
-        hasher.finish() | STATELESS_KEY
-    }
-
-    /// The history's statistics and taint labels as of now.
     /// What stands for a call of `facts` at `now` before it is decided, read under one lock:
     /// the history's statistics and taints, whether it (or its grant) is held for review, and
     /// the tool's pin.
@@ -671,47 +508,6 @@ impl PolicyGuard {
         }
         if changed.quarantined {
             warn!(session = history, policies = ?decision.policies, "session quarantined for review");
-        }
-        Ok(())
-    }
-
-    /// Charges an allowed call to the pack's session limits that apply to it and to its
-    /// grant's limits, atomically with their check; on a refusal `decision` becomes a denial
-    /// and nothing is charged.
-    async fn charge(
-        &self,
-        history: SessionId,
-        pack: &Pack,
-        call: &ToolCall<'_>,
-        grant: Option<&Grant>,
-        decision: &mut Decision,
-    ) -> Result<(), StoreError> {
-        let applying: Vec<&tollgate_policy::SessionLimit> = pack
-            .session_limits()
-            .iter()
-            .filter(|l| l.applies(call.exposed_name, decision.class))
-            .collect();
-        let spends = grant.filter(|_| !decision.charges.is_empty());
-        if applying.is_empty() && spends.is_none() {
-            return Ok(());
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let charged = self
-            .store
-            .charge(crate::store::Charges {
-                key: history,
-                session: &applying,
-                arguments: call.arguments,
-                grant: spends.map(|g| (g, decision.charges.as_slice())),
-                now,
-            })
-            .await?;
-        if let crate::store::Charged::Refused { policy, reason } = charged {
-            decision.effect = Effect::Deny;
-            decision.policies = vec![policy];
-            decision.reasons = vec![reason];
         }
         Ok(())
     }
@@ -958,7 +754,7 @@ impl PolicyGuard {
         if self.ledger.session_revoked(&call.session.to_string()) {
             return Verdict::Reject("this session has been revoked".to_owned());
         }
-        let presented = match self.presented(call.session, call.caller, now) {
+        let presented = match self.grants.presented(call.session, call.caller, now) {
             Ok(p) => p,
             Err(reason) => {
                 info!(session = call.session, tool = call.exposed_name, %reason, "grant refused");
@@ -976,7 +772,7 @@ impl PolicyGuard {
                 "the tool's definition is not known yet; the call is denied".to_owned(),
             ));
         };
-        let history = Self::history_key(call, grant);
+        let history = identify::history_key(call, grant);
         let standing = match self.standing(history, grant, facts, now).await {
             Ok(standing) => standing,
             Err(e) => return store_down(&e, call),
@@ -1094,9 +890,8 @@ impl PolicyGuard {
         // The pack's session limits and the grant's, in one step: a call either limit
         // refuses spends nothing.
         if decision.is_allow()
-            && let Err(e) = self
-                .charge(history, &pack, call, grant, &mut decision)
-                .await
+            && let Err(e) =
+                charge::charge(&*self.store, history, &pack, call, grant, &mut decision).await
         {
             return store_down(&e, call);
         }
@@ -1536,7 +1331,7 @@ impl PolicyGuard {
     pub fn metrics_text(&self) -> String {
         let gauges = crate::metrics::Gauges {
             approvals_pending: self.approvals.pending(),
-            sessions: self.sessions().len(),
+            sessions: self.grants.sessions_served(),
             audit: self.audit.as_ref().map(|audit| {
                 let stats = audit.stats();
                 crate::metrics::AuditGauges {
@@ -1618,9 +1413,10 @@ impl PolicyGuard {
             grants: grant.into_iter().collect(),
         };
         // A grant revoked since keeps the tokens minted under it from being active.
-        let _ = self.revocations.refresh();
+        let _ = self.grants.revocations().refresh();
         self.ledger.active(issued, now(), |grants| {
-            self.revocations
+            self.grants
+                .revocations()
                 .any_revoked(grants.iter().map(String::as_str))
         })
     }
@@ -1822,7 +1618,7 @@ impl Interceptor for PolicyGuard {
             return false;
         }
         let now = now();
-        match self.presented(session, caller, now) {
+        match self.grants.presented(session, caller, now) {
             Ok(Presented::Grant(grant)) => self.current().visible(Some(&grant), tool, now),
             Ok(Presented::Anonymous) => self.current().visible(None, tool, now),
             Err(_) => false,
@@ -1830,7 +1626,7 @@ impl Interceptor for PolicyGuard {
     }
 
     fn session_ended(&self, session: SessionId) {
-        self.sessions().remove(&session);
+        self.grants.ended(session);
         let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(error) = store.forget(session).await {
