@@ -37,6 +37,7 @@ use tollgate_proxy::{
 
 mod charge;
 mod identify;
+mod pin;
 
 use identify::{Granted, Presented, STATELESS_KEY};
 
@@ -116,9 +117,8 @@ pub struct PolicyGuard {
     /// Approval requests, and who may answer them (by their admin-endpoint token).
     approvals: Arc<tollgate_proxy::approvals::Approvals>,
     approval: tollgate_proxy::config::ApprovalsConfig,
-    /// The lock file of pinned tool definitions and what it holds (reread on reload).
-    pins: Option<(std::path::PathBuf, RwLock<Arc<tollgate_proxy::pins::Lock>>)>,
-    pin_changed: tollgate_proxy::config::PinChanged,
+    /// Stage 2: the lock file of pinned tool definitions.
+    pins: pin::Pins,
     /// The audit trail, unless turned off by name.
     audit: Option<Arc<tollgate_audit::Audit>>,
     /// Forwarded calls by number: their decision id and when they were decided, for the
@@ -250,9 +250,6 @@ fn durable_first(ticket: tollgate_audit::Ticket, verdict: Verdict) -> Verdict {
     })))
 }
 
-/// The step named in a decision held because the tool's definition left its pin.
-const PIN_CHANGED: &str = "tollgate:pin-changed";
-
 fn now() -> i64 {
     tollgate_mint::unix_now()
 }
@@ -329,7 +326,6 @@ impl PolicyGuard {
             rotation_checked: std::sync::atomic::AtomicI64::new(0),
             approvals: Arc::default(),
             approval: config.approvals.clone(),
-            pin_changed: config.pin_changed,
             audit: crate::audit::open(&config.audit, &config.grants.state_dir)
                 .map_err(GuardError::Audit)?,
             in_flight: Mutex::new(HashMap::new()),
@@ -342,14 +338,7 @@ impl PolicyGuard {
                 )
             }),
             metrics: crate::metrics::Metrics::default(),
-            pins: match &config.pins {
-                None => None,
-                Some(path) => {
-                    let lock = tollgate_proxy::pins::Lock::load(path)?;
-                    info!(lock = %path.display(), tools = lock.pins().count(), "tool definitions pinned");
-                    Some((path.clone(), RwLock::new(Arc::new(lock))))
-                }
-            },
+            pins: pin::Pins::load(config.pins.as_ref(), config.pin_changed)?,
             pack: RwLock::new(Arc::new(pack)),
             shadow: match &config.policy.shadow {
                 None => None,
@@ -403,12 +392,7 @@ impl PolicyGuard {
     /// and the current one keeps deciding. Returns the version now deciding.
     pub fn reload(&self) -> Result<String, GuardError> {
         // The lock file is reread with the pack: re-pinning takes effect on the same signal.
-        if let Some((path, current)) = &self.pins {
-            let lock = tollgate_proxy::pins::Lock::load(path)?;
-            *current
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(lock);
-        }
+        self.pins.reload()?;
         let pack = load(self.pack_dir.as_deref(), &self.extra_tools)?;
         let version = pack.version().to_owned();
         let previous = std::mem::replace(
@@ -468,7 +452,7 @@ impl PolicyGuard {
         Ok(Standing {
             now,
             kept: self.store.standing(key, grant, now).await?,
-            pin: self.pin_state(facts),
+            pin: self.pins.state(facts),
         })
     }
 
@@ -583,16 +567,6 @@ impl PolicyGuard {
             )
         });
         (decision, recorded, shadow)
-    }
-
-    /// How `facts`' tool stands against the lock file; `Unpinned` without one.
-    fn pin_state(&self, facts: &ToolFacts) -> PinState {
-        let (Some((_, lock)), Some((name, digest))) = (&self.pins, facts.definition()) else {
-            return PinState::Unpinned;
-        };
-        lock.read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .state(facts.upstream(), name, digest)
     }
 }
 
@@ -783,17 +757,13 @@ impl PolicyGuard {
                 held.reason
             )));
         }
-        let pin_changed = standing.pin == PinState::Changed;
-        if pin_changed && self.pin_changed == tollgate_proxy::config::PinChanged::Refuse {
+        if let Err(pin::Unpinned(refused)) = self.pins.admit(call.exposed_name, standing.pin) {
             warn!(
                 tool = call.exposed_name,
                 upstream = call.upstream,
                 "the tool's definition differs from its pin; refused"
             );
-            return Verdict::Refuse(refusal(format!(
-                "denied: the definition of `{}` has changed since it was pinned; it cannot be called until it is reviewed and pinned again (`tollgate pin`)",
-                call.exposed_name
-            )));
+            return Verdict::Refuse(refusal(refused));
         }
         let pack = self.current();
         if !pack.visible(grant, facts, now) {
@@ -842,20 +812,7 @@ impl PolicyGuard {
             justification.as_deref(),
             &standing,
         );
-        // A tool that left its pin, where configuration lets an approver vouch for it: what the
-        // pack would allow now waits for a person out of band.
-        if pin_changed && decision.effect != Effect::Deny {
-            decision.effect = Effect::NeedsApproval;
-            decision.in_band = false;
-            decision.policies.push(PIN_CHANGED.to_owned());
-            decision.reasons.insert(
-                0,
-                format!(
-                    "the definition of `{}` has changed since it was pinned (review it before approving)",
-                    call.exposed_name
-                ),
-            );
-        }
+        pin::vouch(call.exposed_name, standing.pin, &mut decision);
         // The call's arguments as one value and their digest: what an approval is bound to and
         // a credential and the audit record name, made once and only when needed.
         let arguments = CallArguments::new(call.arguments);
@@ -1614,7 +1571,7 @@ impl Interceptor for PolicyGuard {
     }
 
     fn visible(&self, session: SessionId, caller: &Caller, tool: &ToolFacts) -> bool {
-        if self.pin_state(tool) == PinState::Changed {
+        if self.pins.state(tool) == PinState::Changed {
             return false;
         }
         let now = now();
