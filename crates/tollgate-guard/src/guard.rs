@@ -19,7 +19,7 @@ use tollgate_policy::{
 };
 use tracing::{info, warn};
 
-use tollgate_mint::{AccessKeys, CallCredential, Minted};
+use tollgate_mint::AccessKeys;
 
 use crate::{
     pack_files,
@@ -36,9 +36,11 @@ use tollgate_proxy::{
 };
 
 mod charge;
+mod credential;
 mod identify;
 mod pin;
 
+use credential::{Carried, NoCredential};
 use identify::{Granted, Presented, STATELESS_KEY};
 
 /// The `_meta` key an agent puts its justification for one call under.
@@ -98,15 +100,8 @@ pub struct PolicyGuard {
     protected: tollgate_proxy::paths::Protected,
     /// What the guard remembers between calls.
     store: Arc<dyn Store>,
-    /// The per-call signing keys, when some upstream takes minted credentials.
-    minter: Option<AccessKeys>,
-    issuer: String,
-    /// What each upstream's allowed calls carry, by upstream name.
-    credentials: HashMap<String, CredentialConfig>,
-    /// The HTTP API upstreams: a call's credential names the exact request it becomes.
-    apis: HashMap<String, Arc<tollgate_proxy::api::ApiSpec>>,
-    /// The token-exchange client of each upstream that takes exchanged tokens.
-    exchangers: HashMap<String, Arc<crate::exchange::Exchanger>>,
+    /// Stage 6: what allowed calls carry, and the keys that sign it.
+    credentials: credential::Credentials,
     /// What was minted and what was revoked, for introspection and the revocation list.
     ledger: tollgate_mint::Ledger,
     /// Scheduled rotation: how long a key signs and how long its successor is published first.
@@ -313,11 +308,13 @@ impl PolicyGuard {
             None
         };
         Ok(Self {
-            minter,
-            issuer: config.mint.issuer.clone(),
-            credentials,
-            apis,
-            exchangers,
+            credentials: credential::Credentials {
+                minter,
+                issuer: config.mint.issuer.clone(),
+                by_upstream: credentials,
+                apis,
+                exchangers,
+            },
             ledger: tollgate_mint::Ledger::default(),
             rotation: (
                 config.mint.rotate_every_secs,
@@ -424,14 +421,15 @@ impl PolicyGuard {
 
     /// The JWKS of the per-call signing keys (empty when no upstream takes minted credentials).
     pub fn jwks(&self) -> serde_json::Value {
-        self.minter
+        self.credentials
+            .minter
             .as_ref()
             .map_or_else(|| serde_json::json!({"keys": []}), AccessKeys::jwks)
     }
 
     /// The base every trust path's issuer is named from.
     pub fn issuer(&self) -> &str {
-        &self.issuer
+        &self.credentials.issuer
     }
 
     /// Where the pack is read from, when it is not the embedded default.
@@ -571,151 +569,6 @@ impl PolicyGuard {
 }
 
 impl PolicyGuard {
-    /// The credential an allowed call carries to its upstream, if the upstream takes one.
-    /// `Err` when one is needed and cannot be made: the call is then denied.
-    #[allow(clippy::too_many_arguments)]
-    fn credential(
-        &self,
-        call: &ToolCall<'_>,
-        grant: Option<&Grant>,
-        decision: &Decision,
-        decision_id: &str,
-        approval: Option<&str>,
-        arguments: &CallArguments<'_>,
-        now: i64,
-    ) -> Result<Carried, NoCredential> {
-        let (audience, lifetime_secs, exchanger) = match self.credentials.get(call.upstream) {
-            Some(CredentialConfig::Mint {
-                audience,
-                lifetime_secs,
-            }) => (audience.as_str(), *lifetime_secs, None),
-            Some(CredentialConfig::Exchange(exchange)) => (
-                exchange.subject_audience.as_str(),
-                60,
-                self.exchangers.get(call.upstream),
-            ),
-            _ => return Ok(Carried::Nothing),
-        };
-        let subject = grant
-            .and_then(|g| g.user.as_deref().or(g.agent.as_deref()))
-            .unwrap_or("anonymous");
-        let scope = match exchanger.map(|e| &e.config().scopes) {
-            Some(Some(scopes)) => match scopes.get(&decision.class) {
-                Some(scope) => Some(scope.clone()),
-                None => {
-                    return Err(NoCredential::shown(format!(
-                        "no scope is configured for {} calls to `{}`",
-                        decision.class, call.upstream
-                    )));
-                }
-            },
-            _ => None,
-        };
-        if let Some(exchanger) = exchanger
-            && let Some(cached) = exchanger.cached(subject, scope.as_deref())
-        {
-            return Ok(Carried::Cached(cached));
-        }
-        let minter = self
-            .minter
-            .as_ref()
-            .ok_or_else(|| NoCredential::hidden("no signing keys are loaded"))?;
-        if let Err(error) = minter.refresh(now) {
-            warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
-        }
-        let resources: Vec<String> = decision.resources.iter().map(ToString::to_string).collect();
-        // A call Tollgate makes over HTTP itself: the token names that exact request.
-        let request = match self.apis.get(call.upstream) {
-            Some(spec) => {
-                let tool = spec.tool(call.tool).ok_or_else(|| {
-                    NoCredential::hidden(format!("`{}` is not one of this API's tools", call.tool))
-                })?;
-                Some(
-                    tollgate_proxy::api::plan(spec, tool, arguments.object())
-                        .map_err(NoCredential::shown)?,
-                )
-            }
-            None => None,
-        };
-        let agent = grant.and_then(|g| g.agent.as_deref()).unwrap_or("agent");
-        let session = call.session.to_string();
-        let minted = minter
-            .mint(&CallCredential {
-                issuer_base: &self.issuer,
-                subject,
-                client_id: agent,
-                audience,
-                session: &session,
-                tool: call.tool,
-                class: decision.class,
-                resources: &resources,
-                arguments_sha256: arguments.digest(),
-                decision_id,
-                grant_id: grant.map(|g| g.id.as_str()),
-                approval_id: approval,
-                http: request.as_ref().map(|r| tollgate_mint::access::HttpCall {
-                    method: r.method.as_str(),
-                    path: &r.path,
-                    body: &r.body,
-                }),
-                now,
-                lifetime_secs,
-            })
-            .map_err(|e| NoCredential::hidden(e.to_string()))?;
-        self.ledger.record(
-            &minted.jti,
-            minted.exp,
-            grant.map(|g| g.id.as_str()),
-            || {
-                grant
-                    .map(|g| g.lineage().map(str::to_owned).collect())
-                    .unwrap_or_default()
-            },
-            now,
-        );
-        let Some(exchanger) = exchanger else {
-            return Ok(Carried::Token(minted));
-        };
-        // The actor: Tollgate itself, on the same trust path as the subject token.
-        let path = tollgate_mint::TrustPath::for_class(decision.class);
-        let issuer = format!("{}/{}", self.issuer, path.as_str());
-        let actor_jti =
-            tollgate_mint::new_id("a").map_err(|e| NoCredential::hidden(e.to_string()))?;
-        let actor_token = minter
-            .sign_claims(
-                path,
-                "JWT",
-                &serde_json::json!({
-                    "iss": issuer,
-                    "sub": "tollgate",
-                    "aud": audience,
-                    "iat": now,
-                    "exp": now + 60,
-                    "jti": actor_jti,
-                }),
-            )
-            .map_err(|e| NoCredential::hidden(e.to_string()))?;
-        let exchanger = exchanger.clone();
-        let request = crate::exchange::Request {
-            subject_token: minted.token.clone(),
-            actor_token,
-            subject: subject.to_owned(),
-            scope,
-        };
-        Ok(Carried::Exchange {
-            subject: minted,
-            pending: PendingCredential(Box::pin(async move {
-                exchanger
-                    .exchange(request)
-                    .await
-                    .map(Some)
-                    .map_err(|reason| {
-                        format!("a credential for this call could not be obtained ({reason})")
-                    })
-            })),
-        })
-    }
-
     /// The verdict on `call`; with `approval`, once that approval was given by its approver.
     async fn judge(&self, call: &ToolCall<'_>, approval: Option<(&str, &str)>) -> Verdict {
         let now = now();
@@ -854,7 +707,8 @@ impl PolicyGuard {
         }
         let mut carried = Carried::Nothing;
         if decision.is_allow() {
-            match self.credential(
+            match self.credentials.carry(
+                &self.ledger,
                 call,
                 grant,
                 &decision,
@@ -1160,7 +1014,8 @@ impl PolicyGuard {
         info!(approval = %id, session = call.session, tool = call.exposed_name, approvers = ?decision.approvers, in_band = at_agent.is_ok(), "approval requested");
         let timeout = i64::try_from(settings.timeout.as_secs()).unwrap_or(300);
         let credential =
-            self.credential_preview(call, decision, arguments.value(), arguments.digest());
+            self.credentials
+                .preview(call, decision, arguments.value(), arguments.digest());
         let request = tollgate_proxy::approvals::Request {
             id,
             created: now,
@@ -1197,43 +1052,6 @@ impl PolicyGuard {
             out_of_band,
             settings.progress_every,
         ))
-    }
-
-    /// What the credential of `call` will name, for the approver to see: its audience and the
-    /// one `authorization_details` entry (for an HTTP API tool, the exact request). `None` when
-    /// the upstream takes no credential.
-    fn credential_preview(
-        &self,
-        call: &ToolCall<'_>,
-        decision: &Decision,
-        arguments: &serde_json::Value,
-        arguments_sha256: &str,
-    ) -> Option<serde_json::Value> {
-        let audience = match self.credentials.get(call.upstream)? {
-            CredentialConfig::Mint { audience, .. } => audience.clone(),
-            CredentialConfig::Exchange(exchange) => exchange.audience.clone(),
-            CredentialConfig::None | CredentialConfig::Secret { .. } => return None,
-        };
-        let mut details = serde_json::json!({
-            "type": tollgate_mint::access::DETAILS_TYPE,
-            "tool": call.tool,
-            "action": decision.class.as_str(),
-            "resources": decision.resources.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "arguments_sha256": arguments_sha256,
-        });
-        if let (Some(spec), Some(object)) = (self.apis.get(call.upstream), arguments.as_object())
-            && let Some(tool) = spec.tool(call.tool)
-            && let Ok(request) = tollgate_proxy::api::plan(spec, tool, object)
-            && let Some(fields) = details.as_object_mut()
-        {
-            fields.insert("method".into(), request.method.as_str().into());
-            fields.insert("path".into(), request.path.into());
-            fields.insert(
-                "body_sha256".into(),
-                tollgate_mint::access::body_digest(&request.body).into(),
-            );
-        }
-        Some(serde_json::json!({"aud": audience, "authorization_details": [details]}))
     }
 
     /// The approver whose admin-endpoint token this is. Compared as digests, so the time
@@ -1310,7 +1128,9 @@ impl PolicyGuard {
     /// Keeps the signing keys current: rereads a keyring rotated by another process and, once a
     /// minute, rotates the paths whose key is due.
     pub fn keep_keys(&self, now: i64) {
-        let Some(minter) = &self.minter else { return };
+        let Some(minter) = &self.credentials.minter else {
+            return;
+        };
         if let Err(error) = minter.refresh(now) {
             warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
         }
@@ -1339,7 +1159,7 @@ impl PolicyGuard {
 
     /// Rotates every path's signing key now. `None` when no upstream takes minted credentials.
     pub fn rotate_keys(&self) -> Option<Result<Vec<tollgate_mint::Rotated>, GuardError>> {
-        let minter = self.minter.as_ref()?;
+        let minter = self.credentials.minter.as_ref()?;
         let result = minter.rotate_now(now()).map_err(GuardError::from);
         if let Ok(rotated) = &result {
             for r in rotated {
@@ -1351,7 +1171,7 @@ impl PolicyGuard {
 
     /// Introspection (RFC 7662): the claims of `token` while it is live, `None` otherwise.
     pub fn introspect(&self, token: &str) -> Option<tollgate_mint::Issued> {
-        let claims = self.minter.as_ref()?.signed_by_us(token)?;
+        let claims = self.credentials.minter.as_ref()?.signed_by_us(token)?;
         let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
         let grant = claims
             .pointer("/authorization_details/0/grant_id")
@@ -1390,11 +1210,11 @@ impl PolicyGuard {
 
     /// The revocation list, signed on the revoke path.
     pub fn revocation_list(&self) -> Option<String> {
-        let minter = self.minter.as_ref()?;
+        let minter = self.credentials.minter.as_ref()?;
         let now = now();
         let (jtis, sessions) = self.ledger.revocations(now);
         let claims = serde_json::json!({
-            "iss": format!("{}/revoke", self.issuer),
+            "iss": format!("{}/revoke", self.credentials.issuer),
             "iat": now,
             "exp": now + 60,
             "revoked_jtis": jtis,
@@ -1436,42 +1256,6 @@ fn load(
         });
     }
     Ok(pack)
-}
-
-/// What an allowed call carries.
-enum Carried {
-    Nothing,
-    Token(Minted),
-    /// A token exchange still to be made with `subject`, the token minted for the call.
-    Exchange {
-        subject: Minted,
-        pending: PendingCredential,
-    },
-    /// A token exchanged earlier for the same subject, audience and scope.
-    Cached(Credential),
-}
-
-/// Why no credential could be made: `shown` when the detail is the agent's to read (an
-/// argument that does not fit the request), else it is only logged.
-struct NoCredential {
-    detail: String,
-    shown: bool,
-}
-
-impl NoCredential {
-    fn shown(detail: impl Into<String>) -> Self {
-        Self {
-            detail: detail.into(),
-            shown: true,
-        }
-    }
-
-    fn hidden(detail: impl Into<String>) -> Self {
-        Self {
-            detail: detail.into(),
-            shown: false,
-        }
-    }
 }
 
 /// The answer when the store cannot answer: what a decision needs is unknown, so the call is
@@ -1660,7 +1444,7 @@ pub async fn watch(
             }
         };
         if reason == "SIGHUP"
-            && let Some(minter) = &guard.minter
+            && let Some(minter) = &guard.credentials.minter
             && let Err(error) = minter.refresh(tollgate_mint::unix_now() + 1)
         {
             warn!(%error, "the signing keyring cannot be reread; the keys in use keep signing");
