@@ -14,8 +14,7 @@ use std::{
 
 use rmcp::model::{CallToolResult, ContentBlock};
 use tollgate_policy::{
-    CallInput, Decision, Effect, Environment, Grant, Pack, SessionFacts, ToolFacts,
-    recorded::InputRecord,
+    Decision, Effect, Environment, Grant, Pack, ToolFacts, recorded::InputRecord,
 };
 use tracing::{info, warn};
 
@@ -37,6 +36,7 @@ use tollgate_proxy::{
 
 mod charge;
 mod credential;
+mod decide;
 mod identify;
 mod pin;
 
@@ -493,79 +493,6 @@ impl PolicyGuard {
         }
         Ok(())
     }
-
-    fn decide<'f>(
-        &self,
-        pack: &Pack,
-        call: &ToolCall<'_>,
-        grant: Option<&Grant>,
-        facts: &'f ToolFacts,
-        justification: Option<&str>,
-        standing: &Standing,
-    ) -> (Decision, Option<InputRecord<'f>>, Option<Decision>) {
-        let session = SessionFacts {
-            id: call.session.to_string(),
-            transport: call.caller.transport.to_owned(),
-            address: call.caller.address.clone().unwrap_or_default(),
-        };
-        let input = CallInput {
-            session: &session,
-            grant,
-            tool: facts,
-            arguments: call.arguments,
-            justification,
-            now: standing.now,
-            env: &self.env,
-            stats: &standing.kept.stats,
-            // Only this grant's limits; `charge` checks again, atomically, before spending.
-            usage: &standing.kept.usage,
-            taint: &standing.kept.taint,
-            pinned: standing.pin == PinState::Pinned,
-            paths: self
-                .local
-                .contains(call.upstream)
-                .then_some(&tollgate_proxy::paths::LocalPaths as &dyn tollgate_policy::PathView),
-        };
-        let mut decision = pack.decide(&input);
-        // What replay needs to decide this call again, kept only where there is a trail.
-        let recorded = match (&self.audit, facts.entry()) {
-            (Some(_), Some(entry)) => Some(InputRecord::of(&input, &entry.0, &decision)),
-            _ => None,
-        };
-        // Tollgate's own files, whatever the grant and the pack say (after the replay input,
-        // which keeps the engine's own answer).
-        if let Some(reason) = self.protected.refuses(decision.class, &decision.resources) {
-            warn!(tool = call.exposed_name, %reason, "refused: the call reaches Tollgate's own files");
-            decision.effect = Effect::Deny;
-            decision.policies = vec![tollgate_proxy::paths::SELF_STEP.to_owned()];
-            decision.reasons = vec![reason];
-            decision.approvers.clear();
-            decision.in_band = false;
-        }
-        let shadow = self.shadow.as_ref().and_then(|(_, shadow)| {
-            let shadow = shadow
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            let decided = shadow.decide(&input);
-            self.metrics
-                .shadowed(decision.effect, decided.effect, call.upstream, call.tool);
-            (decided.effect != decision.effect || decided.policies != decision.policies).then(
-                || {
-                    info!(
-                        tool = call.exposed_name,
-                        live = decision.effect.as_str(),
-                        shadow = decided.effect.as_str(),
-                        shadow_policies = ?decided.policies,
-                        shadow_version = shadow.version(),
-                        "the shadow pack decides this call differently (not enforced)"
-                    );
-                    decided
-                },
-            )
-        });
-        (decision, recorded, shadow)
-    }
 }
 
 impl PolicyGuard {
@@ -657,14 +584,22 @@ impl PolicyGuard {
             .get(JUSTIFICATION_KEY)
             .and_then(|v| v.as_str())
             .map(|s| s.chars().take(MAX_JUSTIFICATION).collect());
-        let (mut decision, mut input, shadow) = self.decide(
-            &pack,
-            call,
-            grant,
-            facts,
-            justification.as_deref(),
-            &standing,
-        );
+        let shadow_pack = self.shadow.as_ref().map(|(_, shadow)| {
+            shadow
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        });
+        let (mut decision, mut input, shadow) = decide::Deciding {
+            pack: &pack,
+            shadow: shadow_pack.as_deref(),
+            env: &self.env,
+            local: &self.local,
+            protected: &self.protected,
+            keep_input: self.audit.is_some(),
+            metrics: &self.metrics,
+        }
+        .decide(call, grant, facts, justification.as_deref(), &standing);
         pin::vouch(call.exposed_name, standing.pin, &mut decision);
         // The call's arguments as one value and their digest: what an approval is bound to and
         // a credential and the audit record name, made once and only when needed.
