@@ -18,7 +18,7 @@ use super::Standing;
 pub(crate) struct Deciding<'a> {
     pub(crate) pack: &'a Pack,
     /// A candidate pack decided beside the live one, never enforced.
-    pub(crate) shadow: Option<&'a Pack>,
+    pub(crate) shadow: Option<std::sync::Arc<Pack>>,
     pub(crate) env: &'a Environment,
     /// The upstreams on this machine: their paths are judged as this filesystem resolves them.
     pub(crate) local: &'a HashSet<String>,
@@ -77,7 +77,7 @@ impl Deciding<'_> {
             decision.approvers.clear();
             decision.in_band = false;
         }
-        let shadow = self.shadow.and_then(|shadow| {
+        let shadow = self.shadow.as_ref().and_then(|shadow| {
             let decided = shadow.decide(&input);
             self.metrics
                 .shadowed(decision.effect, decided.effect, call.upstream, call.tool);

@@ -64,6 +64,16 @@ pub(crate) enum Presented {
     Anonymous,
 }
 
+impl Presented {
+    /// The verified grant, unless the session runs anonymously.
+    pub(crate) fn shared(&self) -> Option<&Arc<Granted>> {
+        match self {
+            Self::Grant(granted) => Some(granted),
+            Self::Anonymous => None,
+        }
+    }
+}
+
 /// What identifies calls: the grant key's verifier, the revocation list, the verified grants
 /// by token, and the grant each session of this process runs under.
 pub(crate) struct Grants {
