@@ -46,3 +46,87 @@ pub(crate) async fn charge(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::RequestMetaObject;
+    use tollgate_policy::{ActionClass, Charge, Risk};
+    use tollgate_proxy::intercept::Caller;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn allowed(charges: Vec<Charge>) -> Decision {
+        Decision {
+            effect: Effect::Allow,
+            policies: vec!["reads".to_owned()],
+            reasons: Vec::new(),
+            version: "v".to_owned(),
+            class: ActionClass::Read,
+            risk: Risk::Low,
+            resources: Vec::new(),
+            resolved: Vec::new(),
+            charges,
+            detail: None,
+            taints: Vec::new(),
+            approvers: Vec::new(),
+            quarantine: false,
+            in_band: false,
+            redact: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_past_a_session_limit_becomes_a_denial_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pack.toml"),
+            "purposes = [\"p\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n[[limit]]\nid = \"two\"\ntool = \"echo\"\ncalls = 2\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("rules.cedar"),
+            "@id(\"reads\") permit (principal, action == Action::\"read\", resource);",
+        )
+        .unwrap();
+        let pack = Pack::compile(&crate::pack_files::read_pack(dir.path()).unwrap()).unwrap();
+        let store = MemoryStore::default();
+        let (meta, caller) = (RequestMetaObject::new(), Caller::stdio(None));
+        let call = |tool| ToolCall {
+            session: 1,
+            upstream: "u",
+            tool,
+            exposed_name: tool,
+            arguments: None,
+            meta: &meta,
+            caller: &caller,
+            facts: None,
+            can_ask: false,
+            number: 1,
+        };
+        for _ in 0..2 {
+            let mut decision = allowed(Vec::new());
+            charge(&store, 1, &pack, &call("echo"), None, &mut decision)
+                .await
+                .unwrap();
+            assert_eq!(decision.effect, Effect::Allow);
+        }
+        let mut third = allowed(Vec::new());
+        charge(&store, 1, &pack, &call("echo"), None, &mut third)
+            .await
+            .unwrap();
+        assert_eq!(third.effect, Effect::Deny);
+        assert_eq!(third.policies, ["tollgate:limit:two"]);
+        // Another tool, and another session, are not held to it.
+        let mut other = allowed(Vec::new());
+        charge(&store, 1, &pack, &call("add"), None, &mut other)
+            .await
+            .unwrap();
+        assert_eq!(other.effect, Effect::Allow);
+        let mut fresh = allowed(Vec::new());
+        charge(&store, 2, &pack, &call("echo"), None, &mut fresh)
+            .await
+            .unwrap();
+        assert_eq!(fresh.effect, Effect::Allow);
+    }
+}

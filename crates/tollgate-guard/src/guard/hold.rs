@@ -160,3 +160,86 @@ pub(crate) fn approved(
         )];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::RequestMetaObject;
+    use tollgate_policy::{ActionClass, Risk};
+    use tollgate_proxy::intercept::Caller;
+
+    use super::*;
+    use crate::store::Quarantine;
+
+    #[test]
+    fn a_held_history_is_refused_with_its_reason() {
+        assert!(not_held(&Standing::default()).is_ok());
+        let held = Standing {
+            held: Some(Quarantine {
+                session: "1".to_owned(),
+                grant: None,
+                since: 0,
+                policies: vec!["probe".to_owned()],
+                reason: "probing for secrets".to_owned(),
+            }),
+            ..Standing::default()
+        };
+        match not_held(&held).map_err(|v| *v) {
+            Err(Verdict::Refuse(result)) => {
+                let text = serde_json::to_string(&result).unwrap();
+                assert!(text.contains("probing for secrets"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_approval_that_is_not_this_calls_denies_and_none_leaves_the_decision() {
+        let approvals = Approvals::default();
+        let (meta, caller) = (RequestMetaObject::new(), Caller::stdio(None));
+        let call = ToolCall {
+            session: 1,
+            upstream: "u",
+            tool: "t",
+            exposed_name: "t",
+            arguments: None,
+            meta: &meta,
+            caller: &caller,
+            facts: None,
+            can_ask: false,
+            number: 1,
+        };
+        let arguments = CallArguments::new(None);
+        let held = || Decision {
+            effect: Effect::NeedsApproval,
+            policies: vec!["large-refunds".to_owned()],
+            reasons: vec!["needs approval".to_owned()],
+            version: "v".to_owned(),
+            class: ActionClass::Payment,
+            risk: Risk::High,
+            resources: Vec::new(),
+            resolved: Vec::new(),
+            charges: Vec::new(),
+            detail: None,
+            taints: Vec::new(),
+            approvers: vec!["finance".to_owned()],
+            quarantine: false,
+            in_band: false,
+            redact: Vec::new(),
+        };
+        let mut first = held();
+        approved(&approvals, None, 1, None, &call, &arguments, &mut first);
+        assert_eq!(first, held(), "no approval given: still held");
+        let mut forged = held();
+        approved(
+            &approvals,
+            Some(("ap-unknown", "mallory")),
+            1,
+            None,
+            &call,
+            &arguments,
+            &mut forged,
+        );
+        assert_eq!(forged.effect, Effect::Deny);
+        assert_eq!(forged.policies, ["tollgate:approval"]);
+    }
+}
