@@ -248,3 +248,91 @@ impl NoCredential {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::RequestMetaObject;
+    use tollgate_policy::{ActionClass, Effect, Risk};
+    use tollgate_proxy::intercept::Caller;
+
+    use super::*;
+
+    #[test]
+    fn an_upstream_without_a_credential_carries_nothing_and_one_without_keys_is_refused_quietly() {
+        let credentials = Credentials {
+            minter: None,
+            issuer: "https://tollgate.test".to_owned(),
+            by_upstream: HashMap::from([(
+                "api".to_owned(),
+                CredentialConfig::Mint {
+                    audience: "https://api.test".to_owned(),
+                    lifetime_secs: 60,
+                },
+            )]),
+            apis: HashMap::new(),
+            exchangers: HashMap::new(),
+        };
+        let (meta, caller) = (RequestMetaObject::new(), Caller::stdio(None));
+        let call = |upstream| ToolCall {
+            session: 1,
+            upstream,
+            tool: "t",
+            exposed_name: "t",
+            arguments: None,
+            meta: &meta,
+            caller: &caller,
+            facts: None,
+            can_ask: false,
+            number: 1,
+        };
+        let decision = Decision {
+            effect: Effect::Allow,
+            policies: vec!["reads".to_owned()],
+            reasons: Vec::new(),
+            version: "v".to_owned(),
+            class: ActionClass::Read,
+            risk: Risk::Low,
+            resources: Vec::new(),
+            resolved: Vec::new(),
+            charges: Vec::new(),
+            detail: None,
+            taints: Vec::new(),
+            approvers: Vec::new(),
+            quarantine: false,
+            in_band: false,
+            redact: Vec::new(),
+        };
+        let (ledger, arguments) = (tollgate_mint::Ledger::default(), CallArguments::new(None));
+        let carry = |upstream| {
+            credentials.carry(
+                &ledger,
+                &call(upstream),
+                None,
+                &decision,
+                "d-1",
+                None,
+                &arguments,
+                0,
+            )
+        };
+        assert!(matches!(carry("plain"), Ok(Carried::Nothing)));
+        match carry("api") {
+            Err(NoCredential { detail, shown }) => {
+                assert!(!shown, "the operator's detail is not the agent's: {detail}");
+                assert!(detail.contains("no signing keys"), "{detail}");
+            }
+            Ok(_) => panic!("a credential without keys"),
+        }
+        assert!(
+            credentials
+                .preview(&call("api"), &decision, &serde_json::json!({}), "digest")
+                .is_some_and(|p| p["aud"] == "https://api.test"),
+            "an approver sees who the credential will be for"
+        );
+        assert!(
+            credentials
+                .preview(&call("plain"), &decision, &serde_json::json!({}), "digest")
+                .is_none()
+        );
+    }
+}

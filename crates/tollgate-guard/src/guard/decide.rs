@@ -98,3 +98,106 @@ impl Deciding<'_> {
         (decision, recorded, shadow)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::RequestMetaObject;
+    use serde_json::{Map, Value, json};
+    use tollgate_policy::{ActionClass, Hints, SchemaCache};
+    use tollgate_proxy::intercept::Caller;
+
+    use super::*;
+
+    fn read_text_file() -> ToolFacts {
+        let schema: Map<String, Value> = json!({
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"]
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        ToolFacts::new(
+            "fs.read_text_file",
+            "fs",
+            Hints::default(),
+            Some("/srv".to_owned()),
+            SchemaCache::default().compile(&schema),
+        )
+        .with_entry(&schema)
+    }
+
+    fn pack(rules: &str) -> (tempfile::TempDir, Pack) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pack.toml"),
+            "purposes = [\"maintenance\"]\n[[tool]]\ntool = \"fs.read_text_file\"\nclass = \"read\"\nresources = { path = \"path\" }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("rules.cedar"), rules).unwrap();
+        let pack = Pack::compile(&crate::pack_files::read_pack(dir.path()).unwrap()).unwrap();
+        (dir, pack)
+    }
+
+    #[test]
+    fn tollgates_own_files_are_refused_whatever_the_pack_allows_and_the_shadow_is_kept_apart() {
+        let (_live_dir, live) =
+            pack(r#"@id("reads") permit (principal, action == Action::"read", resource);"#);
+        let (_shadow_dir, shadow) = pack(r#"@id("nothing") forbid (principal, action, resource);"#);
+        let grant = Grant {
+            resources: ["path:/srv/**".parse().unwrap()].into(),
+            ..Grant::root(
+                tollgate_mint::new_grant_id().unwrap(),
+                "maintenance",
+                [ActionClass::Read],
+                tollgate_mint::unix_now(),
+                3600,
+            )
+        };
+        let facts = read_text_file();
+        let (meta, caller) = (RequestMetaObject::new(), Caller::stdio(None));
+        let metrics = crate::metrics::Metrics::default();
+        let (env, local) = (Environment::default(), HashSet::new());
+        let protected = Protected::new([std::path::Path::new("/srv/state")]);
+        let deciding = Deciding {
+            pack: &live,
+            shadow: Some(std::sync::Arc::new(shadow)),
+            env: &env,
+            local: &local,
+            protected: &protected,
+            keep_input: true,
+            metrics: &metrics,
+        };
+        let standing = Standing {
+            now: tollgate_mint::unix_now(),
+            kept: crate::store::Standing::default(),
+            pin: PinState::Unpinned,
+        };
+        let decide = |path: &str| {
+            let arguments = json!({ "path": path }).as_object().cloned().unwrap();
+            let call = ToolCall {
+                session: 1,
+                upstream: "fs",
+                tool: "read_text_file",
+                exposed_name: "fs.read_text_file",
+                arguments: Some(&arguments),
+                meta: &meta,
+                caller: &caller,
+                facts: Some(&facts),
+                can_ask: false,
+                number: 1,
+            };
+            let (decision, input, shadow) =
+                deciding.decide(&call, Some(&grant), &facts, None, &standing);
+            (decision, input.is_some(), shadow)
+        };
+        let (work, kept, shadow) = decide("docs/readme.md");
+        assert_eq!(work.effect, Effect::Allow, "{work:?}");
+        assert!(kept, "the replay input is kept where there is a trail");
+        let shadow = shadow.expect("the shadow pack decides otherwise, and that is kept");
+        assert_eq!(shadow.effect, Effect::Deny);
+        let (own, _, _) = decide("state/audit/audit-0.jsonl");
+        assert_eq!(own.effect, Effect::Deny, "{own:?}");
+        assert_eq!(own.policies, [tollgate_proxy::paths::SELF_STEP]);
+    }
+}
