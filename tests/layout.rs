@@ -23,17 +23,7 @@ const KNOWN_CIRCLES: &[(&str, &[&str])] = &[
     (
         "tollgate-proxy",
         &[
-            "api",
-            "config",
-            "fast",
-            "front",
-            "hub",
-            "intercept",
-            "names",
-            "relay",
-            "scrub",
-            "suspend",
-            "upstream",
+            "fast", "front", "hub", "relay", "screen", "suspend", "upstream",
         ],
     ),
 ];

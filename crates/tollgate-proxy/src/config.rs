@@ -2,6 +2,7 @@
 //! into [`Config`], the model the rest of the proxy reads.
 
 mod admin;
+pub mod api;
 mod audit;
 mod err;
 mod front;

@@ -31,7 +31,8 @@ use tracing::{Instrument, field};
 use crate::{
     ProxyError,
     hub::Hub,
-    intercept::{Caller, Outcome, Screened, ToolCall},
+    intercept::{Caller, Outcome, ToolCall},
+    screen::Screened,
     session::SessionId,
     upstream::{
         CallRoute, Lane, Upstream,
@@ -427,14 +428,14 @@ impl FastPath {
             can_ask: crate::intercept::can_ask(agent_route.capabilities.as_ref()),
             number: crate::intercept::next_call_number(),
         };
-        let link = crate::intercept::AgentLink {
+        let link = crate::screen::AgentLink {
             route: &agent_route,
             raw: Some(&job.out),
             cancel: &job.cancel,
             modern: false,
         };
         let credential =
-            match crate::intercept::screen(self.hub.interceptor.as_ref(), &call, &link).await {
+            match crate::screen::screen(self.hub.interceptor.as_ref(), &call, &link).await {
                 Screened::Forward(credential) => credential,
                 Screened::Cancelled => return None,
                 // The fast path serves 2025-11-25 agents only, which are asked during the call.

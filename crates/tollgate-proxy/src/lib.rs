@@ -17,6 +17,7 @@ pub mod paths;
 pub mod pins;
 mod relay;
 pub mod sandbox;
+mod screen;
 mod scrub;
 pub mod session;
 mod suspend;

@@ -30,8 +30,9 @@ use tracing::{Instrument, field};
 use crate::{
     ProxyError,
     hub::Hub,
-    intercept::{Caller, Outcome, Screened, ToolCall},
+    intercept::{Caller, Outcome, ToolCall},
     names::page,
+    screen::Screened,
     session::SessionId,
     upstream::{CallRoute, Upstream},
 };
@@ -234,7 +235,7 @@ impl AgentSession {
             let started = Instant::now();
             let modern = is_modern(context.protocol_version().as_ref());
             let agent_route = self.route(&context);
-            let link = crate::intercept::AgentLink {
+            let link = crate::screen::AgentLink {
                 route: &agent_route,
                 raw: None,
                 cancel: &context.ct,
@@ -271,10 +272,9 @@ impl AgentSession {
             let interceptor = self.hub.interceptor.as_ref();
             let screened = match parked {
                 Some((waiting, answer)) => {
-                    crate::intercept::screen_answered(interceptor, &call, waiting, answer, &link)
-                        .await
+                    crate::screen::screen_answered(interceptor, &call, waiting, answer, &link).await
                 }
-                None => crate::intercept::screen(interceptor, &call, &link).await,
+                None => crate::screen::screen(interceptor, &call, &link).await,
             };
             let credential = match screened {
                 Screened::Forward(credential) => credential,

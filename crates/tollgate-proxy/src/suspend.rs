@@ -200,7 +200,7 @@ impl SuspendedCalls {
         let Some(in_band) = &waiting.in_band else {
             return Err(ProxyError::Cancelled);
         };
-        let question = crate::intercept::approval_question(&in_band.message);
+        let question = crate::screen::approval_question(&in_band.message);
         let left = Duration::from_secs(u64::try_from(waiting.seconds_left()).unwrap_or(0));
         let key = fresh_key();
         self.parked().insert(
@@ -221,7 +221,7 @@ impl SuspendedCalls {
             }
         });
         Ok(input_required(
-            crate::intercept::APPROVAL_INPUT_KEY,
+            crate::screen::APPROVAL_INPUT_KEY,
             InputRequest::Elicitation(question),
             format!("{APPROVAL_PREFIX}{key}"),
         ))
@@ -247,7 +247,7 @@ impl SuspendedCalls {
             }
         }
         .ok_or(ProxyError::UnknownInputState)?;
-        let answer = match responses.and_then(|r| r.get(crate::intercept::APPROVAL_INPUT_KEY)) {
+        let answer = match responses.and_then(|r| r.get(crate::screen::APPROVAL_INPUT_KEY)) {
             None => Err(McpError::invalid_params(
                 "the agent gave no answer to the approval question",
                 None,

@@ -6,6 +6,14 @@ use serde::Deserialize;
 
 use super::{ConfigError, DEFAULT_SESSION_IDLE_TIMEOUT, millis};
 
+/// How long a finished event stream that was not read to its end stays available for a client
+/// to resume, unless configured (`front.http.resume_keep_ms`). A stream read to its end is
+/// dropped at once.
+pub const DEFAULT_RESUME_KEEP: Duration = Duration::from_secs(30);
+/// Most event streams kept at once unless configured (`front.http.resume_streams`); past it,
+/// new streams are not kept for resumption.
+pub const DEFAULT_RESUME_STREAMS: usize = 4096;
+
 /// Where agents connect.
 #[derive(Debug, Clone, Default)]
 pub struct Fronts {
@@ -198,10 +206,10 @@ impl RawFronts {
                     resume_keep: millis(
                         "front.http.resume_keep_ms",
                         raw.resume_keep_ms,
-                        crate::front::replay::KEEP_AFTER_END,
+                        DEFAULT_RESUME_KEEP,
                     )?,
                     resume_streams: match raw.resume_streams {
-                        None => crate::front::replay::MAX_KEPT,
+                        None => DEFAULT_RESUME_STREAMS,
                         Some(n) if (1..=1_000_000).contains(&n) => n,
                         Some(_) => {
                             return Err(ConfigError::invalid(

@@ -94,7 +94,7 @@ pub enum UpstreamTransport {
         headers: BTreeMap<String, Secret>,
     },
     /// An HTTP API whose configured tools Tollgate executes itself.
-    Api(std::sync::Arc<crate::api::ApiSpec>),
+    Api(std::sync::Arc<super::api::ApiSpec>),
 }
 
 /// Backoff between restarts of an upstream that died.
@@ -129,7 +129,7 @@ pub(super) struct RawUpstream {
     /// An HTTP API whose `tool`s Tollgate executes itself.
     pub(super) api: Option<String>,
     #[serde(default)]
-    pub(super) tool: Vec<crate::api::RawApiTool>,
+    pub(super) tool: Vec<super::api::RawApiTool>,
     pub(super) max_response_bytes: Option<usize>,
     #[serde(default)]
     pub(super) headers: BTreeMap<String, String>,
@@ -228,7 +228,7 @@ pub(super) fn validate(
                         "`api` with `tool`s; `args`, `env` and `cwd` belong to a `command` upstream",
                     ));
                 }
-                UpstreamTransport::Api(std::sync::Arc::new(crate::api::ApiSpec::from_raw(
+                UpstreamTransport::Api(std::sync::Arc::new(super::api::ApiSpec::from_raw(
                     &api,
                     headers,
                     raw.tool,

@@ -16,13 +16,9 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::fast::AgentLine;
 
-/// How long a finished stream that was not read to its end stays available for a client to
-/// resume, unless configured (`front.http.resume_keep_ms`). A stream read to its end is
-/// dropped at once.
-pub const KEEP_AFTER_END: Duration = Duration::from_secs(30);
-/// Most streams kept at once unless configured (`front.http.resume_streams`); past it, new
-/// streams are not kept for resumption.
-pub const MAX_KEPT: usize = 4096;
+pub use crate::config::{
+    DEFAULT_RESUME_KEEP as KEEP_AFTER_END, DEFAULT_RESUME_STREAMS as MAX_KEPT,
+};
 /// Streams kept before a new one first lets the expired go.
 const SWEEP_FROM: usize = 256;
 /// The reconnection delay a client is told to use.
