@@ -875,12 +875,18 @@ impl Interceptor for PolicyGuard {
 
     fn session_ended(&self, session: SessionId) {
         self.grants.ended(session);
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(error) = store.forget(session).await {
-                warn!(session, %error, "an ended session's history could not be forgotten");
-            }
-        });
+        let store = Arc::clone(&self.store);
+        // Outside a runtime (a session ended as Tollgate stops) nothing waits on the store.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.forget(session).await {
+                    warn!(session, %error, "an ended session's history could not be forgotten");
+                }
+            });
+        } else {
+            // A store that forgets as it is asked (the memory store) still does.
+            drop(store.forget(session));
+        }
     }
 }
 
@@ -931,6 +937,15 @@ mod tests {
 
     const GOOD: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);";
     const SHADOWED: &str = "@id(\"reads\") permit (principal, action == Action::\"read\", resource);\n@id(\"nothing\") forbid (principal, action, resource);";
+
+    #[test]
+    fn a_session_that_ends_outside_a_runtime_is_forgotten_without_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pack, state) = (dir.path().join("pack"), dir.path().join("state"));
+        write(&pack, GOOD);
+        let guard = PolicyGuard::new(&config(&pack, &state)).unwrap();
+        guard.session_ended(7);
+    }
 
     #[test]
     fn a_version_that_fails_policy_check_is_rejected_whole_at_start_and_on_reload() {
