@@ -178,6 +178,8 @@ enum TicketInner {
     Waiting(oneshot::Receiver<Result<u64, AuditError>>),
     /// Nothing to wait on: a record nobody waits on (an outcome).
     Queued,
+    /// Already as durable as configured: written by the caller's own thread.
+    Written(u64),
     Failed(AuditError),
 }
 
@@ -194,7 +196,7 @@ impl Ticket {
 
     /// Whether there is nothing to wait for: the record was acknowledged as it was queued.
     pub fn is_settled(&self) -> bool {
-        matches!(self.0, TicketInner::Queued)
+        matches!(self.0, TicketInner::Queued | TicketInner::Written(_))
     }
 
     /// Waits until the record is as durable as configured: its sequence number once the writer
@@ -205,6 +207,7 @@ impl Ticket {
                 receiver.await.unwrap_or(Err(AuditError::Closed)).map(Some)
             }
             TicketInner::Queued => Ok(None),
+            TicketInner::Written(seq) => Ok(Some(seq)),
             TicketInner::Failed(e) => Err(e),
         }
     }
@@ -242,11 +245,22 @@ pub const LAZY_SYNC: Duration = Duration::from_millis(20);
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// The open file and the chain. The writer thread takes it for each batch; a caller that
+    /// waits on its record takes it when it is free and nothing is queued ahead of it, and
+    /// writes the record (with whatever was queued) itself, sparing two thread wake-ups.
+    /// Taken after `queue`, never before it.
+    state: Mutex<State>,
 }
 
 impl Shared {
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -401,7 +415,7 @@ impl Audit {
             settings,
             signer,
             lane,
-            _lock: lock,
+            lock: Some(lock),
             file: None,
             path: PathBuf::new(),
             seq,
@@ -424,13 +438,14 @@ impl Audit {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            state: Mutex::new(state),
         });
         let failed = Arc::new(OnceLock::new());
         let thread = {
             let (failed, shared) = (failed.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("tollgate-audit".into())
-                .spawn(move || state.run(&shared, &failed))
+                .spawn(move || run(&shared, &failed))
                 .map_err(|e| fail(format!("cannot start the writer: {e}")))?
         };
         Ok(Self {
@@ -504,6 +519,76 @@ impl Audit {
         if let Some(e) = self.failed.get() {
             return Ticket(TicketInner::Failed(e.clone()));
         }
+        let definitions = definitions.into_iter();
+        if matches!(self.durability, Durability::Within(_)) && !lazy {
+            match self.write_now(definitions, record) {
+                Ok(ticket) => return ticket,
+                Err((definitions, record)) => return self.queue(definitions, record, lazy),
+            }
+        }
+        self.queue(definitions, record, lazy)
+    }
+
+    /// Writes a record someone waits on at the written durability on the caller's thread,
+    /// with whatever is queued before it, when the file is free and no sync is due: what the
+    /// writer thread would do, without waking it or being woken by it. Hands the record back
+    /// when it must go through the queue.
+    #[allow(clippy::type_complexity)]
+    fn write_now<'r, D: Iterator<Item = Definition>>(
+        &self,
+        definitions: D,
+        record: Handed<'r>,
+    ) -> Result<Ticket, (D, Handed<'r>)> {
+        let mut queue = self.shared.queue();
+        if queue.closed || queue.jobs.len() >= MAX_BATCH {
+            return Err((definitions, record));
+        }
+        // The writer is writing: the record goes behind what it writes.
+        let Ok(mut state) = self.shared.state.try_lock() else {
+            return Err((definitions, record));
+        };
+        // A sync due now is the writer thread's to make, not this call's.
+        let now = Instant::now();
+        if state.sync_due.is_some_and(|due| due <= now) {
+            return Err((definitions, record));
+        }
+        let mut batch = Taken::default();
+        let first_queued = batch.take(&mut queue).unwrap_or(now);
+        let before = batch.definitions.len();
+        batch.definitions.extend(definitions);
+        let named = batch.definitions.len() - before;
+        let body = match record {
+            Handed::Map(record) => Body::Map(record),
+            Handed::Line(object) => {
+                batch.lines.extend_from_slice(object);
+                Body::Line(object.len())
+            }
+        };
+        let (ack, mut written) = oneshot::channel();
+        batch.jobs.push(Job::Record(body, Ack::Waiting(ack), named));
+        let had_sync_due = state.sync_due.is_some();
+        // The queue was not closed, so neither is the trail by this batch.
+        let _ = state.commit(&mut batch, Some(first_queued), &self.failed);
+        // The writer sleeps until what it knew was due: it must learn of a new sync.
+        let wake = !had_sync_due && state.sync_due.is_some();
+        drop(state);
+        drop(queue);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(Ticket(match written.try_recv() {
+            Ok(Ok(seq)) => TicketInner::Written(seq),
+            Ok(Err(e)) => TicketInner::Failed(e),
+            Err(_) => TicketInner::Failed(AuditError::Closed),
+        }))
+    }
+
+    fn queue(
+        &self,
+        definitions: impl IntoIterator<Item = Definition>,
+        record: Handed<'_>,
+        lazy: bool,
+    ) -> Ticket {
         let (ack, ticket) = match (self.durability, lazy) {
             (Durability::Synced, false) => {
                 let (ack, receiver) = oneshot::channel();
@@ -552,8 +637,10 @@ struct State {
     /// The chain this process writes: lane 0 is `audit-<seq>.jsonl`, lane k
     /// `audit-lane<k>-<seq>.jsonl`. Held by the lock below for the life of the process.
     lane: u32,
-    /// The lane's lock, held while the file is open (the OS lets go when the process dies).
-    _lock: File,
+    /// The lane's lock, held while the file is open (the OS lets go when the process dies);
+    /// let go when the trail is closed, so that a trail opened next in this process takes
+    /// the lane again.
+    lock: Option<File>,
     file: Option<File>,
     path: PathBuf,
     /// The sequence number of the next record.
@@ -596,107 +683,134 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl State {
-    fn run(mut self, shared: &Shared, failed: &OnceLock<AuditError>) {
-        let stats = self.stats.clone();
-        // Records nobody waits on are gathered a while before they are written: under load,
-        // one wake-up and one write serve many calls.
-        let gather = match self.settings.durability {
-            Durability::Within(d) => (d / 2).min(MAX_GATHER),
-            Durability::Synced => Duration::ZERO,
+/// The writer thread: writes what is queued (gathered a while when nobody waits on it), syncs
+/// and checkpoints when due, until the trail is closed.
+fn run(shared: &Shared, failed: &OnceLock<AuditError>) {
+    // Records nobody waits on are gathered a while before they are written: under load, one
+    // wake-up and one write serve many calls.
+    let gather = match shared.state().settings.durability {
+        Durability::Within(d) => (d / 2).min(MAX_GATHER),
+        Durability::Synced => Duration::ZERO,
+    };
+    let mut batch = Taken::default();
+    loop {
+        let first_queued = {
+            let mut queue = shared.queue();
+            loop {
+                let wait = shared.state().wait(&queue, gather, Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                queue.idle = queue.jobs.is_empty();
+                queue = shared
+                    .wake
+                    .wait_timeout(queue, wait)
+                    .map(|(q, _)| q)
+                    .unwrap_or_else(|e| e.into_inner().0);
+                queue.idle = false;
+            }
+            batch.take(&mut queue)
         };
-        let mut batch = Taken::default();
-        loop {
-            let first_queued = {
-                let mut queue = shared.queue();
-                loop {
-                    let now = Instant::now();
-                    let wait = if queue.urgent || queue.jobs.len() >= WAKE_AT {
-                        Duration::ZERO
-                    } else if !queue.jobs.is_empty() {
-                        // Gathered from the first one on; records that come meanwhile do not
-                        // wake the writer.
-                        gather.saturating_sub(
-                            queue.first_queued.map_or(Duration::ZERO, |first| {
-                                now.saturating_duration_since(first)
-                            }),
-                        )
-                    } else if self.since_checkpoint > 0 {
-                        // Nothing queued: until a checkpoint is due, or a record comes.
-                        self.settings
-                            .checkpoint_after
-                            .saturating_sub(self.last_checkpoint.elapsed())
-                    } else {
-                        self.settings.checkpoint_after
-                    };
-                    // Never past when what is written must be synced.
-                    let wait = self
-                        .sync_due
-                        .map_or(wait, |due| wait.min(due.saturating_duration_since(now)));
-                    if wait.is_zero() {
-                        break;
-                    }
-                    queue.idle = queue.jobs.is_empty();
-                    queue = shared
-                        .wake
-                        .wait_timeout(queue, wait)
-                        .map(|(q, _)| q)
-                        .unwrap_or_else(|e| e.into_inner().0);
-                    queue.idle = false;
-                }
-                batch.take(&mut queue)
-            };
-            if let Some(e) = failed.get() {
-                let closing = batch.jobs.iter().any(|j| matches!(j, Job::Close(_)));
-                refuse_all(batch.jobs.drain(..), e);
-                batch.clear();
-                if closing {
-                    return;
-                }
-                continue;
+        if let Some(e) = failed.get() {
+            let closing = batch.jobs.iter().any(|j| matches!(j, Job::Close(_)));
+            if closing {
+                let mut state = shared.state();
+                state.file = None;
+                state.lock = None;
             }
-            let records = batch
-                .jobs
-                .iter()
-                .filter(|j| matches!(j, Job::Record(..)))
-                .count() as u64;
-            let started = Instant::now();
-            let before = self.seq;
-            let written = self.write_batch(&mut batch, first_queued);
+            refuse_all(batch.jobs.drain(..), e);
             batch.clear();
-            if records > 0 {
-                stats.batch.observe(started.elapsed());
+            if closing {
+                return;
             }
-            if written.is_ok() {
-                // Every line: records, the definitions they name, checkpoints.
-                stats.records.fetch_add(
-                    self.seq.saturating_sub(before),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-            }
-            match written {
-                Ok(Some(closed)) => {
-                    let _ = closed.send(());
-                    return;
+            continue;
+        }
+        let mut state = shared.state();
+        if let Some(closed) = state.commit(&mut batch, first_queued, failed) {
+            // The state outlives the writer (callers share it): the file and the lane go now.
+            state.file = None;
+            state.lock = None;
+            drop(state);
+            let _ = closed.send(());
+            return;
+        }
+    }
+}
+
+impl State {
+    /// Writes `batch` (queued from `first_queued` on) and settles what it owes: the
+    /// acknowledgements, the writer's statistics, and on a write error the trail's failure.
+    /// The close's acknowledgement, when the batch closed the trail.
+    fn commit(
+        &mut self,
+        batch: &mut Taken,
+        first_queued: Option<Instant>,
+        failed: &OnceLock<AuditError>,
+    ) -> Option<mpsc::Sender<()>> {
+        let stats = self.stats.clone();
+        let records = batch
+            .jobs
+            .iter()
+            .filter(|j| matches!(j, Job::Record(..)))
+            .count() as u64;
+        let started = Instant::now();
+        let before = self.seq;
+        let written = self.write_batch(batch, first_queued);
+        batch.clear();
+        if records > 0 {
+            stats.batch.observe(started.elapsed());
+        }
+        if written.is_ok() {
+            // Every line: records, the definitions they name, checkpoints.
+            stats.records.fetch_add(
+                self.seq.saturating_sub(before),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        match written {
+            Ok(closed) => closed,
+            Err((reason, acks)) => {
+                let error = AuditError::Failed {
+                    dir: self.settings.dir.display().to_string(),
+                    reason,
+                };
+                tracing::error!(%error, "audit trail failed: every call is refused from now on");
+                let _ = failed.set(error.clone());
+                // Nothing is written again: no sync or checkpoint is due, and the writer
+                // only waits for jobs to refuse.
+                self.sync_due = None;
+                self.since_checkpoint = 0;
+                for ack in acks.into_iter().flatten() {
+                    let _ = ack.send(Err(error.clone()));
                 }
-                Ok(None) => {}
-                Err((reason, acks)) => {
-                    let error = AuditError::Failed {
-                        dir: self.settings.dir.display().to_string(),
-                        reason,
-                    };
-                    tracing::error!(%error, "audit trail failed: every call is refused from now on");
-                    let _ = failed.set(error.clone());
-                    // Nothing is written again: no sync or checkpoint is due, and the writer
-                    // only waits for jobs to refuse.
-                    self.sync_due = None;
-                    self.since_checkpoint = 0;
-                    for ack in acks.into_iter().flatten() {
-                        let _ = ack.send(Err(error.clone()));
-                    }
-                }
+                None
             }
         }
+    }
+
+    /// How long the writer may sleep with `queue` as it is.
+    fn wait(&self, queue: &Queue, gather: Duration, now: Instant) -> Duration {
+        let wait = if queue.urgent || queue.jobs.len() >= WAKE_AT {
+            Duration::ZERO
+        } else if !queue.jobs.is_empty() {
+            // Gathered from the first one on; records that come meanwhile do not wake the
+            // writer.
+            gather.saturating_sub(
+                queue
+                    .first_queued
+                    .map_or(Duration::ZERO, |first| now.saturating_duration_since(first)),
+            )
+        } else if self.since_checkpoint > 0 {
+            // Nothing queued: until a checkpoint is due, or a record comes.
+            self.settings
+                .checkpoint_after
+                .saturating_sub(self.last_checkpoint.elapsed())
+        } else {
+            self.settings.checkpoint_after
+        };
+        // Never past when what is written must be synced.
+        self.sync_due
+            .map_or(wait, |due| wait.min(due.saturating_duration_since(now)))
     }
 
     /// Writes `batch` (queued from `first_queued` on), leaving its jobs empty, syncs as
