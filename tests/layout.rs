@@ -1,7 +1,7 @@
 //! The shape of the code, checked: which crate may depend on which, what the shipped binary
-//! leaves out, and the imports between each crate's modules, which must form a tree. Circles
-//! that still exist are listed in `KNOWN_CIRCLES`; a new circle, or a known one that grows,
-//! fails, and one that shrinks must be written down smaller.
+//! leaves out, and the imports between each crate's modules, which must form a tree: in every
+//! folder of a crate's sources, no module names one that names it back, directly or through
+//! others.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,18 +15,6 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
 };
-
-/// Module circles that remain, by crate: each is a set of top-level modules whose imports reach
-/// each other. To be broken; never to grow.
-const KNOWN_CIRCLES: &[(&str, &[&str])] = &[
-    ("tollgate-policy", &["decide", "pack", "recorded", "tool"]),
-    (
-        "tollgate-proxy",
-        &[
-            "fast", "front", "hub", "relay", "screen", "suspend", "upstream",
-        ],
-    ),
-];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -132,13 +120,15 @@ fn the_binary_without_its_demo_leaves_the_test_servers_and_the_example_api_out()
     );
 }
 
-/// The top-level modules of the crate whose sources are in `src`, with the top-level modules
-/// each one's code names (`crate::name`, or a name in `use crate::{…}`), tests left out.
-fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+/// The modules of one folder of a crate's sources (`src`, or a module's folder below it), with
+/// the sibling modules each one's code names, tests left out. `module` is the folder's path
+/// from the crate root (`crate::` for `src`, `crate::front::` for `src/front`); a file directly
+/// in the folder may also name its siblings through `super::`.
+fn imports_in(folder: &Path, module: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
-    let mut folders = vec![src.to_owned()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(folder).unwrap() {
+    let mut folders = vec![folder.to_owned()];
+    while let Some(next) = folders.pop() {
+        for entry in std::fs::read_dir(next).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 folders.push(path);
@@ -147,17 +137,17 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             }
         }
     }
-    let modules: BTreeSet<String> = std::fs::read_dir(src)
+    let modules: BTreeSet<String> = std::fs::read_dir(folder)
         .unwrap()
         .map(|e| {
             let name = e.unwrap().file_name().into_string().unwrap();
             name.trim_end_matches(".rs").to_owned()
         })
-        .filter(|n| !["lib", "main", "bin"].contains(&n.as_str()))
+        .filter(|n| !["lib", "main", "bin", "mod"].contains(&n.as_str()))
         .collect();
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in files {
-        let relative = file.strip_prefix(src).unwrap();
+        let relative = file.strip_prefix(folder).unwrap();
         let top = relative
             .components()
             .next()
@@ -169,38 +159,15 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         if !modules.contains(&top) {
             continue;
         }
+        let mut prefixes = vec![module];
+        if relative.components().count() == 1 {
+            prefixes.push("super::");
+        }
         let text = std::fs::read_to_string(&file).unwrap();
         let code = text.split("\n#[cfg(test)]").next().unwrap_or_default();
         let mut named = BTreeSet::new();
-        for (at, _) in code.match_indices("crate::") {
-            let rest = &code[at + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // `use crate::{a, b::c, d::{e, f}}`: the names at the group's top level.
-                let mut depth = 0;
-                let mut item = String::new();
-                for c in group.chars() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => break,
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => {
-                            named.insert(std::mem::take(&mut item));
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    if depth == 0 {
-                        item.push(c);
-                    }
-                }
-                named.insert(item);
-            } else {
-                named.insert(
-                    rest.chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect(),
-                );
-            }
+        for prefix in prefixes {
+            named.extend(names_after(code, prefix));
         }
         let named = named
             .into_iter()
@@ -210,6 +177,70 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         edges.entry(top).or_default().extend(named);
     }
     edges
+}
+
+/// The names `code` reaches through `prefix`: `prefix name`, or each name at the top level of
+/// `prefix{a, b::c, d::{e, f}}`. A prefix that is the tail of a longer path (`x::super::`,
+/// `my_crate::`) does not count.
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let mut named = BTreeSet::new();
+    for (at, _) in code.match_indices(prefix) {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let rest = &code[at + prefix.len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        named.insert(std::mem::take(&mut item));
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 {
+                    item.push(c);
+                }
+            }
+            named.insert(item);
+        } else {
+            named.insert(
+                rest.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect(),
+            );
+        }
+    }
+    named
+}
+
+/// The top-level modules of the crate whose sources are in `src`, with the top-level modules
+/// each one's code names.
+fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    imports_in(src, "crate::")
+}
+
+/// Every folder of modules under `src` (itself included), with its path from the crate root.
+fn module_folders(src: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = vec![(src.to_owned(), "crate::".to_owned())];
+    let mut next = 0;
+    while let Some((folder, module)) = found.get(next).cloned() {
+        next += 1;
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                found.push((path, format!("{module}{name}::")));
+            }
+        }
+    }
+    found
 }
 
 /// The sets of modules that reach each other (strongly connected, more than one module).
@@ -243,9 +274,10 @@ fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> 
 }
 
 #[test]
-fn each_crates_modules_import_each_other_as_a_tree_but_for_the_known_circles() {
+fn each_crates_modules_import_each_other_as_a_tree() {
     let crates = root().join("crates");
     let mut checked = 0;
+    let mut folders = 0;
     for entry in std::fs::read_dir(&crates).unwrap() {
         let dir = entry.unwrap().path();
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -254,28 +286,20 @@ fn each_crates_modules_import_each_other_as_a_tree_but_for_the_known_circles() {
             continue;
         }
         checked += 1;
-        let known: BTreeSet<String> = KNOWN_CIRCLES
-            .iter()
-            .filter(|(c, _)| *c == name)
-            .flat_map(|(_, m)| m.iter().map(|s| (*s).to_owned()))
-            .collect();
-        let found = circles(&imports(&src));
-        assert!(
-            !found.is_empty() || known.is_empty(),
-            "{name}: the known circle {known:?} is gone: take it off the list"
-        );
-        for circle in found {
+        for (folder, module) in module_folders(&src) {
+            folders += 1;
+            let found = circles(&imports_in(&folder, &module));
             assert!(
-                circle.is_subset(&known),
-                "{name}: modules {circle:?} import each other; break the circle (known: {known:?})"
-            );
-            assert_eq!(
-                circle, known,
-                "{name}: the known circle shrank to {circle:?}: write it down smaller"
+                found.is_empty(),
+                "{name}: modules of {module} import each other: {found:?}; break the circle"
             );
         }
     }
     assert!(checked >= 7, "only {checked} crates found");
+    assert!(
+        folders > checked,
+        "no module folders below the crates' roots were checked"
+    );
 }
 
 #[test]
@@ -293,6 +317,43 @@ fn the_import_check_finds_a_circle() {
     assert_eq!(
         circles(&edges),
         [BTreeSet::from(["a".to_owned(), "b".to_owned()])],
+        "{edges:?}"
+    );
+}
+
+#[test]
+fn the_import_check_finds_a_circle_inside_a_module_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let front = dir.path().join("front");
+    std::fs::create_dir(&front).unwrap();
+    std::fs::write(dir.path().join("lib.rs"), "mod front;").unwrap();
+    std::fs::write(
+        dir.path().join("front.rs"),
+        "mod http; mod replay; mod stdio;",
+    )
+    .unwrap();
+    std::fs::write(front.join("http.rs"), "use super::replay::Streams;").unwrap();
+    std::fs::write(
+        front.join("replay.rs"),
+        "fn f() { crate::front::http::g() }",
+    )
+    .unwrap();
+    // `x::super::` and a crate of another name are not this folder's modules.
+    std::fs::write(
+        front.join("stdio.rs"),
+        "use other_crate::front::http; fn f() { self::super::http::g() }",
+    )
+    .unwrap();
+    let folders = module_folders(dir.path());
+    let (folder, module) = folders.iter().find(|(_, m)| m == "crate::front::").unwrap();
+    let edges = imports_in(folder, module);
+    assert_eq!(
+        circles(&edges),
+        [BTreeSet::from(["http".to_owned(), "replay".to_owned()])],
+        "{edges:?}"
+    );
+    assert!(
+        !edges.get("stdio").is_some_and(|e| e.contains("http")),
         "{edges:?}"
     );
 }

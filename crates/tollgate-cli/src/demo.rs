@@ -1,6 +1,8 @@
 //! `tollgate demo`: Tollgate in front of two in-process demo servers, driven by a scripted
 //! agent over a real streamable-HTTP connection; then, in front of the example payments API
-//! (see `demo_payments`).
+//! (see `payments`).
+
+mod payments;
 
 use std::net::SocketAddr;
 
@@ -287,7 +289,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         "every call was decided by grant {} and the default policy pack.",
         grant.id
     );
-    surprises += crate::demo_payments::run().await?;
+    surprises += payments::run().await?;
 
     // Every decision above is in the audit trail: check it the way a reviewer would.
     let state = state.keep();

@@ -4,8 +4,6 @@ mod approvals;
 mod audit;
 #[cfg(feature = "demo")]
 mod demo;
-#[cfg(feature = "demo")]
-mod demo_payments;
 mod grant;
 mod keys;
 mod pin;

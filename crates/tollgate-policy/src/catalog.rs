@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{pattern::glob_match, resource::ResourceKind};
 
+/// What an argument the catalog marks `redact` reads as in a record.
+pub const REDACTED: &str = "[redacted]";
+
 /// What a tool does to the world, from least to most restricted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -17,7 +17,7 @@ use crate::{
     catalog::{ActionClass, Risk},
     clock::{LocalTime, UtcOffset},
     grant::{Charge, Grant, Usage},
-    pack::{CLASSES, Pack, TYPES, ToolPlan, one_line, uid},
+    pack::{CLASSES, CONTEXT_FIELDS, Pack, TYPES, ToolPlan, one_line, uid},
     resource::{PathView, Resource, bind_seen},
     tool::ToolFacts,
 };
@@ -136,7 +136,7 @@ impl Decision {
                     map.iter()
                         .map(|(k, v)| {
                             let shown = if names.contains(k) {
-                                Value::String(crate::recorded::REDACTED.to_owned())
+                                Value::String(crate::catalog::REDACTED.to_owned())
                             } else {
                                 walk(v, names)
                             };
@@ -209,7 +209,7 @@ pub struct SessionStats {
     /// The session's own average rate: calls per minute over its life (at least a minute).
     pub per_minute: u64,
     /// Allowed calls by class, in [`CLASSES`] order.
-    #[serde(with = "crate::recorded::by_class")]
+    #[serde(with = "by_class")]
     pub by_class: [u64; 8],
 }
 
@@ -652,21 +652,6 @@ impl Pack {
     }
 }
 
-/// The context's top-level fields, as the schema declares them.
-pub(crate) const CONTEXT_FIELDS: [&str; 11] = [
-    "args",
-    "resources",
-    "intent",
-    "grant",
-    "time",
-    "environment",
-    "client",
-    "stats",
-    "taint",
-    "pinned",
-    "path_labels",
-];
-
 fn session_uid(call: &CallInput<'_>) -> cedar_policy::EntityUid {
     uid(&TYPES.session, &call.session.id)
 }
@@ -719,6 +704,30 @@ fn decimal_text(n: f64) -> Option<String> {
         return None;
     }
     Some(format!("{n:.4}"))
+}
+
+/// `SessionStats::by_class` as a record writes it: a map of the classes with calls.
+pub(crate) mod by_class {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::{catalog::ActionClass, pack::CLASSES};
+
+    /// The classes with calls, in [`CLASSES`] order (which is the classes' own order), written
+    /// straight from the counts.
+    pub fn serialize<S: Serializer>(counts: &[u64; 8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u64; 8], D::Error> {
+        let recorded = BTreeMap::<ActionClass, u64>::deserialize(deserializer)?;
+        let mut counts = [0u64; 8];
+        for (slot, class) in counts.iter_mut().zip(CLASSES) {
+            *slot = recorded.get(&class).copied().unwrap_or(0);
+        }
+        Ok(counts)
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,21 @@ use crate::{
 /// The schema every pack is checked against unless it brings its own.
 pub const DEFAULT_SCHEMA: &str = include_str!("../../../policies/tollgate.cedarschema");
 
+/// The context's top-level fields, as the schema declares them.
+pub(crate) const CONTEXT_FIELDS: [&str; 11] = [
+    "args",
+    "resources",
+    "intent",
+    "grant",
+    "time",
+    "environment",
+    "client",
+    "stats",
+    "taint",
+    "pinned",
+    "path_labels",
+];
+
 /// Every action class, least restricted first.
 pub const CLASSES: [ActionClass; 8] = [
     ActionClass::Read,
@@ -174,13 +189,13 @@ pub(crate) struct ToolPlan {
     /// The entities of a call of this tool, by caller: built once per session, not per call.
     pub entities: Mutex<HashMap<String, Arc<cedar_policy::Entities>>>,
     /// Which of the context's top-level fields some policy of the slice names.
-    reads: [bool; crate::decide::CONTEXT_FIELDS.len()],
+    reads: [bool; CONTEXT_FIELDS.len()],
 }
 
 impl ToolPlan {
     /// Can a policy of this plan's slice read context field `field`?
     pub(crate) fn reads(&self, field: &str) -> bool {
-        crate::decide::CONTEXT_FIELDS
+        CONTEXT_FIELDS
             .iter()
             .zip(self.reads)
             .any(|(f, read)| *f == field && read)
@@ -478,7 +493,7 @@ impl Pack {
         // the context. A policy can only reach a field by writing its name (Cedar computes no
         // attribute names), and strict validation refuses comparing the whole context or one of
         // its records with a record of another shape; so a name search is a sound test.
-        let mut reads = [false; crate::decide::CONTEXT_FIELDS.len()];
+        let mut reads = [false; CONTEXT_FIELDS.len()];
         let mut has_permit = false;
         let mut unconditional_forbid = false;
         for policy in self.policies.policies() {
@@ -496,7 +511,7 @@ impl Pack {
                 }
             }
             let text = policy.to_string();
-            for (read, field) in reads.iter_mut().zip(crate::decide::CONTEXT_FIELDS) {
+            for (read, field) in reads.iter_mut().zip(CONTEXT_FIELDS) {
                 *read = *read || text.contains(field);
             }
             // Ids are unique in the full set, so they are in any part of it.

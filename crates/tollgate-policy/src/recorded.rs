@@ -19,16 +19,13 @@ use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
     hash::BuildHasher,
-    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::{
     args::SchemaCache,
-    catalog::Hints,
     clock::UtcOffset,
     decide::{CallInput, Decision, Effect, Environment, Explanation, SessionFacts, SessionStats},
     grant::{Grant, Usage},
@@ -37,7 +34,7 @@ use crate::{
 };
 
 /// What an argument the catalog marks `redact` reads as in a record.
-pub const REDACTED: &str = "[redacted]";
+pub use crate::catalog::REDACTED;
 /// The one key of the arguments a record does not keep because they are too large.
 pub const NOT_KEPT: &str = "[not kept]";
 
@@ -122,74 +119,12 @@ pub fn kept_whole(arguments: Option<&Map<String, Value>>) -> bool {
     arguments.is_none_or(|map| !map.contains_key(NOT_KEPT) && map.values().all(clean))
 }
 
-/// The `kind` of a tool definition record.
-pub const TOOL_KIND: &str = "tool";
+pub use crate::tool::{TOOL_KIND, ToolEntry, ToolRecord};
+
 /// The `kind` of a grant record.
 pub const GRANT_KIND: &str = "grant";
 /// The `kind` of a decision record.
 pub const DECISION_KIND: &str = "decision";
-
-/// One tool's definition as the engine saw it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ToolRecord {
-    /// The exposed name.
-    pub name: String,
-    pub upstream: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_only: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destructive: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open_world: Option<bool>,
-    pub input_schema: Map<String, Value>,
-}
-
-impl ToolRecord {
-    pub fn of(facts: &ToolFacts, input_schema: &Map<String, Value>) -> Self {
-        let hints = facts.hints();
-        Self {
-            name: facts.name().to_owned(),
-            upstream: facts.upstream().to_owned(),
-            root: facts.root().map(str::to_owned),
-            read_only: hints.read_only,
-            destructive: hints.destructive,
-            open_world: hints.open_world,
-            input_schema: input_schema.clone(),
-        }
-    }
-
-    /// The facts this record describes, its schema compiled through `schemas`.
-    pub fn facts(&self, schemas: &SchemaCache) -> ToolFacts {
-        ToolFacts::new(
-            self.name.clone(),
-            self.upstream.clone(),
-            Hints {
-                read_only: self.read_only,
-                destructive: self.destructive,
-                open_world: self.open_world,
-            },
-            self.root.clone(),
-            schemas.compile(&self.input_schema),
-        )
-    }
-
-    /// The record as the trail writes it, and the key decisions name it by: `tool:` and the
-    /// SHA-256 of its JSON.
-    pub fn entry(&self) -> (String, Map<String, Value>) {
-        let mut record = match serde_json::to_value(self) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
-        let digest = Sha256::digest(Value::Object(record.clone()).to_string().as_bytes());
-        let key = format!("tool:{}", hex(&digest));
-        record.insert("kind".into(), Value::from(TOOL_KIND));
-        record.insert("key".into(), Value::from(key.clone()));
-        (key, record)
-    }
-}
 
 /// What a grant record's key puts before the grant's id.
 const GRANT_KEY_PREFIX: &str = "grant:";
@@ -221,38 +156,6 @@ pub fn grant_entry(grant: &Grant) -> Map<String, Value> {
         serde_json::to_value(grant).unwrap_or(Value::Null),
     );
     record
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// `SessionStats::by_class` as a record writes it: a map of the classes with calls.
-pub(crate) mod by_class {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::{catalog::ActionClass, pack::CLASSES};
-
-    /// The classes with calls, in [`CLASSES`] order (which is the classes' own order), written
-    /// straight from the counts.
-    pub fn serialize<S: Serializer>(counts: &[u64; 8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(CLASSES.iter().zip(counts).filter(|(_, n)| **n > 0))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u64; 8], D::Error> {
-        let recorded = BTreeMap::<ActionClass, u64>::deserialize(deserializer)?;
-        let mut counts = [0u64; 8];
-        for (slot, class) in counts.iter_mut().zip(CLASSES) {
-            *slot = recorded.get(&class).copied().unwrap_or(0);
-        }
-        Ok(counts)
-    }
 }
 
 /// One grant limit's use before a call: `(grant id, limit key, amount)`.
@@ -899,12 +802,10 @@ pub fn explain_recorded<'a>(
     Err(format!("no decision {wanted} in the trail given"))
 }
 
-/// Keeps a [`ToolFacts`]' record beside it: built once per definition, named by its key.
-pub type ToolEntry = Arc<(String, Map<String, Value>)>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Hints;
 
     #[test]
     fn arguments_with_a_placeholder_are_not_kept_whole() {

@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::{
-    args::{ArgumentError, check},
+    args::{ArgumentError, SchemaCache, check},
     catalog::Hints,
 };
 
@@ -22,7 +24,7 @@ pub struct ToolFacts {
     /// The tool's name at its upstream and the digest of its definition, for pinning.
     definition: Option<(String, String)>,
     /// The record of this definition the audit trail keeps, and its key.
-    entry: Option<crate::recorded::ToolEntry>,
+    entry: Option<ToolEntry>,
 }
 
 impl ToolFacts {
@@ -69,13 +71,13 @@ impl ToolFacts {
     /// trails hold, so that decisions naming it can be replayed.
     #[must_use]
     pub fn with_entry(mut self, input_schema: &Map<String, Value>) -> Self {
-        let entry = crate::recorded::ToolRecord::of(&self, input_schema).entry();
+        let entry = ToolRecord::of(&self, input_schema).entry();
         self.entry = Some(Arc::new(entry));
         self
     }
 
     /// The trail's record of this definition and its key, when kept.
-    pub fn entry(&self) -> Option<&crate::recorded::ToolEntry> {
+    pub fn entry(&self) -> Option<&ToolEntry> {
         self.entry.as_ref()
     }
 
@@ -110,4 +112,80 @@ impl ToolFacts {
     pub fn validate(&self, arguments: Option<&Map<String, Value>>) -> Result<(), ArgumentError> {
         check(&self.name, self.schema.as_deref(), arguments)
     }
+}
+
+/// The `kind` of a tool definition record.
+pub const TOOL_KIND: &str = "tool";
+
+/// One tool's definition as the engine saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRecord {
+    /// The exposed name.
+    pub name: String,
+    pub upstream: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destructive: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<bool>,
+    pub input_schema: Map<String, Value>,
+}
+
+impl ToolRecord {
+    pub fn of(facts: &ToolFacts, input_schema: &Map<String, Value>) -> Self {
+        let hints = facts.hints();
+        Self {
+            name: facts.name().to_owned(),
+            upstream: facts.upstream().to_owned(),
+            root: facts.root().map(str::to_owned),
+            read_only: hints.read_only,
+            destructive: hints.destructive,
+            open_world: hints.open_world,
+            input_schema: input_schema.clone(),
+        }
+    }
+
+    /// The facts this record describes, its schema compiled through `schemas`.
+    pub fn facts(&self, schemas: &SchemaCache) -> ToolFacts {
+        ToolFacts::new(
+            self.name.clone(),
+            self.upstream.clone(),
+            Hints {
+                read_only: self.read_only,
+                destructive: self.destructive,
+                open_world: self.open_world,
+            },
+            self.root.clone(),
+            schemas.compile(&self.input_schema),
+        )
+    }
+
+    /// The record as the trail writes it, and the key decisions name it by: `tool:` and the
+    /// SHA-256 of its JSON.
+    pub fn entry(&self) -> (String, Map<String, Value>) {
+        let mut record = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        let digest = Sha256::digest(Value::Object(record.clone()).to_string().as_bytes());
+        let key = format!("tool:{}", hex(&digest));
+        record.insert("kind".into(), Value::from(TOOL_KIND));
+        record.insert("key".into(), Value::from(key.clone()));
+        (key, record)
+    }
+}
+
+/// Keeps a [`ToolFacts`]' record beside it: built once per definition, named by its key.
+pub type ToolEntry = Arc<(String, Map<String, Value>)>;
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

@@ -8,28 +8,26 @@
 use std::{
     borrow::Cow,
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
 use rmcp::{
     ErrorData as McpError,
     model::{
-        ClientResult, JsonObject, NumberOrString, ProtocolVersion, RequestId, RequestMetaObject,
-        ServerJsonRpcMessage, ServerRequest,
+        JsonObject, NumberOrString, ProtocolVersion, RequestId, RequestMetaObject,
+        ServerJsonRpcMessage,
     },
 };
 use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
 use crate::{
     ProxyError,
+    agent::{AgentLine, AgentOut, DirectAgent},
     hub::Hub,
     intercept::{Caller, Outcome, ToolCall},
     screen::Screened,
@@ -54,141 +52,27 @@ struct CallParams<'a> {
     meta: Option<&'a RawValue>,
 }
 
-/// One message for an HTTP agent's call: something said during the call, or its answer.
-#[derive(Debug)]
-pub(crate) enum AgentLine {
-    Note(Vec<u8>),
-    Final(Vec<u8>),
-}
-
-/// Where the messages of one fast-path call go.
-#[derive(Debug, Clone)]
-pub(crate) enum AgentOut {
-    /// The agent's stdio stream.
-    Line(LineWriter),
-    /// The response stream of the agent's HTTP request.
-    Events(mpsc::Sender<AgentLine>),
-}
-
-impl AgentOut {
-    /// Queues a message said during the call; dropped rather than waited for if the agent is
-    /// not reading (progress is advisory, answers are not).
-    pub(crate) fn note(&self, line: Vec<u8>) -> bool {
-        match self {
-            Self::Line(out) => out.try_write_line(line),
-            Self::Events(out) => out.try_send(AgentLine::Note(line)).is_ok(),
-        }
-    }
-
-    async fn finish(&self, line: Vec<u8>) {
-        match self {
-            Self::Line(out) => {
-                let _ = out.write_line(line).await;
-            }
-            Self::Events(out) => {
-                let _ = out.send(AgentLine::Final(line)).await;
-            }
-        }
-    }
-}
-
-/// Server→client requests to HTTP agents waiting for the agent's POSTed answer.
+/// The fast path of each 2025-11-25 HTTP session, by its `Mcp-Session-Id`.
 #[derive(Debug, Default)]
-pub(crate) struct AgentAnswers {
-    next: AtomicU64,
-    waiting: Mutex<HashMap<u64, Waiting>>,
-}
+pub(crate) struct FastPaths(Mutex<HashMap<String, Arc<FastPath>>>);
 
-/// A request waiting for an agent: the session it was sent to, and where the answer goes.
-type Waiting = (SessionId, oneshot::Sender<Result<Value, McpError>>);
-
-/// Prefix of the ids of server→client requests Tollgate sends to HTTP agents itself.
-const ASK_PREFIX: &str = "tg-s-";
-
-impl AgentAnswers {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
-        self.waiting
+impl FastPaths {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<FastPath>>> {
+        self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Hands an agent's answer to the request waiting for it; false if `id` is not one of ours
-    /// for this session.
-    pub(crate) fn deliver(
-        &self,
-        session: SessionId,
-        id: &RawValue,
-        answer: Result<Value, McpError>,
-    ) -> bool {
-        let Some(n) = id
-            .get()
-            .strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-            .and_then(|s| s.strip_prefix(ASK_PREFIX))
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
-            return false;
-        };
-        let mut waiting = self.waiting();
-        match waiting.get(&n) {
-            Some((owner, _)) if *owner == session => {}
-            _ => return false,
-        }
-        if let Some((_, sender)) = waiting.remove(&n) {
-            let _ = sender.send(answer);
-        }
-        true
+    pub(crate) fn insert(&self, session: &str, fast: Arc<FastPath>) {
+        self.table().insert(session.to_owned(), fast);
     }
-}
 
-/// An HTTP agent reached through the response stream of its own fast-path call.
-#[derive(Debug, Clone)]
-pub(crate) struct DirectAgent {
-    session: SessionId,
-    out: mpsc::Sender<AgentLine>,
-    answers: Arc<AgentAnswers>,
-}
+    pub(crate) fn get(&self, session: &str) -> Option<Arc<FastPath>> {
+        self.table().get(session).cloned()
+    }
 
-impl DirectAgent {
-    /// Sends `request` on the call's stream and waits for the agent's POSTed answer.
-    pub(crate) async fn ask(
-        &self,
-        request: ServerRequest,
-        cancel: &CancellationToken,
-    ) -> Result<ClientResult, McpError> {
-        let n = self.answers.next.fetch_add(1, Ordering::Relaxed);
-        let (answer, answered) = oneshot::channel();
-        self.answers.waiting().insert(n, (self.session, answer));
-        let id = RequestId::String(format!("{ASK_PREFIX}{n}").into());
-        let message = ServerJsonRpcMessage::request(request.clone(), id);
-        let line = serde_json::to_vec(&message)
-            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-        if self.out.send(AgentLine::Note(line)).await.is_err() {
-            self.answers.waiting().remove(&n);
-            return Err(McpError::internal_error("the agent's call has ended", None));
-        }
-        let value = tokio::select! {
-            answer = answered => answer.map_err(|_| McpError::internal_error("the agent did not answer", None))??,
-            () = cancel.cancelled() => {
-                self.answers.waiting().remove(&n);
-                return Err(McpError::internal_error("cancelled by the tool server", None));
-            }
-        };
-        let malformed = |e: serde_json::Error| {
-            McpError::invalid_params(format!("the agent's answer is malformed: {e}"), None)
-        };
-        match request {
-            ServerRequest::CreateMessageRequest(_) => serde_json::from_value(value)
-                .map(|r| ClientResult::CreateMessageResult(Box::new(r)))
-                .map_err(malformed),
-            ServerRequest::ElicitRequest(_) => serde_json::from_value(value)
-                .map(ClientResult::ElicitResult)
-                .map_err(malformed),
-            ServerRequest::ListRootsRequest(_) => serde_json::from_value(value)
-                .map(ClientResult::ListRootsResult)
-                .map_err(malformed),
-            _ => Err(McpError::internal_error("unsupported request", None)),
-        }
+    pub(crate) fn remove(&self, session: &str) {
+        self.table().remove(session);
     }
 }
 
@@ -261,11 +145,7 @@ impl FastPath {
         caller: Arc<Caller>,
     ) -> Option<mpsc::Receiver<AgentLine>> {
         let (out, messages) = mpsc::channel(64);
-        let direct = DirectAgent {
-            session: self.session,
-            out: out.clone(),
-            answers: self.hub.agent_answers.clone(),
-        };
+        let direct = DirectAgent::new(self.session, out.clone(), self.hub.agent_answers.clone());
         self.try_call(envelope, AgentOut::Events(out), Some(direct), caller)
             .then_some(messages)
     }
@@ -654,7 +534,7 @@ fn upstream_request(
     wants_progress: bool,
     credential: Option<&crate::intercept::Credential>,
 ) -> Vec<u8> {
-    let mut meta = crate::relay::forwardable_meta(&job.meta).unwrap_or_default();
+    let mut meta = crate::upstream::forwardable_meta(&job.meta).unwrap_or_default();
     if let Some(credential) = credential {
         meta.0.0.insert(
             crate::intercept::CREDENTIAL_META_KEY.to_owned(),
@@ -734,7 +614,7 @@ impl SideChannel {
                     }
                 }
                 rmcp::model::ServerNotification::LoggingMessageNotification(l) => {
-                    crate::upstream::deliver_log(hub, upstream, &l.params);
+                    crate::upstream::deliver_log(&hub.sessions, upstream, &l.params);
                 }
                 _ => {}
             },

@@ -17,16 +17,8 @@ use crate::{
     names::{Merged, Namer, UpstreamLists},
     session::Sessions,
     suspend::SuspendedCalls,
-    upstream::Upstream,
+    upstream::{Host, ListKind, Upstream},
 };
-
-/// Which of an upstream's lists changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ListKind {
-    Tools,
-    Prompts,
-    Resources,
-}
 
 #[derive(Debug)]
 pub(crate) struct Hub {
@@ -39,13 +31,7 @@ pub(crate) struct Hub {
     pub interceptor: Arc<dyn Interceptor>,
     pub suspended: Arc<SuspendedCalls>,
     /// Server→client requests sent to HTTP agents by the fast path, waiting for answers.
-    pub agent_answers: Arc<crate::fast::AgentAnswers>,
-    /// When each 2025-11-25 HTTP session was last heard from, by its `Mcp-Session-Id`.
-    pub http_seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    /// Event streams of fast-path HTTP calls, kept for resumption.
-    pub streams: Arc<crate::front::replay::Streams>,
-    /// The fast path of each 2025-11-25 HTTP session, by its `Mcp-Session-Id`.
-    pub http_fast: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::fast::FastPath>>>,
+    pub agent_answers: Arc<crate::agent::AgentAnswers>,
     /// Per-process random key for fingerprints of agent credentials.
     pub fingerprint_key: std::collections::hash_map::RandomState,
     /// Serializes rebuilds so that two upstreams changing at once cannot publish out of order.
@@ -76,12 +62,6 @@ impl Hub {
                 ))
             })
             .collect();
-        let streams = Arc::new(match &config.fronts.http {
-            Some(front) => {
-                crate::front::replay::Streams::new(front.resume_keep, front.resume_streams)
-            }
-            None => crate::front::replay::Streams::default(),
-        });
         Self {
             config,
             namer,
@@ -92,9 +72,6 @@ impl Hub {
             interceptor,
             suspended: Arc::default(),
             agent_answers: Arc::default(),
-            streams,
-            http_seen: std::sync::Mutex::default(),
-            http_fast: std::sync::Mutex::default(),
             fingerprint_key: std::collections::hash_map::RandomState::new(),
             rebuild: tokio::sync::Mutex::new(()),
             schemas: tollgate_policy::SchemaCache::default(),
@@ -147,20 +124,6 @@ impl Hub {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
-    }
-
-    /// Fetches every list from a freshly connected upstream.
-    pub async fn refresh_all(&self, index: usize) {
-        self.refresh_kinds(
-            index,
-            &[ListKind::Tools, ListKind::Prompts, ListKind::Resources],
-        )
-        .await;
-    }
-
-    /// Fetches one list again after the upstream said it changed.
-    pub async fn refresh(&self, index: usize, kind: ListKind) {
-        self.refresh_kinds(index, &[kind]).await;
     }
 
     async fn refresh_kinds(&self, index: usize, kinds: &[ListKind]) {
@@ -234,6 +197,24 @@ impl Hub {
                 }
             });
         }
+    }
+}
+
+impl Host for Hub {
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    fn upstream(&self, index: usize) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(index)
+    }
+
+    fn lists_changed<'a>(
+        &'a self,
+        index: usize,
+        kinds: &'a [ListKind],
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.refresh_kinds(index, kinds))
     }
 }
 

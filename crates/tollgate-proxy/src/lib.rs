@@ -2,6 +2,7 @@
 //! servers (child processes, streamable HTTP), the merged catalog, the session table, and the
 //! one interception point every `tools/call` passes (the guard plugs in there).
 
+mod agent;
 pub mod api;
 pub mod approvals;
 pub mod config;
@@ -44,6 +45,8 @@ const START_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Proxy {
     hub: Arc<Hub>,
+    /// What the HTTP front keeps of its sessions.
+    http: Arc<front::http::HttpSessions>,
     shutdown: CancellationToken,
     supervisors: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -64,17 +67,20 @@ impl Proxy {
     pub async fn start_with(mut config: Config, interceptor: Arc<dyn Interceptor>) -> Self {
         config.settle_sandboxes();
         let settle = config.limits.request_timeout.min(START_WAIT);
+        let http = Arc::new(front::http::HttpSessions::new(config.fronts.http.as_ref()));
         let hub = Arc::new(Hub::new(config, interceptor));
         let shutdown = CancellationToken::new();
+        let host: std::sync::Weak<dyn upstream::Host> = Arc::downgrade(&hub) as _;
         let supervisors = hub
             .upstreams
             .iter()
-            .map(|u| tokio::spawn(u.clone().supervise(Arc::downgrade(&hub), shutdown.clone())))
+            .map(|u| tokio::spawn(u.clone().supervise(host.clone(), shutdown.clone())))
             .collect();
         let settled = futures::future::join_all(hub.upstreams.iter().map(|u| u.settled()));
         let _ = tokio::time::timeout(settle, settled).await;
         Self {
             hub,
+            http,
             shutdown,
             supervisors,
         }
@@ -124,21 +130,17 @@ impl Proxy {
 
     /// HTTP sessions whose idle clock is running.
     pub fn http_sessions_tracked(&self) -> usize {
-        self.hub
-            .http_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.http.tracked()
     }
 
     /// Fast-path HTTP event streams kept for resumption (a stream read to its end is not kept).
     pub fn resumable_streams(&self) -> usize {
-        self.hub.streams.kept()
+        self.http.kept_streams()
     }
 
     /// A new agent session, to serve over any rmcp transport.
     pub fn session(&self) -> AgentSession {
-        AgentSession::new(self.hub.clone(), None)
+        AgentSession::new(self.hub.clone(), None, Some(self.http.fast_paths().clone()))
     }
 
     /// Serves the agent on this process's stdin/stdout until stdin closes.
@@ -155,7 +157,7 @@ impl Proxy {
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let caller = Arc::new(caller);
-        let session = AgentSession::new(self.hub.clone(), Some(caller.clone()));
+        let session = AgentSession::new(self.hub.clone(), Some(caller.clone()), None);
         let transport =
             front::stdio::LineTransport::new(read, write, self.hub.config.limits.max_message_bytes);
         let fast = Arc::new(fast::FastPath::new(
@@ -177,6 +179,7 @@ impl Proxy {
     pub async fn serve_http(&self, front: &HttpFront) -> std::io::Result<HttpServer> {
         front::http::serve(
             self.hub.clone(),
+            self.http.clone(),
             front,
             self.hub.config.limits.max_message_bytes,
             self.shutdown.child_token(),

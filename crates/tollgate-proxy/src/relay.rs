@@ -29,6 +29,7 @@ use tracing::{Instrument, field};
 
 use crate::{
     ProxyError,
+    fast::{FastPath, FastPaths},
     hub::Hub,
     intercept::{Caller, Outcome, ToolCall},
     names::page,
@@ -56,6 +57,8 @@ pub struct AgentSession {
 struct SessionGuard {
     id: SessionId,
     hub: Arc<Hub>,
+    /// The HTTP front's table of fast paths, for a session served over HTTP.
+    fast_paths: Option<Arc<FastPaths>>,
     /// The `Mcp-Session-Id` of a 2025-11-25 HTTP session, once seen.
     http_session: std::sync::OnceLock<String>,
 }
@@ -64,12 +67,8 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.hub.sessions.remove(self.id);
         self.hub.interceptor.session_ended(self.id);
-        if let Some(header) = self.http_session.get() {
-            self.hub
-                .http_fast
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(header);
+        if let (Some(header), Some(fast_paths)) = (self.http_session.get(), &self.fast_paths) {
+            fast_paths.remove(header);
         }
     }
 }
@@ -78,34 +77,21 @@ fn is_modern(version: Option<&ProtocolVersion>) -> bool {
     version.is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
 }
 
-/// The agent's `_meta` minus what belongs to the hop (progress token, protocol fields), which
-/// Tollgate sets itself towards the upstream.
-pub(crate) fn forwardable_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
-    let mut out = RequestMetaObject::new();
-    for (key, value) in meta.0.0.iter() {
-        // `tollgate/…` is what the agent tells Tollgate (its justification); it is recorded
-        // here and is no business of the tool's. `io.tollgate/…` is Tollgate's own to the
-        // tool (the per-call credential): an agent cannot put one there.
-        if key == "progressToken"
-            || key.starts_with("io.modelcontextprotocol/")
-            || key.starts_with("tollgate/")
-            || key.starts_with("io.tollgate/")
-        {
-            continue;
-        }
-        out.0.0.insert(key.clone(), value.clone());
-    }
-    (!out.0.0.is_empty()).then_some(out)
-}
-
 impl AgentSession {
-    pub(crate) fn new(hub: Arc<Hub>, caller: Option<Arc<Caller>>) -> Self {
+    /// A new session; `fast_paths` is where a session the HTTP front serves opens its fast
+    /// path.
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        caller: Option<Arc<Caller>>,
+        fast_paths: Option<Arc<FastPaths>>,
+    ) -> Self {
         let id = hub.sessions.allocate();
         Self {
             id,
             guard: Arc::new(SessionGuard {
                 id,
                 hub: hub.clone(),
+                fast_paths,
                 http_session: std::sync::OnceLock::new(),
             }),
             hub,
@@ -131,6 +117,9 @@ impl AgentSession {
     /// Records the session's peer and, for a 2025-11-25 HTTP session, opens its fast path.
     fn register(&self, peer: &Peer<RoleServer>, extensions: &rmcp::model::Extensions) {
         self.hub.sessions.register(self.id, peer);
+        let Some(fast_paths) = &self.guard.fast_paths else {
+            return;
+        };
         if self.guard.http_session.get().is_some() {
             return;
         }
@@ -142,17 +131,8 @@ impl AgentSession {
             return;
         };
         if self.guard.http_session.set(header.to_owned()).is_ok() {
-            let fast = Arc::new(crate::fast::FastPath::new(
-                self.hub.clone(),
-                self.id,
-                None,
-                None,
-            ));
-            self.hub
-                .http_fast
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(header.to_owned(), fast);
+            let fast = Arc::new(FastPath::new(self.hub.clone(), self.id, None, None));
+            fast_paths.insert(header, fast);
         }
     }
 
@@ -301,7 +281,7 @@ impl AgentSession {
 
             let mut upstream_params = CallToolRequestParams::new(route.name.clone());
             upstream_params.arguments = params.arguments.clone();
-            upstream_params.meta = forwardable_meta(&context.meta);
+            upstream_params.meta = crate::upstream::forwardable_meta(&context.meta);
             if let Some(credential) = &credential {
                 upstream_params
                     .meta
@@ -691,7 +671,7 @@ impl ServerHandler for AgentSession {
         let upstream = self.upstream(route.upstream)?.clone();
         let mut forwarded = params;
         forwarded.name = route.name.clone();
-        forwarded.meta = forwardable_meta(&context.meta);
+        forwarded.meta = crate::upstream::forwardable_meta(&context.meta);
         let modern_agent = is_modern(context.protocol_version().as_ref());
         let answer = self
             .with_input_rounds(
@@ -762,7 +742,7 @@ impl ServerHandler for AgentSession {
             .map_err(internal)?;
         let upstream = self.upstream(index)?.clone();
         let mut forwarded = params;
-        forwarded.meta = forwardable_meta(&context.meta);
+        forwarded.meta = crate::upstream::forwardable_meta(&context.meta);
         let modern_agent = is_modern(context.protocol_version().as_ref());
         let answer = self
             .with_input_rounds(

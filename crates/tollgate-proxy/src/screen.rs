@@ -4,7 +4,10 @@
 
 use rmcp::model::CallToolResult;
 
-use crate::intercept::{Credential, Interceptor, Outcome, ToolCall, Verdict, refused};
+use crate::{
+    intercept::{Credential, Interceptor, Outcome, ToolCall, Verdict, refused},
+    suspend::{APPROVE_FIELD, approval_question},
+};
 
 /// How a call's agent is reached while the call is held for approval: where its progress goes,
 /// how the user at it is asked, and when it gives up.
@@ -13,34 +16,11 @@ pub(crate) struct AgentLink<'a> {
     /// HTTP, the response stream of its call.
     pub route: &'a crate::upstream::CallRoute,
     /// Raw lines to the agent (the fast path); none: through rmcp.
-    pub raw: Option<&'a crate::fast::AgentOut>,
+    pub raw: Option<&'a crate::agent::AgentOut>,
     /// Cancelled when the agent withdraws the call.
     pub cancel: &'a tokio_util::sync::CancellationToken,
     /// The agent takes input requests instead of server→client requests (2026-07-28).
     pub modern: bool,
-}
-
-/// The key of the approval question in an input request Tollgate issues.
-pub(crate) const APPROVAL_INPUT_KEY: &str = "tollgate-approval";
-/// The field of the approval form the user sets to approve.
-const APPROVE_FIELD: &str = "approve";
-
-/// The question the user at the agent is asked: the request's summary, and one yes/no field.
-pub(crate) fn approval_question(message: &str) -> rmcp::model::ElicitRequest {
-    let schema = rmcp::model::ElicitationSchema::builder()
-        .required_bool_with(APPROVE_FIELD, |b| {
-            b.title("Approve this call")
-                .description("Yes lets this one call go ahead exactly as shown; no denies it.")
-                .with_default(false)
-        })
-        .title("Tollgate approval")
-        .build()
-        .unwrap_or_else(|_| rmcp::model::ElicitationSchema::new(Default::default()));
-    rmcp::model::ElicitRequest::new(rmcp::model::ElicitRequestParams::FormElicitationParams {
-        meta: None,
-        message: message.to_owned(),
-        requested_schema: schema,
-    })
 }
 
 /// Passes `call` through `interceptor` before forwarding and records the verdict on the

@@ -27,6 +27,29 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{ProxyError, session::SessionId};
 
+/// The key of the approval question in an input request Tollgate issues.
+pub(crate) const APPROVAL_INPUT_KEY: &str = "tollgate-approval";
+/// The field of the approval form the user sets to approve.
+pub(crate) const APPROVE_FIELD: &str = "approve";
+
+/// The question the user at the agent is asked: the request's summary, and one yes/no field.
+pub(crate) fn approval_question(message: &str) -> rmcp::model::ElicitRequest {
+    let schema = rmcp::model::ElicitationSchema::builder()
+        .required_bool_with(APPROVE_FIELD, |b| {
+            b.title("Approve this call")
+                .description("Yes lets this one call go ahead exactly as shown; no denies it.")
+                .with_default(false)
+        })
+        .title("Tollgate approval")
+        .build()
+        .unwrap_or_else(|_| rmcp::model::ElicitationSchema::new(Default::default()));
+    rmcp::model::ElicitRequest::new(rmcp::model::ElicitRequestParams::FormElicitationParams {
+        meta: None,
+        message: message.to_owned(),
+        requested_schema: schema,
+    })
+}
+
 /// Prefix of the `requestState` values Tollgate issues.
 pub(crate) const STATE_PREFIX: &str = "tollgate:";
 /// The key of the one input request in an `InputRequiredResult` Tollgate issues.
@@ -200,7 +223,7 @@ impl SuspendedCalls {
         let Some(in_band) = &waiting.in_band else {
             return Err(ProxyError::Cancelled);
         };
-        let question = crate::screen::approval_question(&in_band.message);
+        let question = approval_question(&in_band.message);
         let left = Duration::from_secs(u64::try_from(waiting.seconds_left()).unwrap_or(0));
         let key = fresh_key();
         self.parked().insert(
@@ -221,7 +244,7 @@ impl SuspendedCalls {
             }
         });
         Ok(input_required(
-            crate::screen::APPROVAL_INPUT_KEY,
+            APPROVAL_INPUT_KEY,
             InputRequest::Elicitation(question),
             format!("{APPROVAL_PREFIX}{key}"),
         ))
@@ -247,7 +270,7 @@ impl SuspendedCalls {
             }
         }
         .ok_or(ProxyError::UnknownInputState)?;
-        let answer = match responses.and_then(|r| r.get(crate::screen::APPROVAL_INPUT_KEY)) {
+        let answer = match responses.and_then(|r| r.get(APPROVAL_INPUT_KEY)) {
             None => Err(McpError::invalid_params(
                 "the agent gave no answer to the approval question",
                 None,

@@ -32,12 +32,36 @@ use tracing::{Instrument, info, warn};
 use crate::{
     ProxyError,
     config::{UpstreamConfig, UpstreamProtocol, UpstreamTransport},
-    hub::Hub,
     names::UpstreamLists,
     session::SessionId,
 };
 
 pub(crate) use handler::{UpstreamHandler, answer_server_request, ask_agent, deliver_log};
+
+/// Which of an upstream's lists changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+/// What an upstream's connection needs of whoever holds the upstreams: the sessions its own
+/// messages go to, the upstream itself by index, and a way to say its lists changed.
+pub(crate) trait Host: Send + Sync {
+    fn sessions(&self) -> &crate::session::Sessions;
+    fn upstream(&self, index: usize) -> Option<&Arc<Upstream>>;
+    /// Fetches `kinds` of upstream `index`'s lists again and tells the sessions what changed.
+    fn lists_changed<'a>(
+        &'a self,
+        index: usize,
+        kinds: &'a [ListKind],
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// Every list an upstream has.
+pub(crate) const ALL_LISTS: &[ListKind] =
+    &[ListKind::Tools, ListKind::Prompts, ListKind::Resources];
 
 /// The fast path's way to an upstream.
 #[derive(Debug, Clone)]
@@ -63,7 +87,7 @@ pub(crate) struct CallRoute {
     /// request is handed over to become an input request.
     pub input: Option<tokio::sync::mpsc::Sender<crate::suspend::InputAsk>>,
     /// For an HTTP agent on the fast path: the response stream of its call.
-    pub direct: Option<crate::fast::DirectAgent>,
+    pub direct: Option<crate::agent::DirectAgent>,
 }
 
 #[derive(Debug, Default)]
@@ -295,7 +319,7 @@ impl Upstream {
     }
 
     /// Keeps this upstream connected until `shutdown`, restarting it with backoff.
-    pub async fn supervise(self: Arc<Self>, hub: Weak<Hub>, shutdown: CancellationToken) {
+    pub async fn supervise(self: Arc<Self>, hub: Weak<dyn Host>, shutdown: CancellationToken) {
         let span = tracing::info_span!("upstream", upstream = %self.name);
         async move {
             let policy = self.config.restart;
@@ -314,7 +338,7 @@ impl Upstream {
                         }
                         // Lists first, so that nobody waiting for `Up` sees an empty catalog.
                         if let Some(hub) = hub.upgrade() {
-                            hub.refresh_all(self.index).await;
+                            hub.lists_changed(self.index, ALL_LISTS).await;
                         }
                         self.state.send_replace(LinkState::Up);
                         let ended = tokio::select! {
@@ -358,7 +382,7 @@ impl Upstream {
         .await;
     }
 
-    async fn connect(&self, hub: Weak<Hub>, stop: CancellationToken) -> Result<Link, String> {
+    async fn connect(&self, hub: Weak<dyn Host>, stop: CancellationToken) -> Result<Link, String> {
         let handler = UpstreamHandler::new(hub, self.index);
         let lifecycle = match self.config.protocol {
             UpstreamProtocol::Legacy => ClientLifecycleMode::Initialize,
@@ -614,4 +638,26 @@ impl Link {
             child.terminate().await;
         }
     }
+}
+
+/// The agent's `_meta` minus what belongs to the hop (progress token, protocol fields), which
+/// Tollgate sets itself towards the upstream.
+pub(crate) fn forwardable_meta(
+    meta: &rmcp::model::RequestMetaObject,
+) -> Option<rmcp::model::RequestMetaObject> {
+    let mut out = rmcp::model::RequestMetaObject::new();
+    for (key, value) in meta.0.0.iter() {
+        // `tollgate/…` is what the agent tells Tollgate (its justification); it is recorded
+        // here and is no business of the tool's. `io.tollgate/…` is Tollgate's own to the
+        // tool (the per-call credential): an agent cannot put one there.
+        if key == "progressToken"
+            || key.starts_with("io.modelcontextprotocol/")
+            || key.starts_with("tollgate/")
+            || key.starts_with("io.tollgate/")
+        {
+            continue;
+        }
+        out.0.0.insert(key.clone(), value.clone());
+    }
+    (!out.0.0.is_empty()).then_some(out)
 }

@@ -26,11 +26,11 @@ use tollgate_proxy::{Config, Proxy};
 const PACK: [(&str, &str); 2] = [
     (
         "pack.toml",
-        include_str!("../../../policies/payments/pack.toml"),
+        include_str!("../../../../policies/payments/pack.toml"),
     ),
     (
         "policies.cedar",
-        include_str!("../../../policies/payments/policies.cedar"),
+        include_str!("../../../../policies/payments/policies.cedar"),
     ),
 ];
 const ISSUER: &str = "https://tollgate.demo";
@@ -240,8 +240,8 @@ pub(crate) async fn run() -> anyhow::Result<usize> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len();
         let line = match agent.call_tool(request).await {
-            Ok(result) if result.is_error == Some(true) => super::demo::summary(&result),
-            Ok(result) => format!("allowed: {}", super::demo::summary(&result)),
+            Ok(result) if result.is_error == Some(true) => super::summary(&result),
+            Ok(result) => format!("allowed: {}", super::summary(&result)),
             Err(e) => format!("error: {e}"),
         };
         println!("       ← {line}");
@@ -286,7 +286,7 @@ pub(crate) async fn run() -> anyhow::Result<usize> {
     }
     match answer {
         Ok(result) if result.is_error != Some(true) => {
-            println!("       ← allowed: {}", super::demo::summary(&result));
+            println!("       ← allowed: {}", super::summary(&result));
         }
         other => {
             surprises += 1;

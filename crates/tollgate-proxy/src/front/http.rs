@@ -9,11 +9,60 @@ use rmcp::transport::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::HttpFront, hub::Hub, relay::AgentSession};
+use crate::{config::HttpFront, fast::FastPaths, hub::Hub, relay::AgentSession};
+
+use super::replay::Streams;
+
+/// What the HTTP front keeps of its sessions besides rmcp's own: when each was last heard
+/// from, its fast path, and the event streams of its fast-path calls, kept for resumption.
+#[derive(Debug)]
+pub(crate) struct HttpSessions {
+    /// When each 2025-11-25 HTTP session was last heard from, by its `Mcp-Session-Id`.
+    seen: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    fast: Arc<FastPaths>,
+    streams: Arc<Streams>,
+}
+
+impl HttpSessions {
+    /// The tables of a front configured as `front` (the defaults without one).
+    pub(crate) fn new(front: Option<&HttpFront>) -> Self {
+        Self {
+            seen: std::sync::Mutex::default(),
+            fast: Arc::default(),
+            streams: match front {
+                Some(front) => Arc::new(Streams::new(front.resume_keep, front.resume_streams)),
+                None => Arc::default(),
+            },
+        }
+    }
+
+    pub(crate) fn fast_paths(&self) -> &Arc<FastPaths> {
+        &self.fast
+    }
+
+    fn seen(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sessions whose idle clock is running.
+    pub(crate) fn tracked(&self) -> usize {
+        self.seen().len()
+    }
+
+    /// Event streams kept for resumption.
+    pub(crate) fn kept_streams(&self) -> usize {
+        self.streams.kept()
+    }
+}
 
 /// The axum router serving MCP at `front.path`.
 pub(crate) fn router(
     hub: Arc<Hub>,
+    tables: Arc<HttpSessions>,
     front: &HttpFront,
     local: SocketAddr,
     max_body: usize,
@@ -29,15 +78,23 @@ pub(crate) fn router(
         .with_legacy_session_mode(front.sessions)
         .with_max_request_body_bytes(max_body)
         .with_cancellation_token(shutdown);
+    let fast_paths = tables.fast.clone();
     let screen = Arc::new(Screen {
         hub: hub.clone(),
+        tables,
         max_body,
         body_timeout: front.connections.body_timeout,
         allowed_hosts: front.allowed_hosts.clone(),
         allowed_origins: allowed_origins(front, local),
     });
     let service = StreamableHttpService::new(
-        move || Ok(AgentSession::new(hub.clone(), None)),
+        move || {
+            Ok(AgentSession::new(
+                hub.clone(),
+                None,
+                Some(fast_paths.clone()),
+            ))
+        },
         sessions,
         config,
     );
@@ -53,6 +110,7 @@ pub(crate) fn router(
 #[derive(Debug)]
 struct Screen {
     hub: Arc<Hub>,
+    tables: Arc<HttpSessions>,
     max_body: usize,
     /// A body that has not arrived whole by then is refused (408).
     body_timeout: std::time::Duration,
@@ -145,16 +203,12 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 /// sent it. Anything else returns `None` and goes to rmcp.
 async fn fast_path(
     hub: &Hub,
+    tables: &HttpSessions,
     parts: &http::request::Parts,
     body: &[u8],
 ) -> Option<axum::response::Response> {
     let session = parts.headers.get("mcp-session-id")?.to_str().ok()?;
-    let fast = hub
-        .http_fast
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(session)?
-        .clone();
+    let fast = tables.fast.get(session)?;
     let envelope = crate::wire::Envelope::parse(body).ok()?;
     let accepted = || {
         let mut response = axum::response::Response::new(axum::body::Body::empty());
@@ -175,7 +229,7 @@ async fn fast_path(
             }
             let caller = Arc::new(crate::intercept::Caller::from_http(parts));
             let messages = fast.try_call_http(&envelope, caller)?;
-            Some(event_stream(hub.streams.open(session, messages)))
+            Some(event_stream(tables.streams.open(session, messages)))
         }
         Some("notifications/cancelled") => fast.try_cancel(&envelope).then(accepted),
         Some(_) => None,
@@ -195,10 +249,13 @@ async fn fast_path(
 
 /// A GET that resumes a fast-path event stream (`Last-Event-ID` of one Tollgate issued, for the
 /// session that owns it).
-fn resume_stream(hub: &Hub, parts: &http::request::Parts) -> Option<axum::response::Response> {
+fn resume_stream(
+    tables: &HttpSessions,
+    parts: &http::request::Parts,
+) -> Option<axum::response::Response> {
     let session = parts.headers.get("mcp-session-id")?.to_str().ok()?;
     let last = parts.headers.get("last-event-id")?.to_str().ok()?;
-    hub.streams.resume(session, last).map(event_stream)
+    tables.streams.resume(session, last).map(event_stream)
 }
 
 /// An event-stream response.
@@ -276,12 +333,13 @@ async fn screen_body(
     screen: Arc<Screen>,
 ) -> axum::response::Response {
     let hub = &screen.hub;
+    let tables = &screen.tables;
     let max_body = screen.max_body;
-    touch(hub, request.headers());
+    touch(tables, request.headers());
     if request.method() == http::Method::GET {
         let (parts, body) = request.into_parts();
         if screen.may_take(&parts)
-            && let Some(response) = resume_stream(hub, &parts)
+            && let Some(response) = resume_stream(tables, &parts)
         {
             return response;
         }
@@ -298,14 +356,8 @@ async fn screen_body(
                 .get("mcp-session-id")
                 .and_then(|v| v.to_str().ok())
         {
-            hub.http_fast
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(session);
-            hub.http_seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(session);
+            tables.fast.remove(session);
+            tables.seen().remove(session);
         }
         return next
             .run(axum::extract::Request::from_parts(parts, body))
@@ -388,7 +440,7 @@ async fn screen_body(
                 return bad_request(id, -32602, format!("invalid params: {problem}"));
             }
             if screen.may_take(&parts)
-                && let Some(response) = fast_path(hub, &parts, &bytes).await
+                && let Some(response) = fast_path(hub, tables, &parts, &bytes).await
             {
                 return response;
             }
@@ -429,13 +481,13 @@ async fn screen_body(
         ))
         .await;
     // A new session (the answer to `initialize`) starts its idle clock now.
-    start_clock(hub, response.headers());
+    start_clock(tables, response.headers());
     response
 }
 
 /// Closes HTTP sessions nobody has used for `idle`.
 async fn reap_idle_sessions(
-    hub: std::sync::Weak<Hub>,
+    tables: std::sync::Weak<HttpSessions>,
     manager: Arc<LocalSessionManager>,
     idle: std::time::Duration,
     shutdown: CancellationToken,
@@ -450,13 +502,12 @@ async fn reap_idle_sessions(
             () = tokio::time::sleep(period) => {}
             () = shutdown.cancelled() => return,
         }
-        let Some(hub) = hub.upgrade() else { return };
+        let Some(tables) = tables.upgrade() else {
+            return;
+        };
         let now = std::time::Instant::now();
         let expired: Vec<String> = {
-            let mut seen = hub
-                .http_seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = tables.seen();
             let expired: Vec<String> = seen
                 .iter()
                 .filter(|(_, at)| now.duration_since(**at) > idle)
@@ -468,10 +519,7 @@ async fn reap_idle_sessions(
             expired
         };
         for id in expired {
-            hub.http_fast
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
+            tables.fast.remove(&id);
             let _ = manager.close_session(&Arc::from(id.as_str())).await;
             tracing::info!(session = %id, "idle HTTP session closed");
         }
@@ -480,27 +528,22 @@ async fn reap_idle_sessions(
 
 /// Notes that a known session named in `headers` was heard from. Only sessions rmcp created
 /// (see `start_clock`) are tracked, so made-up session ids cannot grow the table.
-fn touch(hub: &Hub, headers: &http::HeaderMap) {
+fn touch(tables: &HttpSessions, headers: &http::HeaderMap) {
     if let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok())
-        && let Some(at) = hub
-            .http_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(id)
+        && let Some(at) = tables.seen().get_mut(id)
     {
         *at = std::time::Instant::now();
     }
 }
 
 /// Starts the idle clock of a session rmcp just created (named in its `initialize` answer).
-fn start_clock(hub: &Hub, response_headers: &http::HeaderMap) {
+fn start_clock(tables: &HttpSessions, response_headers: &http::HeaderMap) {
     if let Some(id) = response_headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
     {
-        hub.http_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        tables
+            .seen()
             .entry(id.to_owned())
             .or_insert_with(std::time::Instant::now);
     }
@@ -515,6 +558,7 @@ pub struct HttpServer {
 
 pub(crate) async fn serve(
     hub: Arc<Hub>,
+    tables: Arc<HttpSessions>,
     front: &HttpFront,
     max_body: usize,
     shutdown: CancellationToken,
@@ -527,12 +571,20 @@ pub(crate) async fn serve(
     manager.session_config.keep_alive = None;
     let manager = Arc::new(manager);
     tokio::spawn(reap_idle_sessions(
-        Arc::downgrade(&hub),
+        Arc::downgrade(&tables),
         manager.clone(),
         front.session_idle_timeout,
         shutdown.clone(),
     ));
-    let app = router(hub, front, local_addr, max_body, shutdown.clone(), manager);
+    let app = router(
+        hub,
+        tables,
+        front,
+        local_addr,
+        max_body,
+        shutdown.clone(),
+        manager,
+    );
     let task = tokio::spawn(super::listen::serve(
         listener,
         app,

@@ -14,7 +14,7 @@ use std::{
 use axum::body::Bytes;
 use tokio::sync::{Notify, mpsc};
 
-use crate::fast::AgentLine;
+use crate::agent::AgentLine;
 
 pub use crate::config::{
     DEFAULT_RESUME_KEEP as KEEP_AFTER_END, DEFAULT_RESUME_STREAMS as MAX_KEPT,

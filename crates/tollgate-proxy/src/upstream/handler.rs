@@ -25,8 +25,8 @@ use rmcp::{
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CallRoute, RouteError, Upstream};
-use crate::hub::{Hub, ListKind};
+use super::{CallRoute, Host, ListKind, RouteError, Upstream};
+use crate::session::Sessions;
 
 fn shutting_down() -> McpError {
     McpError::internal_error("tollgate is shutting down", None)
@@ -35,18 +35,18 @@ fn shutting_down() -> McpError {
 /// The client side of one upstream connection.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamHandler {
-    hub: Weak<Hub>,
+    hub: Weak<dyn Host>,
     index: usize,
 }
 
 impl UpstreamHandler {
-    pub(crate) fn new(hub: Weak<Hub>, index: usize) -> Self {
+    pub(crate) fn new(hub: Weak<dyn Host>, index: usize) -> Self {
         Self { hub, index }
     }
 
-    fn upstream(&self) -> Option<(Arc<Hub>, Arc<Upstream>)> {
+    fn upstream(&self) -> Option<(Arc<dyn Host>, Arc<Upstream>)> {
         let hub = self.hub.upgrade()?;
-        let upstream = hub.upstreams.get(self.index)?.clone();
+        let upstream = hub.upstream(self.index)?.clone();
         Some((hub, upstream))
     }
 }
@@ -165,7 +165,7 @@ pub(crate) async fn answer_server_request(
 /// it goes to the only session if there is one, and otherwise only to Tollgate's log, so that
 /// one session's output never reaches another; each session's own level applies.
 pub(crate) fn deliver_log(
-    hub: &Hub,
+    sessions: &Sessions,
     upstream: &Upstream,
     params: &LoggingMessageNotificationParam,
 ) {
@@ -186,7 +186,7 @@ pub(crate) fn deliver_log(
     };
     let mut concerned = upstream.sessions_concerned();
     if concerned.is_empty() {
-        let everyone = hub.sessions.ids();
+        let everyone = sessions.ids();
         match everyone.as_slice() {
             [only] => {
                 concerned.insert(*only);
@@ -197,7 +197,7 @@ pub(crate) fn deliver_log(
             }
         }
     }
-    for peer in hub.sessions.log_receivers(Some(&concerned), params) {
+    for peer in sessions.log_receivers(Some(&concerned), params) {
         let params = params.clone();
         tokio::spawn(async move {
             let _ = peer.notify_logging_message(params).await;
@@ -299,7 +299,7 @@ impl ClientHandler for UpstreamHandler {
         _context: NotificationContext<RoleClient>,
     ) {
         if let Some((hub, upstream)) = self.upstream() {
-            deliver_log(&hub, &upstream, &params);
+            deliver_log(hub.sessions(), &upstream, &params);
         }
     }
 
@@ -311,7 +311,7 @@ impl ClientHandler for UpstreamHandler {
         let Some((hub, _)) = self.upstream() else {
             return;
         };
-        for peer in hub.sessions.subscribers(&params.uri) {
+        for peer in hub.sessions().subscribers(&params.uri) {
             let params = params.clone();
             tokio::spawn(async move {
                 let _ = peer.notify_resource_updated(params).await;
@@ -321,19 +321,19 @@ impl ClientHandler for UpstreamHandler {
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.refresh(self.index, ListKind::Tools).await;
+            hub.lists_changed(self.index, &[ListKind::Tools]).await;
         }
     }
 
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.refresh(self.index, ListKind::Prompts).await;
+            hub.lists_changed(self.index, &[ListKind::Prompts]).await;
         }
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.refresh(self.index, ListKind::Resources).await;
+            hub.lists_changed(self.index, &[ListKind::Resources]).await;
         }
     }
 }

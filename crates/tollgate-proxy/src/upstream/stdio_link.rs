@@ -31,7 +31,7 @@ pub(crate) const RAW_PREFIX: &str = "tg-";
 #[derive(Debug)]
 pub(crate) struct ProgressSink {
     pub token: Box<RawValue>,
-    pub out: crate::fast::AgentOut,
+    pub out: crate::agent::AgentOut,
 }
 
 #[derive(Debug)]
