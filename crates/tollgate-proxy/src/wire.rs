@@ -6,10 +6,11 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
-    sync::{mpsc, oneshot},
-};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+mod writer;
+
+pub(crate) use writer::LineWriter;
 
 /// What one read produced.
 #[derive(Debug)]
@@ -95,83 +96,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 return Ok(LineRead::Line(whole));
             }
         }
-    }
-}
-
-/// One byte stream's writer, shared by every task that writes whole lines to it.
-///
-/// Lines go through a queue to a task that owns the stream, so that a caller dropped mid-way
-/// can never leave half a line on the wire, and lines queued together are written together.
-#[derive(Debug, Clone)]
-pub(crate) struct LineWriter {
-    queue: mpsc::Sender<Queued>,
-}
-
-#[derive(Debug)]
-enum Queued {
-    Line(Vec<u8>),
-    /// Answered once everything queued before it is written and flushed.
-    Flush(oneshot::Sender<()>),
-}
-
-/// Lines a writer queues before senders wait (or, for `try_write_line`, give up).
-const WRITE_QUEUE: usize = 1024;
-
-impl LineWriter {
-    pub(crate) fn new(write: impl AsyncWrite + Send + Unpin + 'static) -> Self {
-        let (queue, mut lines) = mpsc::channel::<Queued>(WRITE_QUEUE);
-        tokio::spawn(async move {
-            let mut write = write;
-            let mut batch = Vec::with_capacity(64 * 1024);
-            let mut waiting = Vec::new();
-            while let Some(first) = lines.recv().await {
-                batch.clear();
-                let mut next = Some(first);
-                while let Some(item) = next.take() {
-                    match item {
-                        Queued::Line(line) => batch.extend_from_slice(&line),
-                        Queued::Flush(done) => waiting.push(done),
-                    }
-                    if batch.len() < 256 * 1024 {
-                        next = lines.try_recv().ok();
-                    }
-                }
-                if write.write_all(&batch).await.is_err() || write.flush().await.is_err() {
-                    break;
-                }
-                for done in waiting.drain(..) {
-                    let _ = done.send(());
-                }
-            }
-            let _ = write.shutdown().await;
-        });
-        Self { queue }
-    }
-
-    /// Queues `line` (a `\n` is added), waiting while the queue is full.
-    pub(crate) async fn write_line(&self, mut line: Vec<u8>) -> std::io::Result<()> {
-        line.push(b'\n');
-        self.queue
-            .send(Queued::Line(line))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed"))
-    }
-
-    /// Queues `line` unless the queue is full; never waits (safe inside a cancellable read).
-    pub(crate) fn try_write_line(&self, mut line: Vec<u8>) -> bool {
-        line.push(b'\n');
-        self.queue.try_send(Queued::Line(line)).is_ok()
-    }
-
-    /// Waits until everything queued so far is written.
-    pub(crate) async fn flush(&self) -> std::io::Result<()> {
-        let (done, flushed) = oneshot::channel();
-        let closed = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed");
-        self.queue
-            .send(Queued::Flush(done))
-            .await
-            .map_err(|_| closed())?;
-        flushed.await.map_err(|_| closed())
     }
 }
 
