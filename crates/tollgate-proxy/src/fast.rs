@@ -456,12 +456,13 @@ impl FastPath {
                 }
             }
         };
+        let deadline = self.hub.deadlines.arm(timeout);
         tokio::select! {
             answer = answer => match answer {
                 Ok(line) => Some(self.answer(job, &call, &crate::scrub::bytes(line, &echo))),
                 Err(error) => failed(error),
             },
-            () = tokio::time::sleep(timeout) => {
+            () = deadline.expired() => {
                 cancel_upstream("request timeout").await;
                 failed(ProxyError::UpstreamTimeout { upstream: job.upstream.name.clone(), timeout_ms: timeout.as_millis() })
             }

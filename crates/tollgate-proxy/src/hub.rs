@@ -30,6 +30,8 @@ pub(crate) struct Hub {
     pub sessions: Sessions,
     pub interceptor: Arc<dyn Interceptor>,
     pub suspended: Arc<SuspendedCalls>,
+    /// The timeouts of fast-path calls in flight.
+    pub deadlines: crate::deadline::Deadlines,
     /// Server→client requests sent to HTTP agents by the fast path, waiting for answers.
     pub agent_answers: Arc<crate::agent::AgentAnswers>,
     /// Per-process random key for fingerprints of agent credentials.
@@ -71,6 +73,7 @@ impl Hub {
             sessions: Sessions::default(),
             interceptor,
             suspended: Arc::default(),
+            deadlines: crate::deadline::Deadlines::default(),
             agent_answers: Arc::default(),
             fingerprint_key: std::collections::hash_map::RandomState::new(),
             rebuild: tokio::sync::Mutex::new(()),

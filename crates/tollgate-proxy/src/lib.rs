@@ -6,6 +6,7 @@ mod agent;
 pub mod api;
 pub mod approvals;
 pub mod config;
+mod deadline;
 mod error;
 mod fast;
 pub mod front;
