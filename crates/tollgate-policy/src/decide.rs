@@ -127,6 +127,28 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A denial no step has determined yet, of a call of `class` and `risk` under pack
+    /// `version`: where every decision starts (deny is the default).
+    pub fn undecided(version: impl Into<String>, class: ActionClass, risk: Risk) -> Self {
+        Self {
+            effect: Effect::Deny,
+            policies: Vec::new(),
+            reasons: Vec::new(),
+            version: version.into(),
+            class,
+            risk,
+            resources: Vec::new(),
+            resolved: Vec::new(),
+            charges: Vec::new(),
+            detail: None,
+            taints: Vec::new(),
+            approvers: Vec::new(),
+            quarantine: false,
+            in_band: false,
+            redact: Vec::new(),
+        }
+    }
+
     /// `arguments` as a person reviewing the call may see them: the catalog's redacted
     /// arguments replaced, wherever they are nested.
     pub fn redacted<'v>(&self, arguments: &'v Value) -> std::borrow::Cow<'v, Value> {
@@ -240,21 +262,13 @@ impl Pack {
     pub fn decide(&self, call: &CallInput<'_>) -> Decision {
         let plan = self.plan(call.tool);
         let mut decision = Decision {
-            effect: Effect::Deny,
-            policies: Vec::new(),
-            reasons: Vec::new(),
-            version: self.version().to_owned(),
-            class: plan.classification.class,
-            risk: plan.classification.risk,
-            resources: Vec::new(),
-            resolved: Vec::new(),
-            charges: Vec::new(),
-            detail: None,
             taints: plan.classification.taints.clone(),
-            approvers: Vec::new(),
-            quarantine: false,
-            in_band: false,
             redact: plan.classification.redact.clone(),
+            ..Decision::undecided(
+                self.version(),
+                plan.classification.class,
+                plan.classification.risk,
+            )
         };
         let deny = |mut d: Decision, step: &str, reason: String| {
             d.effect = Effect::Deny;

@@ -60,19 +60,8 @@ mod tests {
         Decision {
             effect: Effect::Allow,
             policies: vec!["reads".to_owned()],
-            reasons: Vec::new(),
-            version: "v".to_owned(),
-            class: ActionClass::Read,
-            risk: Risk::Low,
-            resources: Vec::new(),
-            resolved: Vec::new(),
             charges,
-            detail: None,
-            taints: Vec::new(),
-            approvers: Vec::new(),
-            quarantine: false,
-            in_band: false,
-            redact: Vec::new(),
+            ..Decision::undecided("v", ActionClass::Read, Risk::Low)
         }
     }
 

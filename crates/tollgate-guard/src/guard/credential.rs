@@ -288,19 +288,7 @@ mod tests {
         let decision = Decision {
             effect: Effect::Allow,
             policies: vec!["reads".to_owned()],
-            reasons: Vec::new(),
-            version: "v".to_owned(),
-            class: ActionClass::Read,
-            risk: Risk::Low,
-            resources: Vec::new(),
-            resolved: Vec::new(),
-            charges: Vec::new(),
-            detail: None,
-            taints: Vec::new(),
-            approvers: Vec::new(),
-            quarantine: false,
-            in_band: false,
-            redact: Vec::new(),
+            ..Decision::undecided("v", ActionClass::Read, Risk::Low)
         };
         let (ledger, arguments) = (tollgate_mint::Ledger::default(), CallArguments::new(None));
         let carry = |upstream| {

@@ -213,18 +213,8 @@ mod tests {
             effect: Effect::NeedsApproval,
             policies: vec!["large-refunds".to_owned()],
             reasons: vec!["needs approval".to_owned()],
-            version: "v".to_owned(),
-            class: ActionClass::Payment,
-            risk: Risk::High,
-            resources: Vec::new(),
-            resolved: Vec::new(),
-            charges: Vec::new(),
-            detail: None,
-            taints: Vec::new(),
             approvers: vec!["finance".to_owned()],
-            quarantine: false,
-            in_band: false,
-            redact: Vec::new(),
+            ..Decision::undecided("v", ActionClass::Payment, Risk::High)
         };
         let mut first = held();
         approved(&approvals, None, 1, None, &call, &arguments, &mut first);

@@ -91,19 +91,11 @@ fn an_input_leaves_out_the_engine_decision_only_where_the_record_says_it_already
     let decision = |effect: Effect, policies: &[&str]| Decision {
         effect,
         policies: policies.iter().map(|p| (*p).to_owned()).collect(),
-        reasons: Vec::new(),
-        version: "v1".into(),
-        class: crate::catalog::ActionClass::Write,
-        risk: crate::catalog::Risk::Low,
-        resources: Vec::new(),
-        resolved: Vec::new(),
-        charges: Vec::new(),
-        detail: None,
-        taints: Vec::new(),
-        approvers: Vec::new(),
-        quarantine: false,
-        in_band: false,
-        redact: Vec::new(),
+        ..Decision::undecided(
+            "v1",
+            crate::catalog::ActionClass::Write,
+            crate::catalog::Risk::Low,
+        )
     };
     let engine = decision(Effect::Allow, &["small-writes"]);
     let input = || plain_input(engine.effect, "small-writes");
