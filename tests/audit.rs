@@ -748,6 +748,66 @@ async fn decided_calls_are_exported_as_opentelemetry_spans() {
     );
 }
 
+// A collector that redirects is not followed: spans go only where the operator said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_not_sent_where_a_collector_redirects() {
+    use axum::{Router, response::Redirect, routing::post};
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack_dir, state) = (tmp.path().join("pack"), tmp.path().join("state"));
+    pack(&pack_dir);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (elsewhere, bodies) = collector(&stop).await;
+    let redirected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = redirected.clone();
+    let target = format!("{elsewhere}/v1/traces");
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let target = target.clone();
+            async move { Redirect::temporary(&target) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let serving = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(serving.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    let config = Config::parse(&format!(
+        "{head}[telemetry]\notlp_endpoint = \"{endpoint}\"\nexport_every_ms = 60000\n{upstream}",
+        head = guarded_toml(&pack_dir, &state),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap();
+    let grant = read_write_grant(&state);
+    let g = guarded(config, None).await;
+    let agent = agent_with_grant(&g.url, &grant).await;
+    assert_eq!(
+        text_of(
+            &agent
+                .call_tool(call("add", json!({"a": 2, "b": 3})))
+                .await
+                .unwrap()
+        ),
+        "5"
+    );
+    agent.cancel().await.unwrap();
+    g.proxy.shutdown().await;
+    stop.cancel();
+    assert!(
+        redirected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the batch was sent to the configured collector"
+    );
+    assert!(
+        bodies.lock().unwrap().is_empty(),
+        "the redirect was followed"
+    );
+}
+
 #[tokio::test]
 async fn a_trail_that_cannot_be_written_stops_tollgate_or_refuses_calls() {
     let tmp = tempfile::tempdir().unwrap();

@@ -77,11 +77,7 @@ impl std::fmt::Debug for Exchanger {
 
 impl Exchanger {
     pub fn new(config: ExchangeConfig, timeout: Duration) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        let client = tollgate_proxy::http_client(Some(timeout))?;
         Ok(Self {
             config,
             client,

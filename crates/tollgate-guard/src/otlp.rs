@@ -202,10 +202,13 @@ fn send_all(
         warn!("the OpenTelemetry exporter has no runtime; no spans are sent");
         return;
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let client = match tollgate_proxy::http_client(Some(Duration::from_secs(5))) {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %e, "the OpenTelemetry exporter has no HTTP client; no spans are sent");
+            return;
+        }
+    };
     let mut last_warning: Option<Instant> = None;
     let mut open = true;
     while open {

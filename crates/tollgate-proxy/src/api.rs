@@ -161,11 +161,7 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn new(name: &str, spec: Arc<ApiSpec>, timeout: Duration) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        let client = crate::http_client(Some(timeout))?;
         Ok(Self {
             name: name.to_owned(),
             spec,

@@ -37,6 +37,24 @@ pub use front::http::HttpServer;
 pub use intercept::Caller;
 pub use relay::AgentSession;
 
+/// The HTTP client of every request Tollgate makes itself (HTTP upstreams, API tools, token
+/// exchange, telemetry): redirects are never followed, because the configured URL is the one
+/// the operator approved and a redirect would carry the request, and its credential,
+/// elsewhere; Nagle is off and idle connections are kept a minute. `timeout` bounds each
+/// whole request.
+pub fn http_client(timeout: Option<std::time::Duration>) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none());
+    match timeout {
+        Some(timeout) => builder.timeout(timeout),
+        None => builder,
+    }
+    .build()
+    .map_err(|e| format!("cannot make an HTTP client: {e}"))
+}
+
 use crate::{config::HttpFront, hub::Hub, intercept::Interceptor};
 
 /// Longest Tollgate waits for upstreams before it serves agents.

@@ -181,18 +181,6 @@ impl Upstream {
             })
     }
 
-    /// The HTTP client for a streamable-HTTP upstream: connections are kept and reused (a new
-    /// TCP connection per request costs more than the request), Nagle is off, and redirects are
-    /// not followed: the configured URL is the one the operator approved.
-    fn http_client(&self) -> Result<reqwest::Client, String> {
-        reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))
-    }
-
     /// The fast path's way to this upstream, when there is one.
     pub(crate) fn raw_lane(&self) -> Option<Lane> {
         self.raw
@@ -457,7 +445,7 @@ impl Upstream {
                     .custom_headers(custom)
                     .max_concurrent_requests(256)
                     .max_sse_event_size(self.max_message_bytes);
-                let client = self.http_client()?;
+                let client = crate::http_client(None)?;
                 let session = http_lane::SessionSlot::default();
                 let tap = http_lane::SessionTap {
                     inner: client.clone(),
