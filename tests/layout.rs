@@ -180,13 +180,24 @@ fn imports_in(folder: &Path, module: &str) -> BTreeMap<String, BTreeSet<String>>
 }
 
 /// The names `code` reaches through `prefix`: `prefix name`, or each name at the top level of
-/// `prefix{a, b::c, d::{e, f}}`. A prefix that is the tail of a longer path (`x::super::`,
-/// `my_crate::`) does not count.
+/// `prefix{a, b::c, d::{e, f}}`. A prefix that is the tail of a longer path
+/// (`super::super::`, `my_crate::`) does not count, but for `self::super::`. Glob imports
+/// (`use super::*`) name nothing in particular and are not followed.
 fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
     let mut named = BTreeSet::new();
     for (at, _) in code.match_indices(prefix) {
-        let before = code[..at].chars().next_back();
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+        let before = &code[..at];
+        let tail_of_a_path = before
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+        // `self::super::` is `super::`; any other path before the prefix is somewhere else.
+        let through_self = before.strip_suffix("self::").is_some_and(|b| {
+            !b.chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        });
+        if tail_of_a_path && !through_self {
             continue;
         }
         let rest = &code[at + prefix.len()..];
@@ -338,12 +349,14 @@ fn the_import_check_finds_a_circle_inside_a_module_folder() {
         "fn f() { crate::front::http::g() }",
     )
     .unwrap();
-    // `x::super::` and a crate of another name are not this folder's modules.
+    // `super::super::` and a crate of another name are not this folder's modules;
+    // `self::super::` is.
     std::fs::write(
         front.join("stdio.rs"),
-        "use other_crate::front::http; fn f() { self::super::http::g() }",
+        "use other_crate::front::http; fn f() { super::super::http::g() }",
     )
     .unwrap();
+    std::fs::write(front.join("ws.rs"), "fn f() { self::super::replay::g() }").unwrap();
     let folders = module_folders(dir.path());
     let (folder, module) = folders.iter().find(|(_, m)| m == "crate::front::").unwrap();
     let edges = imports_in(folder, module);
