@@ -171,7 +171,8 @@ impl LineWriter {
                 Ok(n) => {
                     // What the stream did not take goes first: anything queued meanwhile
                     // came after this line.
-                    let rest = line.get(n..).unwrap_or_default().to_vec();
+                    let mut rest = line;
+                    rest.drain(..n);
                     state.queue.push_front(Queued::Line(rest));
                     shared.work.notify_one();
                 }
