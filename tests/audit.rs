@@ -607,6 +607,11 @@ async fn collector(
             }
         }),
     );
+    (serve(app, stop).await, bodies)
+}
+
+/// Serves `app` on loopback until `stop`; its base URL.
+async fn serve(app: axum::Router, stop: &tokio_util::sync::CancellationToken) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = stop.clone();
@@ -616,7 +621,7 @@ async fn collector(
             .await
             .unwrap();
     });
-    (format!("http://{addr}"), bodies)
+    format!("http://{addr}")
 }
 
 // The collector runs on the test's runtime while shutdown waits for the last batch to be
@@ -768,15 +773,7 @@ async fn spans_are_not_sent_where_a_collector_redirects() {
             async move { Redirect::temporary(&target) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let serving = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(serving.cancelled_owned())
-            .await
-            .unwrap();
-    });
+    let endpoint = serve(app, &stop).await;
     let config = Config::parse(&format!(
         "{head}[telemetry]\notlp_endpoint = \"{endpoint}\"\nexport_every_ms = 60000\n{upstream}",
         head = guarded_toml(&pack_dir, &state),
