@@ -36,15 +36,7 @@ const RTT_SAMPLES: usize = 5_000;
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--echo") {
-        // The far end of the bare round trip: every line straight back.
-        let stdin = std::io::stdin();
-        let mut out = std::io::stdout().lock();
-        for line in stdin.lock().lines() {
-            let line = line.unwrap();
-            out.write_all(line.as_bytes()).unwrap();
-            out.write_all(b"\n").unwrap();
-            out.flush().unwrap();
-        }
+        common::echo_lines();
         return;
     }
     // `--only N [--unscoped]`: just one pack size, for a profiler.
@@ -265,6 +257,7 @@ fn measure(n: usize, scoped: bool) -> (f64, f64, f64) {
         taint: &[],
         pinned: true,
         paths: None,
+        provenance: None,
     };
     let started = Instant::now();
     let first = pack.decide(&input);

@@ -38,6 +38,7 @@ mod hold;
 mod identify;
 mod operations;
 mod pin;
+mod provenance;
 mod record;
 mod watch;
 
@@ -83,6 +84,8 @@ struct Standing {
     /// What the store keeps of the call's history.
     kept: crate::store::Standing,
     pin: PinState,
+    /// Where each argument's value came from.
+    provenance: tollgate_policy::Provenance,
 }
 
 /// Decides every tool call by grant and policy.
@@ -118,6 +121,8 @@ pub struct PolicyGuard {
     pins: pin::Pins,
     /// Stage 8: the audit trail, spans and the calls in flight until their outcome.
     trail: record::Trail,
+    /// The forwarded calls whose results are to be noted in their history's index of values.
+    noting: provenance::Noting,
     metrics: crate::metrics::Metrics,
 }
 
@@ -182,6 +187,7 @@ struct Decided<'a, 'i> {
     shadow: Option<&'a Decision>,
     carried: Carried,
     approval: Option<&'a str>,
+    provenance: &'a tollgate_policy::Provenance,
     now: i64,
 }
 
@@ -268,6 +274,7 @@ impl PolicyGuard {
             None
         };
         Ok(Self {
+            noting: provenance::Noting::default(),
             credentials: credential::Credentials {
                 minter,
                 issuer: config.mint.issuer.clone(),
@@ -390,14 +397,19 @@ impl PolicyGuard {
     /// the tool's pin.
     async fn standing(
         &self,
+        call: &ToolCall<'_>,
         key: SessionId,
-        grant: Option<&Grant>,
+        shared: Option<&Arc<identify::Granted>>,
         facts: &ToolFacts,
         now: i64,
     ) -> Result<Standing, StoreError> {
+        let probes = provenance::probes(call);
+        let grant = shared.map(|g| &g.grant);
+        let kept = self.store.standing(key, grant, now, &probes.keys).await?;
         Ok(Standing {
             now,
-            kept: self.store.standing(key, grant, now).await?,
+            provenance: provenance::origins(&probes, &kept, shared.map(|g| &g.intent)),
+            kept,
             pin: self.pins.state(facts),
         })
     }
@@ -464,8 +476,9 @@ impl PolicyGuard {
         let (shared, facts) = (presented.shared(), self.facts(call)?);
         let grant = shared.map(|g| &g.grant);
         let history = identify::history_key(call, grant);
+        // and where each argument's value came from, in the same read.
         let standing = self
-            .standing(history, grant, facts, now)
+            .standing(call, history, shared, facts, now)
             .await
             .map_err(down)?;
         hold::not_held(&standing.kept)?;
@@ -479,6 +492,8 @@ impl PolicyGuard {
         let (mut decision, mut input, shadow) =
             deciding.decide(call, grant, facts, justification.as_deref(), &standing);
         pin::vouch(call.exposed_name, standing.pin, &mut decision);
+        let offset = self.env.offset;
+        provenance::explain_refusal(&mut decision, call.arguments, &standing.provenance, offset);
         // 5 hold: an approval given counts for exactly this call.
         let arguments = CallArguments::new(call.arguments);
         let approvals = &self.approvals;
@@ -511,6 +526,9 @@ impl PolicyGuard {
         self.record(history, now, &decision, grant)
             .await
             .map_err(down)?;
+        if decision.is_allow() {
+            self.noting.expect(call.number, history);
+        }
         Ok(self.verdict(Decided {
             call,
             arguments: &arguments,
@@ -524,6 +542,7 @@ impl PolicyGuard {
             shadow: shadow.as_ref(),
             carried,
             approval: approval.map(|a| a.0),
+            provenance: &standing.provenance,
             now,
         }))
     }
@@ -679,6 +698,7 @@ impl PolicyGuard {
             shadow,
             carried,
             approval,
+            provenance,
             now,
         } = decided;
         let grant = shared.map(|g| &g.grant);
@@ -761,12 +781,15 @@ impl PolicyGuard {
             }
             Effect::NeedsApproval => {
                 self.trail.export_now(&recorded);
+                let origins =
+                    provenance::for_people(decision, call.arguments, provenance, self.env.offset);
                 hold::hold(
                     &self.approval,
                     &self.approvals,
                     &self.trail,
                     &self.credentials,
                     &recorded,
+                    origins,
                     now,
                 )
             }
@@ -854,7 +877,26 @@ impl Interceptor for PolicyGuard {
     }
 
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>) {
+        self.noting.done(call.number);
         self.trail.outcome(&self.metrics, call, outcome);
+    }
+
+    fn wants_results(&self) -> bool {
+        true
+    }
+
+    fn note_result<'a>(
+        &'a self,
+        call: &'a ToolCall<'a>,
+        result: tollgate_proxy::intercept::ResultJson<'a>,
+    ) -> tollgate_proxy::intercept::PendingNote<'a> {
+        Box::pin(async move {
+            let (Some(history), Some(facts)) = (self.noting.done(call.number), call.facts) else {
+                // A call the guard did not let through has no result to note.
+                return Ok(());
+            };
+            provenance::note(&*self.store, &self.current(), facts, history, result, now()).await
+        })
     }
 
     fn shutdown(&self) {

@@ -13,7 +13,9 @@ use std::{collections::HashMap, future::Future, pin::Pin, sync::Mutex};
 
 use serde_json::{Map, Value};
 use tollgate_policy::{
-    ActionClass, Charge, Effect, Grant, LimitUse, SessionLimit, SessionStats, Usage, pack::CLASSES,
+    ActionClass, Charge, Effect, Grant, LimitUse, SessionLimit, SessionStats, Usage,
+    pack::CLASSES,
+    provenance::{Index, Observed, Seen, ValueKey},
 };
 
 pub mod conformance;
@@ -53,6 +55,11 @@ pub struct Standing {
     pub held: Option<Quarantine>,
     /// What the grant's limits have spent so far (only this grant's).
     pub usage: Usage,
+    /// What the history's index of values knows of each value the call was asked about, in
+    /// the order asked.
+    pub seen: Vec<Option<Seen>>,
+    /// The index had to drop a value untrusted content carried: an unseen value may be one.
+    pub index_incomplete: bool,
 }
 
 /// A decided call, as its history keeps it.
@@ -105,12 +112,19 @@ pub enum Charged {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// What stands for a call of `key`'s history under `grant` at `now`: its statistics, its
     /// taints, whether it or `grant` is held for review, and what `grant`'s limits have spent.
+    /// With it, what the history's index of values knows of each of `values` (the call's
+    /// arguments' values), read in the same step.
     fn standing<'a>(
         &'a self,
         key: HistoryKey,
         grant: Option<&'a Grant>,
         now: i64,
+        values: &'a [ValueKey],
     ) -> Pending<'a, Standing>;
+
+    /// Adds the values a result carried to the history's index (bounded; it drops the values
+    /// used least recently, trusted ones first). Done before the agent sees the result.
+    fn note<'a>(&'a self, key: HistoryKey, observed: &'a Observed) -> Pending<'a, ()>;
 
     /// Records a decided call in its history.
     fn record<'a>(&'a self, decided: Decided<'a>) -> Pending<'a, Changed>;
@@ -204,6 +218,8 @@ struct History {
     forget_after: Option<i64>,
     /// When its first call came, for its average rate.
     started: Option<i64>,
+    /// The values its results carried, and where from.
+    index: Index,
 }
 
 /// Histories kept for stateless requests before the expired ones are swept.
@@ -233,8 +249,14 @@ impl MemoryStore {
         locked(&self.histories).len()
     }
 
-    fn read(&self, key: HistoryKey, grant: Option<&Grant>, now: i64) -> Standing {
-        let (stats, taint, mut held) = {
+    fn read(
+        &self,
+        key: HistoryKey,
+        grant: Option<&Grant>,
+        now: i64,
+        values: &[ValueKey],
+    ) -> Standing {
+        let (stats, taint, mut held, seen, index_incomplete) = {
             let mut histories = locked(&self.histories);
             let history = histories.entry(key).or_default();
             let mut stats = history.stats.clone();
@@ -243,7 +265,18 @@ impl MemoryStore {
             stats.denials_last_minute = history.denied_recent.total(now);
             let age = now - *history.started.get_or_insert(now);
             stats.per_minute = stats.calls * 60 / u64::try_from(age.max(60)).unwrap_or(60);
-            (stats, history.taint.clone(), history.quarantined.clone())
+            let seen = if values.is_empty() || history.index.is_empty() {
+                vec![None; values.len()]
+            } else {
+                history.index.look_up(values)
+            };
+            (
+                stats,
+                history.taint.clone(),
+                history.quarantined.clone(),
+                seen,
+                !history.index.complete(),
+            )
         };
         if held.is_none()
             && let Some(grant) = grant
@@ -270,6 +303,8 @@ impl MemoryStore {
             taint,
             held,
             usage,
+            seen,
+            index_incomplete,
         }
     }
 
@@ -398,8 +433,20 @@ impl Store for MemoryStore {
         key: HistoryKey,
         grant: Option<&'a Grant>,
         now: i64,
+        values: &'a [ValueKey],
     ) -> Pending<'a, Standing> {
-        ready(self.read(key, grant, now))
+        ready(self.read(key, grant, now, values))
+    }
+
+    fn note<'a>(&'a self, key: HistoryKey, observed: &'a Observed) -> Pending<'a, ()> {
+        if !observed.values.is_empty() || observed.truncated {
+            locked(&self.histories)
+                .entry(key)
+                .or_default()
+                .index
+                .add(observed);
+        }
+        ready(())
     }
 
     fn record<'a>(&'a self, decided: Decided<'a>) -> Pending<'a, Changed> {

@@ -36,7 +36,15 @@ impl Store for Down {
         _: HistoryKey,
         _: Option<&'a Grant>,
         _: i64,
+        _: &'a [tollgate_policy::provenance::ValueKey],
     ) -> Pending<'a, Standing> {
+        down()
+    }
+    fn note<'a>(
+        &'a self,
+        _: HistoryKey,
+        _: &'a tollgate_policy::provenance::Observed,
+    ) -> Pending<'a, ()> {
         down()
     }
     fn record<'a>(&'a self, _: Decided<'a>) -> Pending<'a, Changed> {

@@ -145,11 +145,30 @@ struct CaseSpec {
     /// `(scope, key) = amount` as `"g-…/budget:*:amount" = 450`.
     #[serde(default)]
     usage: BTreeMap<String, f64>,
+    /// Results the session received before this call, oldest first: where the call's values
+    /// came from is decided on them as the guard would.
+    #[serde(default)]
+    history: Vec<PriorResult>,
     expect: Effect,
     #[serde(default)]
     policies: Option<Vec<String>>,
     #[serde(default)]
     reason_contains: Option<String>,
+}
+
+/// One result a case's session received: from `tool` (declared in the file), its
+/// `structuredContent` and/or its text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriorResult {
+    tool: String,
+    #[serde(default)]
+    structured: Option<Value>,
+    #[serde(default)]
+    text: Option<String>,
+    /// When it came (RFC 3339); the case's `now` by default.
+    #[serde(default)]
+    at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -212,7 +231,9 @@ pub fn explain_case(
                 .join(", ")
         )
     })?;
-    with_input(&file, &tools, case, default_now, |call| pack.explain(call))
+    with_input(pack, &file, &tools, case, default_now, |call| {
+        pack.explain(call)
+    })
 }
 
 /// A parsed cases file, its tools compiled, and its default time.
@@ -252,7 +273,9 @@ fn run_case(
     case: &CaseSpec,
     default_now: i64,
 ) -> Result<(), String> {
-    let decision = with_input(file, tools, case, default_now, |call| pack.decide(call))?;
+    let decision = with_input(pack, file, tools, case, default_now, |call| {
+        pack.decide(call)
+    })?;
     let mut problems = Vec::new();
     if decision.effect != case.expect {
         problems.push(format!(
@@ -287,6 +310,7 @@ fn run_case(
 
 /// Builds the call `case` describes and hands it to `judge`.
 fn with_input<T>(
+    pack: &Pack,
     file: &CaseFile,
     tools: &BTreeMap<String, ToolFacts>,
     case: &CaseSpec,
@@ -343,6 +367,51 @@ fn with_input<T>(
             .ok_or_else(|| format!("usage key `{key}`: expected `<grant id>/<limit key>`"))?;
         usage.insert((scope.to_owned(), key.to_owned()), *amount);
     }
+    // Where the arguments came from: the history's results and what the grant names.
+    let provenance = {
+        let mut index = crate::provenance::Index::default();
+        for prior in &case.history {
+            let from = tools.get(&prior.tool).ok_or_else(|| {
+                format!(
+                    "history: tool `{}` is not declared in this file",
+                    prior.tool
+                )
+            })?;
+            let at = match &prior.at {
+                Some(t) => parse_time(t)?,
+                None => now,
+            };
+            let mut result = Map::new();
+            if let Some(structured) = &prior.structured {
+                result.insert("structuredContent".into(), structured.clone());
+            }
+            let text = prior
+                .text
+                .clone()
+                .or_else(|| prior.structured.as_ref().map(Value::to_string))
+                .unwrap_or_default();
+            result.insert(
+                "content".into(),
+                serde_json::json!([{"type": "text", "text": text}]),
+            );
+            let (output, labels) = pack.output_of(from);
+            index.add(&crate::provenance::observe(
+                &Value::Object(result),
+                from.name(),
+                &output,
+                &labels,
+                at,
+            ));
+        }
+        let probes = crate::provenance::Probes::of(case.arguments.as_ref());
+        let seen = index.look_up(&probes.keys);
+        Some(crate::provenance::Provenance::of(
+            &probes,
+            &seen,
+            &crate::provenance::Intent::of(grant.as_ref()),
+            index.complete(),
+        ))
+    };
     Ok(judge(&CallInput {
         session: &session,
         grant: grant.as_ref(),
@@ -356,6 +425,7 @@ fn with_input<T>(
         taint: &case.taint,
         pinned: case.pinned,
         paths: None,
+        provenance: provenance.as_ref(),
     }))
 }
 
@@ -501,7 +571,7 @@ pub fn review(pack: &Pack, files: &[(String, String)]) -> Result<Vec<ToolReview>
                     grants,
                     cases: Vec::new(),
                 };
-                with_input(&reviewing, &tools, &probe, default_now, |call| {
+                with_input(pack, &reviewing, &tools, &probe, default_now, |call| {
                     pack.explain(call)
                 })
             };

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{pattern::glob_match, resource::ResourceKind};
+use crate::{
+    pattern::glob_match,
+    provenance::{FieldPattern, OutputTrust, Trust},
+    resource::ResourceKind,
+};
 
 /// What an argument the catalog marks `redact` reads as in a record.
 pub const REDACTED: &str = "[redacted]";
@@ -150,6 +154,31 @@ pub struct EntryConfig {
     /// bodies): shown as `[redacted]` to approvers.
     #[serde(default)]
     pub redact: Vec<String>,
+    /// Arguments that say where the call's side effect goes (payee, recipient, URL, path
+    /// written): policies see where their values came from as `context.provenance.targets`.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// How far what the tool returns is trusted as the source of a later call's values:
+    /// `untrusted` (the default: mail, messages, web pages) or `trusted`.
+    #[serde(default)]
+    pub output: Option<OutputLevel>,
+    /// Fields of the output (JSON pointers into its structured content; `*` one key or index,
+    /// `**` any depth) trusted whatever `output` says: a transaction's counterparty as the bank
+    /// records it.
+    #[serde(default)]
+    pub trusted_fields: Vec<String>,
+    /// Fields never trusted whatever `output` or `trusted_fields` say: a transaction's free-text
+    /// subject, a message body.
+    #[serde(default)]
+    pub untrusted_fields: Vec<String>,
+}
+
+/// How far a tool's output is trusted, as the catalog says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputLevel {
+    Trusted,
+    Untrusted,
 }
 
 /// Why a catalog cannot be used.
@@ -162,6 +191,14 @@ pub enum CatalogError {
         index: usize,
         tool: String,
         argument: String,
+    },
+    #[error(
+        "catalog entry {index} (`{tool}`): field `{field}` is not a JSON pointer (it starts with `/`: `/transactions/*/counterparty`)"
+    )]
+    BadField {
+        index: usize,
+        tool: String,
+        field: String,
     },
     #[error("catalog entry {index} (`{tool}`): taint `{taint}` is not a plain label (a-z 0-9 _ -)")]
     BadTaint {
@@ -179,6 +216,10 @@ struct Entry {
     resources: Vec<(String, ResourceKind)>,
     taints: Vec<String>,
     redact: Vec<String>,
+    targets: Vec<String>,
+    output: Option<OutputLevel>,
+    trusted_fields: Vec<FieldPattern>,
+    untrusted_fields: Vec<FieldPattern>,
 }
 
 /// What the catalog says of one tool.
@@ -193,6 +234,10 @@ pub struct Classification {
     pub taints: Vec<String>,
     /// The arguments reviewers see redacted, sorted.
     pub redact: Vec<String>,
+    /// The arguments that say where the side effect goes, sorted.
+    pub targets: Vec<String>,
+    /// How far what the tool returns is trusted.
+    pub output: std::sync::Arc<OutputTrust>,
 }
 
 /// Where a classification came from.
@@ -253,7 +298,36 @@ impl Catalog {
                     taint: taint.clone(),
                 });
             }
+            if let Some(argument) = entry.targets.iter().find(|a| {
+                a.is_empty()
+                    || !a
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            }) {
+                return Err(CatalogError::BadArgument {
+                    index,
+                    tool: entry.tool.clone(),
+                    argument: argument.clone(),
+                });
+            }
+            let fields = |list: &[String]| {
+                list.iter()
+                    .map(|field| {
+                        FieldPattern::parse(field).ok_or_else(|| CatalogError::BadField {
+                            index,
+                            tool: entry.tool.clone(),
+                            field: field.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let trusted_fields = fields(&entry.trusted_fields)?;
+            let untrusted_fields = fields(&entry.untrusted_fields)?;
             checked.push(Entry {
+                targets: entry.targets,
+                output: entry.output,
+                trusted_fields,
+                untrusted_fields,
                 redact: entry.redact,
                 taints: entry.taints,
                 risk: entry.risk.unwrap_or_else(|| entry.class.default_risk()),
@@ -297,9 +371,22 @@ impl Catalog {
             let mut resources: Vec<(String, ResourceKind)> = Vec::new();
             let mut taints: Vec<String> = Vec::new();
             let mut redact: Vec<String> = Vec::new();
+            let mut targets: Vec<String> = Vec::new();
+            // Two entries can only make an output less trusted: the whole of it is trusted
+            // only if one says so and none says otherwise.
+            let mut output = OutputTrust::default();
+            let levels: Vec<OutputLevel> = matching.iter().filter_map(|e| e.output).collect();
+            if !levels.is_empty() && levels.iter().all(|l| *l == OutputLevel::Trusted) {
+                output.default = Trust::Trusted;
+            }
             for entry in &matching {
                 taints.extend(entry.taints.iter().cloned());
                 redact.extend(entry.redact.iter().cloned());
+                targets.extend(entry.targets.iter().cloned());
+                output.trusted.extend(entry.trusted_fields.iter().cloned());
+                output
+                    .untrusted
+                    .extend(entry.untrusted_fields.iter().cloned());
                 class = class.max(entry.class);
                 risk = risk.max(entry.risk);
                 for binding in &entry.resources {
@@ -331,6 +418,12 @@ impl Catalog {
                     redact.dedup();
                     redact
                 },
+                targets: {
+                    targets.sort();
+                    targets.dedup();
+                    targets
+                },
+                output: std::sync::Arc::new(output),
             };
         }
         match hints.implied_class().filter(|_| self.trust_annotations) {
@@ -341,6 +434,8 @@ impl Catalog {
                 resources: Vec::new(),
                 taints: Vec::new(),
                 redact: Vec::new(),
+                targets: Vec::new(),
+                output: std::sync::Arc::default(),
             },
             None => Classification {
                 class: ActionClass::MOST_RESTRICTED,
@@ -349,6 +444,8 @@ impl Catalog {
                 resources: Vec::new(),
                 taints: Vec::new(),
                 redact: Vec::new(),
+                targets: Vec::new(),
+                output: std::sync::Arc::default(),
             },
         }
     }
@@ -366,6 +463,10 @@ mod tests {
             resources: BTreeMap::new(),
             taints: Vec::new(),
             redact: Vec::new(),
+            targets: Vec::new(),
+            output: None,
+            trusted_fields: Vec::new(),
+            untrusted_fields: Vec::new(),
         }
     }
 

@@ -124,6 +124,8 @@ pub struct Decision {
     pub in_band: bool,
     /// The arguments a reviewer sees redacted (from the catalog).
     pub redact: Vec<String>,
+    /// The arguments that say where the side effect goes (from the catalog).
+    pub targets: Vec<String>,
 }
 
 impl Decision {
@@ -146,6 +148,7 @@ impl Decision {
             quarantine: false,
             in_band: false,
             redact: Vec::new(),
+            targets: Vec::new(),
         }
     }
 
@@ -255,6 +258,9 @@ pub struct CallInput<'a> {
     pub pinned: bool,
     /// How the upstream's filesystem resolves paths; `None` binds them lexically only.
     pub paths: Option<&'a dyn PathView>,
+    /// Where each argument's value came from; `None` where nothing was looked up (every
+    /// argument then reads as `unseen`).
+    pub provenance: Option<&'a crate::provenance::Provenance>,
 }
 
 impl Pack {
@@ -264,6 +270,7 @@ impl Pack {
         let mut decision = Decision {
             taints: plan.classification.taints.clone(),
             redact: plan.classification.redact.clone(),
+            targets: plan.classification.targets.clone(),
             ..Decision::undecided(
                 self.version(),
                 plan.classification.class,
@@ -314,6 +321,19 @@ impl Pack {
             }
         }
         self.judge(&plan, call, decision)
+    }
+
+    /// How far what `tool` returns is trusted, and the labels its results carry (the catalog's
+    /// `taints`): what indexing its results needs.
+    pub fn output_of(
+        &self,
+        tool: &ToolFacts,
+    ) -> (std::sync::Arc<crate::provenance::OutputTrust>, Vec<String>) {
+        let plan = self.plan(tool);
+        (
+            std::sync::Arc::clone(&plan.classification.output),
+            plan.classification.taints.clone(),
+        )
     }
 
     /// Could this session ever be allowed to call `tool`? Used to filter `tools/list`: a tool
@@ -658,12 +678,78 @@ impl Pack {
                     self.path_labels(resources).into_iter().map(string),
                 ),
                 "pinned" => RestrictedExpression::new_bool(call.pinned),
+                "provenance" => provenance_record(
+                    call.provenance,
+                    call.arguments,
+                    &plan.classification.targets,
+                )?,
                 _ => continue,
             };
             pairs.push((field.to_owned(), value));
         }
         Context::from_pairs(pairs).map_err(|e| one_line(&e))
     }
+}
+
+/// `context.provenance`: each argument's origin, the trusts of the target arguments the call
+/// has, the labels of every result an argument came from, and whether the index is complete.
+fn provenance_record(
+    provenance: Option<&crate::provenance::Provenance>,
+    arguments: Option<&Map<String, Value>>,
+    targets: &[String],
+) -> Result<RestrictedExpression, String> {
+    use crate::provenance::{Origin, Trust};
+    let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
+    let strings = |items: &[String]| RestrictedExpression::new_set(items.iter().map(|s| string(s)));
+    let origin_record = |origin: &Origin| {
+        RestrictedExpression::new_record([
+            ("trust".to_owned(), string(origin.trust.as_str())),
+            (
+                "embedded".to_owned(),
+                string(origin.embedded.map_or("none", Trust::as_str)),
+            ),
+            ("tools".to_owned(), strings(&origin.tools)),
+            ("labels".to_owned(), strings(&origin.labels)),
+        ])
+        .map_err(|e| one_line(&e))
+    };
+    let unseen = Origin::default();
+    let origin_of = |name: &str| provenance.and_then(|p| p.arg(name)).unwrap_or(&unseen);
+    let mut args = Vec::new();
+    for name in arguments.into_iter().flat_map(Map::keys) {
+        args.push((name.clone(), origin_record(origin_of(name))?));
+    }
+    let mut trusts: Vec<&str> = targets
+        .iter()
+        .filter(|t| arguments.is_some_and(|a| a.get(t.as_str()).is_some_and(|v| !v.is_null())))
+        .map(|t| origin_of(t).trust.as_str())
+        .collect();
+    let has_targets = !trusts.is_empty();
+    trusts.sort_unstable();
+    trusts.dedup();
+    RestrictedExpression::new_record([
+        (
+            "args".to_owned(),
+            RestrictedExpression::new_record(args).map_err(|e| one_line(&e))?,
+        ),
+        (
+            "targets".to_owned(),
+            RestrictedExpression::new_set(trusts.into_iter().map(string)),
+        ),
+        (
+            "has_targets".to_owned(),
+            RestrictedExpression::new_bool(has_targets),
+        ),
+        (
+            "labels".to_owned(),
+            strings(&provenance.map(|p| p.labels()).unwrap_or_default()),
+        ),
+        (
+            "complete".to_owned(),
+            RestrictedExpression::new_bool(provenance.is_none_or(|p| p.complete)),
+        ),
+    ])
+    .map_err(|e| one_line(&e))
 }
 
 fn session_uid(call: &CallInput<'_>) -> cedar_policy::EntityUid {
@@ -810,6 +896,7 @@ mod tests {
             taint: &[],
             pinned: false,
             paths: None,
+            provenance: None,
         })
     }
 
@@ -900,6 +987,7 @@ mod tests {
             taint: &[],
             pinned: false,
             paths: None,
+            provenance: None,
         });
         assert_eq!(d.effect, Effect::Deny);
         assert_eq!(d.policies, ["tollgate:evaluation-error", "cap"]);

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod grant;
 pub mod pack;
 pub mod pattern;
+pub mod provenance;
 pub mod recorded;
 pub mod resource;
 pub mod session_limit;
@@ -30,6 +31,7 @@ pub use grant::{
 };
 pub use pack::{DEFAULT_SCHEMA, Pack, PackError, PackSource, PolicyMeta};
 pub use pattern::{ResourcePattern, glob_match};
+pub use provenance::{Origin, Provenance, Trust};
 pub use resource::{BindError, Bound, PathView, Resource, ResourceKind, bind, bind_seen};
 pub use session_limit::{LimitUse, SessionLimit};
 pub use tool::ToolFacts;

@@ -26,7 +26,7 @@ use crate::{
 pub const DEFAULT_SCHEMA: &str = include_str!("../../../policies/tollgate.cedarschema");
 
 /// The context's top-level fields, as the schema declares them.
-pub(crate) const CONTEXT_FIELDS: [&str; 11] = [
+pub(crate) const CONTEXT_FIELDS: [&str; 12] = [
     "args",
     "resources",
     "intent",
@@ -38,6 +38,7 @@ pub(crate) const CONTEXT_FIELDS: [&str; 11] = [
     "taint",
     "pinned",
     "path_labels",
+    "provenance",
 ];
 
 /// Every action class, least restricted first.

@@ -192,6 +192,10 @@ pub struct InputRecord<'a> {
     /// replay sees the filesystem as the call did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved: Vec<(String, String)>,
+    /// Where each argument's value came from, as the session's index said at the time:
+    /// replay decides on it as the call did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::provenance::Provenance>,
     /// What the engine decided, where an approval, a limit or a credential changed it; absent
     /// where the record's `decision` is the engine's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +234,7 @@ impl<'a> InputRecord<'a> {
             taint: call.taint.to_vec(),
             pinned: call.pinned,
             resolved: decision.resolved.clone(),
+            provenance: call.provenance.cloned(),
             decided: Some(decision.effect),
             policies: Some(decision.policies.iter().cloned().map(Text::from).collect()),
         }
@@ -271,6 +276,7 @@ pub struct Recalled<'r> {
     taint: Vec<String>,
     pinned: bool,
     paths: RecordedPaths,
+    provenance: Option<crate::provenance::Provenance>,
 }
 
 /// The filesystem as a record saw it: the resolutions it kept, every other path as written.
@@ -303,6 +309,7 @@ impl Recalled<'_> {
             taint: &self.taint,
             pinned: self.pinned,
             paths: (!self.paths.0.is_empty()).then_some(&self.paths as _),
+            provenance: self.provenance.as_ref(),
         }
     }
 
@@ -394,6 +401,7 @@ impl Definitions {
             pinned,
             policies,
             resolved,
+            provenance,
             ..
         } = input;
         Ok(Recalled {
@@ -418,6 +426,7 @@ impl Definitions {
             taint,
             pinned,
             paths: RecordedPaths(resolved.into_iter().collect()),
+            provenance,
         })
     }
 }

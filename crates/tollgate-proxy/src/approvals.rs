@@ -79,6 +79,12 @@ pub struct Request {
     pub approvers: Vec<String>,
     /// The agent's own words for the call (untrusted; shown apart from the facts).
     pub justification: Option<String>,
+    /// The task the grant was issued for (trusted: written before the agent read anything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Where each argument's value came from, in plain words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provenance: Vec<String>,
     /// What the call's credential will say it is good for (its `authorization_details`,
     /// less the decision and approval ids), when the upstream takes one.
     pub credential: Option<Value>,
@@ -95,10 +101,16 @@ impl Request {
             "Tollgate is holding a call until you approve it.\n\nTool: {} on upstream {} ({} call)\n",
             self.tool, self.upstream, self.class
         );
+        if let Some(task) = self.task.as_deref().filter(|t| !t.is_empty()) {
+            let _ = writeln!(text, "The task, as the grant was issued: {task}");
+        }
         if !self.resources.is_empty() {
             let _ = writeln!(text, "Resources: {}", self.resources.join(", "));
         }
         let _ = writeln!(text, "Arguments: {}", self.arguments);
+        for line in &self.provenance {
+            let _ = writeln!(text, "- {line}");
+        }
         if let Some(credential) = &self.credential {
             let _ = writeln!(text, "Credential for this one call: {credential}");
         }

@@ -459,7 +459,7 @@ impl FastPath {
         let deadline = self.hub.deadlines.arm(timeout);
         tokio::select! {
             answer = answer => match answer {
-                Ok(line) => Some(self.answer(job, &call, &crate::scrub::bytes(line, &echo))),
+                Ok(line) => Some(self.answer(job, &call, &crate::scrub::bytes(line, &echo)).await),
                 Err(error) => failed(error),
             },
             () = deadline.expired() => {
@@ -476,7 +476,7 @@ impl FastPath {
     }
 
     /// The upstream's answer with the agent's id in place of the raw call's.
-    fn answer(&self, job: &Job, call: &ToolCall<'_>, line: &[u8]) -> Vec<u8> {
+    async fn answer(&self, job: &Job, call: &ToolCall<'_>, line: &[u8]) -> Vec<u8> {
         #[derive(Deserialize)]
         struct ResultFlags {
             #[serde(rename = "isError", default)]
@@ -499,10 +499,18 @@ impl FastPath {
                 .ok()
                 .and_then(|f| f.is_error)
                 == Some(true);
+            let interceptor = &self.hub.interceptor;
+            if interceptor.wants_results()
+                && let Err(reason) = interceptor
+                    .note_result(call, crate::intercept::ResultJson::Text(result.get()))
+                    .await
+            {
+                span.record("outcome", "failed");
+                interceptor.after_call(call, &Outcome::Failed(&reason));
+                return error_line(&job.agent_id, -32603, &reason);
+            }
             span.record("outcome", if is_error { "tool_error" } else { "ok" });
-            self.hub
-                .interceptor
-                .after_call(call, &Outcome::Completed { is_error });
+            interceptor.after_call(call, &Outcome::Completed { is_error });
             return format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, result.get())
                 .into_bytes();
         }

@@ -192,12 +192,39 @@ pub enum Outcome<'a> {
 pub type PendingVerdict<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>>;
 
+/// A forwarded call's result as the upstream sent it (already cleaned of secrets): its JSON
+/// text where the relay did not parse it, or the parsed value.
+#[derive(Debug, Clone, Copy)]
+pub enum ResultJson<'a> {
+    Text(&'a str),
+    Value(&'a serde_json::Value),
+}
+
+/// A result being taken note of; an error withholds the result from the agent (what it
+/// carries could not be remembered, and what is not remembered cannot be judged later).
+pub type PendingNote<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// The hook every tool call passes through.
 pub trait Interceptor: Send + Sync + 'static {
     /// Called before forwarding; the default path forwards.
     fn before_call<'a>(&'a self, call: &'a ToolCall<'a>) -> PendingVerdict<'a>;
     /// Called once the call has ended, whatever the outcome.
     fn after_call(&self, call: &ToolCall<'_>, outcome: &Outcome<'_>);
+    /// Whether [`Interceptor::note_result`] wants results: where nothing does, the relay does
+    /// not hand them over.
+    fn wants_results(&self) -> bool {
+        false
+    }
+    /// Called with a forwarded call's result before the agent sees it (and before
+    /// [`Interceptor::after_call`]); when it fails, the agent gets an error instead.
+    fn note_result<'a>(
+        &'a self,
+        _call: &'a ToolCall<'a>,
+        _result: ResultJson<'a>,
+    ) -> PendingNote<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// Called when approval `approval` of this call was given by `approver`: the verdict now.
     fn resume<'a>(
         &'a self,

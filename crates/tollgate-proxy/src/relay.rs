@@ -304,6 +304,32 @@ impl AgentSession {
                 .await;
             let scrub = crate::scrub::for_call(&upstream.config.scrub, credential.as_ref());
             let scrub = scrub.as_ref();
+            let mut answer = answer;
+            if self.hub.interceptor.wants_results()
+                && let Ok(CallToolResponse::Complete(r)) = &answer
+            {
+                // What is remembered of a result is what the agent may see of it.
+                let cleaned = serde_json::to_value(r)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        crate::scrub::value(v, scrub).map_err(|_| "it held a secret".to_owned())
+                    });
+                let noted = match cleaned {
+                    Ok(value) => {
+                        self.hub
+                            .interceptor
+                            .note_result(&call, crate::intercept::ResultJson::Value(&value))
+                            .await
+                    }
+                    Err(e) => Err(format!("the result could not be read: {e}")),
+                };
+                if let Err(reason) = noted {
+                    answer = Err(ProxyError::UpstreamFailed {
+                        upstream: upstream.name.clone(),
+                        message: reason,
+                    });
+                }
+            }
             let failure;
             let outcome = match &answer {
                 Ok(CallToolResponse::Complete(r)) => {

@@ -60,6 +60,7 @@ impl Deciding<'_> {
                 .local
                 .contains(call.upstream)
                 .then_some(&tollgate_proxy::paths::LocalPaths as &dyn tollgate_policy::PathView),
+            provenance: Some(&standing.provenance),
         };
         let mut decision = self.pack.decide(&input);
         // What replay needs to decide this call again, kept only where there is a trail.
@@ -172,6 +173,7 @@ mod tests {
             now: tollgate_mint::unix_now(),
             kept: crate::store::Standing::default(),
             pin: PinState::Unpinned,
+            provenance: tollgate_policy::Provenance::default(),
         };
         let decide = |path: &str| {
             let arguments = json!({ "path": path }).as_object().cloned().unwrap();

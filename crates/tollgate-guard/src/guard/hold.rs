@@ -32,6 +32,7 @@ pub(crate) fn hold(
     trail: &Trail,
     credentials: &Credentials,
     recorded: &Recorded<'_>,
+    provenance: Vec<String>,
     now: i64,
 ) -> Verdict {
     let Recorded {
@@ -94,6 +95,8 @@ pub(crate) fn hold(
         reasons: decision.reasons.clone(),
         approvers: decision.approvers.clone(),
         justification: justification.map(str::to_owned),
+        task: grant.map(|g| g.task.clone()).filter(|t| !t.is_empty()),
+        provenance,
         credential,
         state: State::Pending,
     };

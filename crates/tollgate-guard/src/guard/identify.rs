@@ -30,12 +30,15 @@ type Checked = Result<Arc<Granted>, TokenError>;
 pub(crate) struct Granted {
     pub(crate) grant: Grant,
     key: String,
+    /// The values the grant names, which a call's arguments are intent when they carry.
+    pub(crate) intent: tollgate_policy::provenance::Intent,
 }
 
 impl Granted {
     fn new(grant: Grant) -> Self {
         let key = tollgate_policy::recorded::grant_key(&grant);
-        Self { grant, key }
+        let intent = tollgate_policy::provenance::Intent::of(Some(&grant));
+        Self { grant, key, intent }
     }
 }
 

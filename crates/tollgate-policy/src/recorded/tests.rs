@@ -33,6 +33,7 @@ fn plain_input(decided: Effect, policy: &str) -> InputRecord<'static> {
         taint: Vec::new(),
         pinned: false,
         resolved: Vec::new(),
+        provenance: None,
         decided: Some(decided),
         policies: Some(vec![Text::from(policy.to_owned())]),
     }

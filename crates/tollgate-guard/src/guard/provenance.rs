@@ -1,0 +1,233 @@
+//! The provenance stage: before a call is decided, where each of its arguments' values came
+//! from (the session's index of the values its results carried, and the values the grant
+//! names); after a forwarded call returns, what its result carried, noted in the index before
+//! the agent sees it. Approvers and refused agents read the origins in plain words.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use serde_json::{Map, Value};
+use tollgate_policy::{
+    Decision, Effect, Pack, ToolFacts, Trust, UtcOffset,
+    provenance::{Intent, Probes, Provenance, describe, observe},
+};
+use tollgate_proxy::intercept::{ResultJson, ToolCall};
+
+use crate::store::{HistoryKey, Standing, Store};
+
+/// The values of a call's arguments to look up in one read with the rest of its standing.
+pub(crate) fn probes(call: &ToolCall<'_>) -> Probes {
+    Probes::of(call.arguments)
+}
+
+/// Each argument's origin, from what the store's index answered and what the grant names.
+pub(crate) fn origins(probes: &Probes, standing: &Standing, intent: Option<&Intent>) -> Provenance {
+    static NONE: std::sync::LazyLock<Intent> = std::sync::LazyLock::new(Intent::default);
+    Provenance::of(
+        probes,
+        &standing.seen,
+        intent.unwrap_or(&NONE),
+        !standing.index_incomplete,
+    )
+}
+
+/// The forwarded calls whose results are still to be noted, by call number, with the history
+/// they belong to.
+#[derive(Debug, Default)]
+pub(crate) struct Noting {
+    pending: Mutex<HashMap<u64, HistoryKey>>,
+}
+
+impl Noting {
+    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HistoryKey>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Call `number`, going ahead, will return a result for `history`'s index.
+    pub(crate) fn expect(&self, number: u64, history: HistoryKey) {
+        self.locked().insert(number, history);
+    }
+
+    /// The call ended; nothing more will be noted for it.
+    pub(crate) fn done(&self, number: u64) -> Option<HistoryKey> {
+        self.locked().remove(&number)
+    }
+
+    /// Calls whose results are awaited (for tests and metrics).
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.locked().len()
+    }
+}
+
+/// Notes what `result` (of `call`, a call of `facts` in `history`) carried in the history's
+/// index, as the pack's catalog says to trust the tool's output.
+pub(crate) async fn note(
+    store: &dyn Store,
+    pack: &Pack,
+    facts: &ToolFacts,
+    history: HistoryKey,
+    result: ResultJson<'_>,
+    now: i64,
+) -> Result<(), String> {
+    let parsed;
+    let value = match result {
+        ResultJson::Value(value) => value,
+        ResultJson::Text(text) => {
+            parsed = serde_json::from_str::<Value>(text)
+                .map_err(|e| format!("the tool's result is not JSON ({e}); it is withheld"))?;
+            &parsed
+        }
+    };
+    let (output, labels) = pack.output_of(facts);
+    let observed = observe(value, facts.name(), &output, &labels, now);
+    store.note(history, &observed).await.map_err(|e| {
+        tracing::error!(error = %e, tool = facts.name(), "a result's values could not be noted; it is withheld");
+        "Tollgate could not note where this result's values came from, so it is withheld".to_owned()
+    })
+}
+
+/// The origins a person reviewing a held call reads: every target, and every argument some
+/// result or the grant carried.
+pub(crate) fn for_people(
+    decision: &Decision,
+    arguments: Option<&Map<String, Value>>,
+    provenance: &Provenance,
+    offset: UtcOffset,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (name, origin) in &provenance.args {
+        let target = decision.targets.contains(name);
+        if !target && origin.trust == Trust::Unseen && origin.embedded.is_none() {
+            continue;
+        }
+        let shown = if decision.redact.contains(name) {
+            tollgate_policy::catalog::REDACTED.to_owned()
+        } else {
+            match arguments.and_then(|a| a.get(name)) {
+                Some(Value::String(text)) => text.clone(),
+                Some(other) => other.to_string(),
+                None => continue,
+            }
+        };
+        let kind = if target { "target " } else { "" };
+        lines.push(format!("{kind}{}", describe(name, &shown, origin, offset)));
+    }
+    lines
+}
+
+/// A denial because of where a target came from says where, so the agent (and the person
+/// reading the trail) can see it was not arbitrary.
+pub(crate) fn explain_refusal(
+    decision: &mut Decision,
+    arguments: Option<&Map<String, Value>>,
+    provenance: &Provenance,
+    offset: UtcOffset,
+) {
+    if decision.effect != Effect::Deny {
+        return;
+    }
+    for name in &decision.targets {
+        let Some(origin) = provenance.arg(name) else {
+            continue;
+        };
+        if origin.trust != Trust::Untrusted {
+            continue;
+        }
+        let shown = match arguments.and_then(|a| a.get(name)) {
+            _ if decision.redact.contains(name) => tollgate_policy::catalog::REDACTED.to_owned(),
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => continue,
+        };
+        decision
+            .reasons
+            .push(describe(name, &shown, origin, offset));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tollgate_policy::provenance::{Observed, OutputTrust, tokens};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_noted_result_answers_the_next_calls_lookup_and_a_late_one_is_forgotten() {
+        let store = MemoryStore::default();
+        let noting = Noting::default();
+        noting.expect(9, 1);
+        assert_eq!(noting.waiting(), 1);
+        let history = noting.done(9).unwrap();
+        let result =
+            json!({"content": [{"type": "text", "text": "wire to US13 3000 0001 2121 2121 212"}]});
+        let observed: Observed = observe(&result, "mail.read", &OutputTrust::default(), &[], 5);
+        store.note(history, &observed).await.unwrap();
+        assert_eq!(noting.done(9), None, "a call is noted once");
+        let arguments = json!({"recipient": "US133000000121212121212"});
+        let probes = Probes::of(arguments.as_object());
+        let standing = store.standing(1, None, 6, &probes.keys).await.unwrap();
+        let provenance = origins(&probes, &standing, None);
+        assert_eq!(provenance.arg("recipient").unwrap().trust, Trust::Untrusted);
+        let key = tokens::tokens("US133000000121212121212").remove(0).0;
+        assert!(store.standing(2, None, 6, &[key]).await.unwrap().seen[0].is_none());
+    }
+
+    #[test]
+    fn a_refusal_for_an_untrusted_target_says_where_it_came_from_and_hides_redacted_values() {
+        let mut decision = Decision::undecided(
+            "v",
+            tollgate_policy::ActionClass::Payment,
+            tollgate_policy::Risk::High,
+        );
+        decision.targets = vec!["recipient".into()];
+        decision.reasons = vec!["refused".into()];
+        let mut index = tollgate_policy::provenance::Index::default();
+        let result = json!({"content": [{"type": "text", "text": "pay US133000000121212121212"}]});
+        index.add(&observe(
+            &result,
+            "mail.read",
+            &OutputTrust::default(),
+            &[],
+            0,
+        ));
+        let arguments = json!({"recipient": "US133000000121212121212"});
+        let probes = Probes::of(arguments.as_object());
+        let seen = index.look_up(&probes.keys);
+        let provenance = Provenance::of(&probes, &seen, &Intent::default(), true);
+        explain_refusal(
+            &mut decision,
+            arguments.as_object(),
+            &provenance,
+            UtcOffset::UTC,
+        );
+        assert_eq!(decision.reasons.len(), 2);
+        assert!(
+            decision.reasons[1]
+                .contains("of mail.read's result, content the catalog does not trust"),
+            "{:?}",
+            decision.reasons
+        );
+        let lines = for_people(
+            &decision,
+            arguments.as_object(),
+            &provenance,
+            UtcOffset::UTC,
+        );
+        assert!(
+            lines[0].starts_with("target recipient `US133000000121212121212`"),
+            "{lines:?}"
+        );
+        decision.redact = vec!["recipient".into()];
+        let lines = for_people(
+            &decision,
+            arguments.as_object(),
+            &provenance,
+            UtcOffset::UTC,
+        );
+        assert!(!lines[0].contains("US1330"), "{lines:?}");
+    }
+}
