@@ -1,6 +1,8 @@
 //! A call's arguments as an agent sends them, decided by the filesystem-sandbox pack: schema
 //! validation, binding every path-like argument, the grant, the path labels and the Cedar
-//! context. Never a panic, and a path the grant does not cover is never allowed.
+//! context. Never a panic, and a path the grant does not cover is never allowed. The same
+//! arguments, returned first as an untrusted result, are looked up again: a string a result
+//! carried whole is never `unseen`, however it is spelled.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -8,7 +10,8 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use tollgate_policy::{
     CallInput, Effect, Environment, Grant, Hints, Pack, PackSource, SchemaCache, SessionFacts,
-    SessionStats, ToolFacts, Usage,
+    SessionStats, ToolFacts, Trust, Usage,
+    provenance::{Index, Intent, OutputTrust, Probes, Provenance, observe, tokens},
 };
 
 static PACK: LazyLock<Pack> = LazyLock::new(|| {
@@ -70,6 +73,26 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let tool = &TOOLS[usize::from(which) % TOOLS.len()];
+    let mut index = Index::default();
+    let result = serde_json::json!({ "structuredContent": serde_json::Value::Object(arguments.clone()) });
+    let observed = observe(&result, "fuzz.read", &OutputTrust::default(), &[], 0);
+    index.add(&observed);
+    let probes = Probes::of(Some(&arguments));
+    let seen = index.look_up(&probes.keys);
+    let provenance = Provenance::of(&probes, &seen, &Intent::of(Some(&GRANT)), index.complete());
+    if !observed.truncated {
+        for (name, value) in &arguments {
+            if let serde_json::Value::String(text) = value
+                && tokens::whole(text).is_some()
+            {
+                let origin = provenance.arg(name);
+                assert!(
+                    origin.is_some_and(|o| o.trust != Trust::Unseen),
+                    "{name}: {text:?} was in a result but reads as unseen: {origin:?}"
+                );
+            }
+        }
+    }
     let call = CallInput {
         session: &SessionFacts::default(),
         grant: Some(&GRANT),
@@ -83,6 +106,7 @@ fuzz_target!(|data: &[u8]| {
         taint: &[],
         pinned: true,
         paths: None,
+        provenance: Some(&provenance),
     };
     let decision = PACK.decide(&call);
     if decision.effect != Effect::Deny {
