@@ -186,3 +186,19 @@ pub fn echo_guard(
         token.display().to_string(),
     ]
 }
+
+/// The far end of a bare stdio round trip: every line on stdin straight back on stdout.
+pub fn echo_lines() {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { return };
+        if out.write_all(line.as_bytes()).is_err()
+            || out.write_all(b"\n").is_err()
+            || out.flush().is_err()
+        {
+            return;
+        }
+    }
+}
