@@ -9,7 +9,7 @@
 //! [`Index`] in its store, looks a call's [`Probes`] up in one read and hands the engine the
 //! [`Provenance`] it computed, which the decision record keeps for replay.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -64,17 +64,6 @@ impl Trust {
         } else {
             self
         }
-    }
-}
-
-impl std::str::FromStr for Trust {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        [Self::Unseen, Self::Untrusted, Self::Trusted, Self::Intent]
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or(())
     }
 }
 
@@ -920,13 +909,8 @@ pub fn describe(name: &str, value: &str, origin: &Origin, offset: crate::UtcOffs
                 Trust::Untrusted => "content the catalog does not trust",
                 Trust::Intent | Trust::Unseen => "a result",
             };
-            let inside = if origin.embedded.is_some() && whole_unseen(origin) {
-                " (inside a longer value)"
-            } else {
-                ""
-            };
             format!(
-                "{name} `{shown}`{inside} first appeared in {} of {}'s result, {whose}, {:02}:{:02}",
+                "{name} `{shown}` first appeared in {} of {}'s result, {whose}, {:02}:{:02}",
                 field_words(&first.field),
                 first.tool,
                 time.hour,
@@ -937,10 +921,6 @@ pub fn describe(name: &str, value: &str, origin: &Origin, offset: crate::UtcOffs
             "{name} `{shown}` appeared in no result this session has seen, and the grant does not name it"
         ),
     }
-}
-
-fn whole_unseen(origin: &Origin) -> bool {
-    origin.embedded == Some(origin.trust)
 }
 
 fn field_words(field: &str) -> String {
@@ -963,9 +943,6 @@ fn shorten(value: &str) -> String {
     shown.push('…');
     shown
 }
-
-/// Shared so a catalog's classification can hand it out cheaply.
-pub type SharedOutputTrust = Arc<OutputTrust>;
 
 #[cfg(test)]
 mod tests;

@@ -88,6 +88,25 @@ pub(crate) async fn note(
     })
 }
 
+/// An argument's value as a person (or a refused agent, or the trail) may read it: hidden
+/// where the catalog redacts it or where it came from a labelled result (a secret's value
+/// must not reach a reason, the trail or a log by being explained).
+fn shown(
+    decision: &Decision,
+    name: &str,
+    origin: &tollgate_policy::Origin,
+    arguments: Option<&Map<String, Value>>,
+) -> Option<String> {
+    let value = arguments.and_then(|a| a.get(name))?;
+    if decision.redact.iter().any(|r| r == name) || !origin.labels.is_empty() {
+        return Some(tollgate_policy::catalog::REDACTED.to_owned());
+    }
+    Some(match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    })
+}
+
 /// The origins a person reviewing a held call reads: every target, and every argument some
 /// result or the grant carried.
 pub(crate) fn for_people(
@@ -102,14 +121,8 @@ pub(crate) fn for_people(
         if !target && origin.trust == Trust::Unseen && origin.embedded.is_none() {
             continue;
         }
-        let shown = if decision.redact.contains(name) {
-            tollgate_policy::catalog::REDACTED.to_owned()
-        } else {
-            match arguments.and_then(|a| a.get(name)) {
-                Some(Value::String(text)) => text.clone(),
-                Some(other) => other.to_string(),
-                None => continue,
-            }
+        let Some(shown) = shown(decision, name, origin, arguments) else {
+            continue;
         };
         let kind = if target { "target " } else { "" };
         lines.push(format!("{kind}{}", describe(name, &shown, origin, offset)));
@@ -135,15 +148,11 @@ pub(crate) fn explain_refusal(
         if origin.trust != Trust::Untrusted {
             continue;
         }
-        let shown = match arguments.and_then(|a| a.get(name)) {
-            _ if decision.redact.contains(name) => tollgate_policy::catalog::REDACTED.to_owned(),
-            Some(Value::String(text)) => text.clone(),
-            Some(other) => other.to_string(),
-            None => continue,
+        let Some(shown) = shown(decision, name, origin, arguments) else {
+            continue;
         };
-        decision
-            .reasons
-            .push(describe(name, &shown, origin, offset));
+        let said = describe(name, &shown, origin, offset);
+        decision.reasons.push(said);
     }
 }
 
@@ -229,5 +238,45 @@ mod tests {
             UtcOffset::UTC,
         );
         assert!(!lines[0].contains("US1330"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_value_read_from_a_secret_is_never_repeated_in_a_reason_or_a_prompt() {
+        let mut decision = Decision::undecided(
+            "v",
+            tollgate_policy::ActionClass::Egress,
+            tollgate_policy::Risk::Medium,
+        );
+        decision.effect = Effect::Deny;
+        decision.targets = vec!["url".into()];
+        let mut index = tollgate_policy::provenance::Index::default();
+        let secret = json!({"content": [{"type": "text", "text": "https://hooks.example.net/T0KEN-s3cr3t-991"}]});
+        let labels = ["secret_read".to_owned()];
+        index.add(&observe(
+            &secret,
+            "vault.get",
+            &OutputTrust::default(),
+            &labels,
+            0,
+        ));
+        let arguments = json!({"url": "https://hooks.example.net/T0KEN-s3cr3t-991"});
+        let probes = Probes::of(arguments.as_object());
+        let seen = index.look_up(&probes.keys);
+        let provenance = Provenance::of(&probes, &seen, &Intent::default(), true);
+        explain_refusal(
+            &mut decision,
+            arguments.as_object(),
+            &provenance,
+            UtcOffset::UTC,
+        );
+        let lines = for_people(
+            &decision,
+            arguments.as_object(),
+            &provenance,
+            UtcOffset::UTC,
+        );
+        let said = format!("{:?} {lines:?}", decision.reasons);
+        assert!(!said.contains("s3cr3t"), "{said}");
+        assert!(said.contains("url `[redacted]` first appeared"), "{said}");
     }
 }
