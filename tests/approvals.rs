@@ -58,17 +58,20 @@ async fn gate() -> Gate {
     gate_with(FINANCE_GATE, "").await
 }
 
+/// The catalog of the gate's pack: `add` writes, with `b` redacted; `echo` is admin.
+const CATALOG: &str = "purposes = [\"work\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n[[tool]]\ntool = \"add\"\nclass = \"write\"\nredact = [\"b\"]\n[[tool]]\ntool = \"echo\"\nclass = \"admin\"\n";
+
 /// A guarded fixture under `policies`, with approvers ada (finance) and bob (ops);
 /// `approvals` adds to the `[approvals]` table.
 async fn gate_with(policies: &str, approvals: &str) -> Gate {
+    gate_with_catalog(policies, approvals, CATALOG).await
+}
+
+async fn gate_with_catalog(policies: &str, approvals: &str, catalog: &str) -> Gate {
     let tmp = tempfile::tempdir().unwrap();
     let (pack, state) = (tmp.path().join("pack"), tmp.path().join("state"));
     reads_pack(&pack, policies);
-    std::fs::write(
-        pack.join("pack.toml"),
-        "purposes = [\"work\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n[[tool]]\ntool = \"add\"\nclass = \"write\"\nredact = [\"b\"]\n[[tool]]\ntool = \"echo\"\nclass = \"admin\"\n",
-    )
-    .unwrap();
+    std::fs::write(pack.join("pack.toml"), catalog).unwrap();
     for (name, token) in [("ada", ADA), ("bob", BOB), ("admin", ADMIN)] {
         std::fs::write(tmp.path().join(name), token).unwrap();
     }
@@ -233,6 +236,42 @@ async fn an_approved_call_goes_ahead_and_its_token_names_the_approval() {
     // Answered once only.
     assert_eq!(g.answer(ADA, &id, "approve", "").await.0, 409);
     g.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_approver_sees_what_the_catalog_shows_them_and_the_trail_never_does() {
+    let catalog = CATALOG.replace(
+        "redact = [\"b\"]",
+        "redact = [\"a\", \"b\"]\nshown_to_approvers = [\"b\"]",
+    );
+    let g = gate_with_catalog(FINANCE_GATE, "", &catalog).await;
+    let waiting = g.spawn_call(json!({"a": 40, "b": 4_242_424}));
+    let pending = g.wait_pending(1).await;
+    assert_eq!(
+        pending[0]["arguments"],
+        json!({"a": "[redacted]", "b": 4_242_424}),
+        "the approver judges `b` by its value; `a` stays hidden"
+    );
+    let id = pending[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(g.answer(ADA, &id, "approve", "ok").await.0, 200);
+    let result = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text_of(&result), "4242464", "{result:?}");
+    g.proxy.shutdown().await;
+    let mut trail = String::new();
+    for entry in std::fs::read_dir(g._tmp.path().join("state/audit")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            trail.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    assert!(trail.contains(r#""b":"[redacted]""#), "{trail}");
+    assert!(
+        !trail.contains("4242424"),
+        "the trail keeps the value hidden: {trail}"
+    );
 }
 
 #[tokio::test]

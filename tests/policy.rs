@@ -732,6 +732,104 @@ fn grant_inspect_shows_the_claims_and_whether_they_would_be_accepted() {
     }
 }
 
+#[test]
+fn grant_issue_takes_finer_constraints_and_approve_entries_and_narrowing_keeps_the_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let token = issue(
+        &state,
+        &[
+            "--purpose",
+            "work",
+            "--action",
+            "payment",
+            "--resource",
+            "payee:GB29NWBK60161331926819",
+            "--approve",
+            "payee:*",
+            "--constraint",
+            "bank.pay:amount?<=100",
+            "--constraint",
+            "bank.pay:lines[].amount<=50",
+            "--constraint",
+            "bank.pay:note=absent",
+        ],
+    );
+    let out = tollgate(&[
+        "grant",
+        "inspect",
+        &token,
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let claims: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["approve"], json!(["payee:*"]));
+    assert_eq!(
+        claims["constraints"],
+        json!([
+            {"tool": "bank.pay", "argument": "amount", "optional": true, "max": 100.0},
+            {"tool": "bank.pay", "argument": "lines", "each": {"field": "amount"}, "max": 50.0},
+            {"tool": "bank.pay", "argument": "note", "absent": true},
+        ])
+    );
+    // A child that names every payee plainly would let them go ahead without the person the
+    // parent asks for.
+    let out = tollgate(&[
+        "grant",
+        "narrow",
+        &token,
+        "--state",
+        state.to_str().unwrap(),
+        "--resource",
+        "payee:GB29NWBK60161331926819",
+        "--resource",
+        "payee:DE*",
+        "--approve",
+        "payee:FR*",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("calls on `payee:DE*` wait for a person under the parent"),
+        "{}",
+        text(&out)
+    );
+    let out = tollgate(&[
+        "grant",
+        "narrow",
+        &token,
+        "--state",
+        state.to_str().unwrap(),
+        "--approve",
+        "payee:DE*",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for bad in [
+        "bank.pay:amount?=absent",
+        "bank.pay:lines[]x<=1",
+        "bank.pay:amount<=lots",
+    ] {
+        let out = tollgate(&[
+            "grant",
+            "issue",
+            "--state",
+            state.to_str().unwrap(),
+            "--purpose",
+            "work",
+            "--action",
+            "read",
+            "--constraint",
+            bad,
+        ]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            text(&out).contains("`--constraint`: expected"),
+            "{bad}: {}",
+            text(&out)
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_stdio_agent_can_hand_its_grant_over_on_the_first_line_of_stdin() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -227,6 +227,7 @@ fn measure(n: usize, scoped: bool) -> (f64, f64, f64) {
         agent: Some("bench".into()),
         user: Some("ada".into()),
         resources: BTreeSet::from(["path:/srv/app/**".parse().unwrap()]),
+        approve: BTreeSet::new(),
         actions: BTreeSet::from([ActionClass::Read]),
         tools: BTreeSet::from(["fs.*".to_owned()]),
         constraints: Vec::new(),

@@ -12,8 +12,8 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 use tollgate_mint::{GrantSigner, GrantVerifier, RevocationList, new_grant_id, revoke};
 use tollgate_policy::{
-    ActionClass, Constraint, Grant, Limit, LimitKind, NarrowRequest, ResourcePattern, Rule,
-    clock::utc_text,
+    ActionClass, Constraint, Grant, Limit, LimitKind, NarrowRequest, ResourcePattern,
+    clock::utc_text, grant::ConstraintSyntax,
 };
 
 /// The longest a grant may live: grants are for one task, not for standing access.
@@ -101,8 +101,15 @@ pub(crate) struct ScopeArgs {
     /// `repo:acme/web`, `host:api.example.com`.
     #[arg(long = "resource", value_name = "KIND:PATTERN")]
     resources: Vec<String>,
+    /// A resource the task concerns whose calls wait for a person even where policy allows
+    /// them (repeat). Where `--resource` names a resource exactly, that entry decides, so
+    /// `--resource recipient:alice@corp.example --approve recipient:*@corp.example` holds
+    /// every recipient but Alice.
+    #[arg(long = "approve", value_name = "KIND:PATTERN")]
+    approve: Vec<String>,
     /// A rule on an argument (repeat): `TOOL:ARG<=N`, `TOOL:ARG>=N`, `TOOL:ARG=a|b`,
-    /// `TOOL:ARG~GLOB`.
+    /// `TOOL:ARG~GLOB`, `TOOL:ARG=absent`. `ARG?` lets an absent argument pass; `ARG[]` and
+    /// `ARG[].FIELD` judge each element of an array.
     #[arg(long = "constraint", value_name = "RULE")]
     constraints: Vec<String>,
     /// At most this many calls in all.
@@ -152,6 +159,7 @@ pub(crate) fn run(command: GrantCommand) -> anyhow::Result<()> {
                 agent,
                 user,
                 resources: parse_resources(&scope.resources)?,
+                approve: parse_resources(&scope.approve)?,
                 actions,
                 tools,
                 constraints: parse_constraints(&scope.constraints)?,
@@ -219,6 +227,11 @@ pub(crate) fn run(command: GrantCommand) -> anyhow::Result<()> {
                     None
                 } else {
                     Some(parse_resources(&scope.resources)?)
+                },
+                approve: if scope.approve.is_empty() {
+                    None
+                } else {
+                    Some(parse_resources(&scope.approve)?)
                 },
                 constraints: parse_constraints(&scope.constraints)?,
                 limits: parse_limits(&scope, &id)?,
@@ -332,41 +345,15 @@ fn parse_resources(given: &[String]) -> anyhow::Result<BTreeSet<ResourcePattern>
         .collect()
 }
 
-/// `TOOL:ARG<op>VALUE`.
+/// `TOOL:ARG<op>VALUE`, as [`Constraint`]'s text.
 fn parse_constraints(given: &[String]) -> anyhow::Result<Vec<Constraint>> {
-    let mut constraints = Vec::new();
-    for text in given {
-        let bad = || {
-            anyhow::anyhow!(
-                "`--constraint`: expected `TOOL:ARG<=N`, `TOOL:ARG>=N`, `TOOL:ARG=a|b` or `TOOL:ARG~GLOB`, not `{text}`"
-            )
-        };
-        let (tool, rest) = text.split_once(':').ok_or_else(bad)?;
-        let (argument, rule) = if let Some((arg, n)) = rest.split_once("<=") {
-            (arg, Rule::Max(n.trim().parse().map_err(|_| bad())?))
-        } else if let Some((arg, n)) = rest.split_once(">=") {
-            (arg, Rule::Min(n.trim().parse().map_err(|_| bad())?))
-        } else if let Some((arg, glob)) = rest.split_once('~') {
-            (arg, Rule::Matches(glob.to_owned()))
-        } else if let Some((arg, values)) = rest.split_once('=') {
-            let values = values
-                .split('|')
-                .map(|v| serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned())))
-                .collect();
-            (arg, Rule::OneOf(values))
-        } else {
-            return Err(bad());
-        };
-        if tool.is_empty() || argument.is_empty() {
-            return Err(bad());
-        }
-        constraints.push(Constraint {
-            tool: tool.to_owned(),
-            argument: argument.to_owned(),
-            rule,
-        });
-    }
-    Ok(constraints)
+    given
+        .iter()
+        .map(|text| {
+            text.parse()
+                .map_err(|e: ConstraintSyntax| anyhow::anyhow!("`--constraint`: {e}"))
+        })
+        .collect()
 }
 
 fn parse_limits(scope: &ScopeArgs, id: &str) -> anyhow::Result<Vec<Limit>> {

@@ -144,6 +144,7 @@ mod tests {
             agent: None,
             user: Some("ada".into()),
             resources: BTreeSet::from(["customer:42".parse().unwrap()]),
+            approve: BTreeSet::new(),
             actions: BTreeSet::from([ActionClass::Read, ActionClass::Payment]),
             tools: BTreeSet::from(["payments.*".to_owned()]),
             constraints: Vec::new(),

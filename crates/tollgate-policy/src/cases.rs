@@ -96,6 +96,8 @@ struct GrantSpec {
     user: Option<String>,
     #[serde(default)]
     resources: BTreeSet<ResourcePattern>,
+    #[serde(default)]
+    approve: BTreeSet<ResourcePattern>,
     actions: BTreeSet<ActionClass>,
     #[serde(default = "all_tools")]
     tools: BTreeSet<String>,
@@ -445,6 +447,7 @@ fn make_grant(name: &str, spec: &GrantSpec, now: i64) -> Grant {
         agent: spec.agent.clone(),
         user: spec.user.clone(),
         resources: spec.resources.clone(),
+        approve: spec.approve.clone(),
         actions: spec.actions.clone(),
         tools: spec.tools.clone(),
         constraints: spec.constraints.clone(),
@@ -556,6 +559,7 @@ pub fn review(pack: &Pack, files: &[(String, String)]) -> Result<Vec<ToolReview>
                         agent: None,
                         user: None,
                         resources: resources.clone(),
+                        approve: BTreeSet::new(),
                         actions: CLASSES.into_iter().collect(),
                         tools: all_tools(),
                         constraints: Vec::new(),

@@ -151,9 +151,14 @@ pub struct EntryConfig {
     #[serde(default)]
     pub taints: Vec<String>,
     /// Arguments whose values a person reviewing the call never sees (card numbers, message
-    /// bodies): shown as `[redacted]` to approvers.
+    /// bodies): `[redacted]` in the trail, in logs and to approvers.
     #[serde(default)]
     pub redact: Vec<String>,
+    /// Of the `redact` arguments, those an approver deciding a held call sees in full (a
+    /// payee's account number): still `[redacted]` in the trail and everywhere else. Where two
+    /// entries take a tool, an argument is shown only if every entry that redacts it says so.
+    #[serde(default)]
+    pub shown_to_approvers: Vec<String>,
     /// Arguments that say where the call's side effect goes (payee, recipient, URL, path
     /// written): policies see where their values came from as `context.provenance.targets`.
     #[serde(default)]
@@ -216,6 +221,7 @@ struct Entry {
     resources: Vec<(String, ResourceKind)>,
     taints: Vec<String>,
     redact: Vec<String>,
+    shown_to_approvers: Vec<String>,
     targets: Vec<String>,
     output: Option<OutputLevel>,
     trusted_fields: Vec<FieldPattern>,
@@ -232,8 +238,10 @@ pub struct Classification {
     pub resources: Vec<(String, ResourceKind)>,
     /// The labels a call of this tool gives its session, sorted.
     pub taints: Vec<String>,
-    /// The arguments reviewers see redacted, sorted.
+    /// The arguments the trail, logs and reviewers see redacted, sorted.
     pub redact: Vec<String>,
+    /// Of those, the arguments an approver of a held call sees in full, sorted.
+    pub shown_to_approvers: Vec<String>,
     /// The arguments that say where the side effect goes, sorted.
     pub targets: Vec<String>,
     /// How far what the tool returns is trusted.
@@ -329,6 +337,7 @@ impl Catalog {
                 trusted_fields,
                 untrusted_fields,
                 redact: entry.redact,
+                shown_to_approvers: entry.shown_to_approvers,
                 taints: entry.taints,
                 risk: entry.risk.unwrap_or_else(|| entry.class.default_risk()),
                 pattern: entry.tool,
@@ -371,6 +380,8 @@ impl Catalog {
             let mut resources: Vec<(String, ResourceKind)> = Vec::new();
             let mut taints: Vec<String> = Vec::new();
             let mut redact: Vec<String> = Vec::new();
+            // Redacted by some entry that does not show it to approvers.
+            let mut hidden: Vec<&String> = Vec::new();
             let mut targets: Vec<String> = Vec::new();
             // Two entries can only make an output less trusted: the whole of it is trusted
             // only if one says so and none says otherwise.
@@ -382,6 +393,12 @@ impl Catalog {
             for entry in &matching {
                 taints.extend(entry.taints.iter().cloned());
                 redact.extend(entry.redact.iter().cloned());
+                hidden.extend(
+                    entry
+                        .redact
+                        .iter()
+                        .filter(|r| !entry.shown_to_approvers.contains(r)),
+                );
                 targets.extend(entry.targets.iter().cloned());
                 output.trusted.extend(entry.trusted_fields.iter().cloned());
                 output
@@ -413,6 +430,16 @@ impl Catalog {
                     taints.dedup();
                     taints
                 },
+                shown_to_approvers: {
+                    let mut shown: Vec<String> = redact
+                        .iter()
+                        .filter(|r| !hidden.contains(r))
+                        .cloned()
+                        .collect();
+                    shown.sort();
+                    shown.dedup();
+                    shown
+                },
                 redact: {
                     redact.sort();
                     redact.dedup();
@@ -434,6 +461,7 @@ impl Catalog {
                 resources: Vec::new(),
                 taints: Vec::new(),
                 redact: Vec::new(),
+                shown_to_approvers: Vec::new(),
                 targets: Vec::new(),
                 output: std::sync::Arc::default(),
             },
@@ -444,6 +472,7 @@ impl Catalog {
                 resources: Vec::new(),
                 taints: Vec::new(),
                 redact: Vec::new(),
+                shown_to_approvers: Vec::new(),
                 targets: Vec::new(),
                 output: std::sync::Arc::default(),
             },
@@ -463,6 +492,7 @@ mod tests {
             resources: BTreeMap::new(),
             taints: Vec::new(),
             redact: Vec::new(),
+            shown_to_approvers: Vec::new(),
             targets: Vec::new(),
             output: None,
             trusted_fields: Vec::new(),

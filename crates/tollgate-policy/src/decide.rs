@@ -9,15 +9,15 @@ use std::{
 };
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, Request, RestrictedExpression,
+    Authorizer, Decision as CedarDecision, Entities, Entity, Request, RestrictedExpression,
 };
 use serde_json::{Map, Value};
 
 use crate::{
     catalog::{ActionClass, Risk},
-    clock::{LocalTime, UtcOffset},
-    grant::{Charge, Grant, Usage},
-    pack::{CLASSES, CONTEXT_FIELDS, Pack, TYPES, ToolPlan, one_line, uid},
+    clock::UtcOffset,
+    grant::{Charge, Grant, Matched, Usage},
+    pack::{Pack, TYPES, ToolPlan, one_line, uid},
     resource::{PathView, Resource, bind_seen},
     tool::ToolFacts,
 };
@@ -48,6 +48,8 @@ pub mod step {
     pub const ARGUMENTS: &str = "tollgate:arguments";
     pub const RESOURCES: &str = "tollgate:resources";
     pub const GRANT: &str = "tollgate:grant";
+    /// An allowed call on a resource the grant says waits for a person.
+    pub const GRANT_APPROVE: &str = "tollgate:grant-approve";
     pub const PURPOSE: &str = "tollgate:purpose";
     pub const DEFAULT_DENY: &str = "tollgate:default-deny";
     pub const EVALUATION: &str = "tollgate:evaluation-error";
@@ -122,10 +124,16 @@ pub struct Decision {
     /// For a call that needs approval: every gating policy says `@in_band`, so the user at
     /// the agent may approve it too (where configuration allows it for the call's class).
     pub in_band: bool,
-    /// The arguments a reviewer sees redacted (from the catalog).
+    /// The arguments the trail and a reviewer see redacted (from the catalog).
     pub redact: Vec<String>,
+    /// Of those, the arguments an approver of this call sees in full (from the catalog).
+    pub shown_to_approvers: Vec<String>,
     /// The arguments that say where the side effect goes (from the catalog).
     pub targets: Vec<String>,
+    /// Which of the grant's resource entries the call's resources fell under.
+    pub matched: Matched,
+    /// Every argument of the call is fixed by the grant.
+    pub pinned: bool,
 }
 
 impl Decision {
@@ -148,36 +156,62 @@ impl Decision {
             quarantine: false,
             in_band: false,
             redact: Vec::new(),
+            shown_to_approvers: Vec::new(),
             targets: Vec::new(),
+            matched: Matched::default(),
+            pinned: false,
         }
     }
 
-    /// `arguments` as a person reviewing the call may see them: the catalog's redacted
-    /// arguments replaced, wherever they are nested.
+    /// `arguments` as the trail keeps them and a person reviewing the call may see them: the
+    /// catalog's redacted arguments replaced, wherever they are nested.
     pub fn redacted<'v>(&self, arguments: &'v Value) -> std::borrow::Cow<'v, Value> {
-        fn walk(value: &Value, names: &[String]) -> Value {
-            match value {
-                Value::Object(map) => Value::Object(
-                    map.iter()
-                        .map(|(k, v)| {
-                            let shown = if names.contains(k) {
-                                Value::String(crate::catalog::REDACTED.to_owned())
-                            } else {
-                                walk(v, names)
-                            };
-                            (k.clone(), shown)
-                        })
-                        .collect(),
-                ),
-                Value::Array(items) => Value::Array(items.iter().map(|v| walk(v, names)).collect()),
-                other => other.clone(),
-            }
+        hidden(arguments, |name| self.redact.iter().any(|r| r == name))
+    }
+
+    /// `arguments` as the approver of this held call sees them: redacted but for those the
+    /// catalog shows to approvers.
+    pub fn for_approvers<'v>(&self, arguments: &'v Value) -> std::borrow::Cow<'v, Value> {
+        hidden(arguments, |name| self.hidden_from_approvers(name))
+    }
+
+    /// An approver does not see the value of argument `name`.
+    pub fn hidden_from_approvers(&self, name: &str) -> bool {
+        self.redact.iter().any(|r| r == name) && !self.shown_to_approvers.iter().any(|r| r == name)
+    }
+}
+
+/// `arguments` with the value of every key `hide` names replaced, wherever it is nested.
+fn hidden<'v>(arguments: &'v Value, hide: impl Fn(&str) -> bool) -> std::borrow::Cow<'v, Value> {
+    fn walk(value: &Value, hide: &dyn Fn(&str) -> bool) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        let shown = if hide(k) {
+                            Value::String(crate::catalog::REDACTED.to_owned())
+                        } else {
+                            walk(v, hide)
+                        };
+                        (k.clone(), shown)
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(|v| walk(v, hide)).collect()),
+            other => other.clone(),
         }
-        if self.redact.is_empty() {
-            std::borrow::Cow::Borrowed(arguments)
-        } else {
-            std::borrow::Cow::Owned(walk(arguments, &self.redact))
+    }
+    fn any_hidden(value: &Value, hide: &dyn Fn(&str) -> bool) -> bool {
+        match value {
+            Value::Object(map) => map.iter().any(|(k, v)| hide(k) || any_hidden(v, hide)),
+            Value::Array(items) => items.iter().any(|v| any_hidden(v, hide)),
+            _ => false,
         }
+    }
+    if any_hidden(arguments, &hide) {
+        std::borrow::Cow::Owned(walk(arguments, &hide))
+    } else {
+        std::borrow::Cow::Borrowed(arguments)
     }
 }
 
@@ -270,6 +304,7 @@ impl Pack {
         let mut decision = Decision {
             taints: plan.classification.taints.clone(),
             redact: plan.classification.redact.clone(),
+            shown_to_approvers: plan.classification.shown_to_approvers.clone(),
             targets: plan.classification.targets.clone(),
             ..Decision::undecided(
                 self.version(),
@@ -311,14 +346,20 @@ impl Pack {
                 class: plan.classification.class,
                 resources: &decision.resources,
                 arguments: call.arguments,
+                provenance: call.provenance,
             };
-            match grant
-                .admits(&scope, call.now)
-                .and_then(|charges| grant.check_limits(call.usage, &charges).map(|()| charges))
-            {
-                Ok(charges) => decision.charges = charges,
+            match grant.admits(&scope, call.now).and_then(|admitted| {
+                grant
+                    .check_limits(call.usage, &admitted.charges)
+                    .map(|()| admitted)
+            }) {
+                Ok(admitted) => {
+                    decision.charges = admitted.charges;
+                    decision.matched = admitted.matched;
+                }
                 Err(e) => return deny(decision, step::GRANT, e.to_string()),
             }
+            decision.pinned = grant.pins(call.tool.name(), call.arguments, call.provenance);
         }
         self.judge(&plan, call, decision)
     }
@@ -357,9 +398,9 @@ impl Pack {
         &self,
         plan: &ToolPlan,
         call: &CallInput<'_>,
-        resources: &[Resource],
+        decision: &Decision,
     ) -> Result<(Request, Arc<Entities>), String> {
-        self.context(plan, call, resources)
+        self.context(plan, call, decision)
             .and_then(|context| {
                 Request::new(
                     session_uid(call),
@@ -382,7 +423,7 @@ impl Pack {
         let decision = self.decide(call);
         let plan = self.plan(call.tool);
         let mut considered = Vec::new();
-        let evaluated = self.request(&plan, call, &decision.resources);
+        let evaluated = self.request(&plan, call, &decision);
         for policy in plan.slice.policies() {
             let id = policy.id().to_string();
             let permit = policy.effect() == cedar_policy::Effect::Permit;
@@ -431,7 +472,7 @@ impl Pack {
     }
 
     fn judge(&self, plan: &ToolPlan, call: &CallInput<'_>, mut decision: Decision) -> Decision {
-        let (request, entities) = match self.request(plan, call, &decision.resources) {
+        let (request, entities) = match self.request(plan, call, &decision) {
             Ok(parts) => parts,
             Err(detail) => {
                 decision.detail = Some(detail);
@@ -502,13 +543,14 @@ impl Pack {
                     .iter()
                     .filter(|id| self.meta().get(*id).is_some_and(|m| m.needs_approval))
                     .collect();
-                if gated.is_empty() {
+                if gated.is_empty() && !decision.matched.approve() {
                     decision.effect = Effect::Allow;
                     decision.reasons = determining.iter().filter_map(reason_of).collect();
                 } else {
                     decision.effect = Effect::NeedsApproval;
                     // One gate that wants a named approver keeps the call out of the agent's
-                    // hands.
+                    // hands; the grant's own hold lets the user at the agent answer where
+                    // configuration allows it.
                     decision.in_band = gated
                         .iter()
                         .all(|id| self.meta().get(*id).is_some_and(|m| m.in_band));
@@ -525,6 +567,20 @@ impl Pack {
                                 .unwrap_or_else(|| "this call needs a person's approval".to_owned())
                         })
                         .collect();
+                    if decision.matched.approve() {
+                        decision.reasons.push(format!(
+                            "grant {} says calls on {} wait for a person",
+                            call.grant.map_or("", |g| g.id.as_str()),
+                            decision
+                                .matched
+                                .held
+                                .iter()
+                                .map(|e| format!("`{e}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                        determining.insert(0, step::GRANT_APPROVE.to_owned());
+                    }
                 }
                 decision.policies = determining;
             }
@@ -586,170 +642,6 @@ impl Pack {
         cache.insert(key, Arc::clone(&entities));
         Ok(entities)
     }
-
-    /// The call's context, with only the fields a policy of the plan's slice can read: every
-    /// value costs a few hundred nanoseconds to build and Cedar then evaluates it again.
-    fn context(
-        &self,
-        plan: &ToolPlan,
-        call: &CallInput<'_>,
-        resources: &[Resource],
-    ) -> Result<Context, String> {
-        let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
-        let record = |pairs: Vec<(&str, RestrictedExpression)>| {
-            RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
-                .map_err(|e| one_line(&e))
-        };
-        let mut pairs: Vec<(String, RestrictedExpression)> =
-            Vec::with_capacity(CONTEXT_FIELDS.len());
-        for field in CONTEXT_FIELDS {
-            if !plan.reads(field) {
-                continue;
-            }
-            let value = match field {
-                "args" => match call.arguments {
-                    Some(arguments) => json_record(arguments)?,
-                    None => record(Vec::new())?,
-                },
-                "resources" => {
-                    RestrictedExpression::new_set(resources.iter().map(|r| string(&r.to_string())))
-                }
-                "intent" => record(vec![
-                    (
-                        "purpose",
-                        string(call.grant.map_or("", |g| g.purpose.as_str())),
-                    ),
-                    ("task", string(call.grant.map_or("", |g| g.task.as_str()))),
-                    ("justification", string(call.justification.unwrap_or(""))),
-                ])?,
-                "grant" => record(vec![
-                    (
-                        "present",
-                        RestrictedExpression::new_bool(call.grant.is_some()),
-                    ),
-                    ("id", string(call.grant.map_or("", |g| g.id.as_str()))),
-                    (
-                        "expires_in",
-                        RestrictedExpression::new_long(call.grant.map_or(0, |g| g.exp - call.now)),
-                    ),
-                ])?,
-                "time" => {
-                    let local = LocalTime::at(call.now, call.env.offset);
-                    // A whole number of seconds rather than a `datetime`, whose construction
-                    // alone costs more than a microsecond.
-                    record(vec![
-                        ("instant", RestrictedExpression::new_long(call.now)),
-                        ("hour", long(u64::from(local.hour))),
-                        ("weekday", string(local.weekday_name())),
-                    ])?
-                }
-                "environment" => string(&call.env.label),
-                "client" => record(vec![
-                    ("transport", string(&call.session.transport)),
-                    ("address", string(&call.session.address)),
-                ])?,
-                "stats" => {
-                    let mut stats = vec![
-                        ("calls", long(call.stats.calls)),
-                        ("calls_last_minute", long(call.stats.calls_last_minute)),
-                        ("denials", long(call.stats.denials)),
-                        ("denials_last_minute", long(call.stats.denials_last_minute)),
-                        ("calls_last_10s", long(call.stats.calls_last_10s)),
-                        ("per_minute", long(call.stats.per_minute)),
-                        (
-                            "first_of_class",
-                            RestrictedExpression::new_bool(
-                                CLASSES
-                                    .iter()
-                                    .position(|c| *c == plan.classification.class)
-                                    .and_then(|i| call.stats.by_class.get(i))
-                                    .is_none_or(|n| *n == 0),
-                            ),
-                        ),
-                    ];
-                    for (class, count) in CLASSES.iter().zip(call.stats.by_class) {
-                        stats.push((class.as_str(), long(count)));
-                    }
-                    record(stats)?
-                }
-                "taint" => RestrictedExpression::new_set(call.taint.iter().map(|t| string(t))),
-                "path_labels" => RestrictedExpression::new_set(
-                    self.path_labels(resources).into_iter().map(string),
-                ),
-                "pinned" => RestrictedExpression::new_bool(call.pinned),
-                "provenance" => provenance_record(
-                    call.provenance,
-                    call.arguments,
-                    &plan.classification.targets,
-                )?,
-                _ => continue,
-            };
-            pairs.push((field.to_owned(), value));
-        }
-        Context::from_pairs(pairs).map_err(|e| one_line(&e))
-    }
-}
-
-/// `context.provenance`: each argument's origin, the trusts of the target arguments the call
-/// has, the labels of every result an argument came from, and whether the index is complete.
-fn provenance_record(
-    provenance: Option<&crate::provenance::Provenance>,
-    arguments: Option<&Map<String, Value>>,
-    targets: &[String],
-) -> Result<RestrictedExpression, String> {
-    use crate::provenance::{Origin, Trust};
-    let string = |s: &str| RestrictedExpression::new_string(s.to_owned());
-    let strings = |items: &[String]| RestrictedExpression::new_set(items.iter().map(|s| string(s)));
-    let origin_record = |origin: &Origin| {
-        RestrictedExpression::new_record([
-            ("trust".to_owned(), string(origin.trust.as_str())),
-            (
-                "embedded".to_owned(),
-                string(origin.embedded.map_or("none", Trust::as_str)),
-            ),
-            ("tools".to_owned(), strings(&origin.tools)),
-            ("labels".to_owned(), strings(&origin.labels)),
-        ])
-        .map_err(|e| one_line(&e))
-    };
-    let unseen = Origin::default();
-    let origin_of = |name: &str| provenance.and_then(|p| p.arg(name)).unwrap_or(&unseen);
-    let mut args = Vec::new();
-    for name in arguments.into_iter().flat_map(Map::keys) {
-        args.push((name.clone(), origin_record(origin_of(name))?));
-    }
-    let mut trusts: Vec<&str> = targets
-        .iter()
-        .filter(|t| arguments.is_some_and(|a| a.get(t.as_str()).is_some_and(|v| !v.is_null())))
-        .map(|t| origin_of(t).trust.as_str())
-        .collect();
-    let has_targets = !trusts.is_empty();
-    trusts.sort_unstable();
-    trusts.dedup();
-    RestrictedExpression::new_record([
-        (
-            "args".to_owned(),
-            RestrictedExpression::new_record(args).map_err(|e| one_line(&e))?,
-        ),
-        (
-            "targets".to_owned(),
-            RestrictedExpression::new_set(trusts.into_iter().map(string)),
-        ),
-        (
-            "has_targets".to_owned(),
-            RestrictedExpression::new_bool(has_targets),
-        ),
-        (
-            "labels".to_owned(),
-            strings(&provenance.map(|p| p.labels()).unwrap_or_default()),
-        ),
-        (
-            "complete".to_owned(),
-            RestrictedExpression::new_bool(provenance.is_none_or(|p| p.complete)),
-        ),
-    ])
-    .map_err(|e| one_line(&e))
 }
 
 fn session_uid(call: &CallInput<'_>) -> cedar_policy::EntityUid {
@@ -758,53 +650,6 @@ fn session_uid(call: &CallInput<'_>) -> cedar_policy::EntityUid {
 
 /// Callers whose entities a tool plan keeps.
 const ENTITY_CACHE: usize = 1024;
-
-/// Arguments as a Cedar record. Whole numbers are `Long`, numbers with up to four decimals
-/// `decimal`, any other number a string (so a policy that reads it as a number fails, and the
-/// call is denied rather than judged on a rounded value); `null` is left out, as if absent.
-fn json_record(object: &Map<String, Value>) -> Result<RestrictedExpression, String> {
-    let mut fields = Vec::with_capacity(object.len());
-    for (key, value) in object {
-        if let Some(expr) = json_value(value)? {
-            fields.push((key.clone(), expr));
-        }
-    }
-    RestrictedExpression::new_record(fields).map_err(|e| one_line(&e))
-}
-
-fn json_value(value: &Value) -> Result<Option<RestrictedExpression>, String> {
-    Ok(Some(match value {
-        Value::Null => return Ok(None),
-        Value::Bool(b) => RestrictedExpression::new_bool(*b),
-        Value::String(s) => RestrictedExpression::new_string(s.clone()),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => RestrictedExpression::new_long(i),
-            None => match n.as_f64().and_then(decimal_text) {
-                Some(text) => RestrictedExpression::new_decimal(text),
-                None => RestrictedExpression::new_string(n.to_string()),
-            },
-        },
-        Value::Array(items) => {
-            let mut set = Vec::with_capacity(items.len());
-            for item in items {
-                if let Some(expr) = json_value(item)? {
-                    set.push(expr);
-                }
-            }
-            RestrictedExpression::new_set(set)
-        }
-        Value::Object(object) => json_record(object)?,
-    }))
-}
-
-/// `n` as Cedar decimal text when it has at most four decimals and fits.
-fn decimal_text(n: f64) -> Option<String> {
-    let scaled = n * 10_000.0;
-    if !scaled.is_finite() || scaled.abs() >= 9.2e18 || scaled.fract() != 0.0 {
-        return None;
-    }
-    Some(format!("{n:.4}"))
-}
 
 /// `SessionStats::by_class` as a record writes it: a map of the classes with calls.
 pub(crate) mod by_class {
@@ -831,170 +676,6 @@ pub(crate) mod by_class {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
+mod tests;
 
-    use serde_json::json;
-
-    use super::*;
-    use crate::{PackSource, SchemaCache, catalog::Hints};
-
-    fn pack(policies: &str) -> Pack {
-        Pack::compile(&PackSource {
-            name: "t".into(),
-            manifest: "purposes = [\"p\"]\n[[tool]]\ntool = \"*\"\nclass = \"read\"\n".into(),
-            schema: None,
-            policies: vec![("t.cedar".into(), policies.into())],
-            extra_tools: Vec::new(),
-        })
-        .unwrap()
-    }
-
-    fn tool(name: &str) -> ToolFacts {
-        let open = json!({"type": "object"}).as_object().cloned().unwrap();
-        ToolFacts::new(
-            name,
-            "up",
-            Hints::default(),
-            None,
-            SchemaCache::default().compile(&open),
-        )
-    }
-
-    /// A grant for `read` calls of any tool until t=10,000.
-    fn reader() -> Grant {
-        Grant {
-            id: "g-00000000000000000000aaaa".into(),
-            iss: "tollgate".into(),
-            iat: 0,
-            exp: 10_000,
-            chain: Vec::new(),
-            purpose: "p".into(),
-            task: String::new(),
-            agent: None,
-            user: None,
-            resources: BTreeSet::new(),
-            actions: BTreeSet::from([ActionClass::Read]),
-            tools: BTreeSet::from(["*".to_owned()]),
-            constraints: Vec::new(),
-            limits: Vec::new(),
-        }
-    }
-
-    fn decide(pack: &Pack, tool: &ToolFacts, stats: &SessionStats) -> Decision {
-        let grant = reader();
-        pack.decide(&CallInput {
-            session: &SessionFacts::default(),
-            grant: Some(&grant),
-            tool,
-            arguments: None,
-            justification: None,
-            now: 100,
-            env: &Environment::default(),
-            stats,
-            usage: &Usage::new(),
-            taint: &[],
-            pinned: false,
-            paths: None,
-            provenance: None,
-        })
-    }
-
-    #[test]
-    fn only_fields_the_slice_names_are_built_and_the_rest_still_decide() {
-        let pack = pack(
-            r#"
-            @id("all") permit (principal, action, resource);
-            @id("busy") forbid (principal, action, resource == Tool::"b")
-              when { context.stats.calls_last_minute > 5 };
-            "#,
-        );
-        let (a, b) = (tool("a"), tool("b"));
-        let a_plan = pack.plan(&a);
-        let b_plan = pack.plan(&b);
-        assert!(!a_plan.reads("stats") && !a_plan.reads("args"));
-        assert!(b_plan.reads("stats"));
-        let busy = SessionStats {
-            calls_last_minute: 9,
-            ..SessionStats::default()
-        };
-        assert_eq!(decide(&pack, &a, &busy).effect, Effect::Allow);
-        let d = decide(&pack, &b, &busy);
-        assert_eq!(
-            (d.effect, d.policies.as_slice()),
-            (Effect::Deny, ["busy".to_owned()].as_slice())
-        );
-        assert_eq!(
-            decide(&pack, &b, &SessionStats::default()).effect,
-            Effect::Allow
-        );
-    }
-
-    #[test]
-    fn the_user_at_the_agent_may_approve_only_when_every_gate_says_so() {
-        let open = pack(
-            r#"
-            @id("gate") @needs_approval @in_band permit (principal, action, resource);
-            "#,
-        );
-        let d = decide(&open, &tool("a"), &SessionStats::default());
-        assert_eq!((d.effect, d.in_band), (Effect::NeedsApproval, true));
-        let mixed = pack(
-            r#"
-            @id("gate") @needs_approval @in_band permit (principal, action, resource);
-            @id("finance") @needs_approval @approvers("finance") permit (principal, action, resource == Tool::"b");
-            "#,
-        );
-        let a = decide(&mixed, &tool("a"), &SessionStats::default());
-        assert!(a.in_band, "only the in-band gate holds `a`");
-        let b = decide(&mixed, &tool("b"), &SessionStats::default());
-        assert_eq!(
-            (b.effect, b.in_band, b.approvers.as_slice()),
-            (
-                Effect::NeedsApproval,
-                false,
-                ["finance".to_owned()].as_slice()
-            ),
-            "a gate naming approvers keeps the call out of the agent's hands"
-        );
-        let plain = pack(r#"@id("all") permit (principal, action, resource);"#);
-        assert!(!decide(&plain, &tool("a"), &SessionStats::default()).in_band);
-    }
-
-    #[test]
-    fn an_evaluation_error_denies_even_when_a_permit_holds() {
-        // `context.args.amount` is a string here, so `<` fails to evaluate.
-        let pack = pack(
-            r#"
-            @id("all") permit (principal, action, resource);
-            @id("cap") forbid (principal, action, resource)
-              when { context.args has amount && context.args.amount > 100 };
-            "#,
-        );
-        let t = tool("t");
-        let grant_args = json!({"amount": "lots"}).as_object().cloned().unwrap();
-        let grant = reader();
-        let d = pack.decide(&CallInput {
-            session: &SessionFacts::default(),
-            grant: Some(&grant),
-            tool: &t,
-            arguments: Some(&grant_args),
-            justification: None,
-            now: 100,
-            env: &Environment::default(),
-            stats: &SessionStats::default(),
-            usage: &Usage::new(),
-            taint: &[],
-            pinned: false,
-            paths: None,
-            provenance: None,
-        });
-        assert_eq!(d.effect, Effect::Deny);
-        assert_eq!(d.policies, ["tollgate:evaluation-error", "cap"]);
-        assert!(d.detail.is_some());
-        assert!(
-            !d.reason_text().contains("context"),
-            "no policy text reaches the agent"
-        );
-    }
-}
+mod context;

@@ -7,6 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod constraint;
+
+pub use constraint::{Constraint, ConstraintSyntax, Each, Problem, Rule};
+
 use crate::{
     catalog::ActionClass,
     clock::utc_text,
@@ -44,6 +48,10 @@ pub struct Grant {
     /// The resources the task concerns.
     #[serde(default)]
     pub resources: BTreeSet<ResourcePattern>,
+    /// Resources the task concerns whose calls wait for a person even where policy allows
+    /// them; a resource both here and in `resources` waits.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub approve: BTreeSet<ResourcePattern>,
     /// The action classes allowed.
     pub actions: BTreeSet<ActionClass>,
     /// Globs over exposed tool names.
@@ -52,29 +60,6 @@ pub struct Grant {
     pub constraints: Vec<Constraint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<Limit>,
-}
-
-/// A rule on one argument of the tools a glob names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Constraint {
-    pub tool: String,
-    pub argument: String,
-    #[serde(flatten)]
-    pub rule: Rule,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    /// A number no greater than this.
-    Max(f64),
-    /// A number no less than this.
-    Min(f64),
-    /// One of these values exactly.
-    OneOf(Vec<Value>),
-    /// A string matching this glob.
-    Matches(String),
 }
 
 /// A count or a sum kept across every call of a grant and its children.
@@ -157,6 +142,57 @@ pub enum GrantDenial {
     },
 }
 
+/// What a call within its grant adds to the grant's limits, and which of the grant's resource
+/// entries its resources fell under.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Admitted {
+    pub charges: Vec<Charge>,
+    pub matched: Matched,
+}
+
+/// Which of the grant's resource entries a call's resources fell under, and how: what Cedar
+/// reads as `context.grant.matched`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matched {
+    /// The entries that decided, as the grant writes them, sorted.
+    pub entries: Vec<String>,
+    /// The call touches resources and the grant names every one of them exactly.
+    pub exact: bool,
+    /// The entries among them that say `approve`: the call waits for a person.
+    pub held: Vec<String>,
+}
+
+impl Matched {
+    /// Some entry that decided says the call waits for a person.
+    pub fn approve(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
+/// The entries that take one resource.
+struct EntryFit<'g> {
+    /// The entries that decide, and whether each says `approve`.
+    patterns: Vec<(&'g ResourcePattern, bool)>,
+    exact: bool,
+}
+
+impl EntryFit<'_> {
+    fn approve(&self) -> bool {
+        self.patterns.iter().any(|(_, approve)| *approve)
+    }
+}
+
+/// Does the host entry `pattern` take the URL `resource`? A URL is judged by its host, bound
+/// from the same argument: grants name hosts.
+fn takes_by_host(pattern: &ResourcePattern, resource: &Resource, all: &[Resource]) -> bool {
+    resource.kind == "url"
+        && all.iter().any(|r| {
+            r.kind == "host"
+                && pattern.matches(r)
+                && url_host(&resource.value).is_some_and(|h| h == r.value)
+        })
+}
+
 /// The parts of a call a grant judges.
 #[derive(Debug, Clone, Copy)]
 pub struct CallScope<'a> {
@@ -164,6 +200,8 @@ pub struct CallScope<'a> {
     pub class: ActionClass,
     pub resources: &'a [Resource],
     pub arguments: Option<&'a Map<String, Value>>,
+    /// Where the call's values came from: what a `kind:from(…)` entry takes.
+    pub provenance: Option<&'a crate::provenance::Provenance>,
 }
 
 impl Grant {
@@ -188,6 +226,7 @@ impl Grant {
             agent: None,
             user: None,
             resources: BTreeSet::new(),
+            approve: BTreeSet::new(),
             actions: actions.into_iter().collect(),
             tools: BTreeSet::from(["*".to_owned()]),
             constraints: Vec::new(),
@@ -231,16 +270,31 @@ impl Grant {
     }
 
     /// Checks one call against everything the grant says except its limits' usage, and
-    /// returns what the call would add to the limits.
-    pub fn admits(&self, call: &CallScope<'_>, now: i64) -> Result<Vec<Charge>, GrantDenial> {
+    /// returns what the call would add to the limits and which entries its resources fell
+    /// under.
+    pub fn admits(&self, call: &CallScope<'_>, now: i64) -> Result<Admitted, GrantDenial> {
         self.check_time(now)?;
         self.admits_tool(call.tool, call.class)?;
+        let mut matched = Matched {
+            exact: !call.resources.is_empty(),
+            ..Matched::default()
+        };
         for resource in call.resources {
-            if !self.covers_resource(resource, call.resources) {
+            let Some(entry) = self.entry_for(resource, call.resources, call.provenance) else {
                 return Err(GrantDenial::Resource {
                     resource: resource.to_string(),
                     grant: self.id.clone(),
                 });
+            };
+            matched.exact &= entry.exact;
+            for (pattern, approve) in entry.patterns {
+                let text = pattern.to_string();
+                if approve && let Err(at) = matched.held.binary_search(&text) {
+                    matched.held.insert(at, text.clone());
+                }
+                if let Err(at) = matched.entries.binary_search(&text) {
+                    matched.entries.insert(at, text);
+                }
             }
         }
         for constraint in self
@@ -248,11 +302,10 @@ impl Grant {
             .iter()
             .filter(|c| glob_match(&c.tool, call.tool))
         {
-            let value = call.arguments.and_then(|a| a.get(&constraint.argument));
-            if let Some(problem) = constraint.rule.problem(value) {
+            if let Some(Problem { at, problem }) = constraint.problem(call.arguments) {
                 return Err(GrantDenial::Constraint {
                     tool: call.tool.to_owned(),
-                    argument: constraint.argument.clone(),
+                    argument: at,
                     problem,
                     grant: self.id.clone(),
                 });
@@ -288,7 +341,7 @@ impl Grant {
                 amount,
             });
         }
-        Ok(charges)
+        Ok(Admitted { charges, matched })
     }
 
     /// Would `charges` overrun a limit given `usage`? Checked again, atomically, by whoever
@@ -340,19 +393,96 @@ impl Grant {
         Ok(())
     }
 
-    fn covers_resource(&self, resource: &Resource, all: &[Resource]) -> bool {
-        if self.resources.iter().any(|p| p.matches(resource)) {
-            return true;
+    /// The entries `resource` falls under. Where the grant names it exactly, those entries
+    /// decide (a recipient named by itself is not held because a pattern that also takes it is);
+    /// otherwise every pattern that takes it, and one that says `approve` holds it.
+    fn entry_for(
+        &self,
+        resource: &Resource,
+        all: &[Resource],
+        provenance: Option<&crate::provenance::Provenance>,
+    ) -> Option<EntryFit<'_>> {
+        let entries = self
+            .resources
+            .iter()
+            .map(|p| (p, false))
+            .chain(self.approve.iter().map(|p| (p, true)));
+        // A source entry takes a value a field it names carried this session, as the call
+        // gives it.
+        let sourced = |p: &ResourcePattern| {
+            p.source().is_some()
+                && p.kind() == resource.kind
+                && provenance.is_some_and(|pv| pv.sourced(&p.to_string(), &resource.value))
+        };
+        let taking: Vec<(&ResourcePattern, bool)> = entries
+            .filter(|(p, _)| p.matches(resource) || takes_by_host(p, resource, all) || sourced(p))
+            .collect();
+        if taking.is_empty() {
+            return None;
         }
-        // A URL is judged by its host: grants name hosts.
-        if resource.kind == "url" {
-            return all.iter().any(|r| {
-                r.kind == "host" && self.resources.iter().any(|p| p.matches(r)) && {
-                    url_host(&resource.value).is_some_and(|h| h == r.value)
-                }
+        // A URL is taken by its host's entry, which names the host, not the URL.
+        let named_exactly = |p: &ResourcePattern| p.is_exact() && p.matches(resource);
+        let exact = taking.iter().any(|(p, _)| named_exactly(p));
+        let deciding: Vec<(&ResourcePattern, bool)> = taking
+            .into_iter()
+            .filter(|(p, _)| !exact || named_exactly(p))
+            .collect();
+        Some(EntryFit {
+            exact,
+            patterns: deciding,
+        })
+    }
+
+    /// Might a call on something `entry` takes wait for a person under this grant? Exact for
+    /// an exact entry; for a pattern or a source, any `approve` entry of its kind that may
+    /// overlap it counts (sound, not complete: a rare `true` only refuses a narrowing that was
+    /// safe).
+    fn may_hold(&self, entry: &ResourcePattern) -> bool {
+        if let Some(resource) = entry.as_resource() {
+            return self
+                .entry_for(&resource, std::slice::from_ref(&resource), None)
+                .is_some_and(|fit| fit.approve());
+        }
+        // A source entry may take any value of its kind, the held ones included.
+        let any_value = entry.source().is_some();
+        self.approve.iter().any(|held| {
+            held.kind() == entry.kind()
+                && (any_value
+                    || held
+                        .as_resource()
+                        .is_none_or(|resource| entry.matches(&resource)))
+        })
+    }
+
+    /// Is every argument of this call fixed by the grant: one of the values a `one_of`
+    /// constraint on it lists, or a value the grant names exactly (its resources, its task's
+    /// words) as a whole? A call with no arguments is not pinned.
+    pub fn pins(
+        &self,
+        tool: &str,
+        arguments: Option<&Map<String, Value>>,
+        provenance: Option<&crate::provenance::Provenance>,
+    ) -> bool {
+        let mut given = arguments
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .peekable();
+        if given.peek().is_none() {
+            return false;
+        }
+        given.all(|(name, value)| {
+            let listed = self.constraints.iter().any(|c| {
+                c.argument == *name
+                    && c.each.is_none()
+                    && glob_match(&c.tool, tool)
+                    && c.rule.values().is_some_and(|values| values.contains(value))
             });
-        }
-        false
+            let named = provenance.and_then(|p| p.arg(name)).is_some_and(|origin| {
+                origin.trust == crate::provenance::Trust::Intent && origin.embedded.is_none()
+            });
+            listed || named
+        })
     }
 
     /// Makes a child of this grant from `request`. Refused unless the child is a subset.
@@ -371,6 +501,7 @@ impl Grant {
         let actions = request.actions.unwrap_or_else(|| self.actions.clone());
         let tools = request.tools.unwrap_or_else(|| self.tools.clone());
         let resources = request.resources.unwrap_or_else(|| self.resources.clone());
+        let approve = request.approve.unwrap_or_else(|| self.approve.clone());
         let mut constraints = self.constraints.clone();
         constraints.extend(request.constraints);
         let mut limits = self.limits.clone();
@@ -391,6 +522,7 @@ impl Grant {
             agent: self.agent.clone().or(request.agent),
             user: self.user.clone(),
             resources,
+            approve,
             actions,
             tools,
             constraints,
@@ -431,10 +563,25 @@ impl Grant {
                 )));
             }
         }
-        for resource in &child.resources {
-            if !self.resources.iter().any(|p| p.covers(resource)) {
+        // A child entry lies within a parent entry that does not wait for a person, or it
+        // waits itself: narrowing never takes a hold away.
+        let plain = child.resources.iter().map(|r| (r, false));
+        for (resource, held) in plain.chain(child.approve.iter().map(|r| (r, true))) {
+            let within = |p: &&ResourcePattern| p.covers(resource);
+            if !self
+                .resources
+                .iter()
+                .chain(&self.approve)
+                .any(|p| within(&p))
+            {
                 return Err(NarrowError::Widens(format!(
                     "resources `{resource}` are not all within the parent's"
+                )));
+            }
+            let held_by_parent = !held && self.may_hold(resource);
+            if held_by_parent {
+                return Err(NarrowError::Widens(format!(
+                    "calls on `{resource}` wait for a person under the parent; the child must say `approve` too"
                 )));
             }
         }
@@ -515,39 +662,6 @@ fn url_host(url: &str) -> Option<String> {
         .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
 }
 
-impl Rule {
-    /// What is wrong with `value` under this rule, if anything.
-    fn problem(&self, value: Option<&Value>) -> Option<String> {
-        let Some(value) = value else {
-            return Some("is required by the grant".to_owned());
-        };
-        match self {
-            Rule::Max(max) => match value.as_f64() {
-                Some(n) if n <= *max => None,
-                Some(_) => Some(format!("is above the grant's limit of {max}")),
-                None => Some("must be a number".to_owned()),
-            },
-            Rule::Min(min) => match value.as_f64() {
-                Some(n) if n >= *min => None,
-                Some(_) => Some(format!("is below the grant's floor of {min}")),
-                None => Some("must be a number".to_owned()),
-            },
-            Rule::OneOf(allowed) => {
-                if allowed.contains(value) {
-                    None
-                } else {
-                    Some("is not one of the values the grant allows".to_owned())
-                }
-            }
-            Rule::Matches(pattern) => match value.as_str() {
-                Some(s) if glob_match(pattern, s) => None,
-                Some(_) => Some(format!("does not match `{pattern}`")),
-                None => Some("must be a string".to_owned()),
-            },
-        }
-    }
-}
-
 /// What to change when narrowing; `None` keeps the parent's.
 #[derive(Debug, Clone, Default)]
 pub struct NarrowRequest {
@@ -557,6 +671,7 @@ pub struct NarrowRequest {
     pub actions: Option<BTreeSet<ActionClass>>,
     pub tools: Option<BTreeSet<String>>,
     pub resources: Option<BTreeSet<ResourcePattern>>,
+    pub approve: Option<BTreeSet<ResourcePattern>>,
     /// Added to the parent's.
     pub constraints: Vec<Constraint>,
     /// Added to the parent's, counted against the child.

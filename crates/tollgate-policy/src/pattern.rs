@@ -3,7 +3,8 @@
 //!
 //! Names (`fs.read_*`) and named resources (`repo:acme/*`) use globs: `*` any run, `?` one
 //! character. Paths use segments: `*` and `?` stay within one segment and a final `**`
-//! takes the folder and everything under it (`path:/srv/app/**`).
+//! takes the folder and everything under it (`path:/srv/app/**`). Fields of a tool's output
+//! use JSON pointer patterns (`/transactions/*/counterparty`, `**` any depth).
 
 use std::fmt;
 
@@ -175,7 +176,85 @@ pub fn path_covers(outer: &str, inner: &str) -> bool {
     }
 }
 
-/// A pattern over resources as a grant names them: `kind:pattern`.
+/// One segment of a field pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// A key, and the array index it also is when it is a number.
+    Name(String, Option<usize>),
+    /// `*`: any one key or index.
+    Any,
+    /// `**`: any number of segments, none included.
+    AnyDepth,
+}
+
+/// One step into a result: an object's key or an array's index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step<'v> {
+    Key(&'v str),
+    Index(usize),
+}
+
+/// A JSON pointer pattern over a tool's output: `/transactions/*/counterparty`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPattern(Vec<Segment>);
+
+impl FieldPattern {
+    /// `None` when `text` is not a pointer (it must start with `/`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix('/')?;
+        let segments = rest
+            .split('/')
+            .map(|s| match s {
+                "*" => Segment::Any,
+                "**" => Segment::AnyDepth,
+                name => {
+                    let name = name.replace("~1", "/").replace("~0", "~");
+                    let index = name.parse().ok();
+                    Segment::Name(name, index)
+                }
+            })
+            .collect();
+        Some(Self(segments))
+    }
+
+    /// Does the JSON pointer `pointer` (as a sighting keeps it) fall under this pattern?
+    pub fn matches_pointer(&self, pointer: &str) -> bool {
+        let Some(rest) = pointer.strip_prefix('/') else {
+            return false;
+        };
+        let keys: Vec<String> = rest
+            .split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let path: Vec<Step<'_>> = keys.iter().map(|k| Step::Key(k)).collect();
+        self.matches(&path)
+    }
+
+    pub(crate) fn matches(&self, path: &[Step<'_>]) -> bool {
+        fn walk(pattern: &[Segment], path: &[Step<'_>]) -> bool {
+            match (pattern.split_first(), path.split_first()) {
+                (None, None) => true,
+                (Some((Segment::AnyDepth, rest)), _) => {
+                    walk(rest, path) || path.split_first().is_some_and(|(_, p)| walk(pattern, p))
+                }
+                (Some((Segment::Any, rest)), Some((_, p))) => walk(rest, p),
+                (Some((Segment::Name(n, index), rest)), Some((step, p))) => {
+                    let same = match step {
+                        Step::Key(key) => n == key,
+                        Step::Index(i) => *index == Some(*i),
+                    };
+                    same && walk(rest, p)
+                }
+                _ => false,
+            }
+        }
+        walk(&self.0, path)
+    }
+}
+
+/// A pattern over resources as a grant names them: `kind:pattern`, or `kind:from(SOURCE)`
+/// for the values a field the catalog trusts carried in a tool's results this session
+/// (`payee:from(bank.list_transactions.counterparty)`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ResourcePattern {
@@ -188,9 +267,10 @@ impl ResourcePattern {
         &self.kind
     }
 
-    /// Does `resource` fall under this pattern?
+    /// Does `resource` fall under this pattern by its value? A source entry takes no value by
+    /// itself: what it takes depends on what the session has seen ([`ResourcePattern::source`]).
     pub fn matches(&self, resource: &Resource) -> bool {
-        if self.kind != resource.kind {
+        if self.kind != resource.kind || self.is_source() {
             return false;
         }
         match self.kind.as_str() {
@@ -200,8 +280,37 @@ impl ResourcePattern {
         }
     }
 
-    /// Does this pattern take every resource `inner` takes?
+    /// It names one resource, with no wildcard.
+    pub fn is_exact(&self) -> bool {
+        !self.is_source() && !self.pattern.contains(['*', '?'])
+    }
+
+    fn is_source(&self) -> bool {
+        self.pattern.starts_with("from(")
+    }
+
+    /// For `kind:from(TOOL.FIELD)` or `kind:from(TOOL/POINTER)`: the glob over the tools whose
+    /// results count and the fields of them whose values it takes (`FIELD` alone is that key at
+    /// any depth).
+    pub fn source(&self) -> Option<(&str, FieldPattern)> {
+        parse_source(&self.pattern)
+    }
+
+    /// The one resource an exact pattern names.
+    pub fn as_resource(&self) -> Option<Resource> {
+        self.is_exact().then(|| Resource {
+            kind: self.kind.clone(),
+            value: self.pattern.clone(),
+        })
+    }
+
+    /// Does this pattern take every resource `inner` takes? A source entry is taken only by
+    /// itself and by `kind:*`: what it takes is no set of spellings a glob can be compared to.
     pub fn covers(&self, inner: &Self) -> bool {
+        if self.is_source() || inner.is_source() {
+            return self.kind == inner.kind
+                && (self.pattern == inner.pattern || self.pattern == "*");
+        }
         self.kind == inner.kind
             && match self.kind.as_str() {
                 "path" => path_covers(&self.pattern, &inner.pattern),
@@ -253,6 +362,18 @@ impl TryFrom<String> for ResourcePattern {
                 "grants name hosts, not URLs: write `host:<name>` instead of `{text}`"
             ));
         }
+        if pattern.starts_with("from(") {
+            if matches!(kind, "path" | "host") {
+                return Err(format!(
+                    "`{text}`: a `{kind}` resource is bound from what the agent wrote and cannot name a source; sources are for named resources (`payee:from(bank.list_transactions.counterparty)`)"
+                ));
+            }
+            if parse_source(pattern).is_none() {
+                return Err(format!(
+                    "`{text}`: expected `{kind}:from(TOOL.FIELD)` or `{kind}:from(TOOL/POINTER)`, such as `payee:from(bank.list_transactions.counterparty)`"
+                ));
+            }
+        }
         let pattern = if kind == "host" {
             pattern.to_ascii_lowercase()
         } else {
@@ -263,6 +384,38 @@ impl TryFrom<String> for ResourcePattern {
             pattern,
         })
     }
+}
+
+/// `from(TOOL.FIELD)` or `from(TOOL/POINTER)`: the tool glob, and the field as a pointer
+/// pattern (`FIELD` alone is `/**/FIELD`).
+fn parse_source(pattern: &str) -> Option<(&str, FieldPattern)> {
+    let inner = pattern.strip_prefix("from(")?.strip_suffix(')')?;
+    let plain_tool = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*' | '?'))
+    };
+    let (tool, field) = match inner.split_once('/') {
+        Some((tool, _)) => {
+            let pointer = inner.get(tool.len()..)?;
+            if pointer.split('/').skip(1).any(str::is_empty) {
+                return None;
+            }
+            (tool, FieldPattern::parse(pointer)?)
+        }
+        None => {
+            let (tool, name) = inner.rsplit_once('.')?;
+            let plain_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+            if !plain_name {
+                return None;
+            }
+            (tool, FieldPattern::parse(&format!("/**/{name}"))?)
+        }
+    };
+    plain_tool(tool).then_some((tool, field))
 }
 
 impl From<ResourcePattern> for String {
@@ -389,7 +542,34 @@ mod tests {
         assert!(!p.matches(&res("customer", "43")));
         let h: ResourcePattern = "host:*.Example.com".parse().unwrap();
         assert!(h.matches(&res("host", "api.example.com")));
+        let source: ResourcePattern = "payee:from(bank.list_transactions.counterparty)"
+            .parse()
+            .unwrap();
+        assert!(
+            !source.is_exact()
+                && !source.matches(&res("payee", "from(bank.list_transactions.counterparty)"))
+        );
+        assert_eq!(source.source().unwrap().0, "bank.list_transactions");
+        let pointer: ResourcePattern =
+            "payee:from(bank.list_transactions/transactions/*/counterparty)"
+                .parse()
+                .unwrap();
+        assert!(pointer.source().is_some());
+        // Only `kind:*` and the entry itself take a source entry: `payee:f*` names spellings.
+        let all: ResourcePattern = "payee:*".parse().unwrap();
+        let some: ResourcePattern = "payee:f*".parse().unwrap();
+        assert!(all.covers(&source) && source.covers(&source));
+        assert!(!some.covers(&source) && !source.covers(&all) && !pointer.covers(&source));
         for bad in [
+            "payee:from()",
+            "payee:from(bank)",
+            "payee:from(bank.)",
+            "payee:from(.counterparty)",
+            "payee:from(bank.list transactions.counterparty)",
+            "payee:from(bank.list_transactions.counterparty",
+            "payee:from(bank.list_transactions/)",
+            "path:from(fs.list.path)",
+            "host:from(web.search.host)",
             "nocolon",
             "path:relative",
             "path:/a/../b",

@@ -18,6 +18,9 @@ pub mod tokens;
 
 pub use tokens::{Kind, ValueKey};
 
+pub use crate::pattern::FieldPattern;
+use crate::pattern::Step;
+
 /// How far a value can be trusted, by where it came from.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
@@ -64,69 +67,6 @@ impl Trust {
         } else {
             self
         }
-    }
-}
-
-/// One segment of a field pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    /// A key, and the array index it also is when it is a number.
-    Name(String, Option<usize>),
-    /// `*`: any one key or index.
-    Any,
-    /// `**`: any number of segments, none included.
-    AnyDepth,
-}
-
-/// One step into a result: an object's key or an array's index.
-#[derive(Debug, Clone, Copy)]
-enum Step<'v> {
-    Key(&'v str),
-    Index(usize),
-}
-
-/// A JSON pointer pattern over a tool's output: `/transactions/*/counterparty`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPattern(Vec<Segment>);
-
-impl FieldPattern {
-    /// `None` when `text` is not a pointer (it must start with `/`).
-    pub fn parse(text: &str) -> Option<Self> {
-        let rest = text.strip_prefix('/')?;
-        let segments = rest
-            .split('/')
-            .map(|s| match s {
-                "*" => Segment::Any,
-                "**" => Segment::AnyDepth,
-                name => {
-                    let name = name.replace("~1", "/").replace("~0", "~");
-                    let index = name.parse().ok();
-                    Segment::Name(name, index)
-                }
-            })
-            .collect();
-        Some(Self(segments))
-    }
-
-    fn matches(&self, path: &[Step<'_>]) -> bool {
-        fn walk(pattern: &[Segment], path: &[Step<'_>]) -> bool {
-            match (pattern.split_first(), path.split_first()) {
-                (None, None) => true,
-                (Some((Segment::AnyDepth, rest)), _) => {
-                    walk(rest, path) || path.split_first().is_some_and(|(_, p)| walk(pattern, p))
-                }
-                (Some((Segment::Any, rest)), Some((_, p))) => walk(rest, p),
-                (Some((Segment::Name(n, index), rest)), Some((step, p))) => {
-                    let same = match step {
-                        Step::Key(key) => n == key,
-                        Step::Index(i) => *index == Some(*i),
-                    };
-                    same && walk(rest, p)
-                }
-                _ => false,
-            }
-        }
-        walk(&self.0, path)
     }
 }
 
@@ -384,6 +324,18 @@ impl Walker<'_> {
     }
 }
 
+/// A field of one tool's results that carried a value, where the catalog trusts that field:
+/// what a grant's `kind:from(TOOL.FIELD)` entry is matched against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub tool: String,
+    /// A JSON pointer into the result.
+    pub field: String,
+}
+
+/// Trusted fields kept per value.
+const SOURCES_KEPT: usize = 8;
+
 /// What the index knows of one value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -395,6 +347,8 @@ pub struct Seen {
     pub labels: Vec<String>,
     /// How many times results carried it.
     pub count: u32,
+    /// The trusted fields that carried it (the first few).
+    pub sources: Vec<Source>,
 }
 
 /// Tools kept per value.
@@ -508,6 +462,7 @@ impl Index {
                             tools: Vec::new(),
                             labels: Vec::new(),
                             count: 0,
+                            sources: Vec::new(),
                         },
                         touched: tick,
                     }),
@@ -520,6 +475,26 @@ impl Index {
             }
             if seen.tools.len() < TOOLS_KEPT && !seen.tools.contains(&observed.tool) {
                 seen.tools.push(observed.tool.clone());
+            }
+            // A trusted field of structured content (not a span of prose) is a source a grant
+            // can name.
+            let field = usize::try_from(observation.field)
+                .ok()
+                .and_then(|n| observed.fields.get(n))
+                .filter(|f| f.starts_with('/'));
+            if let Some(field) = field
+                && observation.trust == Trust::Trusted
+                && observation.span.is_none()
+                && seen.sources.len() < SOURCES_KEPT
+                && !seen
+                    .sources
+                    .iter()
+                    .any(|s| s.tool == observed.tool && s.field == *field)
+            {
+                seen.sources.push(Source {
+                    tool: observed.tool.clone(),
+                    field: field.clone(),
+                });
             }
             for label in &observed.labels {
                 if let Err(at) = seen.labels.binary_search(label) {
@@ -605,6 +580,7 @@ impl Index {
                     tools: Vec::new(),
                     labels: self.gone_labels.get(&print).cloned().unwrap_or_default(),
                     count: 0,
+                    sources: Vec::new(),
                 })
             })
             .collect()
@@ -614,11 +590,16 @@ impl Index {
 /// One string or number inside an argument, as keys to look up.
 #[derive(Debug, Clone, Default)]
 struct Leaf {
+    /// The value as the call gives it, when it is short enough to name a resource.
+    text: Option<String>,
     /// The whole value (and the one value it consists of, when it is just that).
     whole: Vec<usize>,
     /// The values found inside it.
     inside: Vec<usize>,
 }
+
+/// The longest argument value kept as written: a named resource is at most this long.
+const LEAF_TEXT: usize = 256;
 
 /// A call's arguments as the values to look up: every key once, and for each argument its
 /// leaves.
@@ -662,7 +643,10 @@ impl Probes {
         }
         match value {
             Value::String(text) => {
-                let mut leaf = Leaf::default();
+                let mut leaf = Leaf {
+                    text: (text.len() <= LEAF_TEXT).then(|| text.clone()),
+                    ..Leaf::default()
+                };
                 let found = tokens::tokens(text);
                 if let Some(key) = tokens::whole(text) {
                     leaf.whole.push(self.key(key, at));
@@ -686,6 +670,7 @@ impl Probes {
                 if let Some(key) = n.as_f64().and_then(tokens::number) {
                     let index = self.key(key, at);
                     leaves.push(Leaf {
+                        text: Some(n.to_string()),
                         whole: vec![index],
                         inside: Vec::new(),
                     });
@@ -711,15 +696,22 @@ impl Probes {
 #[derive(Debug, Clone, Default)]
 pub struct Intent {
     keys: std::collections::HashSet<ValueKey>,
+    /// The grant's `kind:from(…)` entries: the entry as written, its tool glob and field.
+    sources: Vec<(String, String, FieldPattern)>,
 }
 
 impl Intent {
     pub fn of(grant: Option<&crate::Grant>) -> Self {
         let mut keys = std::collections::HashSet::new();
+        let mut sources = Vec::new();
         let Some(grant) = grant else {
-            return Self { keys };
+            return Self { keys, sources };
         };
-        for resource in &grant.resources {
+        for resource in grant.resources.iter().chain(&grant.approve) {
+            if let Some((tool, field)) = resource.source() {
+                sources.push((resource.to_string(), tool.to_owned(), field));
+                continue;
+            }
             let text = resource.to_string();
             let Some((kind, value)) = text.split_once(':') else {
                 continue;
@@ -749,7 +741,19 @@ impl Intent {
             keys.extend(tokens::tokens(value).into_iter().map(|(k, _)| k));
         }
         keys.extend(tokens::tokens(&grant.task).into_iter().map(|(k, _)| k));
-        Self { keys }
+        Self { keys, sources }
+    }
+
+    /// The source entries of the grant that `seen`'s trusted fields fall under.
+    fn entries_for<'i>(&'i self, seen: &'i Seen) -> impl Iterator<Item = &'i str> {
+        self.sources
+            .iter()
+            .filter(|(_, tool, field)| {
+                seen.sources.iter().any(|s| {
+                    crate::pattern::glob_match(tool, &s.tool) && field.matches_pointer(&s.field)
+                })
+            })
+            .map(|(entry, _, _)| entry.as_str())
     }
 
     pub fn contains(&self, key: &ValueKey) -> bool {
@@ -779,12 +783,26 @@ pub struct Origin {
     pub first: Option<Sighting>,
 }
 
+/// One value of a call that a grant's source entry takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sourced {
+    /// The entry, as the grant writes it: `payee:from(bank.list_transactions.counterparty)`.
+    pub entry: String,
+    /// The value as the call gives it.
+    pub value: String,
+}
+
 /// A call's arguments' origins, as the decision sees and the record keeps them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
     /// By argument name, in the arguments' order.
     pub args: Vec<(String, Origin)>,
+    /// Values of the call (as it gives them) that a field a `kind:from(…)` entry of the grant
+    /// names carried, with that entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sourced: Vec<Sourced>,
     /// The session's index dropped no untrusted value.
     pub complete: bool,
 }
@@ -804,9 +822,29 @@ impl Provenance {
             }
         };
         let mut args = Vec::with_capacity(probes.args.len());
+        let mut sourced: Vec<Sourced> = Vec::new();
         for (name, leaves) in &probes.args {
             let mut origin: Option<Origin> = None;
             for leaf in leaves {
+                if let Some(text) = &leaf.text
+                    && !intent.sources.is_empty()
+                {
+                    let seen = leaf
+                        .whole
+                        .iter()
+                        .filter_map(|&i| seen.get(i).and_then(Option::as_ref));
+                    for seen in seen {
+                        for entry in intent.entries_for(seen) {
+                            let found = Sourced {
+                                entry: entry.to_owned(),
+                                value: text.clone(),
+                            };
+                            if !sourced.contains(&found) {
+                                sourced.push(found);
+                            }
+                        }
+                    }
+                }
                 let mut leaf_origin = Origin::default();
                 let mut whole: Option<(Trust, Option<&Seen>)> = None;
                 for &index in &leaf.whole {
@@ -854,7 +892,18 @@ impl Provenance {
             }
             args.push((name.clone(), origin.unwrap_or_default()));
         }
-        Self { args, complete }
+        Self {
+            args,
+            sourced,
+            complete,
+        }
+    }
+
+    /// Does the grant's source entry `entry` take `value`, as the call gives it?
+    pub fn sourced(&self, entry: &str, value: &str) -> bool {
+        self.sourced
+            .iter()
+            .any(|s| s.entry == entry && s.value == value)
     }
 
     /// The origin of argument `name`.

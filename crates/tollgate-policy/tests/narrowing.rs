@@ -39,6 +39,8 @@ const RESOURCE_PATTERNS: &[&str] = &[
     "customer:*",
     "customer:4?",
     "customer:42",
+    "customer:from(crm.search.id)",
+    "customer:from(crm.*/results/*/id)",
     "host:*.example.com",
     "host:api.example.com",
 ];
@@ -63,6 +65,23 @@ const RESOURCES: &[(&str, &str)] = &[
     ("host", "evil.com"),
 ];
 
+/// What the calls' values are taken to have come from: `42` and `4` from the CRM search's
+/// ids, which both source entries above take.
+fn provenance() -> tollgate_policy::Provenance {
+    let sourced = |entry: &str, value: &str| tollgate_policy::provenance::Sourced {
+        entry: entry.into(),
+        value: value.into(),
+    };
+    tollgate_policy::Provenance {
+        sourced: vec![
+            sourced("customer:from(crm.search.id)", "42"),
+            sourced("customer:from(crm.search.id)", "4"),
+            sourced("customer:from(crm.*/results/*/id)", "42"),
+        ],
+        ..tollgate_policy::Provenance::default()
+    }
+}
+
 fn pick(items: &'static [&'static str]) -> impl Strategy<Value = BTreeSet<String>> {
     proptest::sample::subsequence(items.to_vec(), 0..=items.len())
         .prop_map(|v| v.into_iter().map(str::to_owned).collect())
@@ -78,11 +97,18 @@ fn resource_patterns() -> impl Strategy<Value = BTreeSet<ResourcePattern>> {
 }
 
 fn constraints() -> impl Strategy<Value = Vec<Constraint>> {
-    proptest::option::of((proptest::sample::select(TOOL_PATTERNS), 0u32..200)).prop_map(|c| {
+    proptest::option::of((
+        proptest::sample::select(TOOL_PATTERNS),
+        0u32..200,
+        any::<bool>(),
+    ))
+    .prop_map(|c| {
         c.into_iter()
-            .map(|(tool, max)| Constraint {
+            .map(|(tool, max, optional)| Constraint {
                 tool: tool.to_owned(),
                 argument: "amount".to_owned(),
+                each: None,
+                optional,
                 rule: Rule::Max(f64::from(max)),
             })
             .collect()
@@ -110,6 +136,7 @@ prop_compose! {
         actions in classes(),
         tools in pick(TOOL_PATTERNS),
         resources in resource_patterns(),
+        approve in resource_patterns(),
         constraints in constraints(),
         limits in limits(),
         ttl in 1i64..10_000,
@@ -127,6 +154,7 @@ prop_compose! {
             agent: None,
             user: None,
             resources,
+            approve,
             actions,
             tools,
             constraints,
@@ -140,10 +168,11 @@ prop_compose! {
         actions in proptest::option::of(classes()),
         tools in proptest::option::of(pick(TOOL_PATTERNS)),
         resources in proptest::option::of(resource_patterns()),
+        approve in proptest::option::of(resource_patterns()),
         constraints in constraints(),
         limits in limits(),
     ) -> NarrowRequest {
-        NarrowRequest { ttl_secs: ttl, task: None, agent: None, actions, tools, resources, constraints, limits }
+        NarrowRequest { ttl_secs: ttl, task: None, agent: None, actions, tools, resources, approve, constraints, limits }
     }
 }
 
@@ -162,11 +191,20 @@ prop_compose! {
     }
 }
 
-fn allows(grant: &Grant, scope: &CallScope<'_>, at: i64, usage: &Usage) -> bool {
+/// `None` when the grant refuses the call; whether it holds the call for a person otherwise.
+fn admits(grant: &Grant, scope: &CallScope<'_>, at: i64, usage: &Usage) -> Option<bool> {
     grant
         .admits(scope, at)
-        .and_then(|charges| grant.check_limits(usage, &charges))
-        .is_ok()
+        .and_then(|admitted| {
+            grant
+                .check_limits(usage, &admitted.charges)
+                .map(|()| admitted.matched.approve())
+        })
+        .ok()
+}
+
+fn allows(grant: &Grant, scope: &CallScope<'_>, at: i64, usage: &Usage) -> bool {
+    admits(grant, scope, at, usage).is_some()
 }
 
 proptest! {
@@ -182,19 +220,25 @@ proptest! {
             return Ok(());
         };
         prop_assert!(child.exp <= parent.exp);
+        let seen = provenance();
         for (tool, class, resources, args, at, used) in &calls {
-            let scope = CallScope { tool, class: *class, resources, arguments: args.as_ref() };
+            let scope = CallScope { tool, class: *class, resources, arguments: args.as_ref(), provenance: Some(&seen) };
             // The same usage, counted against every scope: what the parent's and the child's
             // calls have spent together.
             let mut usage = Usage::new();
             for limit in child.limits.iter().chain(&parent.limits) {
                 usage.insert((limit.scope.clone(), limit.key()), *used as f64);
             }
-            if allows(&child, &scope, *at, &usage) {
+            if let Some(child_holds) = admits(&child, &scope, *at, &usage) {
+                let parent_holds = admits(&parent, &scope, *at, &usage);
                 prop_assert!(
-                    allows(&parent, &scope, *at, &usage),
+                    parent_holds.is_some(),
                     "child {child:?} allows {tool} {class} {resources:?} {args:?} at +{} that parent {parent:?} denies",
                     at - NOW
+                );
+                prop_assert!(
+                    child_holds || parent_holds == Some(false),
+                    "child {child:?} lets {tool} {class} {resources:?} go ahead that parent {parent:?} holds for a person"
                 );
             }
         }
@@ -214,9 +258,10 @@ proptest! {
             return Ok(());
         };
         prop_assert_eq!(grandchild.chain.clone(), vec![root.id.clone(), child.id.clone()]);
+        let seen = provenance();
         let usage = Usage::new();
         for (tool, class, resources, args, at, _) in &calls {
-            let scope = CallScope { tool, class: *class, resources, arguments: args.as_ref() };
+            let scope = CallScope { tool, class: *class, resources, arguments: args.as_ref(), provenance: Some(&seen) };
             if allows(&grandchild, &scope, *at, &usage) {
                 prop_assert!(allows(&root, &scope, *at, &usage));
             }
@@ -237,6 +282,7 @@ fn widening_is_refused_with_the_reason() {
         agent: None,
         user: None,
         resources: BTreeSet::from(["customer:42".parse().unwrap()]),
+        approve: BTreeSet::new(),
         actions: BTreeSet::from([ActionClass::Read]),
         tools: BTreeSet::from(["payments.*".to_owned()]),
         constraints: Vec::new(),
@@ -290,6 +336,8 @@ fn widening_is_refused_with_the_reason() {
     parent.constraints = vec![Constraint {
         tool: "*".into(),
         argument: "amount".into(),
+        each: None,
+        optional: false,
         rule: Rule::Max(5.0),
     }];
     let child = parent
@@ -321,4 +369,63 @@ fn widening_is_refused_with_the_reason() {
     parent.exp = NOW - 1;
     let e = widen(NarrowRequest::default(), &parent);
     assert!(e.contains("expired"), "{e}");
+}
+
+#[test]
+fn a_child_cannot_take_a_hold_away_by_naming_a_source_or_a_pattern() {
+    let mut parent = Grant::root(
+        "g-00000000000000000000aaaa".into(),
+        "support",
+        [ActionClass::Payment],
+        NOW,
+        600,
+    );
+    parent.resources = BTreeSet::from(["customer:*".parse().unwrap()]);
+    parent.approve = BTreeSet::from(["customer:42".parse().unwrap()]);
+    let seen = provenance();
+    let on_42 = [Resource {
+        kind: "customer".into(),
+        value: "42".into(),
+    }];
+    let scope = CallScope {
+        tool: "crm.refund",
+        class: ActionClass::Payment,
+        resources: &on_42,
+        arguments: None,
+        provenance: Some(&seen),
+    };
+    assert_eq!(admits(&parent, &scope, NOW, &Usage::new()), Some(true));
+    for plain in ["customer:from(crm.search.id)", "customer:4*", "customer:42"] {
+        let request = NarrowRequest {
+            resources: Some(BTreeSet::from([plain.parse().unwrap()])),
+            ..NarrowRequest::default()
+        };
+        let refused = parent
+            .narrow(request, NOW, "g-00000000000000000000bbbb".into())
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("wait for a person"), "{plain}: {refused}");
+    }
+    // Saying `approve` too keeps the hold, so it may.
+    let request = NarrowRequest {
+        resources: Some(BTreeSet::new()),
+        approve: Some(BTreeSet::from(["customer:from(crm.search.id)"
+            .parse()
+            .unwrap()])),
+        ..NarrowRequest::default()
+    };
+    let child = parent
+        .narrow(request, NOW, "g-00000000000000000000bbbb".into())
+        .unwrap();
+    assert_eq!(admits(&child, &scope, NOW, &Usage::new()), Some(true));
+    // A value no source carried is outside the child.
+    let on_43 = [Resource {
+        kind: "customer".into(),
+        value: "43".into(),
+    }];
+    let scope = CallScope {
+        resources: &on_43,
+        ..scope
+    };
+    assert_eq!(admits(&child, &scope, NOW, &Usage::new()), None);
 }

@@ -68,7 +68,8 @@ pub struct Request {
     pub tool: String,
     pub class: String,
     pub resources: Vec<String>,
-    /// The arguments as they will be sent, with those the catalog marks `redact` hidden.
+    /// The arguments as they will be sent, with those the catalog marks `redact` hidden but
+    /// for those it shows to approvers (`shown_to_approvers`).
     pub arguments: Value,
     /// SHA-256 (base64url) of the canonical arguments: what the approval is bound to.
     pub arguments_sha256: String,

@@ -88,7 +88,7 @@ pub(crate) fn hold(
         tool: call.tool.to_owned(),
         class: decision.class.to_string(),
         resources: decision.resources.iter().map(ToString::to_string).collect(),
-        arguments: decision.redacted(arguments.value()).into_owned(),
+        arguments: decision.for_approvers(arguments.value()).into_owned(),
         arguments_sha256: arguments.digest().to_owned(),
         policy_version: decision.version.clone(),
         policies: decision.policies.clone(),

@@ -88,17 +88,31 @@ pub(crate) async fn note(
     })
 }
 
-/// An argument's value as a person (or a refused agent, or the trail) may read it: hidden
-/// where the catalog redacts it or where it came from a labelled result (a secret's value
-/// must not reach a reason, the trail or a log by being explained).
+/// Who reads an argument's value as it is explained.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// The approver of a held call: sees what the catalog shows to approvers.
+    Approver,
+    /// A refused agent and the trail, which keeps the reason.
+    Trail,
+}
+
+/// An argument's value as `reader` may read it: hidden where the catalog redacts it from them
+/// or where it came from a labelled result (a secret's value must not reach a reason, the
+/// trail, a log or a prompt by being explained).
 fn shown(
     decision: &Decision,
     name: &str,
     origin: &tollgate_policy::Origin,
     arguments: Option<&Map<String, Value>>,
+    reader: Reader,
 ) -> Option<String> {
     let value = arguments.and_then(|a| a.get(name))?;
-    if decision.redact.iter().any(|r| r == name) || !origin.labels.is_empty() {
+    let redacted = match reader {
+        Reader::Approver => decision.hidden_from_approvers(name),
+        Reader::Trail => decision.redact.iter().any(|r| r == name),
+    };
+    if redacted || !origin.labels.is_empty() {
         return Some(tollgate_policy::catalog::REDACTED.to_owned());
     }
     Some(match value {
@@ -107,7 +121,7 @@ fn shown(
     })
 }
 
-/// The origins a person reviewing a held call reads: every target, and every argument some
+/// The origins the approver of a held call reads: every target, and every argument some
 /// result or the grant carried.
 pub(crate) fn for_people(
     decision: &Decision,
@@ -121,7 +135,7 @@ pub(crate) fn for_people(
         if !target && origin.trust == Trust::Unseen && origin.embedded.is_none() {
             continue;
         }
-        let Some(shown) = shown(decision, name, origin, arguments) else {
+        let Some(shown) = shown(decision, name, origin, arguments, Reader::Approver) else {
             continue;
         };
         let kind = if target { "target " } else { "" };
@@ -148,7 +162,7 @@ pub(crate) fn explain_refusal(
         if origin.trust != Trust::Untrusted {
             continue;
         }
-        let Some(shown) = shown(decision, name, origin, arguments) else {
+        let Some(shown) = shown(decision, name, origin, arguments, Reader::Trail) else {
             continue;
         };
         let said = describe(name, &shown, origin, offset);
@@ -238,6 +252,27 @@ mod tests {
             UtcOffset::UTC,
         );
         assert!(!lines[0].contains("US1330"), "{lines:?}");
+        // Shown to approvers: the approver reads it, a refusal (kept by the trail) does not.
+        decision.shown_to_approvers = vec!["recipient".into()];
+        let lines = for_people(
+            &decision,
+            arguments.as_object(),
+            &provenance,
+            UtcOffset::UTC,
+        );
+        assert!(lines[0].contains("US133000000121212121212"), "{lines:?}");
+        decision.reasons.truncate(1);
+        explain_refusal(
+            &mut decision,
+            arguments.as_object(),
+            &provenance,
+            UtcOffset::UTC,
+        );
+        assert!(
+            !decision.reasons[1].contains("US1330"),
+            "{:?}",
+            decision.reasons
+        );
     }
 
     #[test]

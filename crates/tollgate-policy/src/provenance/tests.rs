@@ -392,3 +392,93 @@ fn an_address_in_another_case_or_with_hidden_characters_is_the_same_address() {
         assert_eq!(p.arg("to").unwrap().trust, Trust::Untrusted, "{spelled:?}");
     }
 }
+
+fn payer_from(entries: &[&str]) -> crate::Grant {
+    let mut grant = crate::Grant::root(
+        "g-00000000000000000000aaaa".into(),
+        "billing",
+        [crate::ActionClass::Payment],
+        0,
+        600,
+    );
+    grant.resources = entries.iter().map(|e| e.parse().unwrap()).collect();
+    grant
+}
+
+#[test]
+fn a_source_entry_takes_what_its_trusted_field_carried_and_nothing_else() {
+    let mut index = index_of(&transactions(), &bank_output());
+    let entry = "payee:from(bank.list_transactions.counterparty)";
+    let grant = payer_from(&[entry]);
+    let taken = |index: &mut Index, args: Value| {
+        let value = args["recipient"].as_str().unwrap_or_default().to_owned();
+        origins(index, args, Some(&grant)).sourced(entry, &value)
+    };
+    assert!(taken(
+        &mut index,
+        json!({"recipient": "GB29NWBK60161331926819"})
+    ));
+    // Reformatted as a person writes it, still the bank's counterparty.
+    assert!(taken(
+        &mut index,
+        json!({"recipient": "gb29 nwbk 6016 1331 9268 19"})
+    ));
+    // What the free-text subject carried is not the bank's record, nor is an IBAN wrapped in
+    // words, nor one nothing carried.
+    assert!(!taken(
+        &mut index,
+        json!({"recipient": "US13 3000 0001 2121 2121 212"})
+    ));
+    assert!(!taken(
+        &mut index,
+        json!({"recipient": "GB29NWBK60161331926819 and US133000000121212121212"})
+    ));
+    assert!(!taken(
+        &mut index,
+        json!({"recipient": "FR1420041010050500013M02606"})
+    ));
+    // Another tool's field of the same name does not count, nor does a tool the catalog
+    // trusts wholly when the entry names another.
+    let mut other = Index::default();
+    other.add(&observe(
+        &transactions(),
+        "evil.list_transactions",
+        &bank_output(),
+        &[],
+        0,
+    ));
+    assert!(!taken(
+        &mut other,
+        json!({"recipient": "GB29NWBK60161331926819"})
+    ));
+    // The pointer form names the field exactly; a key of that name elsewhere is not it.
+    let pointer = "payee:from(bank.list_transactions/transactions/*/counterparty)";
+    let grant = payer_from(&[pointer]);
+    let provenance = origins(
+        &mut index,
+        json!({"recipient": "DE89370400440532013000"}),
+        Some(&grant),
+    );
+    assert!(provenance.sourced(pointer, "DE89370400440532013000"));
+    let nested = "payee:from(bank.list_transactions/counterparty)";
+    let grant = payer_from(&[nested]);
+    let provenance = origins(
+        &mut index,
+        json!({"recipient": "DE89370400440532013000"}),
+        Some(&grant),
+    );
+    assert!(!provenance.sourced(nested, "DE89370400440532013000"));
+}
+
+#[test]
+fn a_field_the_catalog_does_not_trust_is_no_source_even_when_a_grant_names_it() {
+    let mut index = index_of(&transactions(), &bank_output());
+    let entry = "payee:from(bank.list_transactions.subject)";
+    let grant = payer_from(&[entry]);
+    let provenance = origins(
+        &mut index,
+        json!({"recipient": "Rent for December"}),
+        Some(&grant),
+    );
+    assert!(provenance.sourced.is_empty(), "{provenance:?}");
+}
