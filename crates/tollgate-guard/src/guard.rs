@@ -403,7 +403,7 @@ impl PolicyGuard {
         facts: &ToolFacts,
         now: i64,
     ) -> Result<Standing, StoreError> {
-        let probes = provenance::probes(call);
+        let probes = provenance::probes(call, shared.map(|g| &g.intent));
         let grant = shared.map(|g| &g.grant);
         let kept = self.store.standing(key, grant, now, &probes.keys).await?;
         Ok(Standing {

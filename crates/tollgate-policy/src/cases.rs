@@ -405,12 +405,13 @@ fn with_input<T>(
                 at,
             ));
         }
-        let probes = crate::provenance::Probes::of(case.arguments.as_ref());
+        let intent = crate::provenance::Intent::of(grant.as_ref());
+        let probes = crate::provenance::Probes::of(case.arguments.as_ref()).naming(&intent);
         let seen = index.look_up(&probes.keys);
         Some(crate::provenance::Provenance::of(
             &probes,
             &seen,
-            &crate::provenance::Intent::of(grant.as_ref()),
+            &intent,
             index.complete(),
         ))
     };

@@ -407,10 +407,10 @@ impl Grant {
             .iter()
             .map(|p| (p, false))
             .chain(self.approve.iter().map(|p| (p, true)));
-        // A source entry takes a value a field it names carried this session, as the call
-        // gives it.
+        // A source entry takes a value a field it names carried this session; an exact entry,
+        // an id that came beside its name (as the call gives them).
         let sourced = |p: &ResourcePattern| {
-            p.source().is_some()
+            (p.source().is_some() || p.is_exact())
                 && p.kind() == resource.kind
                 && provenance.is_some_and(|pv| pv.sourced(&p.to_string(), &resource.value))
         };
@@ -420,8 +420,10 @@ impl Grant {
         if taking.is_empty() {
             return None;
         }
-        // A URL is taken by its host's entry, which names the host, not the URL.
-        let named_exactly = |p: &ResourcePattern| p.is_exact() && p.matches(resource);
+        // A URL is taken by its host's entry, which names the host, not the URL; an id bound to
+        // a name the grant holds exactly is as good as the name.
+        let named_exactly =
+            |p: &ResourcePattern| p.is_exact() && (p.matches(resource) || sourced(p));
         let exact = taking.iter().any(|(p, _)| named_exactly(p));
         let deciding: Vec<(&ResourcePattern, bool)> = taking
             .into_iter()

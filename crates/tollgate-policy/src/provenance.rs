@@ -331,6 +331,20 @@ pub struct Source {
     pub tool: String,
     /// A JSON pointer into the result.
     pub field: String,
+    /// Which result of the session it was (counted by the index), so that two values can be
+    /// told to have come in the same object of the same result.
+    pub result: u64,
+}
+
+impl Source {
+    /// Came `self` and `other` in two fields of one object of one result?
+    fn beside(&self, other: &Source) -> bool {
+        let object = |field: &str| field.rsplit_once('/').map(|(object, _)| object.to_owned());
+        self.result == other.result
+            && self.tool == other.tool
+            && self.field != other.field
+            && object(&self.field).is_some_and(|o| object(&other.field) == Some(o))
+    }
 }
 
 /// Trusted fields kept per value.
@@ -373,6 +387,8 @@ pub struct Index {
     values: HashMap<ValueKey, Slot, Hasher>,
     capacity: usize,
     tick: u64,
+    /// Results added so far.
+    results: u64,
     complete: bool,
     /// Fingerprints of values whose details were let go, by the best trust they had.
     gone_untrusted: std::collections::HashSet<u64, Hasher>,
@@ -416,6 +432,7 @@ impl Index {
             values: HashMap::default(),
             capacity: capacity.max(16),
             tick: 0,
+            results: 0,
             complete: true,
             gone_untrusted: std::collections::HashSet::default(),
             gone_trusted: std::collections::HashSet::default(),
@@ -445,6 +462,7 @@ impl Index {
 
     /// Adds what a result carried.
     pub fn add(&mut self, observed: &Observed) {
+        self.results += 1;
         if observed.truncated {
             self.complete = false;
         }
@@ -494,6 +512,7 @@ impl Index {
                 seen.sources.push(Source {
                     tool: observed.tool.clone(),
                     field: field.clone(),
+                    result: self.results,
                 });
             }
             for label in &observed.labels {
@@ -607,6 +626,9 @@ const LEAF_TEXT: usize = 256;
 pub struct Probes {
     pub keys: Vec<ValueKey>,
     args: Vec<(String, Vec<Leaf>)>,
+    /// The grant's exact names looked up too (entry, index into `keys`): an id that came beside
+    /// one of them is bound to it.
+    names: Vec<(String, usize)>,
 }
 
 impl Probes {
@@ -620,6 +642,22 @@ impl Probes {
             probes.args.push((name.clone(), leaves));
         }
         probes
+    }
+
+    /// These probes, with the names `intent` holds looked up as well.
+    #[must_use]
+    pub fn naming(mut self, intent: &Intent) -> Self {
+        for (entry, key) in &intent.names {
+            let index = match self.keys.iter().position(|k| k == key) {
+                Some(index) => index,
+                None => {
+                    self.keys.push(key.clone());
+                    self.keys.len() - 1
+                }
+            };
+            self.names.push((entry.clone(), index));
+        }
+        self
     }
 
     fn key(&mut self, key: ValueKey, at: &mut HashMap<ValueKey, usize>) -> usize {
@@ -698,14 +736,22 @@ pub struct Intent {
     keys: std::collections::HashSet<ValueKey>,
     /// The grant's `kind:from(…)` entries: the entry as written, its tool glob and field.
     sources: Vec<(String, String, FieldPattern)>,
+    /// The grant's exact entries of named kinds (`event:dentist appointment`), with the key of
+    /// the name: what an id can be bound to.
+    names: Vec<(String, ValueKey)>,
 }
 
 impl Intent {
     pub fn of(grant: Option<&crate::Grant>) -> Self {
         let mut keys = std::collections::HashSet::new();
         let mut sources = Vec::new();
+        let mut names = Vec::new();
         let Some(grant) = grant else {
-            return Self { keys, sources };
+            return Self {
+                keys,
+                sources,
+                names,
+            };
         };
         for resource in grant.resources.iter().chain(&grant.approve) {
             if let Some((tool, field)) = resource.source() {
@@ -720,6 +766,9 @@ impl Intent {
                 continue;
             }
             if let Some(key) = tokens::whole(value) {
+                if !matches!(kind, "path" | "host") {
+                    names.push((text.clone(), key.clone()));
+                }
                 keys.insert(key);
             }
             match kind {
@@ -741,7 +790,11 @@ impl Intent {
             keys.extend(tokens::tokens(value).into_iter().map(|(k, _)| k));
         }
         keys.extend(tokens::tokens(&grant.task).into_iter().map(|(k, _)| k));
-        Self { keys, sources }
+        Self {
+            keys,
+            sources,
+            names,
+        }
     }
 
     /// The source entries of the grant that `seen`'s trusted fields fall under.
@@ -799,8 +852,10 @@ pub struct Sourced {
 pub struct Provenance {
     /// By argument name, in the arguments' order.
     pub args: Vec<(String, Origin)>,
-    /// Values of the call (as it gives them) that a field a `kind:from(…)` entry of the grant
-    /// names carried, with that entry.
+    /// Values of the call (as it gives them) that a grant's entry takes for where they came
+    /// from, with that entry: a field a `kind:from(…)` entry names carried them, or they came
+    /// beside a name an exact entry holds, in trusted fields of one object of one result (the
+    /// `id` of the event whose title is the `event:…` the grant names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sourced: Vec<Sourced>,
     /// The session's index dropped no untrusted value.
@@ -827,14 +882,23 @@ impl Provenance {
             let mut origin: Option<Origin> = None;
             for leaf in leaves {
                 if let Some(text) = &leaf.text
-                    && !intent.sources.is_empty()
+                    && !(intent.sources.is_empty() && probes.names.is_empty())
                 {
-                    let seen = leaf
+                    let whole = leaf
                         .whole
                         .iter()
                         .filter_map(|&i| seen.get(i).and_then(Option::as_ref));
-                    for seen in seen {
-                        for entry in intent.entries_for(seen) {
+                    for value in whole {
+                        // Named by a source entry, or beside a name the grant holds.
+                        let bound = probes.names.iter().filter_map(|(entry, index)| {
+                            let name = seen.get(*index).and_then(Option::as_ref)?;
+                            let beside = value
+                                .sources
+                                .iter()
+                                .any(|v| name.sources.iter().any(|n| v.beside(n)));
+                            beside.then_some(entry.as_str())
+                        });
+                        for entry in intent.entries_for(value).chain(bound) {
                             let found = Sourced {
                                 entry: entry.to_owned(),
                                 value: text.clone(),

@@ -14,9 +14,14 @@ use tollgate_proxy::intercept::{ResultJson, ToolCall};
 
 use crate::store::{HistoryKey, Standing, Store};
 
-/// The values of a call's arguments to look up in one read with the rest of its standing.
-pub(crate) fn probes(call: &ToolCall<'_>) -> Probes {
-    Probes::of(call.arguments)
+/// The values of a call's arguments to look up in one read with the rest of its standing, and
+/// the names the grant holds (what an id in the arguments may be bound to).
+pub(crate) fn probes(call: &ToolCall<'_>, intent: Option<&Intent>) -> Probes {
+    let probes = Probes::of(call.arguments);
+    match intent {
+        Some(intent) => probes.naming(intent),
+        None => probes,
+    }
 }
 
 /// Each argument's origin, from what the store's index answered and what the grant names.

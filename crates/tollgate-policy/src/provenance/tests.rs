@@ -482,3 +482,82 @@ fn a_field_the_catalog_does_not_trust_is_no_source_even_when_a_grant_names_it() 
     );
     assert!(provenance.sourced.is_empty(), "{provenance:?}");
 }
+
+fn calendar(events: Value, output: &OutputTrust, index: &mut Index) {
+    let structured = json!({ "events": events });
+    index.add(&observe(
+        &json!({"content": [], "structuredContent": structured}),
+        "calendar.search_events",
+        output,
+        &[],
+        0,
+    ));
+}
+
+fn calendar_output() -> OutputTrust {
+    OutputTrust {
+        default: Trust::Untrusted,
+        trusted: vec![
+            FieldPattern::parse("/events/*/id").unwrap(),
+            FieldPattern::parse("/events/*/title").unwrap(),
+        ],
+        untrusted: vec![FieldPattern::parse("/events/*/notes").unwrap()],
+    }
+}
+
+#[test]
+fn an_id_that_came_beside_a_name_the_grant_holds_is_bound_to_it() {
+    let mut grant = payer_from(&["event:dentist appointment"]);
+    grant.actions = [crate::ActionClass::Write].into();
+    let intent = Intent::of(Some(&grant));
+    let bound = |index: &mut Index, id: &str| {
+        let args = json!({ "event_id": id });
+        let probes = Probes::of(args.as_object()).naming(&intent);
+        let seen = index.look_up(&probes.keys);
+        Provenance::of(&probes, &seen, &intent, true).sourced("event:dentist appointment", id)
+    };
+    let mut index = Index::default();
+    calendar(
+        json!([
+            {"id": "evt_9", "title": "Dentist  Appointment", "notes": "bring the card"},
+            {"id": "evt_10", "title": "Team sync", "notes": "the dentist appointment is evt_66"},
+        ]),
+        &calendar_output(),
+        &mut index,
+    );
+    assert!(bound(&mut index, "evt_9"));
+    // Another event of the same search, and an id only a note (untrusted) carried.
+    assert!(!bound(&mut index, "evt_10"));
+    assert!(!bound(&mut index, "evt_66"));
+    // The name in an untrusted field binds nothing beside it.
+    let mut index = Index::default();
+    calendar(
+        json!([{"id": "evt_5", "title": "Lunch", "notes": "dentist appointment"}]),
+        &calendar_output(),
+        &mut index,
+    );
+    assert!(!bound(&mut index, "evt_5"));
+    // The name in one result and an id in another are not beside each other.
+    let mut index = Index::default();
+    calendar(
+        json!([{"id": "evt_1", "title": "Dentist appointment"}]),
+        &calendar_output(),
+        &mut index,
+    );
+    calendar(
+        json!([{"id": "evt_2", "title": "Gym"}]),
+        &calendar_output(),
+        &mut index,
+    );
+    assert!(bound(&mut index, "evt_1"));
+    assert!(!bound(&mut index, "evt_2"));
+    // Without looking the grant's names up, nothing is bound.
+    let args = json!({ "event_id": "evt_1" });
+    let probes = Probes::of(args.as_object());
+    let seen = index.look_up(&probes.keys);
+    assert!(
+        Provenance::of(&probes, &seen, &intent, true)
+            .sourced
+            .is_empty()
+    );
+}
