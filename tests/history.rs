@@ -101,6 +101,77 @@ taints = ["secret_read"]
 }
 
 #[tokio::test]
+async fn what_a_read_resource_carried_is_untrusted_content_to_later_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let config = Config::parse(&format!(
+        r#"
+[front.http]
+listen = "127.0.0.1:0"
+[grants]
+state_dir = "{state}"
+# `echo` sends its text to whom the text names.
+[[policy.tool]]
+tool = "echo"
+class = "egress"
+targets = ["text"]
+{upstream}"#,
+        state = state.display(),
+        upstream = stdio_fixture_upstream("fx"),
+    ))
+    .unwrap();
+    let grant = tollgate_mint::GrantSigner::load_or_create(&state)
+        .unwrap()
+        .sign(&root_grant(
+            "research",
+            [
+                tollgate_policy::ActionClass::Read,
+                tollgate_policy::ActionClass::Egress,
+            ],
+        ))
+        .unwrap();
+    let front = config.fronts.http.clone().unwrap();
+    let guard = Arc::new(PolicyGuard::new(&config).unwrap());
+    let proxy = Proxy::start_with(config, guard).await;
+    let server = proxy.serve_http(&front).await.unwrap();
+    let url = format!("http://{}/mcp", server.local_addr);
+    let agent = agent_with_grant(&url, &grant).await;
+    // A resource whose text (the fixture's template echoes its id) names the attacker.
+    let read = agent
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "test://template/Mallory@Evil.example/data",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        format!("{read:?}").contains("Mallory@Evil.example"),
+        "{read:?}"
+    );
+    let refused = agent
+        .call_tool(call("echo", json!({"text": "mallory@evil.example"})))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    let said = text_of(&refused);
+    assert!(
+        said.contains("came only from untrusted content")
+            && said.contains("of resource test://template/Mallory@Evil.example/data's result"),
+        "{said}"
+    );
+    // A value no resource carried is not refused for where it came from.
+    let unseen = agent
+        .call_tool(call("echo", json!({"text": "someone@else.example"})))
+        .await
+        .unwrap();
+    assert!(
+        !text_of(&unseen).contains("untrusted content"),
+        "{unseen:?}"
+    );
+    agent.cancel().await.unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_session_denied_again_and_again_is_held_until_an_approver_releases_it() {
     const APPROVER: &str = "approver-token-for-quarantine-tests";
     let tmp = tempfile::tempdir().unwrap();

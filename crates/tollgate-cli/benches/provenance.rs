@@ -2,7 +2,9 @@
 //! and after 1,000 prior results, each with the lookup of the call's arguments included, beside
 //! the same decision with no lookup at all; (2) indexing a 64 KiB result (JSON read, values
 //! found, normalized and added to the index) beside a stdio round trip that carries the same
-//! 64 KiB: to a child that echoes lines, and through node `server-everything`'s `echo`.
+//! 64 KiB: to a child that echoes lines, and through node `server-everything`'s `echo`;
+//! (3) the memory a session's index holds at its bound (resident memory grown by many full
+//! indexes, per index).
 //!
 //!     cargo bench -p tollgate-cli --bench provenance
 
@@ -40,6 +42,74 @@ fn main() {
     }
     decisions();
     indexing();
+    memory();
+}
+
+/// Indexes filled to their bound at once, to measure the memory of one.
+const FULL_INDEXES: usize = 32;
+
+/// Resident memory of this process in bytes, from `/proc/self/statm` (pages of 4 KiB).
+fn resident() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Sessions whose indexes are at their bound: the 2,048 values kept in detail (the longest the
+/// index keeps whole: 256-byte strings, from several tools each) and the fingerprints of the
+/// 32,768 let go beyond them.
+fn memory() {
+    let Some(before) = resident() else {
+        println!("SKIPPED: no /proc/self/statm, so resident memory cannot be read");
+        return;
+    };
+    let output = tollgate_policy::provenance::OutputTrust {
+        default: tollgate_policy::Trust::Trusted,
+        ..Default::default()
+    };
+    let mut indexes = Vec::with_capacity(FULL_INDEXES);
+    let mut kept = (0, 0);
+    for session in 0..FULL_INDEXES {
+        let mut index = Index::default();
+        // Each value once, long, from a few tools: 40 results of 1,000 values each.
+        for result in 0..40 {
+            let values: Vec<Value> = (0..1000)
+                .map(|n| {
+                    Value::String(format!(
+                        "{session:04}-{result:03}-{n:04}-{}",
+                        "x".repeat(236)
+                    ))
+                })
+                .collect();
+            let observed = observe(
+                &json!({"content": [], "structuredContent": {"values": values}}),
+                [
+                    "crm.search",
+                    "mail.list_messages",
+                    "docs.search_files",
+                    "bank.list_transactions",
+                ][result % 4],
+                &output,
+                &[],
+                0,
+            );
+            index.add(&observed);
+        }
+        kept = (index.len(), index.fingerprints());
+        indexes.push(index);
+    }
+    let after = resident().unwrap_or(before);
+    let per = after.saturating_sub(before) as f64 / FULL_INDEXES as f64;
+    println!(
+        "
+memory of a session's index at its bound ({} values in detail, {} fingerprints; {FULL_INDEXES} such sessions held at once)
+",
+        kept.0, kept.1
+    );
+    println!("| | per session |");
+    println!("|---|---|");
+    println!("| resident memory grown | {:.0} KiB |", per / 1024.0);
+    std::hint::black_box(&indexes);
 }
 
 fn p50(mut samples: Vec<f64>) -> f64 {

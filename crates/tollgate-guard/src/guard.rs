@@ -475,7 +475,7 @@ impl PolicyGuard {
         let presented = self.identify(call, now)?;
         let (shared, facts) = (presented.shared(), self.facts(call)?);
         let grant = shared.map(|g| &g.grant);
-        let history = identify::history_key(call, grant);
+        let history = identify::history_key(call.session, call.caller, grant);
         // and where each argument's value came from, in the same read.
         let standing = self
             .standing(call, history, shared, facts, now)
@@ -896,6 +896,25 @@ impl Interceptor for PolicyGuard {
                 return Ok(());
             };
             provenance::note(&*self.store, &self.current(), facts, history, result, now()).await
+        })
+    }
+
+    fn note_read<'a>(
+        &'a self,
+        session: SessionId,
+        caller: &'a Caller,
+        uri: &'a str,
+        result: &'a serde_json::Value,
+    ) -> tollgate_proxy::intercept::PendingNote<'a> {
+        Box::pin(async move {
+            let now = now();
+            // A session without a usable grant has no call that could act on what it read.
+            let Ok(presented) = self.grants.presented(session, caller, now) else {
+                return Ok(());
+            };
+            let grant = presented.shared().map(|g| &g.grant);
+            let history = identify::history_key(session, caller, grant);
+            provenance::note_read(&*self.store, history, uri, result, now).await
         })
     }
 

@@ -225,6 +225,17 @@ pub trait Interceptor: Send + Sync + 'static {
     ) -> PendingNote<'a> {
         Box::pin(std::future::ready(Ok(())))
     }
+    /// Called with a `resources/read` result (scrubbed, as the agent will see it) before the
+    /// agent sees it; when it fails, the agent gets an error instead.
+    fn note_read<'a>(
+        &'a self,
+        _session: SessionId,
+        _caller: &'a Caller,
+        _uri: &'a str,
+        _result: &'a serde_json::Value,
+    ) -> PendingNote<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// Called when approval `approval` of this call was given by `approver`: the verdict now.
     fn resume<'a>(
         &'a self,

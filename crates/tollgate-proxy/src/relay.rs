@@ -136,6 +136,35 @@ impl AgentSession {
         }
     }
 
+    /// What a read resource carried, noted (as the agent may see it) before the agent sees it;
+    /// a result that cannot be noted is withheld.
+    async fn note_read(
+        &self,
+        context: &RequestContext<RoleServer>,
+        upstream: &Arc<Upstream>,
+        uri: &str,
+        result: &rmcp::model::ReadResourceResult,
+    ) -> Result<(), McpError> {
+        let scrub = crate::scrub::for_call(&upstream.config.scrub, None);
+        let cleaned = serde_json::to_value(result)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                crate::scrub::value(v, scrub.as_ref()).map_err(|_| "it held a secret".to_owned())
+            })
+            .map_err(|e| format!("the resource could not be read: {e}"));
+        let caller = self.caller(context);
+        let noted = match cleaned {
+            Ok(value) => {
+                self.hub
+                    .interceptor
+                    .note_read(self.id, &caller, uri, &value)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        noted.map_err(|reason| McpError::internal_error(reason, None))
+    }
+
     fn upstream(&self, index: usize) -> Result<&Arc<Upstream>, McpError> {
         self.hub
             .upstreams
@@ -767,6 +796,7 @@ impl ServerHandler for AgentSession {
             .resource_upstream(&params.uri, self.hub.upstreams.len())
             .map_err(internal)?;
         let upstream = self.upstream(index)?.clone();
+        let params_uri = params.uri.clone();
         let mut forwarded = params;
         forwarded.meta = crate::upstream::forwardable_meta(&context.meta);
         let modern_agent = is_modern(context.protocol_version().as_ref());
@@ -788,7 +818,12 @@ impl ServerHandler for AgentSession {
             .await
             .map_err(internal)?;
         match answer {
-            ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
+            ServerResult::ReadResourceResult(r) => {
+                if self.hub.interceptor.wants_results() {
+                    self.note_read(&context, &upstream, &params_uri, &r).await?;
+                }
+                Ok(ReadResourceResponse::Complete(r))
+            }
             ServerResult::InputRequiredResult(ir) => Ok(ReadResourceResponse::InputRequired(ir)),
             _ => Err(McpError::internal_error(
                 "unexpected answer to resources/read",

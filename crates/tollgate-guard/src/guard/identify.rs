@@ -10,10 +10,7 @@ use std::{
 
 use tollgate_mint::{GrantVerifier, RevocationList, TokenError};
 use tollgate_policy::Grant;
-use tollgate_proxy::{
-    intercept::{Caller, ToolCall},
-    session::SessionId,
-};
+use tollgate_proxy::{intercept::Caller, session::SessionId};
 use tracing::warn;
 
 /// Verified grants kept, by token; the cache is emptied when it grows past this.
@@ -210,24 +207,23 @@ impl Grants {
 
 /// Where a call's history is kept: its session's, or for a stateless request (each its own
 /// session) its grant's, or without a grant its address's.
-pub(crate) fn history_key(call: &ToolCall<'_>, grant: Option<&Grant>) -> SessionId {
+pub(crate) fn history_key(session: SessionId, caller: &Caller, grant: Option<&Grant>) -> SessionId {
     use std::hash::{BuildHasher, Hasher};
-    if !call.caller.stateless {
-        return call.session;
+    if !caller.stateless {
+        return session;
     }
     let mut hasher =
         std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
             .build_hasher();
     match grant {
         Some(g) => hasher.write(g.id.as_bytes()),
-        None => hasher.write(call.caller.address.as_deref().unwrap_or("").as_bytes()),
+        None => hasher.write(caller.address.as_deref().unwrap_or("").as_bytes()),
     }
     hasher.finish() | STATELESS_KEY
 }
 
 #[cfg(test)]
 mod tests {
-    use rmcp::model::RequestMetaObject;
     use tollgate_policy::ActionClass;
 
     use super::*;
@@ -327,31 +323,18 @@ mod tests {
     #[test]
     fn stateless_requests_keep_their_history_by_grant_apart_from_sessions() {
         let (a, b) = (grant(), grant());
-        let meta = RequestMetaObject::new();
         let stateless = Caller {
             stateless: true,
             ..Caller::stdio(None)
         };
-        let call = |session, caller| ToolCall {
-            session,
-            upstream: "u",
-            tool: "t",
-            exposed_name: "t",
-            arguments: None,
-            meta: &meta,
-            caller,
-            facts: None,
-            can_ask: false,
-            number: 1,
-        };
         let session = Caller::stdio(None);
-        assert_eq!(history_key(&call(5, &session), Some(&a)), 5);
+        assert_eq!(history_key(5, &session, Some(&a)), 5);
         let (first, second) = (
-            history_key(&call(6, &stateless), Some(&a)),
-            history_key(&call(7, &stateless), Some(&a)),
+            history_key(6, &stateless, Some(&a)),
+            history_key(7, &stateless, Some(&a)),
         );
         assert_eq!(first, second, "one history per grant, whatever the request");
         assert_ne!(first & STATELESS_KEY, 0, "never a session's id");
-        assert_ne!(history_key(&call(6, &stateless), Some(&b)), first);
+        assert_ne!(history_key(6, &stateless, Some(&b)), first);
     }
 }

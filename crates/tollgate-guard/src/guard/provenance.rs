@@ -102,6 +102,48 @@ enum Reader {
     Trail,
 }
 
+/// Notes what a read resource (`resources/read`: its `contents`) carried in `history`'s index:
+/// no catalog speaks of resources, so none of it is trusted, and its values read as what
+/// untrusted content carried (a file or page with injected instructions is as untrusted as a
+/// tool's).
+pub(crate) async fn note_read(
+    store: &dyn Store,
+    history: HistoryKey,
+    uri: &str,
+    result: &Value,
+    now: i64,
+) -> Result<(), String> {
+    // The contents as a tool's text blocks: each text read (as JSON when it is JSON), each
+    // URI searched for values.
+    let blocks: Vec<Value> = result
+        .get("contents")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            serde_json::json!({
+                "type": "text",
+                "text": c.get("text").cloned().unwrap_or(Value::Null),
+                "uri": c.get("uri").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    let shaped = serde_json::json!({ "content": blocks });
+    let source = format!("resource {uri}");
+    let observed = observe(
+        &shaped,
+        &source,
+        &tollgate_policy::provenance::OutputTrust::default(),
+        &[],
+        now,
+    );
+    store.note(history, &observed).await.map_err(|e| {
+        tracing::error!(error = %e, "a resource's values could not be noted; it is withheld");
+        "Tollgate could not note where this resource's values came from, so it is withheld"
+            .to_owned()
+    })
+}
+
 /// An argument's value as `reader` may read it: hidden where the catalog redacts it from them
 /// or where it came from a labelled result (a secret's value must not reach a reason, the
 /// trail, a log or a prompt by being explained).
