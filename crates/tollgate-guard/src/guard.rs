@@ -122,7 +122,7 @@ pub struct PolicyGuard {
     /// Stage 8: the audit trail, spans and the calls in flight until their outcome.
     trail: record::Trail,
     /// The forwarded calls whose results are to be noted in their history's index of values.
-    noting: provenance::Noting,
+    noting: Arc<provenance::Noting>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -274,7 +274,7 @@ impl PolicyGuard {
             None
         };
         Ok(Self {
-            noting: provenance::Noting::default(),
+            noting: Arc::default(),
             credentials: credential::Credentials {
                 minter,
                 issuer: config.mint.issuer.clone(),
@@ -476,7 +476,12 @@ impl PolicyGuard {
         let (shared, facts) = (presented.shared(), self.facts(call)?);
         let grant = shared.map(|g| &g.grant);
         let history = identify::history_key(call.session, call.caller, grant);
-        // and where each argument's value came from, in the same read.
+        // and where each argument's value came from, in the same read, once what the
+        // history's earlier results carried is in the index.
+        self.noting
+            .settled(history)
+            .await
+            .map_err(|unnoted| Box::new(unnoted_refusal(unnoted, call)))?;
         let standing = self
             .standing(call, history, shared, facts, now)
             .await
@@ -858,6 +863,16 @@ fn store_down(error: &StoreError, call: &ToolCall<'_>) -> Verdict {
     ))
 }
 
+fn unnoted_refusal(unnoted: provenance::Unnoted, call: &ToolCall<'_>) -> Verdict {
+    tracing::warn!(
+        tool = call.exposed_name,
+        session = call.session,
+        ?unnoted,
+        "refused: an earlier result of the session is not in its index of values"
+    );
+    Verdict::Refuse(refusal(unnoted.reason().to_owned()))
+}
+
 fn refusal(text: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
@@ -888,14 +903,25 @@ impl Interceptor for PolicyGuard {
     fn note_result<'a>(
         &'a self,
         call: &'a ToolCall<'a>,
-        result: tollgate_proxy::intercept::ResultJson<'a>,
+        result: tollgate_proxy::intercept::ResultJson,
     ) -> tollgate_proxy::intercept::PendingNote<'a> {
         Box::pin(async move {
             let (Some(history), Some(facts)) = (self.noting.done(call.number), call.facts) else {
                 // A call the guard did not let through has no result to note.
                 return Ok(());
             };
-            provenance::note(&*self.store, &self.current(), facts, history, result, now()).await
+            // Begun before the agent has the result: the history's next decision waits for it.
+            let ticket = self.noting.begin(history);
+            let output = self.current().output_of(facts);
+            tokio::spawn(provenance::note(
+                Arc::clone(&self.store),
+                facts.name().to_owned(),
+                output,
+                (history, ticket),
+                result,
+                now(),
+            ));
+            Ok(())
         })
     }
 
@@ -904,7 +930,7 @@ impl Interceptor for PolicyGuard {
         session: SessionId,
         caller: &'a Caller,
         uri: &'a str,
-        result: &'a serde_json::Value,
+        result: serde_json::Value,
     ) -> tollgate_proxy::intercept::PendingNote<'a> {
         Box::pin(async move {
             let now = now();
@@ -914,7 +940,15 @@ impl Interceptor for PolicyGuard {
             };
             let grant = presented.shared().map(|g| &g.grant);
             let history = identify::history_key(session, caller, grant);
-            provenance::note_read(&*self.store, history, uri, result, now).await
+            let ticket = self.noting.begin(history);
+            tokio::spawn(provenance::note_read(
+                Arc::clone(&self.store),
+                (history, ticket),
+                uri.to_owned(),
+                result,
+                now,
+            ));
+            Ok(())
         })
     }
 
@@ -936,6 +970,7 @@ impl Interceptor for PolicyGuard {
 
     fn session_ended(&self, session: SessionId) {
         self.grants.ended(session);
+        self.noting.forget(session);
         let store = Arc::clone(&self.store);
         // Outside a runtime (a session ended as Tollgate stops) nothing waits on the store.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

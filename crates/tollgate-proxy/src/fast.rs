@@ -502,7 +502,10 @@ impl FastPath {
             let interceptor = &self.hub.interceptor;
             if interceptor.wants_results()
                 && let Err(reason) = interceptor
-                    .note_result(call, crate::intercept::ResultJson::Text(result.get()))
+                    .note_result(
+                        call,
+                        crate::intercept::ResultJson::Text(result.get().into()),
+                    )
                     .await
             {
                 span.record("outcome", "failed");

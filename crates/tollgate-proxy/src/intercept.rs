@@ -192,12 +192,13 @@ pub enum Outcome<'a> {
 pub type PendingVerdict<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Verdict> + Send + 'a>>;
 
-/// A forwarded call's result as the upstream sent it (already cleaned of secrets): its JSON
-/// text where the relay did not parse it, or the parsed value.
-#[derive(Debug, Clone, Copy)]
-pub enum ResultJson<'a> {
-    Text(&'a str),
-    Value(&'a serde_json::Value),
+/// A forwarded call's result as the upstream sent it (already cleaned of secrets), handed over
+/// whole so that it can be noted after the agent has it: its JSON text where the relay did not
+/// parse it, or the parsed value.
+#[derive(Debug, Clone)]
+pub enum ResultJson {
+    Text(Box<str>),
+    Value(serde_json::Value),
 }
 
 /// A result being taken note of; an error withholds the result from the agent (what it
@@ -217,22 +218,21 @@ pub trait Interceptor: Send + Sync + 'static {
         false
     }
     /// Called with a forwarded call's result before the agent sees it (and before
-    /// [`Interceptor::after_call`]); when it fails, the agent gets an error instead.
-    fn note_result<'a>(
-        &'a self,
-        _call: &'a ToolCall<'a>,
-        _result: ResultJson<'a>,
-    ) -> PendingNote<'a> {
+    /// [`Interceptor::after_call`]); when it fails, the agent gets an error instead. An
+    /// interceptor may finish noting after the agent has the result, provided every later
+    /// decision that could act on it waits for the note (and refuses when the note failed).
+    fn note_result<'a>(&'a self, _call: &'a ToolCall<'a>, _result: ResultJson) -> PendingNote<'a> {
         Box::pin(std::future::ready(Ok(())))
     }
     /// Called with a `resources/read` result (scrubbed, as the agent will see it) before the
-    /// agent sees it; when it fails, the agent gets an error instead.
+    /// agent sees it; when it fails, the agent gets an error instead. It may be noted later on
+    /// the terms of [`Interceptor::note_result`].
     fn note_read<'a>(
         &'a self,
         _session: SessionId,
         _caller: &'a Caller,
         _uri: &'a str,
-        _result: &'a serde_json::Value,
+        _result: serde_json::Value,
     ) -> PendingNote<'a> {
         Box::pin(std::future::ready(Ok(())))
     }

@@ -136,8 +136,8 @@ impl AgentSession {
         }
     }
 
-    /// What a read resource carried, noted (as the agent may see it) before the agent sees it;
-    /// a result that cannot be noted is withheld.
+    /// What a read resource carried (as the agent may see it), handed to the interceptor to
+    /// note before the agent sees it; a result that cannot be read or handed over is withheld.
     async fn note_read(
         &self,
         context: &RequestContext<RoleServer>,
@@ -157,7 +157,7 @@ impl AgentSession {
             Ok(value) => {
                 self.hub
                     .interceptor
-                    .note_read(self.id, &caller, uri, &value)
+                    .note_read(self.id, &caller, uri, value)
                     .await
             }
             Err(e) => Err(e),
@@ -347,7 +347,7 @@ impl AgentSession {
                     Ok(value) => {
                         self.hub
                             .interceptor
-                            .note_result(&call, crate::intercept::ResultJson::Value(&value))
+                            .note_result(&call, crate::intercept::ResultJson::Value(value))
                             .await
                     }
                     Err(e) => Err(format!("the result could not be read: {e}")),

@@ -3,12 +3,15 @@
 //! names); after a forwarded call returns, what its result carried, noted in the index before
 //! the agent sees it. Approvers and refused agents read the origins in plain words.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use serde_json::{Map, Value};
 use tollgate_policy::{
-    Decision, Effect, Pack, ToolFacts, Trust, UtcOffset,
-    provenance::{Intent, Probes, Provenance, describe, observe},
+    Decision, Effect, Trust, UtcOffset,
+    provenance::{Intent, Observed, OutputTrust, Probes, Provenance, describe, observe},
 };
 use tollgate_proxy::intercept::{ResultJson, ToolCall};
 
@@ -36,61 +39,241 @@ pub(crate) fn origins(probes: &Probes, standing: &Standing, intent: Option<&Inte
 }
 
 /// The forwarded calls whose results are still to be noted, by call number, with the history
-/// they belong to.
+/// they belong to; and the notes under way, by history.
+///
+/// A result reaches the agent before its values are in the index (reading a 64 KiB result
+/// costs several times a stdio round trip, and the agent should not wait for it). What keeps
+/// that safe is the barrier: a decision of a history waits until every note of that history
+/// that began before it has landed, so no call can act on a value the index has not yet
+/// seen. A note that failed leaves its history refused: a value the agent saw is missing from
+/// the index, so where the session's values came from can no longer be told.
 #[derive(Debug, Default)]
 pub(crate) struct Noting {
     pending: Mutex<HashMap<u64, HistoryKey>>,
+    flights: Mutex<HashMap<HistoryKey, Flight>>,
+    landed: tokio::sync::Notify,
+}
+
+/// The notes of one history under way, and whether one of them failed.
+#[derive(Debug, Default)]
+struct Flight {
+    notes: usize,
+    failed: bool,
+}
+
+/// How long a decision waits for its history's notes before it refuses.
+const NOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a history's calls cannot be decided on what its results carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unnoted {
+    /// A result's values could not be noted.
+    Failed,
+    /// The notes under way did not land in time.
+    Late,
+}
+
+impl Unnoted {
+    /// The refusal the agent reads.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Self::Failed => {
+                "denied: Tollgate could not note where the values of an earlier result of this session came from, so it can no longer judge this session's calls; the operator has been told why"
+            }
+            Self::Late => {
+                "denied: Tollgate is still noting where the values of an earlier result of this session came from; try again"
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Noting {
-    fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HistoryKey>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Call `number`, going ahead, will return a result for `history`'s index.
     pub(crate) fn expect(&self, number: u64, history: HistoryKey) {
-        self.locked().insert(number, history);
+        lock(&self.pending).insert(number, history);
     }
 
     /// The call ended; nothing more will be noted for it.
     pub(crate) fn done(&self, number: u64) -> Option<HistoryKey> {
-        self.locked().remove(&number)
+        lock(&self.pending).remove(&number)
     }
 
     /// Calls whose results are awaited (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
-        self.locked().len()
+        lock(&self.pending).len()
+    }
+
+    /// A note of `history` begins: decisions of the history wait for it from now on.
+    pub(crate) fn begin(self: &Arc<Self>, history: HistoryKey) -> Ticket {
+        lock(&self.flights).entry(history).or_default().notes += 1;
+        Ticket {
+            noting: Arc::clone(self),
+            history,
+            landed: false,
+        }
+    }
+
+    /// Whether every note of `history` under way has landed; waits (a bounded time) while one
+    /// has not.
+    pub(crate) async fn settled(&self, history: HistoryKey) -> Result<(), Unnoted> {
+        self.settled_within(history, NOTE_WAIT).await
+    }
+
+    async fn settled_within(
+        &self,
+        history: HistoryKey,
+        wait: std::time::Duration,
+    ) -> Result<(), Unnoted> {
+        // Nothing under way, the common case: no timer, no wait.
+        if let Some(result) = self.state(history) {
+            return result;
+        }
+        tokio::time::timeout(wait, async {
+            loop {
+                let landed = self.landed.notified();
+                tokio::pin!(landed);
+                // Registered before the state is read, so a note landing in between wakes it.
+                landed.as_mut().enable();
+                if let Some(result) = self.state(history) {
+                    return result;
+                }
+                landed.await;
+            }
+        })
+        .await
+        .unwrap_or(Err(Unnoted::Late))
+    }
+
+    /// `None` while notes of `history` are under way; else whether they all landed.
+    fn state(&self, history: HistoryKey) -> Option<Result<(), Unnoted>> {
+        match lock(&self.flights).get(&history) {
+            None => Some(Ok(())),
+            Some(flight) if flight.failed => Some(Err(Unnoted::Failed)),
+            Some(_) => None,
+        }
+    }
+
+    /// `history` was forgotten (its session ended): so is a failure of its notes.
+    pub(crate) fn forget(&self, history: HistoryKey) {
+        let mut flights = lock(&self.flights);
+        if flights.get(&history).is_some_and(|f| f.notes == 0) {
+            flights.remove(&history);
+        }
+    }
+
+    fn land(&self, history: HistoryKey, noted: bool) {
+        {
+            let mut flights = lock(&self.flights);
+            if let Some(flight) = flights.get_mut(&history) {
+                flight.notes = flight.notes.saturating_sub(1);
+                flight.failed |= !noted;
+                if flight.notes == 0 && !flight.failed {
+                    flights.remove(&history);
+                }
+            }
+        }
+        self.landed.notify_waiters();
     }
 }
 
-/// Notes what `result` (of `call`, a call of `facts` in `history`) carried in the history's
-/// index, as the pack's catalog says to trust the tool's output.
-pub(crate) async fn note(
-    store: &dyn Store,
-    pack: &Pack,
-    facts: &ToolFacts,
+/// A note under way. Dropped without [`Ticket::landed`] (its task panicked or was dropped),
+/// the note counts as failed: its history is refused rather than judged on a partial index.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    noting: Arc<Noting>,
     history: HistoryKey,
-    result: ResultJson<'_>,
-    now: i64,
-) -> Result<(), String> {
-    let parsed;
-    let value = match result {
-        ResultJson::Value(value) => value,
-        ResultJson::Text(text) => {
-            parsed = serde_json::from_str::<Value>(text)
-                .map_err(|e| format!("the tool's result is not JSON ({e}); it is withheld"))?;
-            &parsed
+    landed: bool,
+}
+
+impl Ticket {
+    /// The note ended, noted or not.
+    pub(crate) fn landed(mut self, noted: bool) {
+        self.landed = true;
+        self.noting.land(self.history, noted);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.noting.land(self.history, false);
         }
+    }
+}
+
+/// Results larger than this are read on a blocking thread, so that one result's values do
+/// not hold up the calls an async worker is relaying.
+const READ_ASIDE_BYTES: usize = 16 * 1024;
+
+/// Notes what `result` (of a call of tool `tool` in `history`) carried in the history's index,
+/// as the pack's catalog says to trust the tool's output, then lands `ticket`. Runs after the
+/// agent has the result.
+pub(crate) async fn note(
+    store: Arc<dyn Store>,
+    tool: String,
+    (output, labels): (Arc<OutputTrust>, Vec<String>),
+    (history, ticket): (HistoryKey, Ticket),
+    result: ResultJson,
+    now: i64,
+) {
+    let size = match &result {
+        ResultJson::Text(text) => text.len(),
+        ResultJson::Value(_) => 0,
     };
-    let (output, labels) = pack.output_of(facts);
-    let observed = observe(value, facts.name(), &output, &labels, now);
-    store.note(history, &observed).await.map_err(|e| {
-        tracing::error!(error = %e, tool = facts.name(), "a result's values could not be noted; it is withheld");
-        "Tollgate could not note where this result's values came from, so it is withheld".to_owned()
-    })
+    let read = move || -> Result<Observed, String> {
+        let value = match result {
+            ResultJson::Value(value) => value,
+            ResultJson::Text(text) => serde_json::from_str::<Value>(&text)
+                .map_err(|e| format!("the tool's result is not JSON ({e})"))?,
+        };
+        Ok(observe(&value, &tool, &output, &labels, now))
+    };
+    land(store, history, ticket, aside(size, read).await).await;
+}
+
+/// Runs `read` on a blocking thread when the result is large, else here.
+async fn aside(
+    size: usize,
+    read: impl FnOnce() -> Result<Observed, String> + Send + 'static,
+) -> Result<Observed, String> {
+    if size <= READ_ASIDE_BYTES {
+        return read();
+    }
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the result failed ({e})")))
+}
+
+/// Adds what was read to the index and lands the ticket; a failure is logged for the
+/// operator, and the ticket's history is refused from now on.
+async fn land(
+    store: Arc<dyn Store>,
+    history: HistoryKey,
+    ticket: Ticket,
+    observed: Result<Observed, String>,
+) {
+    let noted = match observed {
+        Ok(observed) => store
+            .note(history, &observed)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(error) = &noted {
+        tracing::error!(
+            %error,
+            session = history,
+            "a result's values could not be noted; the session's calls are refused"
+        );
+    }
+    ticket.landed(noted.is_ok());
 }
 
 /// Who reads an argument's value as it is explained.
@@ -107,41 +290,51 @@ enum Reader {
 /// untrusted content carried (a file or page with injected instructions is as untrusted as a
 /// tool's).
 pub(crate) async fn note_read(
-    store: &dyn Store,
-    history: HistoryKey,
-    uri: &str,
-    result: &Value,
+    store: Arc<dyn Store>,
+    (history, ticket): (HistoryKey, Ticket),
+    uri: String,
+    result: Value,
     now: i64,
-) -> Result<(), String> {
-    // The contents as a tool's text blocks: each text read (as JSON when it is JSON), each
-    // URI searched for values.
-    let blocks: Vec<Value> = result
+) {
+    let size = result
         .get("contents")
         .and_then(Value::as_array)
+        .map_or(0, |contents| {
+            contents
+                .iter()
+                .filter_map(|c| c.get("text").and_then(Value::as_str))
+                .map(str::len)
+                .sum()
+        });
+    let read = move || -> Result<Observed, String> {
+        // The contents as a tool's text blocks: each text read (as JSON when it is JSON),
+        // each URI searched for values.
+        let blocks: Vec<Value> = match result {
+            Value::Object(mut result) => match result.remove("contents") {
+                Some(Value::Array(contents)) => contents,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
         .into_iter()
-        .flatten()
-        .map(|c| {
+        .map(|mut c| {
             serde_json::json!({
                 "type": "text",
-                "text": c.get("text").cloned().unwrap_or(Value::Null),
-                "uri": c.get("uri").cloned().unwrap_or(Value::Null),
+                "text": c.get_mut("text").map(Value::take).unwrap_or(Value::Null),
+                "uri": c.get_mut("uri").map(Value::take).unwrap_or(Value::Null),
             })
         })
         .collect();
-    let shaped = serde_json::json!({ "content": blocks });
-    let source = format!("resource {uri}");
-    let observed = observe(
-        &shaped,
-        &source,
-        &tollgate_policy::provenance::OutputTrust::default(),
-        &[],
-        now,
-    );
-    store.note(history, &observed).await.map_err(|e| {
-        tracing::error!(error = %e, "a resource's values could not be noted; it is withheld");
-        "Tollgate could not note where this resource's values came from, so it is withheld"
-            .to_owned()
-    })
+        let shaped = serde_json::json!({ "content": blocks });
+        Ok(observe(
+            &shaped,
+            &format!("resource {uri}"),
+            &OutputTrust::default(),
+            &[],
+            now,
+        ))
+    };
+    land(store, history, ticket, aside(size, read).await).await;
 }
 
 /// An argument's value as `reader` may read it: hidden where the catalog redacts it from them
@@ -244,6 +437,49 @@ mod tests {
         assert_eq!(provenance.arg("recipient").unwrap().trust, Trust::Untrusted);
         let key = tokens::tokens("US133000000121212121212").remove(0).0;
         assert!(store.standing(2, None, 6, &[key]).await.unwrap().seen[0].is_none());
+    }
+
+    #[tokio::test]
+    async fn a_history_waits_only_for_its_own_notes_and_a_lost_note_counts_as_failed() {
+        let noting = Arc::new(Noting::default());
+        assert_eq!(noting.settled(1).await, Ok(()), "nothing under way");
+        let (first, second) = (noting.begin(1), noting.begin(1));
+        assert_eq!(
+            noting.settled(2).await,
+            Ok(()),
+            "another history does not wait"
+        );
+        let short = std::time::Duration::from_millis(30);
+        assert_eq!(noting.settled_within(1, short).await, Err(Unnoted::Late));
+        let waiter = {
+            let noting = Arc::clone(&noting);
+            tokio::spawn(async move { noting.settled(1).await })
+        };
+        first.landed(true);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "one note of the history is still under way"
+        );
+        second.landed(true);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert!(
+            lock(&noting.flights).is_empty(),
+            "nothing is kept once all landed"
+        );
+        // A note whose task died without landing: the history is refused, not judged on a
+        // partial index, until it is forgotten.
+        drop(noting.begin(3));
+        assert_eq!(noting.settled(3).await, Err(Unnoted::Failed));
+        let late = noting.begin(3);
+        late.landed(true);
+        assert_eq!(
+            noting.settled(3).await,
+            Err(Unnoted::Failed),
+            "a failure stays"
+        );
+        noting.forget(3);
+        assert_eq!(noting.settled(3).await, Ok(()));
     }
 
     #[test]
